@@ -1,0 +1,165 @@
+"""Django settings for Baton.
+
+Two deployments are first-class: the embedded default (SQLite file + django-q2 ORM broker +
+in-memory channel layer) and the scale-out one (PostgreSQL + Redis), chosen by DATABASE_URL and
+REDIS_URL. See orchestration/config/env.py for how bad values are reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from orchestration.config.env import (
+    database_from_env,
+    env_bool,
+    env_float,
+    env_int,
+    env_str,
+    redis_url_from_env,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+DEBUG = env_bool("BATON_DEBUG", False)
+SECRET_KEY = env_str("BATON_SECRET_KEY", "")
+if not SECRET_KEY:
+    if env_bool("BATON_PRODUCTION", False):
+        raise ImproperlyConfigured("BATON_SECRET_KEY must be set when BATON_PRODUCTION is on.")
+    # Development and tests only; the production switch above refuses to start without one.
+    SECRET_KEY = "baton-development-key-not-for-production"
+
+ALLOWED_HOSTS = [h.strip() for h in env_str("BATON_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in env_str("BATON_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_htmx",
+    "django_q",
+    "channels",
+    "orchestration",
+    "approvals",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "orchestration.config.urls"
+ASGI_APPLICATION = "orchestration.config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": database_from_env(BASE_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = redis_url_from_env()
+
+# The queue name doubles as the Redis list key / ORM broker key, so tests and benches can use
+# their own queue without disturbing a running `make run`.
+QUEUE_NAME = env_str("BATON_QUEUE", "baton")
+WORKERS = env_int("BATON_WORKERS", 2, minimum=1)
+
+Q_CLUSTER: dict[str, object] = {
+    "name": QUEUE_NAME,
+    "workers": WORKERS,
+    # Our own tables hold every step's state; django-q2 is only the delivery mechanism, so a
+    # successful task leaves no row behind (our StepRun/Attempt rows are the history).
+    "save_limit": -1,
+    "ack_failures": True,
+    "max_attempts": 1,
+    # A task may run as long as the longest step timeout; the lease/heartbeat in
+    # orchestration.tasks is what detects a dead worker, not this timer.
+    "timeout": env_int("BATON_MAX_STEP_SECONDS", 3600, minimum=1),
+    "retry": env_int("BATON_MAX_STEP_SECONDS", 3600, minimum=1) + 60,
+    "catch_up": False,
+    "poll": env_float("BATON_BROKER_POLL", 0.02, minimum=0.001),
+    "guard_cycle": 0.5,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{QUEUE_NAME}:channels"},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Engine timings. Heartbeat/lease decide how fast a killed worker's step is retried; the tick
+# is how often the ticker looks for due retries, expired leases and lost messages.
+BATON_HEARTBEAT_SECONDS = env_float("BATON_HEARTBEAT_SECONDS", 5.0, minimum=0.05)
+BATON_LEASE_SECONDS = env_float("BATON_LEASE_SECONDS", 20.0, minimum=0.1)
+BATON_TICK_SECONDS = env_float("BATON_TICK_SECONDS", 0.5, minimum=0.01)
+BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 60.0, minimum=0.1)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard:runs"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+EMAIL_BACKEND = env_str("BATON_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "baton": {"handlers": ["console"], "level": env_str("BATON_LOG_LEVEL", "INFO")},
+        "django_q": {"handlers": ["console"], "level": env_str("BATON_Q_LOG_LEVEL", "WARNING")},
+    },
+}

@@ -1,0 +1,228 @@
+"""Writes to definitions: importing files, editing drafts, publishing immutable versions.
+
+Every function validates first and writes in one transaction, so a bad file or draft changes
+nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from orchestration.models import Agent, DraftStep, StepKind, Workflow, WorkflowVersion
+from orchestration.spec import (
+    Catalog,
+    SpecError,
+    children_of,
+    dump_document,
+    normalise_workflow,
+    validate_document,
+)
+
+
+def current_catalog() -> Catalog:
+    workflows: dict[str, set[str]] = {}
+    latest: dict[int, WorkflowVersion] = {}
+    for version in WorkflowVersion.objects.order_by("workflow_id", "number"):
+        latest[version.workflow_id] = version
+    for workflow in Workflow.objects.all():
+        version = latest.get(workflow.pk)
+        workflows[workflow.key] = children_of(version.spec) if version else set()
+    return Catalog(agents=set(Agent.objects.values_list("name", flat=True)), workflows=workflows)
+
+
+def check_document(document: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Validate a parsed file against the database without writing anything."""
+    agents, spec = validate_document(document, current_catalog())
+    if spec is not None:
+        _check_owner(spec)
+    return agents, spec
+
+
+def _check_owner(spec: dict[str, Any]) -> None:
+    owner = spec.get("owner")
+    if owner and not get_user_model().objects.filter(username=owner).exists():
+        raise SpecError([f"workflow '{spec['key']}': field `owner`: unknown user {owner!r}"])
+
+
+def import_document(
+    document: dict[str, Any], *, user: AbstractBaseUser | None = None, note: str = ""
+) -> tuple[list[Agent], WorkflowVersion | None]:
+    agents, spec = check_document(document)
+    with transaction.atomic():
+        saved_agents = [_save_agent(a) for a in agents]
+        version = None
+        if spec is not None:
+            workflow = _save_draft(spec)
+            version = _publish(workflow, spec, user=user, note=note or "imported")
+    return saved_agents, version
+
+
+def _save_agent(agent: dict[str, Any]) -> Agent:
+    row, _ = Agent.objects.update_or_create(
+        name=agent["name"],
+        defaults={
+            "kind": agent["kind"],
+            "description": agent["description"],
+            "config": agent["config"],
+            "timeout_seconds": agent["timeout"],
+            "retry": agent["retry"] or {},
+        },
+    )
+    return row
+
+
+def _save_draft(spec: dict[str, Any]) -> Workflow:
+    owner = None
+    if spec.get("owner"):
+        owner = get_user_model().objects.get(username=spec["owner"])
+    workflow, _ = Workflow.objects.update_or_create(
+        key=spec["key"],
+        defaults={
+            "name": spec["name"],
+            "description": spec["description"],
+            "owner": owner,
+            "inputs": spec["inputs"],
+            "output": "" if spec["output"] is None else _output_text(spec["output"]),
+        },
+    )
+    workflow.draft_steps.all().delete()
+    agents = {a.name: a for a in Agent.objects.filter(name__in=[s.get("agent") for s in spec["steps"]])}
+    children = {
+        w.key: w
+        for w in Workflow.objects.filter(key__in=[s.get("workflow") for s in spec["steps"]])
+    }
+    DraftStep.objects.bulk_create(
+        [_draft_step(workflow, position, step, agents, children) for position, step in enumerate(spec["steps"])]
+    )
+    return workflow
+
+
+def _output_text(output: Any) -> str:
+    # The draft keeps the output template as text; a structured template is stored as YAML.
+    if isinstance(output, str):
+        return output
+    import yaml
+
+    return yaml.safe_dump(output, sort_keys=False).strip()
+
+
+def _draft_step(
+    workflow: Workflow,
+    position: int,
+    step: dict[str, Any],
+    agents: dict[str, Agent],
+    children: dict[str, Workflow],
+) -> DraftStep:
+    options: dict[str, Any] = {}
+    for name in ("name", "description", "timeout", "retry"):
+        if step.get(name) is not None:
+            options[name] = step[name]
+    if step["kind"] in (StepKind.APPROVAL, StepKind.MANUAL, StepKind.WAIT):
+        options[step["kind"]] = step[step["kind"]]
+    return DraftStep(
+        workflow=workflow,
+        position=position,
+        key=step["key"],
+        kind=step["kind"],
+        agent=agents.get(step.get("agent", "")),
+        sub_workflow=workflow if step.get("workflow") == workflow.key else children.get(step.get("workflow", "")),
+        after=", ".join(step["after"]),
+        input=step.get("input"),
+        when=step.get("when") or "",
+        for_each=step.get("for_each") or "",
+        concurrency=step.get("concurrency"),
+        loop=step.get("loop"),
+        options=options,
+    )
+
+
+def draft_to_raw(workflow: Workflow) -> dict[str, Any]:
+    """The draft in the file's shape, ready for validation."""
+    import yaml
+
+    steps: list[dict[str, Any]] = []
+    for row in workflow.draft_steps.select_related("agent", "sub_workflow").order_by("position", "id"):
+        step: dict[str, Any] = {"key": row.key}
+        options = dict(row.options or {})
+        if row.kind == StepKind.AGENT:
+            step["agent"] = row.agent.name if row.agent else None
+        elif row.kind == StepKind.WORKFLOW:
+            step["workflow"] = row.sub_workflow.key if row.sub_workflow else None
+        else:
+            step[row.kind] = options.pop(row.kind, {})
+        after = [a.strip() for a in row.after.split(",") if a.strip()]
+        if after:
+            step["after"] = after
+        if row.input is not None:
+            step["input"] = row.input
+        if row.when:
+            step["when"] = row.when
+        if row.for_each:
+            step["for_each"] = row.for_each
+        if row.concurrency is not None:
+            step["concurrency"] = row.concurrency
+        if row.loop:
+            step["loop"] = row.loop
+        step.update(options)
+        steps.append(step)
+    raw: dict[str, Any] = {
+        "key": workflow.key,
+        "name": workflow.name,
+        "description": workflow.description,
+        "owner": workflow.owner.get_username() if workflow.owner else None,
+        "inputs": workflow.inputs or {},
+        "steps": steps,
+    }
+    if workflow.output.strip():
+        text = workflow.output.strip()
+        parsed = yaml.safe_load(text) if not text.startswith("{{") else text
+        raw["output"] = parsed
+    return raw
+
+
+def publish_draft(workflow: Workflow, *, user: AbstractBaseUser | None = None, note: str = "") -> WorkflowVersion:
+    """Validate the draft and freeze it as the next version; raises SpecError, saving nothing."""
+    spec = normalise_workflow(draft_to_raw(workflow), current_catalog())
+    with transaction.atomic():
+        return _publish(workflow, spec, user=user, note=note or "published from the draft")
+
+
+def _publish(
+    workflow: Workflow, spec: dict[str, Any], *, user: AbstractBaseUser | None, note: str
+) -> WorkflowVersion:
+    # Lock the workflow row so two publishers cannot both take the same number.
+    Workflow.objects.select_for_update().filter(pk=workflow.pk).first()
+    last = workflow.versions.order_by("-number").values_list("number", flat=True).first() or 0
+    return WorkflowVersion.objects.create(
+        workflow=workflow,
+        number=last + 1,
+        spec=spec,
+        published_by=user if user is not None and user.is_authenticated else None,
+        note=note[:200],
+    )
+
+
+def agent_spec(agent: Agent) -> dict[str, Any]:
+    return {
+        "name": agent.name,
+        "kind": agent.kind,
+        "description": agent.description,
+        "config": agent.config,
+        "timeout": agent.timeout_seconds,
+        "retry": agent.retry,
+    }
+
+
+def export_document(key: str, *, as_json: bool = False) -> str:
+    """The latest published version of a workflow, with the agents it uses, as a file."""
+    workflow = Workflow.objects.get(key=key)
+    version = workflow.latest_version
+    if version is None:
+        raise SpecError([f"workflow '{key}': has no published version yet"])
+    names = sorted({s["agent"] for s in version.spec["steps"] if s.get("kind") == "agent"})
+    agents = [agent_spec(a) for a in Agent.objects.filter(name__in=names).order_by("name")]
+    return dump_document(agents, version.spec, as_json=as_json)

@@ -1,0 +1,63 @@
+"""Side effects that leave the database: task messages to django-q2 workers.
+
+Everything here runs after the transaction that decided it has committed, so a worker never
+sees a step that is not in the database yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from functools import partial
+
+from django.db import transaction
+
+logger = logging.getLogger("baton.dispatch")
+
+_broker = None
+
+
+def broker():  # type: ignore[no-untyped-def]
+    # django-q2 opens a new connection per get_broker(); one per process is plenty.
+    global _broker
+    if _broker is None:
+        from django_q.brokers import get_broker
+
+        _broker = get_broker()
+    return _broker
+
+
+def send_steps_on_commit(step_run_ids: Iterable[int]) -> None:
+    ids = list(step_run_ids)
+    if ids:
+        transaction.on_commit(partial(send_steps, ids))
+
+
+def send_steps(step_run_ids: list[int]) -> None:
+    from django_q.tasks import async_task
+
+    for step_run_id in step_run_ids:
+        try:
+            async_task(
+                "orchestration.tasks.execute_step",
+                step_run_id,
+                broker=broker(),
+                task_name=f"step-{step_run_id}",
+            )
+        except Exception:
+            # The step stays queued in our table; the ticker re-sends it after
+            # BATON_REQUEUE_AFTER_SECONDS, so a broker outage delays work but loses none.
+            logger.exception("could not send step %s to the broker", step_run_id)
+
+
+def notify_parent_on_commit(run_id: int) -> None:
+    def notify() -> None:
+        from orchestration import transitions
+
+        try:
+            transitions.finish_child_run(child_run_id=run_id)
+        except Exception:
+            # The ticker finds finished children whose parent step still waits.
+            logger.exception("could not resume the parent of run %s", run_id)
+
+    transaction.on_commit(notify)

@@ -1,0 +1,487 @@
+"""The one place that decides what runs next.
+
+Every function here runs inside a transaction that holds the run's row lock (taken by
+orchestration.transitions), so two workers finishing parallel steps at the same moment cannot
+both start the step that joins them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from django.utils import timezone
+
+from orchestration import dispatch
+from orchestration.durations import parse_duration
+from orchestration.models import Run, RunEvent, StepKind, StepRun, WorkflowVersion
+from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
+from orchestration.status import (
+    STEP_FINAL,
+    ErrorClass,
+    EventKind,
+    RunStatus,
+    StepStatus,
+)
+from orchestration.templating import TemplateError, evaluate, render
+
+logger = logging.getLogger("baton.engine")
+
+
+class StepFailed(Exception):
+    """A step cannot start (bad template, bad for_each value...): it fails for good."""
+
+
+@lru_cache(maxsize=512)
+def _spec(version_id: int) -> dict[str, Any]:
+    # Versions are immutable, so a process may keep their specs for as long as it lives.
+    return WorkflowVersion.objects.values_list("spec", flat=True).get(pk=version_id)
+
+
+def spec_for(run: Run) -> dict[str, Any]:
+    return _spec(run.version_id)
+
+
+def step_spec(run: Run, key: str) -> dict[str, Any]:
+    for step in spec_for(run)["steps"]:
+        if step["key"] == key:
+            return step
+    raise KeyError(key)
+
+
+def event(
+    run: Run,
+    kind: str,
+    *,
+    step: StepRun | None = None,
+    from_status: str = "",
+    to_status: str = "",
+    message: str = "",
+    data: dict[str, Any] | None = None,
+    actor: Any = None,
+) -> RunEvent:
+    return RunEvent.objects.create(
+        run=run,
+        step_run=step,
+        kind=kind,
+        from_status=from_status,
+        to_status=to_status,
+        message=message,
+        data=data or {},
+        actor=actor if actor is not None and getattr(actor, "is_authenticated", False) else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def validate_run_input(spec: dict[str, Any], given: Any) -> dict[str, Any]:
+    """Apply defaults and check types; raises ValueError naming every bad field."""
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ValueError("input: must be a JSON object")
+    schema = spec.get("inputs") or {}
+    problems = []
+    values = dict(given)
+    for name in sorted(set(given) - set(schema)):
+        if schema:
+            problems.append(f"input `{name}`: not an input of this workflow")
+    for name, definition in schema.items():
+        if name not in values or values[name] is None:
+            if "default" in definition:
+                values[name] = definition["default"]
+            elif definition.get("required"):
+                problems.append(f"input `{name}`: required")
+            continue
+        error = check_input_value(definition, values[name])
+        if error:
+            problems.append(f"input `{name}`: {error}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run's state
+
+
+def heads(run: Run) -> dict[str, StepRun]:
+    """The latest iteration's head row of every step that has one."""
+    latest: dict[str, StepRun] = {}
+    for row in StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id"):
+        latest[row.step_key] = row
+    return latest
+
+
+def template_context(run: Run, *, iteration: int = 1, item: Any = None, index: int | None = None) -> dict[str, Any]:
+    """What templates see: input, steps.<key>.output/.status, run.id, iteration, item, index.
+
+    `steps.<key>` is the latest *finished* iteration of that step, so a writer sent back by an
+    editor sees the editor's last verdict.
+    """
+    steps: dict[str, dict[str, Any]] = {}
+    rows = StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id")
+    for row in rows.only("step_key", "status", "output", "iteration", "error"):
+        if row.status in STEP_FINAL:
+            steps[row.step_key] = {
+                "output": row.output,
+                "status": row.status,
+                "iteration": row.iteration,
+                "error": row.error,
+            }
+    context: dict[str, Any] = {
+        "input": run.input,
+        "steps": steps,
+        "run": {"id": run.pk, "workflow": run.workflow.key if run.workflow_id else ""},
+        "iteration": iteration,
+    }
+    if index is not None:
+        context["item"] = item
+        context["index"] = index
+    return context
+
+
+def default_input(run: Run, step: dict[str, Any], context: dict[str, Any]) -> Any:
+    # No `input:` given: a first step gets the run's input, a later step the outputs of the
+    # steps it comes after, by key.
+    if not step["after"]:
+        return run.input
+    return {key: context["steps"].get(key, {}).get("output") for key in step["after"]}
+
+
+def retry_policy(agent_retry: dict[str, Any] | None, step: dict[str, Any]) -> dict[str, Any]:
+    policy = dict(DEFAULT_RETRY)
+    policy.update(agent_retry or {})
+    policy.update(step.get("retry") or {})
+    return policy
+
+
+# ---------------------------------------------------------------------------------------------
+# Advancing
+
+
+def advance(run: Run) -> None:
+    """Start every step whose dependencies are met; finish the run when nothing is left."""
+    if run.status != RunStatus.RUNNING:
+        return
+    spec = spec_for(run)
+    current = heads(run)
+    to_send: list[int] = []
+    progressed = True
+    while progressed and run.status == RunStatus.RUNNING:
+        progressed = False
+        for step in spec["steps"]:
+            head = current.get(step["key"])
+            if head is not None and head.status != StepStatus.PENDING:
+                continue
+            deps = [current.get(key) for key in step["after"]]
+            if any(dep is None or dep.status not in STEP_FINAL for dep in deps):
+                continue
+            if any(dep.status in (StepStatus.FAILED, StepStatus.CANCELLED) for dep in deps if dep):
+                continue
+            head = head or StepRun(run=run, step_key=step["key"], kind=step["kind"])
+            if deps and all(dep.status == StepStatus.SKIPPED for dep in deps if dep):
+                _skip(run, head, "every step it comes after was skipped")
+            else:
+                _start(run, step, head, to_send)
+            current[step["key"]] = head
+            progressed = True
+    dispatch.send_steps_on_commit(to_send)
+    if run.status == RunStatus.RUNNING and all(
+        current.get(s["key"]) is not None and current[s["key"]].status in STEP_FINAL
+        for s in spec["steps"]
+    ):
+        finish_run(run, current)
+
+
+def _skip(run: Run, head: StepRun, reason: str) -> None:
+    head.status = StepStatus.SKIPPED
+    head.finished_at = timezone.now()
+    head.error = ""
+    head.save()
+    event(run, EventKind.STEP_SKIPPED, step=head, to_status=head.status, message=reason)
+
+
+def _start(run: Run, step: dict[str, Any], head: StepRun, to_send: list[int]) -> None:
+    now = timezone.now()
+    context = template_context(run, iteration=head.iteration)
+    try:
+        if step.get("when") and not evaluate(step["when"], context):
+            _skip(run, head, f"`when` was false: {step['when']}")
+            return
+        if step.get("for_each"):
+            payload = None  # each item renders its own input
+        elif "input" in step:
+            payload = render(step["input"], context)
+        else:
+            payload = default_input(run, step, context)
+    except TemplateError as exc:
+        head.save()
+        fail_step(run, head, f"{exc}", ErrorClass.PERMANENT)
+        return
+    head.input = payload
+    head.started_at = now
+    if step["kind"] == StepKind.AGENT:
+        head.agent_name = step["agent"]
+        if step.get("for_each"):
+            _start_map(run, step, head, context, to_send)
+            return
+        head.status = StepStatus.QUEUED
+        head.queued_at = now
+        head.save()
+        event(run, EventKind.STEP_QUEUED, step=head, to_status=head.status)
+        to_send.append(head.pk)
+        return
+    head.status = StepStatus.WAITING
+    if step["kind"] == StepKind.WAIT:
+        wait = step["wait"]
+        limit = wait.get("for") or wait.get("timeout")
+        if limit is not None:
+            head.wake_at = now + timedelta(seconds=parse_duration(limit))
+    head.save()
+    event(run, EventKind.STEP_WAITING, step=head, to_status=head.status, message=_waiting_for(step))
+    if step["kind"] == StepKind.WORKFLOW:
+        _start_child(run, step, head)
+
+
+def _waiting_for(step: dict[str, Any]) -> str:
+    kind = step["kind"]
+    if kind == StepKind.WORKFLOW:
+        return f"waiting for sub-workflow '{step['workflow']}'"
+    if kind == StepKind.WAIT:
+        wait = step["wait"]
+        if wait.get("event"):
+            return f"waiting for event '{wait['event']}'"
+        return f"waiting {wait['for']}"
+    return f"waiting for a person ({kind})"
+
+
+def _start_child(run: Run, step: dict[str, Any], head: StepRun) -> None:
+    from orchestration.models import Workflow
+
+    workflow = Workflow.objects.filter(key=step["workflow"]).first()
+    version = workflow.latest_version if workflow else None
+    if version is None:
+        fail_step(run, head, f"sub-workflow '{step['workflow']}' has no published version", ErrorClass.PERMANENT)
+        return
+    try:
+        child_input = validate_run_input(version.spec, head.input)
+    except ValueError as exc:
+        fail_step(run, head, f"sub-workflow '{step['workflow']}' {exc}", ErrorClass.PERMANENT)
+        return
+    child = Run.objects.create(
+        workflow=workflow,
+        version=version,
+        input=child_input,
+        started_by=run.started_by,
+        trigger="parent",
+        parent_step=head,
+    )
+    event(child, EventKind.RUN_STARTED, to_status=child.status, message=f"started by run {run.pk}, step '{head.step_key}'")
+    advance(child)
+
+
+def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], to_send: list[int]) -> None:
+    try:
+        items = evaluate(step["for_each"], context)
+    except TemplateError as exc:
+        head.save()
+        fail_step(run, head, f"`for_each` {exc}", ErrorClass.PERMANENT)
+        return
+    if isinstance(items, (tuple, range)):
+        items = list(items)
+    if not isinstance(items, list):
+        head.save()
+        fail_step(run, head, f"`for_each` must give a list, got {type(items).__name__}", ErrorClass.PERMANENT)
+        return
+    now = timezone.now()
+    if not items:
+        head.status = StepStatus.SUCCEEDED
+        head.output = []
+        head.items_total = 0
+        head.finished_at = now
+        head.save()
+        event(run, EventKind.STEP_SUCCEEDED, step=head, to_status=head.status, message="for_each over an empty list")
+        after_success(run, head)
+        return
+    limit = step.get("concurrency") or len(items)
+    rows = []
+    for index, item in enumerate(items):
+        item_context = {**context, "item": item, "index": index}
+        try:
+            payload = render(step["input"], item_context) if "input" in step else item
+        except TemplateError as exc:
+            head.save()
+            fail_step(run, head, f"item {index}: {exc}", ErrorClass.PERMANENT)
+            return
+        rows.append((index, payload))
+    head.status = StepStatus.RUNNING
+    head.items_total = len(items)
+    head.save()
+    event(run, EventKind.STEP_STARTED, step=head, to_status=head.status, message=f"mapping over {len(items)} items")
+    created = StepRun.objects.bulk_create(
+        [
+            StepRun(
+                run=run,
+                step_key=head.step_key,
+                iteration=head.iteration,
+                map_index=index,
+                parent=head,
+                kind=head.kind,
+                agent_name=head.agent_name,
+                input=payload,
+                status=StepStatus.QUEUED if index < limit else StepStatus.PENDING,
+                queued_at=now if index < limit else None,
+            )
+            for index, payload in rows
+        ]
+    )
+    if any(row.pk is None for row in created):
+        # Backends that do not return ids from bulk_create; re-read them.
+        created = list(StepRun.objects.filter(parent=head).order_by("map_index"))
+    to_send.extend(row.pk for row in created if row.status == StepStatus.QUEUED)
+
+
+# ---------------------------------------------------------------------------------------------
+# After a step finishes
+
+
+def after_success(run: Run, head: StepRun) -> None:
+    """A head row has just succeeded: apply its loop, then advance."""
+    step = step_spec(run, head.step_key)
+    loop = step.get("loop")
+    if loop:
+        context = template_context(run, iteration=head.iteration)
+        try:
+            done = bool(evaluate(loop["until"], context))
+        except TemplateError as exc:
+            fail_step(run, head, f"`loop.until` {exc}", ErrorClass.PERMANENT)
+            return
+        if not done:
+            if head.iteration < loop["max_iterations"]:
+                _loop_back(run, step, head, loop)
+            elif loop["on_exhausted"] == "fail":
+                fail_step(
+                    run,
+                    head,
+                    f"loop back to '{loop['back_to']}' ran {loop['max_iterations']} times "
+                    f"and `{loop['until']}` never became true",
+                    ErrorClass.PERMANENT,
+                )
+                return
+    advance(run)
+
+
+def _loop_back(run: Run, step: dict[str, Any], head: StepRun, loop: dict[str, Any]) -> None:
+    spec = spec_for(run)
+    body = loop_body(spec, loop["back_to"], step["key"])
+    next_iteration = head.iteration + 1
+    StepRun.objects.bulk_create(
+        [
+            StepRun(run=run, step_key=s["key"], kind=s["kind"], iteration=next_iteration)
+            for s in spec["steps"]
+            if s["key"] in body
+        ]
+    )
+    event(
+        run,
+        EventKind.STEP_LOOPED,
+        step=head,
+        message=f"`{loop['until']}` is false: back to '{loop['back_to']}' for round {next_iteration}",
+        data={"iteration": next_iteration, "steps": sorted(body)},
+    )
+
+
+def fail_step(
+    run: Run,
+    step: StepRun,
+    message: str,
+    error_class: str,
+) -> None:
+    """A step failed for good: an item fails its map, a head fails its run."""
+    before = step.status
+    step.status = StepStatus.FAILED
+    step.error = message
+    step.error_class = error_class
+    step.finished_at = timezone.now()
+    step.lease_expires_at = None
+    step.save()
+    event(run, EventKind.STEP_FAILED, step=step, from_status=before, to_status=step.status, message=message)
+    if step.parent_id is not None:
+        parent = StepRun.objects.get(pk=step.parent_id)
+        if parent.status not in STEP_FINAL:
+            fail_step(run, parent, f"item {step.map_index} failed: {message}", error_class)
+        return
+    agent = f" (agent {step.agent_name})" if step.agent_name else ""
+    fail_run(run, f"Step '{step.step_key}'{agent} failed: {message}")
+
+
+def fail_run(run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: Any = None) -> None:
+    now = timezone.now()
+    stopped = list(
+        StepRun.objects.filter(run=run).exclude(status__in=STEP_FINAL).values_list("pk", flat=True)
+    )
+    StepRun.objects.filter(pk__in=stopped).update(
+        status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None, error_class=ErrorClass.CANCELLED
+    )
+    for child in Run.objects.filter(parent_step_id__in=stopped, status=RunStatus.RUNNING).select_for_update():
+        fail_run(child, f"parent run {run.pk} stopped: {reason}", status=RunStatus.CANCELLED, actor=actor)
+    before = run.status
+    run.status = status
+    run.error = reason
+    run.finished_at = now
+    run.save(update_fields=["status", "error", "finished_at"])
+    kind = EventKind.RUN_CANCELLED if status == RunStatus.CANCELLED else EventKind.RUN_FAILED
+    event(run, kind, from_status=before, to_status=status, message=reason, data={"cancelled_steps": len(stopped)}, actor=actor)
+    if run.parent_step_id:
+        dispatch.notify_parent_on_commit(run.pk)
+
+
+def finish_run(run: Run, current: dict[str, StepRun]) -> None:
+    spec = spec_for(run)
+    context = template_context(run)
+    try:
+        if spec.get("output") is not None:
+            output = render(spec["output"], context)
+        else:
+            needed = {dep for s in spec["steps"] for dep in s["after"]}
+            output = {
+                s["key"]: current[s["key"]].output for s in spec["steps"] if s["key"] not in needed
+            }
+    except TemplateError as exc:
+        fail_run(run, f"The workflow's `output` {exc}")
+        return
+    run.status = RunStatus.SUCCEEDED
+    run.output = output
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "output", "finished_at"])
+    event(run, EventKind.RUN_SUCCEEDED, from_status=RunStatus.RUNNING, to_status=run.status)
+    if run.parent_step_id:
+        dispatch.notify_parent_on_commit(run.pk)
+
+
+def release_next_items(run: Run, parent: StepRun, count: int = 1) -> list[int]:
+    """Move held-back for_each items to queued (a `concurrency` slot came free)."""
+    ids = list(
+        StepRun.objects.filter(parent=parent, status=StepStatus.PENDING)
+        .order_by("map_index")
+        .values_list("pk", flat=True)[:count]
+    )
+    if ids:
+        StepRun.objects.filter(pk__in=ids, status=StepStatus.PENDING).update(
+            status=StepStatus.QUEUED, queued_at=timezone.now()
+        )
+    return ids
+
+
+def collect_items(parent: StepRun) -> list[Any]:
+    return list(parent.items.order_by("map_index").values_list("output", flat=True))
+
+
+def sends(ids: Iterable[int]) -> None:
+    dispatch.send_steps_on_commit(ids)

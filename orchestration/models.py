@@ -1,0 +1,314 @@
+"""Definitions (Agent, Workflow, DraftStep, WorkflowVersion) and runtime (Run, StepRun,
+Attempt, RunEvent).
+
+Models are declarative: state changes live in orchestration/transitions.py and the decision of
+what runs next in orchestration/engine.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from orchestration.status import (
+    RUN_FINAL,
+    STEP_FINAL,
+    AttemptStatus,
+    ErrorClass,
+    EventKind,
+    RunStatus,
+    StepStatus,
+)
+
+
+class AgentKind(models.TextChoices):
+    PYTHON = "python", "Python callable"
+    SIMULATED = "simulated", "Simulated (demo)"
+    HTTP = "http", "HTTP endpoint"
+    LLM = "llm", "LLM (OpenAI-compatible)"
+
+
+class Agent(models.Model):
+    name = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=AgentKind.choices)
+    description = models.TextField(blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    # Defaults for steps that use this agent; a step may override both.
+    timeout_seconds = models.FloatField(null=True, blank=True)
+    retry = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_simulated(self) -> bool:
+        return self.kind == AgentKind.SIMULATED
+
+
+class Workflow(models.Model):
+    """A workflow and its editable draft; runs only ever see published versions."""
+
+    key = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # The draft: the input schema and output template; steps are DraftStep rows.
+    inputs = models.JSONField(default=dict, blank=True)
+    output = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def latest_version(self) -> WorkflowVersion | None:
+        return self.versions.order_by("-number").first()
+
+
+class StepKind(models.TextChoices):
+    AGENT = "agent", "Agent"
+    WORKFLOW = "workflow", "Sub-workflow"
+    APPROVAL = "approval", "Approval"
+    MANUAL = "manual", "Manual task"
+    WAIT = "wait", "Wait for event"
+
+
+class DraftStep(models.Model):
+    """One step of a workflow's draft, edited as an admin inline."""
+
+    workflow = models.ForeignKey(Workflow, related_name="draft_steps", on_delete=models.CASCADE)
+    position = models.PositiveIntegerField(default=0)
+    key = models.SlugField(max_length=100)
+    kind = models.CharField(max_length=20, choices=StepKind.choices, default=StepKind.AGENT)
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.PROTECT)
+    sub_workflow = models.ForeignKey(
+        Workflow, null=True, blank=True, related_name="+", on_delete=models.PROTECT
+    )
+    after = models.CharField(max_length=500, blank=True, help_text="Step keys, comma-separated.")
+    input = models.JSONField(null=True, blank=True)
+    when = models.TextField(blank=True)
+    for_each = models.TextField(blank=True)
+    concurrency = models.PositiveIntegerField(null=True, blank=True)
+    loop = models.JSONField(null=True, blank=True)
+    # Everything else a step may say (timeout, retry, approval/manual/wait settings, ...).
+    options = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["workflow", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "key"], name="draft_step_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class WorkflowVersion(models.Model):
+    """An immutable, validated snapshot of a workflow; runs point at one."""
+
+    workflow = models.ForeignKey(Workflow, related_name="versions", on_delete=models.CASCADE)
+    number = models.PositiveIntegerField()
+    spec = models.JSONField()
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    published_at = models.DateTimeField(auto_now_add=True)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["workflow", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "number"], name="version_number_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.key} v{self.number}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise ValueError("Workflow versions are immutable; publish a new version instead.")
+        super().save(*args, **kwargs)
+
+
+class Run(models.Model):
+    workflow = models.ForeignKey(Workflow, related_name="runs", on_delete=models.PROTECT)
+    version = models.ForeignKey(WorkflowVersion, related_name="runs", on_delete=models.PROTECT)
+    status = models.CharField(
+        max_length=20, choices=RunStatus.choices, default=RunStatus.RUNNING, db_index=True
+    )
+    input = models.JSONField(default=dict)
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    trigger = models.CharField(max_length=40, default="manual")
+    parent_step = models.ForeignKey(
+        "StepRun", null=True, blank=True, related_name="child_runs", on_delete=models.CASCADE
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} of {self.workflow.key}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in RUN_FINAL
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.created_at).total_seconds()
+
+
+class StepRun(models.Model):
+    """One execution of one step: per loop iteration, and per item of a for_each.
+
+    The "head" row of a step (map_index NULL) carries the step's overall state; a for_each
+    step's items are rows with map_index 0..n-1 and parent pointing at the head.
+    """
+
+    run = models.ForeignKey(Run, related_name="steps", on_delete=models.CASCADE)
+    step_key = models.CharField(max_length=100)
+    iteration = models.PositiveIntegerField(default=1)
+    map_index = models.PositiveIntegerField(null=True, blank=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, related_name="items", on_delete=models.CASCADE
+    )
+    kind = models.CharField(max_length=20, choices=StepKind.choices, default=StepKind.AGENT)
+    status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.PENDING)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    error_class = models.CharField(max_length=20, choices=ErrorClass.choices, blank=True)
+    agent_name = models.CharField(max_length=100, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # for_each bookkeeping on the head row.
+    items_total = models.PositiveIntegerField(null=True, blank=True)
+    items_done = models.PositiveIntegerField(default=0)
+    # Delivery bookkeeping: the claim token makes a late duplicate's result impossible to
+    # record; the lease is renewed by the worker's heartbeat and its expiry means the worker
+    # died; queued_at lets the ticker re-send a message the broker lost.
+    claim_token = models.CharField(max_length=32, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    wake_at = models.DateTimeField(null=True, blank=True)
+    usage = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "step_key", "iteration"],
+                condition=Q(map_index__isnull=True),
+                name="step_head_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["run", "step_key", "iteration", "map_index"],
+                condition=Q(map_index__isnull=False),
+                name="step_item_unique",
+            ),
+        ]
+        indexes = [
+            # The ticker's three scans: due retries, expired leases, messages not picked up.
+            models.Index(fields=["status", "next_attempt_at"], name="steprun_due_idx"),
+            models.Index(fields=["status", "lease_expires_at"], name="steprun_lease_idx"),
+            models.Index(fields=["status", "queued_at"], name="steprun_queued_idx"),
+            # for_each: the next held-back item of a parent.
+            models.Index(fields=["parent", "status", "map_index"], name="steprun_items_idx"),
+        ]
+
+    def __str__(self) -> str:
+        label = self.step_key
+        if self.iteration > 1:
+            label += f" (round {self.iteration})"
+        if self.map_index is not None:
+            label += f" [{self.map_index}]"
+        return label
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in STEP_FINAL
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class Attempt(models.Model):
+    step_run = models.ForeignKey(StepRun, related_name="attempt_rows", on_delete=models.CASCADE)
+    number = models.PositiveIntegerField()
+    status = models.CharField(
+        max_length=20, choices=AttemptStatus.choices, default=AttemptStatus.RUNNING
+    )
+    worker = models.CharField(max_length=200, blank=True)
+    agent_name = models.CharField(max_length=100, blank=True)
+    error_class = models.CharField(max_length=20, choices=ErrorClass.choices, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    usage = models.JSONField(default=dict, blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["step_run", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["step_run", "number"], name="attempt_number_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.step_run}"
+
+
+class RunEvent(models.Model):
+    """Append-only log of every state change: timeline, audit trail and live feed read it."""
+
+    run = models.ForeignKey(Run, related_name="events", on_delete=models.CASCADE)
+    step_run = models.ForeignKey(
+        StepRun, null=True, blank=True, related_name="events", on_delete=models.CASCADE
+    )
+    kind = models.CharField(max_length=40, choices=EventKind.choices)
+    from_status = models.CharField(max_length=20, blank=True)
+    to_status = models.CharField(max_length=20, blank=True)
+    message = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.run_id})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise ValueError("Run events are append-only.")
+        super().save(*args, **kwargs)

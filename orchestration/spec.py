@@ -1,0 +1,647 @@
+"""The workflow file format: parsing, validation and normalisation.
+
+`validate_document` turns a parsed YAML/JSON document into normalised agent and workflow specs
+or raises SpecError listing every problem, each naming where it is and what is wrong. Nothing
+here touches the database except to look up agents and workflows that already exist.
+The format is documented in docs/workflow-format.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from orchestration.durations import format_duration, parse_duration
+from orchestration.templating import (
+    TemplateError,
+    check_expression,
+    check_template,
+    referenced_steps,
+)
+
+STEP_KINDS = ("agent", "workflow", "approval", "manual", "wait")
+STEP_FIELDS = {
+    "key",
+    "name",
+    "description",
+    *STEP_KINDS,
+    "after",
+    "input",
+    "when",
+    "for_each",
+    "concurrency",
+    "loop",
+    "timeout",
+    "retry",
+}
+WORKFLOW_FIELDS = {"key", "name", "description", "owner", "inputs", "output", "steps"}
+AGENT_FIELDS = {"name", "kind", "description", "config", "timeout", "retry"}
+DOCUMENT_FIELDS = {"agents", "workflow"}
+INPUT_FIELDS = {"type", "required", "default", "description", "enum"}
+INPUT_TYPES = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "list": (list,),
+    "object": (dict,),
+}
+RETRY_FIELDS = {"attempts", "backoff", "max_backoff", "jitter"}
+LOOP_FIELDS = {"back_to", "until", "max_iterations", "on_exhausted"}
+AGENT_KINDS_AVAILABLE = {"python", "simulated"}
+AGENT_KINDS_LATER = {"http", "llm"}
+DEFAULT_RETRY = {"attempts": 3, "backoff": 1.0, "max_backoff": 60.0, "jitter": True}
+
+
+class SpecError(Exception):
+    """One or more problems in a workflow file; `problems` lists them one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class Problems:
+    items: list[str] = field(default_factory=list)
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise SpecError(self.items)
+
+
+def load_text(text: str, *, source: str = "<input>") -> dict[str, Any]:
+    """Parse YAML (JSON is YAML too) into a mapping."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}, line {mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"{where}: not valid YAML or JSON ({problem})"]) from None
+    if not isinstance(document, dict):
+        raise SpecError([f"{source}: the file must be a mapping with a `workflow` key"])
+    return document
+
+
+# ---------------------------------------------------------------------------------------------
+# Agents
+
+
+def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        problems.add(where, "must be a mapping with at least `name` and `kind`")
+        return None
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        problems.add(where, "field `name` is required")
+        return None
+    where = f"agent '{name}'"
+    for unknown in sorted(set(raw) - AGENT_FIELDS):
+        problems.add(where, f"unknown field `{unknown}`")
+    kind = raw.get("kind")
+    if kind in AGENT_KINDS_LATER:
+        problems.add(where, f"field `kind`: {kind!r} agents are not available yet")
+    elif kind not in AGENT_KINDS_AVAILABLE:
+        problems.add(
+            where, f"field `kind`: {kind!r} is not one of {sorted(AGENT_KINDS_AVAILABLE)}"
+        )
+    config = raw.get("config", {}) or {}
+    if not isinstance(config, dict):
+        problems.add(where, "field `config` must be a mapping")
+        config = {}
+    if kind == "python":
+        _check_callable(config.get("callable"), where, problems)
+    elif kind == "simulated":
+        _check_simulated(config, where, problems)
+    agent: dict[str, Any] = {
+        "name": name,
+        "kind": kind,
+        "description": str(raw.get("description", "") or ""),
+        "config": config,
+        "timeout": _duration(raw.get("timeout"), where, "timeout", problems),
+        "retry": normalise_retry(raw.get("retry"), where, problems),
+    }
+    return agent
+
+
+def _check_callable(path: Any, where: str, problems: Problems) -> None:
+    if not isinstance(path, str) or ":" not in path:
+        problems.add(where, "field `config.callable` must be 'module:function'")
+        return
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        problems.add(where, f"field `config.callable`: cannot import {module_name!r} ({exc})")
+        return
+    if not callable(getattr(module, attr, None)):
+        problems.add(where, f"field `config.callable`: {module_name!r} has no function {attr!r}")
+
+
+def _check_simulated(config: dict[str, Any], where: str, problems: Problems) -> None:
+    delay = config.get("delay")
+    if delay is not None:
+        values = delay if isinstance(delay, list) else [delay]
+        for value in values:
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                problems.add(where, f"field `config.delay`: {exc}")
+    rate = config.get("failure_rate", 0)
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        problems.add(where, "field `config.failure_rate` must be a number from 0 to 1")
+    if "output" in config:
+        _check_templates(config["output"], where, "config.output", problems)
+
+
+def normalise_retry(raw: Any, where: str, problems: Problems) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problems.add(where, "field `retry` must be a mapping (attempts, backoff, max_backoff, jitter)")
+        return None
+    for unknown in sorted(set(raw) - RETRY_FIELDS):
+        problems.add(where, f"field `retry.{unknown}` is unknown")
+    retry: dict[str, Any] = {}
+    if "attempts" in raw:
+        attempts = raw["attempts"]
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+            problems.add(where, "field `retry.attempts` must be a whole number of at least 1")
+        else:
+            retry["attempts"] = attempts
+    for name in ("backoff", "max_backoff"):
+        if name in raw:
+            seconds = _duration(raw[name], where, f"retry.{name}", problems)
+            if seconds is not None:
+                retry[name] = seconds
+    if "jitter" in raw:
+        if not isinstance(raw["jitter"], bool):
+            problems.add(where, "field `retry.jitter` must be true or false")
+        else:
+            retry["jitter"] = raw["jitter"]
+    return retry
+
+
+def _duration(raw: Any, where: str, name: str, problems: Problems) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        problems.add(where, f"field `{name}`: {exc}")
+        return None
+
+
+def _check_templates(value: Any, where: str, name: str, problems: Problems) -> list[Any]:
+    try:
+        return check_template(value)
+    except TemplateError as exc:
+        problems.add(where, f"field `{name}` {exc}")
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Workflows
+
+
+@dataclass
+class Catalog:
+    """What a workflow may refer to: agent names and workflow keys (with their children)."""
+
+    agents: set[str]
+    workflows: dict[str, set[str]]  # workflow key -> keys of sub-workflows it calls
+
+
+def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
+    problems = Problems()
+    if not isinstance(raw, dict):
+        raise SpecError(["workflow: must be a mapping with `key`, `name` and `steps`"])
+    key = raw.get("key")
+    if not isinstance(key, str) or not key.strip():
+        raise SpecError(["workflow: field `key` is required"])
+    where = f"workflow '{key}'"
+    for unknown in sorted(set(raw) - WORKFLOW_FIELDS):
+        problems.add(where, f"unknown field `{unknown}`")
+    name = raw.get("name") or key
+    inputs = _normalise_inputs(raw.get("inputs"), where, problems)
+    raw_steps = raw.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        problems.add(where, "field `steps` must be a non-empty list")
+        raw_steps = []
+    steps: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    # A step may name this very workflow; that is reported as recursion, not as unknown.
+    local = Catalog(agents=catalog.agents, workflows={**catalog.workflows, key: set()})
+    for index, raw_step in enumerate(raw_steps):
+        step = _normalise_step(raw_step, index, where, local, problems)
+        if step is None:
+            continue
+        if step["key"] in seen:
+            problems.add(f"{where}, step '{step['key']}'", "duplicate key")
+            continue
+        seen.add(step["key"])
+        steps.append(step)
+    spec: dict[str, Any] = {
+        "key": key,
+        "name": str(name),
+        "description": str(raw.get("description", "") or ""),
+        "owner": raw.get("owner") or None,
+        "inputs": inputs,
+        "output": raw.get("output"),
+        "steps": steps,
+    }
+    if spec["output"] is not None:
+        trees = _check_templates(spec["output"], where, "output", problems)
+        for missing in sorted(referenced_steps(trees) - seen):
+            problems.add(where, f"field `output` refers to unknown step '{missing}'")
+    _check_graph(spec, where, problems)
+    _check_recursion(spec, catalog, where, problems)
+    problems.raise_if_any()
+    return spec
+
+
+def _normalise_inputs(raw: Any, where: str, problems: Problems) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.add(where, "field `inputs` must be a mapping of name to {type, required, default}")
+        return {}
+    inputs: dict[str, Any] = {}
+    for name, definition in raw.items():
+        at = f"{where}, input '{name}'"
+        if not isinstance(definition, dict):
+            problems.add(at, "must be a mapping such as {type: string, required: true}")
+            continue
+        for unknown in sorted(set(definition) - INPUT_FIELDS):
+            problems.add(at, f"unknown field `{unknown}`")
+        kind = definition.get("type", "string")
+        if kind not in INPUT_TYPES:
+            problems.add(at, f"field `type`: {kind!r} is not one of {sorted(INPUT_TYPES)}")
+            continue
+        item: dict[str, Any] = {"type": kind}
+        if definition.get("required"):
+            item["required"] = True
+        if definition.get("description"):
+            item["description"] = str(definition["description"])
+        if "enum" in definition:
+            if not isinstance(definition["enum"], list) or not definition["enum"]:
+                problems.add(at, "field `enum` must be a non-empty list")
+            else:
+                item["enum"] = definition["enum"]
+        if "default" in definition:
+            error = check_input_value(item, definition["default"])
+            if error:
+                problems.add(at, f"field `default`: {error}")
+            item["default"] = definition["default"]
+        inputs[str(name)] = item
+    return inputs
+
+
+def check_input_value(definition: Mapping[str, Any], value: Any) -> str | None:
+    kind = definition.get("type", "string")
+    types = INPUT_TYPES[kind]
+    if isinstance(value, bool) and kind != "boolean":
+        return f"expected {kind}, got a boolean"
+    if not isinstance(value, types):
+        return f"expected {kind}, got {type(value).__name__}"
+    if "enum" in definition and value not in definition["enum"]:
+        return f"{value!r} is not one of {definition['enum']}"
+    return None
+
+
+def _normalise_step(
+    raw: Any, index: int, where: str, catalog: Catalog, problems: Problems
+) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        problems.add(f"{where}, step #{index + 1}", "must be a mapping with a `key`")
+        return None
+    key = raw.get("key")
+    if not isinstance(key, str) or not key.strip():
+        problems.add(f"{where}, step #{index + 1}", "field `key` is required")
+        return None
+    at = f"{where}, step '{key}'"
+    for unknown in sorted(set(raw) - STEP_FIELDS):
+        problems.add(at, f"unknown field `{unknown}`")
+    kinds = [k for k in STEP_KINDS if k in raw]
+    if len(kinds) != 1:
+        said = ", ".join(f"`{k}`" for k in kinds) or "none"
+        problems.add(at, f"must have exactly one of `agent`, `workflow`, `approval`, `manual`, `wait` (has {said})")
+        return None
+    kind = kinds[0]
+    step: dict[str, Any] = {"key": key, "kind": kind}
+    for optional in ("name", "description"):
+        if raw.get(optional):
+            step[optional] = str(raw[optional])
+    if kind == "agent":
+        agent = raw["agent"]
+        if agent not in catalog.agents:
+            problems.add(at, f"field `agent`: unknown agent {agent!r}")
+        step["agent"] = agent
+    elif kind == "workflow":
+        child = raw["workflow"]
+        if not isinstance(child, str) or child not in catalog.workflows:
+            problems.add(at, f"field `workflow`: unknown workflow {child!r}")
+        step["workflow"] = child
+    else:
+        options = raw[kind] or {}
+        if not isinstance(options, dict):
+            problems.add(at, f"field `{kind}` must be a mapping")
+            options = {}
+        _check_templates(options, at, kind, problems)
+        if kind == "wait":
+            _check_wait(options, at, problems)
+        step[kind] = options
+    after = raw.get("after", [])
+    if isinstance(after, str):
+        after = [after]
+    if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+        problems.add(at, "field `after` must be a list of step keys")
+        after = []
+    step["after"] = list(dict.fromkeys(after))
+    trees: list[Any] = []
+    if "input" in raw:
+        step["input"] = raw["input"]
+        trees += _check_templates(raw["input"], at, "input", problems)
+    for name in ("when", "for_each"):
+        if name in raw and raw[name] is not None:
+            if not isinstance(raw[name], str):
+                problems.add(at, f"field `{name}` must be an expression string")
+                continue
+            try:
+                trees.append(check_expression(raw[name]))
+            except TemplateError as exc:
+                problems.add(at, f"field `{name}` {exc}")
+            step[name] = raw[name]
+    if "concurrency" in raw:
+        value = raw["concurrency"]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.add(at, "field `concurrency` must be a whole number of at least 1")
+        elif "for_each" not in raw:
+            problems.add(at, "field `concurrency` only applies to a `for_each` step")
+        else:
+            step["concurrency"] = value
+    if "loop" in raw:
+        loop = _normalise_loop(raw["loop"], at, problems)
+        if loop is not None:
+            step["loop"] = loop
+            try:
+                trees.append(check_expression(loop["until"]))
+            except TemplateError as exc:
+                problems.add(at, f"field `loop.until` {exc}")
+    if "timeout" in raw:
+        step["timeout"] = _duration(raw["timeout"], at, "timeout", problems)
+    if "retry" in raw:
+        step["retry"] = normalise_retry(raw["retry"], at, problems)
+    step["_refs"] = sorted(referenced_steps(trees))
+    return step
+
+
+def _check_wait(options: dict[str, Any], at: str, problems: Problems) -> None:
+    if not options.get("event") and not options.get("for"):
+        problems.add(at, "field `wait` needs `event` (a name to wait for) or `for` (a duration)")
+    for unknown in sorted(set(options) - {"event", "for", "timeout"}):
+        problems.add(at, f"field `wait.{unknown}` is unknown")
+    for name in ("for", "timeout"):
+        if name in options:
+            _duration(options[name], at, f"wait.{name}", problems)
+
+
+def _normalise_loop(raw: Any, at: str, problems: Problems) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        problems.add(at, "field `loop` must be a mapping with back_to, until, max_iterations")
+        return None
+    for unknown in sorted(set(raw) - LOOP_FIELDS):
+        problems.add(at, f"field `loop.{unknown}` is unknown")
+    ok = True
+    if not isinstance(raw.get("back_to"), str):
+        problems.add(at, "field `loop.back_to` must name a step")
+        ok = False
+    if not isinstance(raw.get("until"), str):
+        problems.add(at, "field `loop.until` must be an expression")
+        ok = False
+    max_iterations = raw.get("max_iterations")
+    if not isinstance(max_iterations, int) or isinstance(max_iterations, bool) or max_iterations < 1:
+        problems.add(at, "field `loop.max_iterations` must be a whole number of at least 1")
+        ok = False
+    on_exhausted = raw.get("on_exhausted", "fail")
+    if on_exhausted not in ("fail", "continue"):
+        problems.add(at, f"field `loop.on_exhausted`: {on_exhausted!r} is not 'fail' or 'continue'")
+        ok = False
+    if not ok:
+        return None
+    return {
+        "back_to": raw["back_to"],
+        "until": raw["until"],
+        "max_iterations": max_iterations,
+        "on_exhausted": on_exhausted,
+    }
+
+
+def _check_graph(spec: dict[str, Any], where: str, problems: Problems) -> None:
+    steps = {s["key"]: s for s in spec["steps"]}
+    for step in spec["steps"]:
+        at = f"{where}, step '{step['key']}'"
+        for dependency in step["after"]:
+            if dependency not in steps:
+                problems.add(at, f"field `after` names missing step '{dependency}'")
+            elif dependency == step["key"]:
+                problems.add(at, "field `after` names the step itself")
+        for ref in step.pop("_refs", []):
+            if ref not in steps:
+                problems.add(at, f"a template refers to unknown step '{ref}'")
+    cycle = find_cycle({k: [d for d in s["after"] if d in steps] for k, s in steps.items()})
+    if cycle:
+        path = " -> ".join(cycle)
+        problems.add(where, f"steps form a cycle ({path}); use `loop` to go back")
+        return
+    bodies: dict[str, set[str]] = {}
+    for step in spec["steps"]:
+        loop = step.get("loop")
+        if not loop:
+            continue
+        at = f"{where}, step '{step['key']}'"
+        back_to = loop["back_to"]
+        if back_to not in steps:
+            problems.add(at, f"field `loop.back_to` names missing step '{back_to}'")
+            continue
+        body = loop_body(spec, back_to, step["key"])
+        if not body:
+            problems.add(
+                at, f"field `loop.back_to`: '{back_to}' is not this step or a step it comes after"
+            )
+            continue
+        for other, other_body in bodies.items():
+            if body & other_body:
+                problems.add(at, f"field `loop`: its steps overlap the loop of step '{other}'")
+        bodies[step["key"]] = body
+
+
+def loop_body(spec: Mapping[str, Any], back_to: str, looping: str) -> set[str]:
+    """Steps re-run by a loop: those on a path from `back_to` to the looping step."""
+    after = {s["key"]: set(s["after"]) for s in spec["steps"]}
+    ancestors_of_loop = _closure(looping, after)
+    dependents: dict[str, set[str]] = {k: set() for k in after}
+    for key, deps in after.items():
+        for dep in deps:
+            dependents.setdefault(dep, set()).add(key)
+    descendants_of_start = _closure(back_to, dependents)
+    if back_to not in ancestors_of_loop:
+        return set()
+    return ancestors_of_loop & descendants_of_start
+
+
+def _closure(start: str, edges: Mapping[str, set[str]]) -> set[str]:
+    seen = {start}
+    stack = [start]
+    while stack:
+        for nxt in edges.get(stack.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
+def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """A cycle in a directed graph as a list of nodes (first repeated last), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in edges.get(node, ()):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if state.get(nxt) is None:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if state.get(node) is None:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _check_recursion(spec: dict[str, Any], catalog: Catalog, where: str, problems: Problems) -> None:
+    graph = {k: set(v) for k, v in catalog.workflows.items()}
+    graph[spec["key"]] = {s["workflow"] for s in spec["steps"] if s["kind"] == "workflow"}
+    cycle = find_cycle(graph)
+    if cycle and spec["key"] in cycle:
+        path = " -> ".join(cycle)
+        problems.add(where, f"sub-workflows call themselves ({path})")
+
+
+def children_of(spec: Mapping[str, Any]) -> set[str]:
+    return {s["workflow"] for s in spec.get("steps", []) if s.get("kind") == "workflow"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole document, and writing it back
+
+
+def validate_document(document: dict[str, Any], catalog: Catalog) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    problems = Problems()
+    for unknown in sorted(set(document) - DOCUMENT_FIELDS):
+        problems.add("file", f"unknown top-level field `{unknown}`")
+    agents: list[dict[str, Any]] = []
+    raw_agents = document.get("agents") or []
+    if not isinstance(raw_agents, list):
+        problems.add("file", "field `agents` must be a list")
+        raw_agents = []
+    names: set[str] = set()
+    for index, raw in enumerate(raw_agents):
+        agent = normalise_agent(raw, f"agents #{index + 1}", problems)
+        if agent is None:
+            continue
+        if agent["name"] in names:
+            problems.add(f"agent '{agent['name']}'", "defined twice")
+        names.add(agent["name"])
+        agents.append(agent)
+    workflow = None
+    if "workflow" in document:
+        local = Catalog(agents=catalog.agents | names, workflows=catalog.workflows)
+        try:
+            workflow = normalise_workflow(document["workflow"], local)
+        except SpecError as exc:
+            problems.items.extend(exc.problems)
+    elif not agents:
+        problems.add("file", "has neither `workflow` nor `agents`")
+    problems.raise_if_any()
+    return agents, workflow
+
+
+def agent_to_file(agent: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": agent["name"], "kind": agent["kind"]}
+    if agent.get("description"):
+        out["description"] = agent["description"]
+    if agent.get("config"):
+        out["config"] = agent["config"]
+    if agent.get("timeout") is not None:
+        out["timeout"] = format_duration(agent["timeout"])
+    if agent.get("retry"):
+        out["retry"] = retry_to_file(agent["retry"])
+    return out
+
+
+def retry_to_file(retry: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(retry)
+    for name in ("backoff", "max_backoff"):
+        if name in out:
+            out[name] = format_duration(out[name])
+    return out
+
+
+def workflow_to_file(spec: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": spec["key"], "name": spec["name"]}
+    if spec.get("description"):
+        out["description"] = spec["description"]
+    if spec.get("owner"):
+        out["owner"] = spec["owner"]
+    if spec.get("inputs"):
+        out["inputs"] = spec["inputs"]
+    if spec.get("output") is not None:
+        out["output"] = spec["output"]
+    steps = []
+    for step in spec["steps"]:
+        item: dict[str, Any] = {"key": step["key"]}
+        for name in ("name", "description"):
+            if step.get(name):
+                item[name] = step[name]
+        item[step["kind"]] = step[step["kind"]]
+        if step.get("after"):
+            item["after"] = step["after"]
+        for name in ("input", "when", "for_each", "concurrency", "loop"):
+            if name in step:
+                item[name] = step[name]
+        if step.get("timeout") is not None:
+            item["timeout"] = format_duration(step["timeout"])
+        if step.get("retry"):
+            item["retry"] = retry_to_file(step["retry"])
+        steps.append(item)
+    out["steps"] = steps
+    return out
+
+
+def dump_document(agents: list[Mapping[str, Any]], spec: Mapping[str, Any], *, as_json: bool = False) -> str:
+    document: dict[str, Any] = {}
+    if agents:
+        document["agents"] = [agent_to_file(a) for a in agents]
+    document["workflow"] = workflow_to_file(spec)
+    if as_json:
+        return json.dumps(document, indent=2) + "\n"
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,68 @@
+"""Every status a run, step or attempt can be in, and which of them are final."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class RunStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+RUN_FINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class StepStatus(models.TextChoices):
+    # Created for a later loop iteration or a for_each item held back by `concurrency`.
+    PENDING = "pending", "Pending"
+    # A task message has been sent; no worker has claimed it yet.
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    # A transient failure: next_attempt_at says when the ticker queues it again.
+    RETRYING = "retrying", "Retrying"
+    # Held by a person, an event, a timer or a child run; holds no worker.
+    WAITING = "waiting", "Waiting"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+STEP_FINAL = frozenset(
+    {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}
+)
+STEP_DONE_OK = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
+
+
+class AttemptStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class ErrorClass(models.TextChoices):
+    TRANSIENT = "transient", "Transient"
+    PERMANENT = "permanent", "Permanent"
+    TIMEOUT = "timeout", "Timeout"
+    LOST = "lost", "Worker lost"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class EventKind(models.TextChoices):
+    RUN_STARTED = "run.started", "Run started"
+    RUN_SUCCEEDED = "run.succeeded", "Run succeeded"
+    RUN_FAILED = "run.failed", "Run failed"
+    RUN_CANCELLED = "run.cancelled", "Run cancelled"
+    STEP_QUEUED = "step.queued", "Step queued"
+    STEP_STARTED = "step.started", "Step started"
+    STEP_SUCCEEDED = "step.succeeded", "Step succeeded"
+    STEP_RETRYING = "step.retrying", "Step will retry"
+    STEP_FAILED = "step.failed", "Step failed"
+    STEP_SKIPPED = "step.skipped", "Step skipped"
+    STEP_WAITING = "step.waiting", "Step waiting"
+    STEP_CANCELLED = "step.cancelled", "Step cancelled"
+    STEP_LOOPED = "step.looped", "Loop sent back"
+    MESSAGE_RESENT = "message.resent", "Task message re-sent"

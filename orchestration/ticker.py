@@ -1,0 +1,62 @@
+"""The ticker: the periodic sweep that makes execution durable.
+
+It queues retries whose time has come, takes steps back from dead workers, re-sends task
+messages the broker lost, wakes timers, and resumes parents of finished sub-workflow runs.
+Every action is a compare-and-set transition, so several tickers (one per worker host) may run
+at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from orchestration import transitions
+from orchestration.models import Run, StepKind, StepRun
+from orchestration.status import RUN_FINAL, StepStatus
+
+logger = logging.getLogger("baton.ticker")
+
+BATCH = 500
+
+
+@dataclass
+class TickReport:
+    retried: int = 0
+    lost: int = 0
+    resent: int = 0
+    woken: int = 0
+    resumed: int = 0
+
+    def __bool__(self) -> bool:
+        return any((self.retried, self.lost, self.resent, self.woken, self.resumed))
+
+
+def tick(now: datetime | None = None) -> TickReport:
+    now = now or timezone.now()
+    report = TickReport()
+    for pk in StepRun.objects.filter(status=StepStatus.RETRYING, next_attempt_at__lte=now).values_list("pk", flat=True)[:BATCH]:
+        report.retried += transitions.queue_due_retry(step_run_id=pk)
+    expired = StepRun.objects.filter(status=StepStatus.RUNNING, lease_expires_at__lt=now).values_list(
+        "pk", "claim_token", "attempts", "run_id"
+    )[:BATCH]
+    for pk, token, attempts, run_id in expired:
+        report.lost += transitions.expire_lease(step_run_id=pk, token=token, attempt=attempts, run_id=run_id)
+    stale = now - timedelta(seconds=settings.BATON_REQUEUE_AFTER_SECONDS)
+    for pk, queued_at in StepRun.objects.filter(status=StepStatus.QUEUED, queued_at__lt=stale).values_list("pk", "queued_at")[:BATCH]:
+        report.resent += transitions.resend_lost_message(step_run_id=pk, queued_at=queued_at)
+    for pk in StepRun.objects.filter(status=StepStatus.WAITING, kind=StepKind.WAIT, wake_at__lte=now).values_list("pk", flat=True)[:BATCH]:
+        transitions.wake_timer(step_run_id=pk)
+        report.woken += 1
+    orphans = Run.objects.filter(
+        status__in=RUN_FINAL, parent_step__status=StepStatus.WAITING, parent_step__kind=StepKind.WORKFLOW
+    ).values_list("pk", flat=True)[:BATCH]
+    for pk in orphans:
+        report.resumed += transitions.finish_child_run(child_run_id=pk)
+    if report:
+        logger.info("tick: %s", report)
+    return report

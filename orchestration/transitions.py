@@ -1,0 +1,415 @@
+"""Every change to a run's state goes through a function here.
+
+Views, the API, management commands, django-q2 tasks and the ticker all call these. Each one
+checks the state it starts from (compare-and-set), runs in one transaction holding the run's
+row lock, appends RunEvent rows, and leaves messages to workers until after commit.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from orchestration import dispatch, engine
+from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
+from orchestration.status import (
+    RUN_FINAL,
+    STEP_FINAL,
+    AttemptStatus,
+    ErrorClass,
+    EventKind,
+    RunStatus,
+    StepStatus,
+)
+
+
+class InvalidTransition(Exception):
+    """The object is not in a state that allows this change; the message says why."""
+
+
+def _lock_run(run_id: int) -> Run:
+    # Lock order: a run before its steps; a parent run before its children. Child-to-parent
+    # notifications happen in a separate transaction after commit, so the order never inverts.
+    return Run.objects.select_for_update().select_related("workflow").get(pk=run_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def start_run(
+    *,
+    workflow: Workflow | str,
+    input: Any = None,
+    started_by: Any = None,
+    trigger: str = "manual",
+    version: WorkflowVersion | None = None,
+) -> Run:
+    """Start a run of the latest published version (or the given one).
+
+    Raises ValueError naming every bad input field, and LookupError for an unknown or
+    unpublished workflow; nothing is written in either case.
+    """
+    if isinstance(workflow, str):
+        found = Workflow.objects.filter(key=workflow).first()
+        if found is None:
+            raise LookupError(f"workflow '{workflow}' does not exist")
+        workflow = found
+    version = version or workflow.latest_version
+    if version is None:
+        raise LookupError(f"workflow '{workflow.key}' has no published version")
+    values = engine.validate_run_input(version.spec, input)
+    with transaction.atomic():
+        run = Run.objects.create(
+            workflow=workflow,
+            version=version,
+            input=values,
+            started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
+            trigger=trigger,
+        )
+        engine.event(run, EventKind.RUN_STARTED, to_status=run.status, actor=started_by, message=f"version {version.number}, trigger {trigger}")
+        engine.advance(run)
+    return run
+
+
+def cancel_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
+    with transaction.atomic():
+        run = _lock_run(run_id)
+        if run.status in RUN_FINAL:
+            raise InvalidTransition(f"run {run_id} already {run.status}")
+        who = getattr(actor, "username", None) or "an operator"
+        engine.fail_run(run, reason or f"cancelled by {who}", status=RunStatus.CANCELLED, actor=actor)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Agent steps, as seen from a worker
+
+
+@dataclass(frozen=True)
+class Claim:
+    step_run_id: int
+    run_id: int
+    token: str
+    attempt: int
+    step_key: str
+    iteration: int
+    map_index: int | None
+    agent_name: str
+    input: Any
+
+
+def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
+    """Take a queued step for this worker; None if someone else has it or it is not queued.
+
+    Compare-and-set on status makes a duplicate delivery of the same message harmless: only
+    one worker moves the row from queued to running.
+    """
+    now = timezone.now()
+    token = secrets.token_hex(16)
+    lease = timedelta(seconds=settings.BATON_LEASE_SECONDS)
+    with transaction.atomic():
+        won = StepRun.objects.filter(pk=step_run_id, status=StepStatus.QUEUED).update(
+            status=StepStatus.RUNNING,
+            attempts=F("attempts") + 1,
+            claim_token=token,
+            lease_expires_at=now + lease,
+            started_at=Coalesce(F("started_at"), now),
+            next_attempt_at=None,
+        )
+        if not won:
+            return None
+        step = StepRun.objects.select_related("run").get(pk=step_run_id)
+        Attempt.objects.create(
+            step_run=step, number=step.attempts, worker=worker, agent_name=step.agent_name, started_at=now
+        )
+        engine.event(
+            step.run,
+            EventKind.STEP_STARTED,
+            step=step,
+            from_status=StepStatus.QUEUED,
+            to_status=StepStatus.RUNNING,
+            message=f"attempt {step.attempts} on {worker}",
+        )
+    return Claim(
+        step_run_id=step.pk,
+        run_id=step.run_id,
+        token=token,
+        attempt=step.attempts,
+        step_key=step.step_key,
+        iteration=step.iteration,
+        map_index=step.map_index,
+        agent_name=step.agent_name,
+        input=step.input,
+    )
+
+
+def renew_lease(*, step_run_id: int, token: str) -> bool:
+    lease = timedelta(seconds=settings.BATON_LEASE_SECONDS)
+    return bool(
+        StepRun.objects.filter(pk=step_run_id, status=StepStatus.RUNNING, claim_token=token).update(
+            lease_expires_at=timezone.now() + lease
+        )
+    )
+
+
+def record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None = None) -> bool:
+    """Store a worker's result; False (and nothing written) if the claim is no longer valid."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = _lock_run(claim.run_id)
+        won = StepRun.objects.filter(
+            pk=claim.step_run_id, status=StepStatus.RUNNING, claim_token=claim.token
+        ).update(
+            status=StepStatus.SUCCEEDED,
+            output=output,
+            usage=usage or {},
+            error="",
+            error_class="",
+            finished_at=now,
+            lease_expires_at=None,
+        )
+        if not won:
+            # A late or duplicate delivery: the lease expired and another attempt owns the
+            # step, or the run was cancelled. Its result must not count.
+            return False
+        Attempt.objects.filter(step_run_id=claim.step_run_id, number=claim.attempt).update(
+            status=AttemptStatus.SUCCEEDED, finished_at=now, usage=usage or {}
+        )
+        step = StepRun.objects.get(pk=claim.step_run_id)
+        engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.RUNNING, to_status=step.status)
+        if step.parent_id is None:
+            engine.after_success(run, step)
+        else:
+            _item_succeeded(run, step)
+    return True
+
+
+def _item_succeeded(run: Run, item: StepRun) -> None:
+    StepRun.objects.filter(pk=item.parent_id).update(items_done=F("items_done") + 1)
+    parent = StepRun.objects.get(pk=item.parent_id)
+    if parent.status in STEP_FINAL:
+        return
+    if parent.items_done >= (parent.items_total or 0):
+        parent.status = StepStatus.SUCCEEDED
+        parent.output = engine.collect_items(parent)
+        parent.finished_at = timezone.now()
+        parent.save(update_fields=["status", "output", "finished_at"])
+        engine.event(run, EventKind.STEP_SUCCEEDED, step=parent, from_status=StepStatus.RUNNING, to_status=parent.status, message=f"all {parent.items_total} items done")
+        engine.after_success(run, parent)
+    else:
+        engine.sends(engine.release_next_items(run, parent))
+
+
+def record_failure(
+    *,
+    claim: Claim,
+    error_class: str,
+    message: str,
+    traceback: str = "",
+    usage: dict[str, Any] | None = None,
+) -> bool:
+    """A failed attempt: retry later by the step's policy, or fail the step for good."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = _lock_run(claim.run_id)
+        step = StepRun.objects.filter(
+            pk=claim.step_run_id, status=StepStatus.RUNNING, claim_token=claim.token
+        ).first()
+        if step is None:
+            return False
+        Attempt.objects.filter(step_run=step, number=claim.attempt).update(
+            status=AttemptStatus.FAILED,
+            finished_at=now,
+            error_class=error_class,
+            error=message[:2000],
+            traceback=traceback[-20000:],
+            usage=usage or {},
+        )
+        agent = Agent.objects.filter(name=step.agent_name).values_list("retry", flat=True).first()
+        policy = engine.retry_policy(agent, engine.step_spec(run, step.step_key))
+        if error_class == ErrorClass.PERMANENT or step.attempts >= policy["attempts"]:
+            tries = f" after {step.attempts} attempts" if step.attempts > 1 else ""
+            engine.fail_step(run, step, f"{message}{tries}", error_class)
+            return True
+        delay = backoff_seconds(policy, step.attempts)
+        step.status = StepStatus.RETRYING
+        step.next_attempt_at = now + timedelta(seconds=delay)
+        step.error = message
+        step.error_class = error_class
+        step.lease_expires_at = None
+        step.save(update_fields=["status", "next_attempt_at", "error", "error_class", "lease_expires_at"])
+        engine.event(
+            run,
+            EventKind.STEP_RETRYING,
+            step=step,
+            from_status=StepStatus.RUNNING,
+            to_status=step.status,
+            message=f"{error_class}: {message}; attempt {step.attempts + 1} in {delay:.1f}s",
+            data={"next_attempt_at": step.next_attempt_at.isoformat(), "delay": delay},
+        )
+    return True
+
+
+def backoff_seconds(policy: dict[str, Any], attempts_so_far: int) -> float:
+    """Exponential backoff capped at max_backoff; with jitter, "full jitter" (0..cap)."""
+    ceiling = min(float(policy["max_backoff"]), float(policy["backoff"]) * 2 ** (attempts_so_far - 1))
+    if policy.get("jitter"):
+        return random.uniform(0, ceiling)
+    return ceiling
+
+
+# ---------------------------------------------------------------------------------------------
+# Waiting steps: people, events, timers and child runs
+
+
+def resolve_waiting_step(
+    *,
+    step_run_id: int,
+    output: Any = None,
+    failed: bool = False,
+    error: str = "",
+    actor: Any = None,
+    expected_kind: str | None = None,
+) -> StepRun:
+    """Finish a step that waits (approval, manual task, event, timer, child run)."""
+    step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
+    with transaction.atomic():
+        run = _lock_run(step_run.run_id)
+        step = StepRun.objects.get(pk=step_run_id)
+        if step.status != StepStatus.WAITING:
+            raise InvalidTransition(f"step '{step.step_key}' is {step.status}, not waiting")
+        if expected_kind and step.kind != expected_kind:
+            raise InvalidTransition(f"step '{step.step_key}' is a {step.kind} step, not {expected_kind}")
+        if failed:
+            engine.fail_step(run, step, error or "failed", ErrorClass.PERMANENT)
+            return step
+        step.status = StepStatus.SUCCEEDED
+        step.output = output
+        step.finished_at = timezone.now()
+        step.wake_at = None
+        step.save(update_fields=["status", "output", "finished_at", "wake_at"])
+        engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor)
+        engine.after_success(run, step)
+    return step
+
+
+def signal_event(*, run_id: int, event_name: str, payload: Any = None, actor: Any = None) -> int:
+    """Deliver a named event to a run; returns how many waiting steps it resolved."""
+    waiting = StepRun.objects.filter(run_id=run_id, kind=StepKind.WAIT, status=StepStatus.WAITING)
+    resolved = 0
+    for step in waiting:
+        run = Run.objects.get(pk=run_id)
+        wait = engine.step_spec(run, step.step_key).get("wait", {})
+        if wait.get("event") == event_name:
+            try:
+                resolve_waiting_step(step_run_id=step.pk, output={"event": event_name, "payload": payload}, actor=actor)
+                resolved += 1
+            except InvalidTransition:
+                pass  # resolved by someone else between our read and our lock
+    return resolved
+
+
+def wake_timer(*, step_run_id: int) -> None:
+    step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
+    with transaction.atomic():
+        run = _lock_run(step_run.run_id)
+        step = StepRun.objects.get(pk=step_run_id)
+        if step.status != StepStatus.WAITING or step.wake_at is None or step.wake_at > timezone.now():
+            return
+        wait = engine.step_spec(run, step.step_key).get("wait", {})
+        if wait.get("event"):
+            engine.fail_step(run, step, f"event '{wait['event']}' did not arrive within {wait['timeout']}", ErrorClass.TIMEOUT)
+            return
+        step.status = StepStatus.SUCCEEDED
+        step.output = {"waited": wait.get("for")}
+        step.finished_at = timezone.now()
+        step.save(update_fields=["status", "output", "finished_at"])
+        engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, message="timer elapsed")
+        engine.after_success(run, step)
+
+
+def finish_child_run(*, child_run_id: int) -> bool:
+    """A sub-workflow's run ended: its parent step takes its output or its failure."""
+    child = Run.objects.only("parent_step_id", "status").get(pk=child_run_id)
+    if child.parent_step_id is None or child.status not in RUN_FINAL:
+        return False
+    parent_step = StepRun.objects.only("run_id").get(pk=child.parent_step_id)
+    with transaction.atomic():
+        run = _lock_run(parent_step.run_id)
+        step = StepRun.objects.get(pk=child.parent_step_id)
+        child = Run.objects.get(pk=child_run_id)
+        if step.status != StepStatus.WAITING:
+            return False
+        if child.status == RunStatus.SUCCEEDED:
+            step.status = StepStatus.SUCCEEDED
+            step.output = child.output
+            step.finished_at = timezone.now()
+            step.save(update_fields=["status", "output", "finished_at"])
+            engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, message=f"sub-workflow run {child.pk} succeeded")
+            engine.after_success(run, step)
+        else:
+            engine.fail_step(run, step, f"sub-workflow run {child.pk} {child.status}: {child.error}", ErrorClass.PERMANENT)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Recovery, called by the ticker
+
+
+def expire_lease(*, step_run_id: int, token: str, attempt: int, run_id: int) -> bool:
+    """The worker holding this step stopped renewing its lease: count the attempt as lost."""
+    claim = Claim(
+        step_run_id=step_run_id,
+        run_id=run_id,
+        token=token,
+        attempt=attempt,
+        step_key="",
+        iteration=0,
+        map_index=None,
+        agent_name="",
+        input=None,
+    )
+    return record_failure(
+        claim=claim,
+        error_class=ErrorClass.LOST,
+        message=f"attempt {attempt}: the worker stopped responding (lease expired); it was probably killed",
+    )
+
+
+def queue_due_retry(*, step_run_id: int) -> bool:
+    now = timezone.now()
+    with transaction.atomic():
+        won = StepRun.objects.filter(
+            pk=step_run_id, status=StepStatus.RETRYING, next_attempt_at__lte=now
+        ).update(status=StepStatus.QUEUED, queued_at=now)
+        if won:
+            dispatch.send_steps_on_commit([step_run_id])
+    return bool(won)
+
+
+def resend_lost_message(*, step_run_id: int, queued_at: Any) -> bool:
+    """A step queued long ago was never claimed: the broker lost the message, send it again.
+
+    Compare-and-set on queued_at means two tickers re-send it once, not twice; a duplicate
+    that does arrive later is refused by claim_step.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        won = StepRun.objects.filter(
+            pk=step_run_id, status=StepStatus.QUEUED, queued_at=queued_at
+        ).update(queued_at=now)
+        if won:
+            step = StepRun.objects.select_related("run").get(pk=step_run_id)
+            engine.event(step.run, EventKind.MESSAGE_RESENT, step=step, message="no worker took the step; message sent again")
+            dispatch.send_steps_on_commit([step_run_id])
+    return bool(won)

@@ -1,0 +1,61 @@
+"""Python agents used by the tests: small, deterministic, and honest about what they do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestration.agents import AgentResult, PermanentError
+
+
+def echo(payload: Any, context: Any) -> Any:
+    return payload
+
+
+def noop(payload: Any, context: Any) -> Any:
+    return {"ok": True}
+
+
+def upper(payload: Any, context: Any) -> Any:
+    return str(payload.get("text", "")).upper()
+
+
+def count_words(payload: Any, context: Any) -> AgentResult:
+    words = len(str(payload).split())
+    return AgentResult(output={"words": words}, usage={"prompt_tokens": words, "completion_tokens": 1})
+
+
+def refuse(payload: Any, context: Any) -> Any:
+    raise PermanentError("the input is not acceptable")
+
+
+def flaky(payload: Any, context: Any) -> Any:
+    """Fails until the attempt named by `succeed_on` (default 3)."""
+    if context.attempt < int((payload or {}).get("succeed_on", 3)):
+        raise ConnectionError(f"temporary outage on attempt {context.attempt}")
+    return {"attempt": context.attempt}
+
+
+def editor(payload: Any, context: Any) -> Any:
+    """Approves the draft from round `approve_on` (default 2)."""
+    approve_on = int((payload or {}).get("approve_on", 2))
+    return {"ok": context.iteration >= approve_on, "round": context.iteration}
+
+
+def route(payload: Any, context: Any) -> Any:
+    return {"queue": (payload or {}).get("queue", "billing")}
+
+
+def describe_context(payload: Any, context: Any) -> Any:
+    return {
+        "run_id": context.run_id,
+        "step_key": context.step_key,
+        "attempt": context.attempt,
+        "iteration": context.iteration,
+        "item": context.item,
+        "index": context.index,
+        "idempotency_key": context.idempotency_key,
+    }
+
+
+def not_json(payload: Any, context: Any) -> Any:
+    return {"value": object()}
