@@ -82,7 +82,16 @@ def database_from_env(base_dir: Path) -> dict[str, Any]:
         raise ImproperlyConfigured(f"DATABASE_URL={raw!r} cannot be parsed: {exc}") from None
     if not config.get("NAME"):
         raise ImproperlyConfigured(f"DATABASE_URL={raw!r} names no database.")
+    config["TEST"] = {"NAME": f"test_{config['NAME']}{_test_suffix()}"}
     return dict(config)
+
+
+def _test_suffix() -> str:
+    # Lets several test runs on one machine (or pytest-xdist workers) use their own database.
+    suffix = os.environ.get("BATON_TEST_DB_SUFFIX", "")
+    if suffix and not suffix.replace("_", "").isalnum():
+        raise ImproperlyConfigured(f"BATON_TEST_DB_SUFFIX={suffix!r} may hold only letters, digits and _.")
+    return suffix
 
 
 def sqlite_database(path: Path) -> dict[str, Any]:
@@ -99,7 +108,7 @@ def sqlite_database(path: Path) -> dict[str, Any]:
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
             ),
         },
-        "TEST": {"NAME": str(path.with_name(f"test_{path.name}"))},
+        "TEST": {"NAME": str(path.with_name(f"test_{path.stem}{_test_suffix()}{path.suffix}"))},
     }
 
 

@@ -107,6 +107,7 @@ Q_CLUSTER: dict[str, object] = {
     "poll": env_float("BATON_BROKER_POLL", 0.02, minimum=0.001),
     "guard_cycle": 0.5,
     "label": "Task queue",
+    "log_level": env_str("BATON_Q_LOG_LEVEL", "WARNING"),
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
