@@ -170,11 +170,13 @@ def advance(run: Run) -> None:
     if run.status != RunStatus.RUNNING:
         return
     spec = spec_for(run)
-    current = heads(run)
     to_send: list[int] = []
     progressed = True
     while progressed and run.status == RunStatus.RUNNING:
+        # Starting a step can finish it at once (a false `when`, an empty for_each) and
+        # advance the run from inside; so after every start, read the heads afresh.
         progressed = False
+        current = heads(run)
         for step in spec["steps"]:
             head = current.get(step["key"])
             if head is not None and head.status != StepStatus.PENDING:
@@ -189,9 +191,10 @@ def advance(run: Run) -> None:
                 _skip(run, head, "every step it comes after was skipped")
             else:
                 _start(run, step, head, to_send)
-            current[step["key"]] = head
             progressed = True
+            break
     dispatch.send_steps_on_commit(to_send)
+    current = heads(run)
     if run.status == RunStatus.RUNNING and all(
         current.get(s["key"]) is not None and current[s["key"]].status in STEP_FINAL
         for s in spec["steps"]

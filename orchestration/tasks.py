@@ -11,7 +11,7 @@ import traceback
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 
 from orchestration import transitions
 from orchestration.agents import AgentContext, PermanentError, idempotency_key, invoke
@@ -61,7 +61,7 @@ class Heartbeat:
 
 
 def execute_step(step_run_id: int) -> None:
-    close_old_connections()
+    # django-q2's worker closes stale database connections around every task.
     claim = transitions.claim_step(step_run_id=step_run_id, worker=worker_label())
     if claim is None:
         return  # a duplicate message, or the step was cancelled meanwhile

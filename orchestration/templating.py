@@ -21,11 +21,19 @@ class TemplateError(Exception):
     """A template that does not compile, or fails while rendering."""
 
 
+class _Environment(ImmutableSandboxedEnvironment):
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Workflow data is JSON: `input.items` means the key "items", not dict.items().
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
 @lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
     # StrictUndefined turns a typo such as `input.topc` into an error naming it, instead of
     # silently passing an empty string to an agent.
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    return _Environment(undefined=StrictUndefined, autoescape=False)
 
 
 def _single_expression(text: str) -> str | None:

@@ -30,3 +30,13 @@ def approver(db: Any) -> Any:
 @pytest.fixture
 def outsider(db: Any) -> Any:
     return get_user_model().objects.create_user("outsider", "outsider@example.com", "outsider-pass-1")
+
+
+@pytest.fixture(autouse=True)
+def _forget_cached_specs() -> Any:
+    # The engine caches immutable version specs by id; test databases reuse ids.
+    from orchestration.engine import _spec
+
+    _spec.cache_clear()
+    yield
+    _spec.cache_clear()

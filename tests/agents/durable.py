@@ -1,0 +1,23 @@
+"""Agents for the durability tests, which kill real worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def block_on_first_attempt(payload: Any, context: Any) -> Any:
+    """Attempt 1 announces its PID in a marker file and then hangs until it is killed."""
+    if context.attempt == 1:
+        Path(payload["marker"]).write_text(str(os.getpid()))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise RuntimeError("nobody killed this worker")
+    return {"attempt": context.attempt, "pid": os.getpid()}
+
+
+def who_am_i(payload: Any, context: Any) -> Any:
+    return {"pid": os.getpid(), "attempt": context.attempt}
