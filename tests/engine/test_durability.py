@@ -1,0 +1,108 @@
+"""Durability with real django-q2 cluster processes on the configured database and broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestration import dispatch, transitions
+from orchestration.models import Attempt, Run, RunEvent, StepRun
+from orchestration.status import ErrorClass, EventKind, RunStatus, StepStatus
+from tests.support import WorkerCluster, load_workflow, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+
+AGENTS = """
+agents:
+  - {name: blocker, kind: python, config: {callable: "tests.agents.durable:block_on_first_attempt"}, retry: {attempts: 3, backoff: 0s}}
+  - {name: whoami, kind: python, config: {callable: "tests.agents.durable:who_am_i"}}
+  - {name: echo, kind: python, config: {callable: "tests.agents.basic:echo"}}
+"""
+
+
+def finished(run: Run) -> Run | None:
+    run.refresh_from_db()
+    return run if run.is_final else None
+
+
+def test_a_workflow_runs_to_the_end_on_real_workers() -> None:
+    load_workflow(
+        AGENTS
+        + """
+workflow:
+  key: e2e
+  name: End to end
+  steps:
+    - {key: a, agent: whoami}
+    - {key: b, agent: whoami}
+    - {key: fan, agent: echo, after: [a, b], for_each: "[1, 2, 3, 4, 5, 6]", concurrency: 3}
+    - {key: join, agent: echo, after: [fan], input: "{{ steps.fan.output | sum }}"}
+"""
+    )
+    with WorkerCluster(workers=2) as cluster:
+        run = transitions.start_run(workflow="e2e")
+        run = wait_for(lambda: finished(run), timeout=60, message=f"run to finish\n{cluster.log()}")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.output == {"join": 21}
+
+
+def test_a_worker_killed_mid_step_loses_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "victim.pid"
+    load_workflow(
+        AGENTS
+        + f"""
+workflow:
+  key: victim
+  name: Victim
+  steps:
+    - {{key: slow, agent: blocker, input: {{marker: "{marker}"}}}}
+    - {{key: after, agent: whoami, after: [slow]}}
+"""
+    )
+    with WorkerCluster(workers=2) as cluster:
+        run = transitions.start_run(workflow="victim")
+        victim = int(wait_for(lambda: marker.exists() and marker.read_text(), timeout=30, message="attempt 1 to start"))
+        assert victim in cluster.worker_pids()
+        os.kill(victim, signal.SIGKILL)
+        run = wait_for(lambda: finished(run), timeout=60, message=f"recovery\n{cluster.log()}")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    slow = StepRun.objects.get(run=run, step_key="slow")
+    assert slow.attempts == 2
+    first, second = Attempt.objects.filter(step_run=slow).order_by("number")
+    assert first.error_class == ErrorClass.LOST
+    assert first.worker.endswith(f":{victim}")
+    assert not second.worker.endswith(f":{victim}"), "the retry ran on another worker process"
+    assert slow.output["pid"] != victim
+
+
+def test_a_task_message_lost_by_the_broker_is_sent_again() -> None:
+    load_workflow(AGENTS + "workflow: {key: lost, name: Lost, steps: [{key: a, agent: whoami}, {key: b, agent: whoami, after: [a]}]}")
+    broker = dispatch.broker()
+    broker.purge_queue()
+    run = transitions.start_run(workflow="lost")  # no worker is running: the message waits
+    wait_for(lambda: broker.queue_size() >= 1, timeout=10, message="the message to reach the broker")
+    broker.purge_queue()  # ... and is lost, as a Redis broker loses a message in flight
+    assert broker.queue_size() == 0
+    with WorkerCluster(workers=1) as cluster:
+        run = wait_for(lambda: finished(run), timeout=60, message=f"the ticker to re-send\n{cluster.log()}")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert RunEvent.objects.filter(run=run, kind=EventKind.MESSAGE_RESENT).exists()
+    assert StepRun.objects.get(run=run, step_key="a").attempts == 1
+
+
+def test_a_duplicate_message_runs_the_step_once(settings: Any) -> None:
+    load_workflow(AGENTS + "workflow: {key: dup, name: Dup, steps: [{key: a, agent: whoami}]}")
+    run = transitions.start_run(workflow="dup")
+    step = StepRun.objects.get(run=run, step_key="a")
+    dispatch.send_steps([step.pk, step.pk, step.pk])  # the same message three times
+    with WorkerCluster(workers=2) as cluster:
+        run = wait_for(lambda: finished(run), timeout=60, message=f"the run\n{cluster.log()}")
+        wait_for(lambda: dispatch.broker().queue_size() == 0, timeout=30, message="the duplicates to be consumed")
+    step.refresh_from_db()
+    assert step.status == StepStatus.SUCCEEDED
+    assert step.attempts == 1
+    assert Attempt.objects.filter(step_run=step).count() == 1
