@@ -6,10 +6,10 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from orchestration.models import Agent, DraftStep, StepKind, Workflow, WorkflowVersion
@@ -26,6 +26,7 @@ from orchestration.spec import (
 def current_catalog() -> Catalog:
     workflows: dict[str, set[str]] = {}
     latest: dict[int, WorkflowVersion] = {}
+    version: WorkflowVersion | None
     for version in WorkflowVersion.objects.order_by("workflow_id", "number"):
         latest[version.workflow_id] = version
     for workflow in Workflow.objects.all():
@@ -49,7 +50,7 @@ def _check_owner(spec: dict[str, Any]) -> None:
 
 
 def import_document(
-    document: dict[str, Any], *, user: AbstractBaseUser | None = None, note: str = ""
+    document: dict[str, Any], *, user: Any = None, note: str = ""
 ) -> tuple[list[Agent], WorkflowVersion | None]:
     agents, spec = check_document(document)
     with transaction.atomic():
@@ -184,7 +185,7 @@ def draft_to_raw(workflow: Workflow) -> dict[str, Any]:
     return raw
 
 
-def publish_draft(workflow: Workflow, *, user: AbstractBaseUser | None = None, note: str = "") -> WorkflowVersion:
+def publish_draft(workflow: Workflow, *, user: Any = None, note: str = "") -> WorkflowVersion:
     """Validate the draft and freeze it as the next version; raises SpecError, saving nothing."""
     spec = normalise_workflow(draft_to_raw(workflow), current_catalog())
     with transaction.atomic():
@@ -192,7 +193,7 @@ def publish_draft(workflow: Workflow, *, user: AbstractBaseUser | None = None, n
 
 
 def _publish(
-    workflow: Workflow, spec: dict[str, Any], *, user: AbstractBaseUser | None, note: str
+    workflow: Workflow, spec: dict[str, Any], *, user: Any, note: str
 ) -> WorkflowVersion:
     # Lock the workflow row so two publishers cannot both take the same number.
     Workflow.objects.select_for_update().filter(pk=workflow.pk).first()
@@ -224,5 +225,5 @@ def export_document(key: str, *, as_json: bool = False) -> str:
     if version is None:
         raise SpecError([f"workflow '{key}': has no published version yet"])
     names = sorted({s["agent"] for s in version.spec["steps"] if s.get("kind") == "agent"})
-    agents = [agent_spec(a) for a in Agent.objects.filter(name__in=names).order_by("name")]
+    agents: list[Mapping[str, Any]] = [agent_spec(a) for a in Agent.objects.filter(name__in=names).order_by("name")]
     return dump_document(agents, version.spec, as_json=as_json)

@@ -269,7 +269,7 @@ def _start_child(run: Run, step: dict[str, Any], head: StepRun) -> None:
 
     workflow = Workflow.objects.filter(key=step["workflow"]).first()
     version = workflow.latest_version if workflow else None
-    if version is None:
+    if workflow is None or version is None:
         fail_step(run, head, f"sub-workflow '{step['workflow']}' has no published version", ErrorClass.PERMANENT)
         return
     try:

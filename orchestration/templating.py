@@ -108,13 +108,13 @@ def referenced_steps(trees: list[nodes.Node]) -> set[str]:
         for node in tree.find_all(nodes.Getattr):
             if isinstance(node.node, nodes.Name) and node.node.name == "steps":
                 found.add(node.attr)
-        for node in tree.find_all(nodes.Getitem):
+        for item in tree.find_all(nodes.Getitem):
             if (
-                isinstance(node.node, nodes.Name)
-                and node.node.name == "steps"
-                and isinstance(node.arg, nodes.Const)
+                isinstance(item.node, nodes.Name)
+                and item.node.name == "steps"
+                and isinstance(item.arg, nodes.Const)
             ):
-                found.add(str(node.arg.value))
+                found.add(str(item.arg.value))
     return found
 
 

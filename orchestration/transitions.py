@@ -195,6 +195,7 @@ def record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None = 
 
 
 def _item_succeeded(run: Run, item: StepRun) -> None:
+    assert item.parent_id is not None
     StepRun.objects.filter(pk=item.parent_id).update(items_done=F("items_done") + 1)
     parent = StepRun.objects.get(pk=item.parent_id)
     if parent.status in STEP_FINAL:

@@ -7,6 +7,7 @@ without a broker. Durability is tested with `WorkerCluster`, real `baton_worker`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 
 from orchestration import definitions
 from orchestration.models import Run, StepRun, WorkflowVersion
@@ -150,14 +150,10 @@ class WorkerCluster:
         # SIGTERM to the command only: it stops the cluster in order (pusher, workers,
         # monitor). Whatever is left of the process group afterwards is killed.
         self.process.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=10)
 
     def log(self) -> str:

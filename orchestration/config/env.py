@@ -124,7 +124,7 @@ def redis_url_from_env() -> str | None:
     if not parsed.hostname:
         raise ImproperlyConfigured(f"REDIS_URL={raw!r} names no host.")
     try:
-        parsed.port
+        _ = parsed.port  # urlparse checks the port only when it is read
     except ValueError:
         raise ImproperlyConfigured(f"REDIS_URL={raw!r} has a bad port.") from None
     db = parsed.path.lstrip("/")
