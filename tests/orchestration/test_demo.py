@@ -1,0 +1,279 @@
+"""The demo: `manage.py load_demo` and the example workflows it publishes, run end to end."""
+
+from __future__ import annotations
+
+import shutil
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import authenticate, get_user_model
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from orchestration import transitions
+from orchestration.demo_users import DEMO_USERS
+from orchestration.management.commands import load_demo
+from orchestration.models import Agent, Run, StepRun, Workflow, WorkflowVersion
+from orchestration.status import RunStatus, StepStatus
+from tests.support import drive
+
+pytestmark = pytest.mark.django_db
+
+DEMO_WORKFLOWS = [
+    "content-pipeline",
+    "customer-onboarding",
+    "competitive-analysis",
+    "daily-operations-report",
+    "document-processing",
+    "support-routing",
+    "quarterly-metrics",
+    "quarterly-narrative",
+    "quarterly-review",
+]
+# Every demo input has a default, so each workflow starts with no input at all.
+REQUIRED_INPUTS: dict[str, dict[str, Any]] = {}
+
+
+def load(**options: Any) -> str:
+    out = StringIO()
+    call_command("load_demo", stdout=out, **options)
+    return out.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings: Any) -> None:
+    # load_demo hashes three passwords; the production hasher takes most of a second each.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def demo() -> None:
+    """The demo loaded, with simulated agents made instant and reliable so runs are fast."""
+    load(quiet=True)
+    for agent in Agent.objects.filter(kind="simulated"):
+        agent.config = {**agent.config, "delay": 0, "failure_rate": 0}
+        agent.save(update_fields=["config"])
+
+
+def run_demo(key: str) -> Run:
+    run = drive(transitions.start_run(workflow=key, input=REQUIRED_INPUTS.get(key, {})))
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    return run
+
+
+def statuses(run: Run) -> dict[str, str]:
+    return {
+        row.step_key: row.status
+        for row in StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id")
+    }
+
+
+# --- load_demo ---------------------------------------------------------------------------------
+
+
+def test_it_creates_the_demo_users_with_their_documented_passwords() -> None:
+    load(quiet=True)
+    for username, password, _ in DEMO_USERS:
+        assert authenticate(username=username, password=password) is not None, username
+    admin = get_user_model().objects.get(username="admin")
+    ops = get_user_model().objects.get(username="ops")
+    approver = get_user_model().objects.get(username="approver")
+    assert admin.is_superuser and admin.is_staff
+    assert ops.is_staff and not ops.is_superuser
+    assert ops.has_perm("orchestration.view_run") and ops.has_perm("orchestration.view_workflow")
+    assert not ops.has_perm("orchestration.change_workflow")
+    assert not approver.is_staff
+    assert set(ops.groups.values_list("name", flat=True)) == {"operations"}
+    assert set(approver.groups.values_list("name", flat=True)) == {"legal", "editors", "support"}
+
+
+def test_it_publishes_every_demo_workflow() -> None:
+    load(quiet=True)
+    assert set(Workflow.objects.values_list("key", flat=True)) == set(DEMO_WORKFLOWS)
+    for workflow in Workflow.objects.all():
+        assert workflow.latest_version is not None, workflow.key
+        assert workflow.owner is not None and workflow.owner.username in ("ops", "admin")
+        assert workflow.description
+
+
+def test_every_demo_agent_is_simulated_with_a_short_delay_and_a_low_failure_rate() -> None:
+    load(quiet=True)
+    for agent in Agent.objects.all():
+        assert agent.kind == "simulated", agent.name
+        low, high = agent.config["delay"]
+        assert low.endswith("s") and high.endswith("s"), agent.name
+        assert 0 <= agent.config["failure_rate"] <= 0.1, agent.name
+        assert agent.retry["attempts"] >= 3, agent.name
+        assert "output" in agent.config, agent.name
+
+
+def test_running_it_twice_publishes_nothing_new_and_duplicates_no_one() -> None:
+    load(quiet=True)
+    versions = WorkflowVersion.objects.count()
+    users = get_user_model().objects.count()
+    second = load()
+    assert WorkflowVersion.objects.count() == versions
+    assert get_user_model().objects.count() == users
+    assert "published" not in second
+    assert "unchanged content-pipeline (v1)" in second
+
+
+def test_it_puts_back_a_demo_password_someone_changed() -> None:
+    load(quiet=True)
+    ops = get_user_model().objects.get(username="ops")
+    ops.set_password("something-else")
+    ops.save()
+    assert "updated user ops (password)" in load()
+    assert authenticate(username="ops", password="ops-demo") is not None
+
+
+def test_it_publishes_a_new_version_only_for_a_file_that_changed(tmp_path: Path, monkeypatch: Any) -> None:
+    load(quiet=True)
+    for path in load_demo.DEMO_DIR.glob("*.yaml"):
+        shutil.copy(path, tmp_path / path.name)
+    changed = tmp_path / "support-routing.yaml"
+    changed.write_text(changed.read_text().replace("name: Support ticket routing", "name: Ticket routing"))
+    monkeypatch.setattr(load_demo, "DEMO_DIR", tmp_path)
+    out = load()
+    assert "published support-routing v2" in out
+    assert out.count("published") == 1
+    assert Workflow.objects.get(key="support-routing").latest_version.spec["name"] == "Ticket routing"
+
+
+def test_it_updates_an_agent_without_publishing_when_only_the_agent_changed(monkeypatch: Any) -> None:
+    load(quiet=True)
+    Agent.objects.filter(name="editor").update(config={"delay": 0})
+    out = load()
+    assert "unchanged content-pipeline (v1); updated agents editor" in out
+    assert "published" not in out
+    assert Agent.objects.get(name="editor").config["delay"] == ["0.5s", "1.5s"]
+
+
+def test_it_imports_sub_workflows_before_the_workflows_that_call_them() -> None:
+    keys = [document["workflow"]["key"] for _, document in load_demo.read_demo_files(load_demo.DEMO_DIR)]
+    assert keys.index("quarterly-metrics") < keys.index("quarterly-review")
+    assert keys.index("quarterly-narrative") < keys.index("quarterly-review")
+
+
+def test_it_refuses_one_agent_name_defined_two_ways(tmp_path: Path) -> None:
+    for path in load_demo.DEMO_DIR.glob("*.yaml"):
+        shutil.copy(path, tmp_path / path.name)
+    other = tmp_path / "support-routing.yaml"
+    other.write_text(other.read_text().replace("name: ticket-router", "name: editor"))
+    with pytest.raises(CommandError, match="agent 'editor' is defined differently"):
+        load_demo.read_demo_files(tmp_path)
+
+
+def test_it_prints_the_demo_logins_unless_quiet() -> None:
+    out = load()
+    for username, password, _ in DEMO_USERS:
+        assert username in out and password in out
+    assert load(quiet=True) == ""
+
+
+# --- the demo workflows, run ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", DEMO_WORKFLOWS)
+def test_every_demo_workflow_succeeds_with_its_defaults(demo: None, key: str) -> None:
+    run = run_demo(key)
+    assert run.output
+
+
+def test_the_content_pipeline_editor_sends_the_first_draft_back_once(demo: None) -> None:
+    run = run_demo("content-pipeline")
+    edits = StepRun.objects.filter(run=run, step_key="edit").order_by("iteration")
+    assert [(e.iteration, e.output["approved"]) for e in edits] == [(1, False), (2, True)]
+    second_draft = StepRun.objects.get(run=run, step_key="write", iteration=2)
+    assert second_draft.input["feedback"] == edits[0].output["notes"]
+    assert run.output["editing_rounds"] == 2
+    assert run.output["url"] == "https://blog.example.com/posts/ai-agent-orchestration-for-small-teams"
+
+
+def test_the_competitive_analysis_has_one_report_per_competitor(demo: None) -> None:
+    run = run_demo("competitive-analysis")
+    assert [r["competitor"] for r in run.output["competitors"]] == ["Acme", "Globex", "Initech"]
+    assert sorted(run.output["ranking_by_threat"]) == ["Acme", "Globex", "Initech"]
+
+
+def test_the_competitive_analysis_takes_any_list_of_competitors(demo: None) -> None:
+    run = drive(
+        transitions.start_run(workflow="competitive-analysis", input={"competitors": ["Umbrella", "Hooli"]})
+    )
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert [r["competitor"] for r in run.output["competitors"]] == ["Umbrella", "Hooli"]
+
+
+def test_the_customer_onboarding_briefs_the_account_manager_after_all_three_parallel_steps(
+    demo: None,
+) -> None:
+    run = run_demo("customer-onboarding")
+    notify = StepRun.objects.get(run=run, step_key="notify_account_manager")
+    for key in ("welcome_email", "crm_record", "analytics_setup"):
+        assert StepRun.objects.get(run=run, step_key=key).finished_at <= notify.started_at
+    assert notify.input["to"] == "Marcus Lee"
+    assert run.output["account_manager"] == "Marcus Lee"
+
+
+def test_the_support_routing_skips_the_queues_it_did_not_choose(demo: None) -> None:
+    run = run_demo("support-routing")
+    assert run.output["queue"] == "billing"
+    assert statuses(run) == {
+        "route": StepStatus.SUCCEEDED,
+        "billing": StepStatus.SUCCEEDED,
+        "technical": StepStatus.SKIPPED,
+        "general": StepStatus.SKIPPED,
+        "reply": StepStatus.SUCCEEDED,
+    }
+
+
+@pytest.mark.parametrize(
+    ("subject", "queue"),
+    [("API returns 500 error on export", "technical"), ("How do I add a teammate?", "general")],
+)
+def test_the_support_routing_sends_other_tickets_to_their_queue(demo: None, subject: str, queue: str) -> None:
+    run = drive(
+        transitions.start_run(workflow="support-routing", input={"subject": subject, "body": subject})
+    )
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.output["queue"] == queue
+    assert [k for k, s in statuses(run).items() if s == StepStatus.SKIPPED] == sorted(
+        {"billing", "technical", "general"} - {queue}, key=["billing", "technical", "general"].index
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "branch"),
+    [
+        ("Globex_Invoice_INV-20417.pdf", "invoice"),
+        ("Initech_Service_Agreement.pdf", "contract"),
+        ("Acme_Team_Photo.pdf", "other"),
+    ],
+)
+def test_the_document_processing_takes_one_branch_and_archives_after_it(
+    demo: None, document: str, branch: str
+) -> None:
+    run = drive(transitions.start_run(workflow="document-processing", input={"document": document}))
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    seen = statuses(run)
+    assert {k for k in ("invoice", "contract", "other") if seen[k] == StepStatus.SUCCEEDED} == {branch}
+    assert seen["archive"] == StepStatus.SUCCEEDED
+    assert run.output["handled_as"] == branch
+
+
+def test_the_daily_report_synthesises_all_four_data_pulls(demo: None) -> None:
+    run = run_demo("daily-operations-report")
+    synthesis = StepRun.objects.get(run=run, step_key="synthesis")
+    assert set(synthesis.input) == {"day", "sales", "support", "marketing", "engineering"}
+    assert run.output["sent_to"] == ["leadership@example.com", "ops-leads@example.com"]
+
+
+def test_the_quarterly_review_delegates_to_two_worker_runs(demo: None) -> None:
+    run = run_demo("quarterly-review")
+    children = Run.objects.filter(parent_step__run=run)
+    assert {c.workflow.key for c in children} == {"quarterly-metrics", "quarterly-narrative"}
+    assert all(c.status == RunStatus.SUCCEEDED for c in children)
+    assert len(run.output["scorecard"]) == 5
+    assert run.output["title"] == "Q1 2025 Business Review"
