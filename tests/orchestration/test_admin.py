@@ -1,0 +1,340 @@
+"""The admin: every page opens, drafts publish (or explain why not), history stays read-only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from orchestration import transitions
+from orchestration.models import (
+    Agent,
+    Attempt,
+    DraftStep,
+    Run,
+    RunEvent,
+    StepRun,
+    Workflow,
+    WorkflowVersion,
+)
+from orchestration.status import RunStatus
+from tests.support import drive, load_workflow
+
+pytestmark = pytest.mark.django_db
+
+PIPELINE = """
+agents:
+  - {name: echo, kind: python, config: {callable: "tests.agents.basic:echo"}}
+  - {name: demo-writer, kind: simulated, config: {output: {text: "draft about {{ input.research.topic }}"}}}
+workflow:
+  key: pipeline
+  name: Pipeline
+  inputs: {topic: {type: string, required: true}}
+  steps:
+    - {key: research, agent: echo, input: {topic: "{{ input.topic }}"}}
+    - {key: write, agent: demo-writer, after: [research]}
+"""
+
+
+@pytest.fixture
+def admin_client(admin_user: Any) -> Client:
+    client = Client()
+    client.force_login(admin_user)
+    return client
+
+
+@pytest.fixture
+def finished_run() -> Run:
+    load_workflow(PIPELINE)
+    run = drive(transitions.start_run(workflow="pipeline", input={"topic": "tides"}))
+    assert run.status == RunStatus.SUCCEEDED
+    return run
+
+
+def changelist(model: type) -> str:
+    return reverse(f"admin:orchestration_{model._meta.model_name}_changelist")
+
+
+def change(obj: Any) -> str:
+    return reverse(f"admin:orchestration_{obj._meta.model_name}_change", args=[obj.pk])
+
+
+def publish(client: Client, workflow: Workflow) -> Any:
+    """Press "Save and publish draft" on the workflow's change page, as it is."""
+    steps = list(workflow.draft_steps.order_by("position", "id"))
+    versions = list(workflow.versions.all())
+    data: dict[str, Any] = {
+        "key": workflow.key,
+        "name": workflow.name,
+        "description": workflow.description,
+        "owner": workflow.owner_id or "",
+        "inputs": json.dumps(workflow.inputs),
+        "output": workflow.output,
+        "draft_steps-TOTAL_FORMS": len(steps),
+        "draft_steps-INITIAL_FORMS": len(steps),
+        "draft_steps-MIN_NUM_FORMS": 0,
+        "draft_steps-MAX_NUM_FORMS": 1000,
+        "versions-TOTAL_FORMS": len(versions),
+        "versions-INITIAL_FORMS": len(versions),
+        "versions-MIN_NUM_FORMS": 0,
+        "versions-MAX_NUM_FORMS": 1000,
+        "_publish": "Save and publish draft",
+    }
+    for i, step in enumerate(steps):
+        prefix = f"draft_steps-{i}-"
+        data.update(
+            {
+                prefix + "id": step.pk,
+                prefix + "workflow": workflow.pk,
+                prefix + "position": step.position,
+                prefix + "key": step.key,
+                prefix + "kind": step.kind,
+                prefix + "agent": step.agent_id or "",
+                prefix + "sub_workflow": step.sub_workflow_id or "",
+                prefix + "after": step.after,
+                prefix + "input": "null" if step.input is None else json.dumps(step.input),
+                prefix + "when": step.when,
+                prefix + "for_each": step.for_each,
+                prefix + "concurrency": step.concurrency or "",
+                prefix + "loop": "null" if step.loop is None else json.dumps(step.loop),
+                prefix + "options": json.dumps(step.options),
+            }
+        )
+    for i, version in enumerate(versions):
+        data[f"versions-{i}-id"] = version.pk
+        data[f"versions-{i}-workflow"] = workflow.pk
+    return client.post(change(workflow), data, follow=True)
+
+
+def messages_of(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+# --- every page opens ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model", [Agent, Workflow, DraftStep, WorkflowVersion, Run, StepRun, Attempt, RunEvent]
+)
+def test_every_changelist_and_change_page_opens_for_a_superuser(
+    admin_client: Client, finished_run: Run, model: type
+) -> None:
+    obj = model.objects.order_by("pk").first()
+    assert obj is not None
+    assert admin_client.get(changelist(model)).status_code == 200
+    assert admin_client.get(change(obj)).status_code == 200
+
+
+def test_the_workflow_change_page_offers_the_publish_button(admin_client: Client, finished_run: Run) -> None:
+    page = admin_client.get(change(finished_run.workflow)).content.decode()
+    assert 'name="_publish"' in page
+
+
+def test_a_version_page_shows_the_spec_as_yaml(admin_client: Client, finished_run: Run) -> None:
+    page = admin_client.get(change(finished_run.version)).content.decode()
+    assert "key: pipeline" in page
+    assert "- key: research" in page
+
+
+def test_the_workflow_list_does_not_query_once_per_workflow(admin_client: Client) -> None:
+    load_workflow(PIPELINE)
+    with CaptureQueriesContext(connection) as one:
+        admin_client.get(changelist(Workflow))
+    for n in range(5):
+        load_workflow(PIPELINE.replace("key: pipeline", f"key: pipeline-{n}"))
+    with CaptureQueriesContext(connection) as six:
+        response = admin_client.get(changelist(Workflow))
+    assert len(six) == len(one)
+    assert "v1" in response.content.decode()
+
+
+def test_the_run_list_does_not_query_once_per_run(admin_client: Client, finished_run: Run) -> None:
+    with CaptureQueriesContext(connection) as one:
+        admin_client.get(changelist(Run))
+    for _ in range(4):
+        drive(transitions.start_run(workflow="pipeline", input={"topic": "more"}))
+    with CaptureQueriesContext(connection) as five:
+        admin_client.get(changelist(Run))
+    assert len(five) == len(one)
+
+
+# --- publishing ------------------------------------------------------------------------------
+
+
+def test_a_workflow_drafted_in_the_admin_publishes_as_version_1_then_2(admin_client: Client) -> None:
+    load_workflow(PIPELINE.partition("workflow:")[0])  # the agents only
+    echo = Agent.objects.get(name="echo")
+    added = admin_client.post(
+        reverse("admin:orchestration_workflow_add"),
+        {
+            "key": "drafted",
+            "name": "Drafted in the admin",
+            "description": "",
+            "owner": "",
+            "inputs": "{}",
+            "output": "",
+            "draft_steps-TOTAL_FORMS": 2,
+            "draft_steps-INITIAL_FORMS": 0,
+            "draft_steps-MIN_NUM_FORMS": 0,
+            "draft_steps-MAX_NUM_FORMS": 1000,
+            "draft_steps-0-position": 0,
+            "draft_steps-0-key": "first",
+            "draft_steps-0-kind": "agent",
+            "draft_steps-0-agent": echo.pk,
+            "draft_steps-0-input": '{"n": 1}',
+            "draft_steps-0-options": "{}",
+            "draft_steps-0-loop": "null",
+            "draft_steps-1-position": 1,
+            "draft_steps-1-key": "second",
+            "draft_steps-1-kind": "agent",
+            "draft_steps-1-agent": echo.pk,
+            "draft_steps-1-after": "first",
+            "draft_steps-1-input": "null",
+            "draft_steps-1-options": '{"retry": {"attempts": 2}}',
+            "draft_steps-1-loop": "null",
+            "versions-TOTAL_FORMS": 0,
+            "versions-INITIAL_FORMS": 0,
+            "versions-MIN_NUM_FORMS": 0,
+            "versions-MAX_NUM_FORMS": 1000,
+            "_continue": "Save and continue editing",
+        },
+    )
+    assert added.status_code == 302, added.context and added.context["errors"]
+    workflow = Workflow.objects.get(key="drafted")
+    assert not workflow.versions.exists()
+
+    first = publish(admin_client, workflow)
+    assert "Published version 1 of drafted." in messages_of(first)
+    second = publish(admin_client, workflow)
+    assert "Published version 2 of drafted." in messages_of(second)
+
+    versions = list(workflow.versions.order_by("number"))
+    assert [v.number for v in versions] == [1, 2]
+    assert versions[0].spec == versions[1].spec
+    assert [s["key"] for s in versions[1].spec["steps"]] == ["first", "second"]
+    assert versions[1].spec["steps"][1]["retry"] == {"attempts": 2}
+    assert versions[1].published_by.username == "admin"
+
+
+def test_the_publish_action_publishes_every_selected_workflow(admin_client: Client) -> None:
+    load_workflow(PIPELINE)
+    workflow = Workflow.objects.get(key="pipeline")
+    response = admin_client.post(
+        changelist(Workflow),
+        {"action": "publish_selected", "_selected_action": [workflow.pk]},
+        follow=True,
+    )
+    assert "Published version 2 of pipeline." in messages_of(response)
+    assert workflow.versions.count() == 2
+
+
+def test_publishing_a_draft_with_a_cycle_shows_the_problem_and_saves_no_version(admin_client: Client) -> None:
+    load_workflow(PIPELINE)
+    workflow = Workflow.objects.get(key="pipeline")
+    DraftStep.objects.filter(workflow=workflow, key="research").update(after="write")
+
+    response = publish(admin_client, workflow)
+
+    assert (
+        "workflow 'pipeline': steps form a cycle (research -> write -> research); use `loop` to go back"
+        in messages_of(response)
+    )
+    assert "The draft was saved but not published; fix it and publish again." in messages_of(response)
+    assert workflow.versions.count() == 1
+
+
+def test_publishing_a_draft_that_names_an_unknown_step_in_after_shows_it_and_saves_no_version(
+    admin_client: Client,
+) -> None:
+    load_workflow(PIPELINE)
+    workflow = Workflow.objects.get(key="pipeline")
+    DraftStep.objects.filter(workflow=workflow, key="write").update(after="research, reserch")
+
+    response = publish(admin_client, workflow)
+
+    assert "workflow 'pipeline', step 'write': field `after` names missing step 'reserch'" in messages_of(
+        response
+    )
+    assert workflow.versions.count() == 1
+
+
+def test_the_publish_action_reports_every_problem_of_a_bad_draft(admin_client: Client) -> None:
+    load_workflow(PIPELINE)
+    workflow = Workflow.objects.get(key="pipeline")
+    DraftStep.objects.filter(workflow=workflow, key="research").update(after="write")
+    DraftStep.objects.filter(workflow=workflow, key="write").update(when="{{ input.topic == }}")
+
+    response = admin_client.post(
+        changelist(Workflow), {"action": "publish_selected", "_selected_action": [workflow.pk]}, follow=True
+    )
+
+    shown = messages_of(response)
+    assert any("step 'write': field `when` does not compile" in m for m in shown)
+    assert any("steps form a cycle" in m for m in shown)
+    assert workflow.versions.count() == 1
+
+
+# --- history is read-only ----------------------------------------------------------------------
+
+
+def test_run_events_cannot_be_changed_or_deleted_even_by_a_superuser(
+    admin_client: Client, finished_run: Run
+) -> None:
+    event = RunEvent.objects.filter(run=finished_run).first()
+    assert event is not None
+    page = admin_client.get(change(event)).content.decode()
+    assert 'name="_save"' not in page
+    delete_url = reverse("admin:orchestration_runevent_delete", args=[event.pk])
+    assert admin_client.post(delete_url, {"post": "yes"}).status_code == 403
+    before = event.message
+    admin_client.post(change(event), {"message": "rewritten", "kind": event.kind, "run": event.run_id})
+    event.refresh_from_db()
+    assert event.message == before
+    assert admin_client.get(reverse("admin:orchestration_runevent_add")).status_code == 403
+
+
+def test_the_run_event_list_offers_no_delete_action(admin_client: Client, finished_run: Run) -> None:
+    page = admin_client.get(changelist(RunEvent)).content.decode()
+    assert "delete_selected" not in page
+
+
+@pytest.mark.parametrize("model", [WorkflowVersion, Run, StepRun, Attempt])
+def test_run_history_and_versions_cannot_be_added_or_deleted(
+    admin_client: Client, finished_run: Run, model: type
+) -> None:
+    obj = model.objects.order_by("pk").first()
+    name = model._meta.model_name
+    assert admin_client.get(reverse(f"admin:orchestration_{name}_add")).status_code == 403
+    assert (
+        admin_client.post(
+            reverse(f"admin:orchestration_{name}_delete", args=[obj.pk]), {"post": "yes"}
+        ).status_code
+        == 403
+    )
+    assert model.objects.filter(pk=obj.pk).exists()
+
+
+# --- cancelling runs ---------------------------------------------------------------------------
+
+
+def test_cancelling_selected_runs_cancels_the_running_ones_and_explains_the_finished_ones(
+    admin_client: Client, finished_run: Run
+) -> None:
+    running = transitions.start_run(workflow="pipeline", input={"topic": "waves"})
+
+    response = admin_client.post(
+        changelist(Run),
+        {"action": "cancel_selected", "_selected_action": [running.pk, finished_run.pk]},
+        follow=True,
+    )
+
+    running.refresh_from_db()
+    assert running.status == RunStatus.CANCELLED
+    shown = messages_of(response)
+    assert "Cancelled 1 run(s)." in shown
+    assert f"Not cancelled: run {finished_run.pk} already succeeded." in shown
