@@ -218,12 +218,18 @@ class WorkflowAdmin(admin.ModelAdmin):
         return super().response_change(request, obj)
 
     def _publish(self, request: HttpRequest, workflow: Workflow) -> bool:
+        previous = workflow.latest_version
         try:
             version = definitions.publish_draft(workflow, user=request.user)
         except SpecError as exc:
             for problem in exc.problems:
                 self.message_user(request, problem, messages.ERROR)
             return False
+        if previous is not None and version.pk == previous.pk:
+            self.message_user(
+                request, f"Nothing to publish: the draft of {workflow.key} is the same as version {version.number}.", messages.INFO
+            )
+            return True
         self.message_user(request, f"Published version {version.number} of {workflow.key}.", messages.SUCCESS)
         return True
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestration.durations import parse_duration
-from orchestration.templating import render
+from orchestration.templating import TemplateError, render
 
 
 class PermanentError(Exception):
@@ -92,7 +92,10 @@ def simulate(config: dict[str, Any], payload: Any, context: AgentContext) -> Age
         "agent": context.agent,
     }
     if "output" in config:
-        output = render(config["output"], variables)
+        try:
+            output = render(config["output"], variables)
+        except TemplateError as exc:
+            raise PermanentError(f"the simulated output template fails: {exc}") from None
     else:
         output = {"agent": context.agent, "summary": f"{context.agent} finished", "input": payload}
     tokens = int(config.get("tokens", 0) or 0)

@@ -32,21 +32,16 @@ def current_catalog() -> Catalog:
     for workflow in Workflow.objects.all():
         version = latest.get(workflow.pk)
         workflows[workflow.key] = children_of(version.spec) if version else set()
-    return Catalog(agents=set(Agent.objects.values_list("name", flat=True)), workflows=workflows)
+    return Catalog(
+        agents=set(Agent.objects.values_list("name", flat=True)),
+        workflows=workflows,
+        users=set(get_user_model().objects.values_list("username", flat=True)),
+    )
 
 
 def check_document(document: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Validate a parsed file against the database without writing anything."""
-    agents, spec = validate_document(document, current_catalog())
-    if spec is not None:
-        _check_owner(spec)
-    return agents, spec
-
-
-def _check_owner(spec: dict[str, Any]) -> None:
-    owner = spec.get("owner")
-    if owner and not get_user_model().objects.filter(username=owner).exists():
-        raise SpecError([f"workflow '{spec['key']}': field `owner`: unknown user {owner!r}"])
+    return validate_document(document, current_catalog())
 
 
 def import_document(
@@ -197,10 +192,12 @@ def _publish(
 ) -> WorkflowVersion:
     # Lock the workflow row so two publishers cannot both take the same number.
     Workflow.objects.select_for_update().filter(pk=workflow.pk).first()
-    last = workflow.versions.order_by("-number").values_list("number", flat=True).first() or 0
+    latest = workflow.versions.order_by("-number").first()
+    if latest is not None and latest.spec == spec:
+        return latest  # nothing changed: publishing again would only add a duplicate version
     return WorkflowVersion.objects.create(
         workflow=workflow,
-        number=last + 1,
+        number=(latest.number if latest else 0) + 1,
         spec=spec,
         published_by=user if user is not None and user.is_authenticated else None,
         note=note[:200],

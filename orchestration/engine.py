@@ -322,7 +322,7 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
             head.save()
             fail_step(run, head, f"item {index}: {exc}", ErrorClass.PERMANENT)
             return
-        rows.append((index, payload))
+        rows.append((index, item, payload))
     head.status = StepStatus.RUNNING
     head.items_total = len(items)
     head.save()
@@ -338,10 +338,11 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
                 kind=head.kind,
                 agent_name=head.agent_name,
                 input=payload,
+                item=item,
                 status=StepStatus.QUEUED if index < limit else StepStatus.PENDING,
                 queued_at=now if index < limit else None,
             )
-            for index, payload in rows
+            for index, item, payload in rows
         ]
     )
     if any(row.pk is None for row in created):

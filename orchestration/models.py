@@ -197,6 +197,8 @@ class StepRun(models.Model):
     kind = models.CharField(max_length=20, choices=StepKind.choices, default=StepKind.AGENT)
     status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.PENDING)
     input = models.JSONField(null=True, blank=True)
+    # for_each items: the list element itself, as agents see it in `context.item`.
+    item = models.JSONField(null=True, blank=True)
     output = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     error_class = models.CharField(max_length=20, choices=ErrorClass.choices, blank=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,14 @@ LOOP_FIELDS = {"back_to", "until", "max_iterations", "on_exhausted"}
 AGENT_KINDS_AVAILABLE = {"python", "simulated"}
 AGENT_KINDS_LATER = {"http", "llm"}
 DEFAULT_RETRY = {"attempts": 3, "backoff": 1.0, "max_backoff": 60.0, "jitter": True}
+
+
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
+
+
+def _check_slug(value: str, where: str, name: str, problems: Problems) -> None:
+    if not _SLUG.match(value):
+        problems.add(where, f"field `{name}`: {value!r} may hold only letters, digits, '-' and '_'")
 
 
 class SpecError(Exception):
@@ -105,6 +114,7 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
         problems.add(where, "field `name` is required")
         return None
     where = f"agent '{name}'"
+    _check_slug(name, where, "name", problems)
     for unknown in sorted(set(raw) - AGENT_FIELDS):
         problems.add(where, f"unknown field `{unknown}`")
     kind = raw.get("kind")
@@ -219,6 +229,7 @@ class Catalog:
 
     agents: set[str]
     workflows: dict[str, set[str]]  # workflow key -> keys of sub-workflows it calls
+    users: set[str] | None = None  # usernames a workflow may name as owner (None: not checked)
 
 
 def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
@@ -229,6 +240,9 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
     if not isinstance(key, str) or not key.strip():
         raise SpecError(["workflow: field `key` is required"])
     where = f"workflow '{key}'"
+    _check_slug(key, where, "key", problems)
+    if catalog.users is not None and raw.get("owner") and raw["owner"] not in catalog.users:
+        problems.add(where, f"field `owner`: unknown user {raw['owner']!r}")
     for unknown in sorted(set(raw) - WORKFLOW_FIELDS):
         problems.add(where, f"unknown field `{unknown}`")
     name = raw.get("name") or key
@@ -240,7 +254,7 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     seen: set[str] = set()
     # A step may name this very workflow; that is reported as recursion, not as unknown.
-    local = Catalog(agents=catalog.agents, workflows={**catalog.workflows, key: set()})
+    local = Catalog(agents=catalog.agents, workflows={**catalog.workflows, key: set()}, users=catalog.users)
     for index, raw_step in enumerate(raw_steps):
         step = _normalise_step(raw_step, index, where, local, problems)
         if step is None:
@@ -329,6 +343,7 @@ def _normalise_step(
         problems.add(f"{where}, step #{index + 1}", "field `key` is required")
         return None
     at = f"{where}, step '{key}'"
+    _check_slug(key, at, "key", problems)
     for unknown in sorted(set(raw) - STEP_FIELDS):
         problems.add(at, f"unknown field `{unknown}`")
     kinds = [k for k in STEP_KINDS if k in raw]
@@ -371,6 +386,8 @@ def _normalise_step(
     if "input" in raw:
         step["input"] = raw["input"]
         trees += _check_templates(raw["input"], at, "input", problems)
+    if raw.get("for_each") is not None and kind != "agent":
+        problems.add(at, "field `for_each` only applies to `agent` steps")
     for name in ("when", "for_each"):
         if name in raw and raw[name] is not None:
             if not isinstance(raw[name], str):
@@ -408,6 +425,10 @@ def _normalise_step(
 def _check_wait(options: dict[str, Any], at: str, problems: Problems) -> None:
     if not options.get("event") and not options.get("for"):
         problems.add(at, "field `wait` needs `event` (a name to wait for) or `for` (a duration)")
+    if options.get("event") and "for" in options:
+        problems.add(at, "field `wait`: use `timeout` with `event`; `for` is a plain timer")
+    if "timeout" in options and not options.get("event"):
+        problems.add(at, "field `wait.timeout` only applies to a wait for an `event`")
     for unknown in sorted(set(options) - {"event", "for", "timeout"}):
         problems.add(at, f"field `wait.{unknown}` is unknown")
     for name in ("for", "timeout"):
@@ -455,9 +476,7 @@ def _check_graph(spec: dict[str, Any], where: str, problems: Problems) -> None:
                 problems.add(at, f"field `after` names missing step '{dependency}'")
             elif dependency == step["key"]:
                 problems.add(at, "field `after` names the step itself")
-        for ref in step.pop("_refs", []):
-            if ref not in steps:
-                problems.add(at, f"a template refers to unknown step '{ref}'")
+    refs = {s["key"]: s.pop("_refs", []) for s in spec["steps"]}
     cycle = find_cycle({k: [d for d in s["after"] if d in steps] for k, s in steps.items()})
     if cycle:
         path = " -> ".join(cycle)
@@ -483,6 +502,20 @@ def _check_graph(spec: dict[str, Any], where: str, problems: Problems) -> None:
             if body & other_body:
                 problems.add(at, f"field `loop`: its steps overlap the loop of step '{other}'")
         bodies[step["key"]] = body
+    after = {k: set(s["after"]) for k, s in steps.items()}
+    for key, names in refs.items():
+        at = f"{where}, step '{key}'"
+        ancestors = _closure(key, after) - {key}
+        loops = set().union(*(b for b in bodies.values() if key in b))
+        for ref in names:
+            if ref not in steps:
+                problems.add(at, f"a template refers to unknown step '{ref}'")
+            elif ref not in ancestors and ref not in loops:
+                problems.add(
+                    at,
+                    f"a template refers to step '{ref}', which it does not come after "
+                    "(add it to `after`)",
+                )
 
 
 def loop_body(spec: Mapping[str, Any], back_to: str, looping: str) -> set[str]:
@@ -574,7 +607,7 @@ def validate_document(document: dict[str, Any], catalog: Catalog) -> tuple[list[
         agents.append(agent)
     workflow = None
     if "workflow" in document:
-        local = Catalog(agents=catalog.agents | names, workflows=catalog.workflows)
+        local = Catalog(agents=catalog.agents | names, workflows=catalog.workflows, users=catalog.users)
         try:
             workflow = normalise_workflow(document["workflow"], local)
         except SpecError as exc:

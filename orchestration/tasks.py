@@ -76,7 +76,7 @@ def execute_step(step_run_id: int) -> None:
         step_key=claim.step_key,
         attempt=claim.attempt,
         iteration=claim.iteration,
-        item=claim.input if claim.map_index is not None else None,
+        item=claim.item,
         index=claim.map_index,
         agent=agent.name,
         idempotency_key=idempotency_key(claim.run_id, claim.step_key, claim.iteration, claim.map_index),

@@ -9,8 +9,10 @@ at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -36,27 +38,48 @@ class TickReport:
         return any((self.retried, self.lost, self.resent, self.woken, self.resumed))
 
 
+def _each(rows: Any, action: Callable[..., Any]) -> int:
+    """Apply one transition per row; one bad row is logged and must not stop the sweep."""
+    done = 0
+    for row in rows:
+        try:
+            done += int(bool(action(*row) if isinstance(row, tuple) else action(row)))
+        except Exception:
+            logger.exception("ticker: %s failed for %s", getattr(action, "__name__", action), row)
+    return done
+
+
 def tick(now: datetime | None = None) -> TickReport:
     now = now or timezone.now()
     report = TickReport()
-    for pk in StepRun.objects.filter(status=StepStatus.RETRYING, next_attempt_at__lte=now).values_list("pk", flat=True)[:BATCH]:
-        report.retried += transitions.queue_due_retry(step_run_id=pk)
-    expired = StepRun.objects.filter(status=StepStatus.RUNNING, lease_expires_at__lt=now).values_list(
-        "pk", "claim_token", "attempts", "run_id"
-    )[:BATCH]
-    for pk, token, attempts, run_id in expired:
-        report.lost += transitions.expire_lease(step_run_id=pk, token=token, attempt=attempts, run_id=run_id)
+    steps = StepRun.objects
+    report.retried = _each(
+        steps.filter(status=StepStatus.RETRYING, next_attempt_at__lte=now).values_list("pk", flat=True)[:BATCH],
+        lambda pk: transitions.queue_due_retry(step_run_id=pk),
+    )
+    report.lost = _each(
+        steps.filter(status=StepStatus.RUNNING, lease_expires_at__lt=now).values_list(
+            "pk", "claim_token", "attempts", "run_id"
+        )[:BATCH],
+        lambda pk, token, attempts, run_id: transitions.expire_lease(
+            step_run_id=pk, token=token, attempt=attempts, run_id=run_id
+        ),
+    )
     stale = now - timedelta(seconds=settings.BATON_REQUEUE_AFTER_SECONDS)
-    for pk, queued_at in StepRun.objects.filter(status=StepStatus.QUEUED, queued_at__lt=stale).values_list("pk", "queued_at")[:BATCH]:
-        report.resent += transitions.resend_lost_message(step_run_id=pk, queued_at=queued_at)
-    for pk in StepRun.objects.filter(status=StepStatus.WAITING, kind=StepKind.WAIT, wake_at__lte=now).values_list("pk", flat=True)[:BATCH]:
-        transitions.wake_timer(step_run_id=pk)
-        report.woken += 1
-    orphans = Run.objects.filter(
-        status__in=RUN_FINAL, parent_step__status=StepStatus.WAITING, parent_step__kind=StepKind.WORKFLOW
-    ).values_list("pk", flat=True)[:BATCH]
-    for pk in orphans:
-        report.resumed += transitions.finish_child_run(child_run_id=pk)
+    report.resent = _each(
+        steps.filter(status=StepStatus.QUEUED, queued_at__lt=stale).values_list("pk", "queued_at")[:BATCH],
+        lambda pk, queued_at: transitions.resend_lost_message(step_run_id=pk, queued_at=queued_at),
+    )
+    report.woken = _each(
+        steps.filter(status=StepStatus.WAITING, kind=StepKind.WAIT, wake_at__lte=now).values_list("pk", flat=True)[:BATCH],
+        lambda pk: transitions.wake_timer(step_run_id=pk),
+    )
+    report.resumed = _each(
+        Run.objects.filter(
+            status__in=RUN_FINAL, parent_step__status=StepStatus.WAITING, parent_step__kind=StepKind.WORKFLOW
+        ).values_list("pk", flat=True)[:BATCH],
+        lambda pk: transitions.finish_child_run(child_run_id=pk),
+    )
     if report:
         logger.info("tick: %s", report)
     return report

@@ -83,7 +83,10 @@ def start_run(
 
 def cancel_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
     with transaction.atomic():
-        run = _lock_run(run_id)
+        try:
+            run = _lock_run(run_id)
+        except Run.DoesNotExist:
+            raise LookupError(f"run {run_id} does not exist") from None
         if run.status in RUN_FINAL:
             raise InvalidTransition(f"run {run_id} already {run.status}")
         who = getattr(actor, "username", None) or "an operator"
@@ -106,6 +109,7 @@ class Claim:
     map_index: int | None
     agent_name: str
     input: Any
+    item: Any = None
 
 
 def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
@@ -150,6 +154,7 @@ def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
         map_index=step.map_index,
         agent_name=step.agent_name,
         input=step.input,
+        item=step.item,
     )
 
 
@@ -320,23 +325,24 @@ def signal_event(*, run_id: int, event_name: str, payload: Any = None, actor: An
     return resolved
 
 
-def wake_timer(*, step_run_id: int) -> None:
+def wake_timer(*, step_run_id: int) -> bool:
     step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
     with transaction.atomic():
         run = _lock_run(step_run.run_id)
         step = StepRun.objects.get(pk=step_run_id)
         if step.status != StepStatus.WAITING or step.wake_at is None or step.wake_at > timezone.now():
-            return
+            return False
         wait = engine.step_spec(run, step.step_key).get("wait", {})
         if wait.get("event"):
-            engine.fail_step(run, step, f"event '{wait['event']}' did not arrive within {wait['timeout']}", ErrorClass.TIMEOUT)
-            return
+            engine.fail_step(run, step, f"event '{wait['event']}' did not arrive within {wait.get('timeout')}", ErrorClass.TIMEOUT)
+            return True
         step.status = StepStatus.SUCCEEDED
         step.output = {"waited": wait.get("for")}
         step.finished_at = timezone.now()
         step.save(update_fields=["status", "output", "finished_at"])
         engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, message="timer elapsed")
         engine.after_success(run, step)
+    return True
 
 
 def finish_child_run(*, child_run_id: int) -> bool:

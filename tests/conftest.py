@@ -40,3 +40,9 @@ def _forget_cached_specs() -> Any:
     _spec.cache_clear()
     yield
     _spec.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings: Any) -> None:
+    # Hashing with the production hasher costs ~0.3 s per user; tests create many.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

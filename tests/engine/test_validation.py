@@ -192,5 +192,31 @@ def test_a_valid_file_round_trips_through_export(db: Any) -> None:
     exported = definitions.export_document("wf")
     _, second = definitions.import_document(load_text(exported))
     assert first is not None and second is not None
-    assert second.number == first.number + 1
     assert second.spec == first.spec
+    assert second.pk == first.pk, "an unchanged file publishes no new version"
+
+
+def test_it_rejects_a_template_naming_a_step_it_does_not_come_after(existing: None) -> None:
+    message = rejected(workflow("    - {key: a, agent: echo}\n    - {key: b, agent: echo, input: '{{ steps.a.output }}'}"))
+    assert "step 'b': a template refers to step 'a', which it does not come after (add it to `after`)" in message
+
+
+def test_it_rejects_for_each_on_a_step_that_is_not_an_agent(existing: None) -> None:
+    message = rejected(workflow("    - {key: a, workflow: wf, for_each: '[1, 2]'}"))
+    assert "step 'a': field `for_each` only applies to `agent` steps" in message
+
+
+def test_it_rejects_keys_that_are_not_slugs(existing: None) -> None:
+    message = rejected(workflow("    - {key: my step, agent: echo}"))
+    assert "step 'my step': field `key`: 'my step' may hold only letters, digits" in message
+
+
+def test_it_lists_an_unknown_owner_with_the_other_problems(existing: None) -> None:
+    message = rejected(workflow("    - {key: a, agent: nobody}", extra="  owner: ghost"))
+    assert "field `owner`: unknown user 'ghost'" in message
+    assert "unknown agent 'nobody'" in message
+
+
+def test_it_rejects_a_wait_for_an_event_with_a_plain_timer(existing: None) -> None:
+    message = rejected(workflow("    - {key: a, wait: {event: go, for: 5m}}"))
+    assert "step 'a': field `wait`: use `timeout` with `event`" in message

@@ -210,20 +210,24 @@ def test_a_workflow_drafted_in_the_admin_publishes_as_version_1_then_2(admin_cli
 
     first = publish(admin_client, workflow)
     assert "Published version 1 of drafted." in messages_of(first)
+    unchanged = publish(admin_client, workflow)
+    assert "Nothing to publish: the draft of drafted is the same as version 1." in messages_of(unchanged)
+    workflow.draft_steps.filter(key="second").update(options={"retry": {"attempts": 3}})
     second = publish(admin_client, workflow)
     assert "Published version 2 of drafted." in messages_of(second)
 
     versions = list(workflow.versions.order_by("number"))
     assert [v.number for v in versions] == [1, 2]
-    assert versions[0].spec == versions[1].spec
     assert [s["key"] for s in versions[1].spec["steps"]] == ["first", "second"]
-    assert versions[1].spec["steps"][1]["retry"] == {"attempts": 2}
+    assert versions[0].spec["steps"][1]["retry"] == {"attempts": 2}
+    assert versions[1].spec["steps"][1]["retry"] == {"attempts": 3}
     assert versions[1].published_by.username == "admin"
 
 
 def test_the_publish_action_publishes_every_selected_workflow(admin_client: Client) -> None:
     load_workflow(PIPELINE)
     workflow = Workflow.objects.get(key="pipeline")
+    workflow.draft_steps.filter(position=0).update(when="true")
     response = admin_client.post(
         changelist(Workflow),
         {"action": "publish_selected", "_selected_action": [workflow.pk]},

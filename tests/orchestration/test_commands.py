@@ -93,6 +93,8 @@ def test_importing_a_file_publishes_its_workflow_and_names_its_agents(tmp_path: 
     out, _ = run_command("import_workflow", write(tmp_path, "pipeline.yaml", PIPELINE))
     assert out == "imported pipeline as version 1 (agents: echo, writer)\n"
     out, _ = run_command("import_workflow", write(tmp_path, "pipeline.yaml", PIPELINE))
+    assert out == "pipeline unchanged: still version 1 (agents: echo, writer)\n"
+    out, _ = run_command("import_workflow", write(tmp_path, "pipeline.yaml", PIPELINE.replace("Pipeline", "Pipeline v2")))
     assert out == "imported pipeline as version 2 (agents: echo, writer)\n"
     assert Agent.objects.get(name="writer").timeout_seconds == 120
 
@@ -184,9 +186,9 @@ def test_exporting_and_importing_again_gives_an_identical_spec(tmp_path: Path) -
     load_workflow(PIPELINE)
     exported, _ = run_command("export_workflow", "pipeline")
     run_command("import_workflow", write(tmp_path, "exported.yaml", exported))
-    first, second = WorkflowVersion.objects.filter(workflow__key="pipeline").order_by("number")
-    assert second.number == 2
-    assert second.spec == first.spec
+    exported_again, _ = run_command("export_workflow", "pipeline")
+    assert exported_again == exported
+    assert WorkflowVersion.objects.filter(workflow__key="pipeline").count() == 1, "same spec, no new version"
 
 
 def test_exporting_as_json_gives_the_same_document_as_yaml() -> None:

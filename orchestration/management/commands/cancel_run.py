@@ -7,7 +7,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from orchestration import transitions
-from orchestration.models import Run
 
 
 class Command(BaseCommand):
@@ -20,8 +19,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, run_id: int, reason: str, **options: Any) -> None:
         try:
             run = transitions.cancel_run(run_id=run_id, reason=reason or "cancelled from the command line")
-        except Run.DoesNotExist:
-            raise CommandError(f"run {run_id} does not exist") from None
+        except LookupError as exc:
+            raise CommandError(str(exc)) from None
         except transitions.InvalidTransition as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"cancelled run {run.pk}")

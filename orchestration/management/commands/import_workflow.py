@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from orchestration import definitions
+from orchestration.models import WorkflowVersion
 from orchestration.spec import SpecError, load_text
 
 
@@ -54,6 +55,8 @@ class Command(BaseCommand):
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecError([f"cannot read the file ({exc})"]) from None
         document = load_text(text, source=name)
+        key = (document.get("workflow") or {}).get("key") if isinstance(document.get("workflow"), dict) else None
+        before = WorkflowVersion.objects.filter(workflow__key=key).order_by("-number").values_list("pk", flat=True).first()
         agents, version = definitions.import_document(document, note=f"imported from {Path(name).name}")
         if check:
             return f"{name}: OK"
@@ -61,4 +64,6 @@ class Command(BaseCommand):
         if version is None:
             return f"imported agents: {names}"
         suffix = f" (agents: {names})" if names else ""
+        if version.pk == before:
+            return f"{version.workflow.key} unchanged: still version {version.number}{suffix}"
         return f"imported {version.workflow.key} as version {version.number}{suffix}"
