@@ -35,7 +35,7 @@ POLL_SECONDS = 0.2
 def _die_with_parent() -> None:
     """Runs in each child before exec: ask Linux to SIGTERM it if `serve` itself dies.
 
-    Children live in their own process groups (see `_start`), so a `serve` killed with SIGKILL
+    Children live in their own process groups (see `Child.start`), so a `serve` killed with SIGKILL
     would otherwise leave daphne and the worker running, holding the port and the queue.
     """
     if not sys.platform.startswith("linux"):
@@ -207,9 +207,11 @@ class Command(BaseCommand):
         logins = demo_logins()
         if logins:
             lines.append("Demo logins (user / password):")
-            width = max(len(name) for name, _, _ in logins)
+            name_width = max(len(name) for name, _, _ in logins)
+            password_width = max(len(password) for _, password, _ in logins)
             for name, password, what in logins:
-                lines.append(f"  {name.ljust(width)}  {password}" + (f"  - {what}" if what else ""))
+                row = f"  {name.ljust(name_width)}  {password.ljust(password_width)}  {what}"
+                lines.append(row.rstrip())
         else:
             lines.append(
                 "Demo logins: admin / ops / approver, created by `manage.py load_demo` "
