@@ -1,0 +1,87 @@
+"""Filters for showing run data: durations, and agent JSON as escaped, foldable text.
+
+None of these mark their result safe: agent output is untrusted text and reaches the page only
+through Django's autoescaping.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from django import template
+from django.utils import timezone
+
+register = template.Library()
+
+FOLD_CHARS = 240
+FOLD_LINES = 8
+PREVIEW_CHARS = 72
+COMPACT_CHARS = 48
+
+
+@register.filter
+def duration(seconds: float | None) -> str:
+    """3.2s, 4m 05s, 2h 07m, 3d 4h: precise for short steps, readable for long runs."""
+    if seconds is None:
+        return ""
+    seconds = max(0.0, float(seconds))
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    whole = int(seconds)
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+@register.simple_tag
+def elapsed(start: datetime | None, end: datetime | None = None) -> str:
+    """Time from start to end, or to now for something still going."""
+    if start is None:
+        return ""
+    return duration(((end or timezone.now()) - start).total_seconds())
+
+
+@register.filter
+def pretty_json(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+@register.filter
+def is_long(text: str, compact: bool = False) -> bool:
+    """Whether to fold a block; `compact` (a table cell) folds anything past one short line."""
+    if compact:
+        return len(text) > COMPACT_CHARS or "\n" in text
+    return len(text) > FOLD_CHARS or text.count("\n") >= FOLD_LINES
+
+
+@register.filter
+def preview(value: Any) -> str:
+    """One line of a value, for the summary of a folded block."""
+    if isinstance(value, str):
+        text = " ".join(value.split())
+    else:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+
+
+@register.filter
+def entries(value: Any) -> list[tuple[str, Any]] | None:
+    """A mapping's items, or None for anything else.
+
+    `value.items` in a template would look up a key named "items" first, and agent output
+    may well have one.
+    """
+    if isinstance(value, dict) and value:
+        return [(str(key), item) for key, item in value.items()]
+    return None
