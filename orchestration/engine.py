@@ -228,12 +228,13 @@ def _start(run: Run, step: dict[str, Any], head: StepRun, to_send: list[int]) ->
         fail_step(run, head, f"{exc}", ErrorClass.PERMANENT)
         return
     head.input = payload
-    head.started_at = now
     if step["kind"] == StepKind.AGENT:
         head.agent_name = step["agent"]
         if step.get("for_each"):
+            head.started_at = now
             _start_map(run, step, head, context, to_send)
             return
+        # started_at is set when a worker claims the step; queued_at says when it was sent.
         head.status = StepStatus.QUEUED
         head.queued_at = now
         head.save()
@@ -241,6 +242,7 @@ def _start(run: Run, step: dict[str, Any], head: StepRun, to_send: list[int]) ->
         to_send.append(head.pk)
         return
     head.status = StepStatus.WAITING
+    head.started_at = now
     if step["kind"] == StepKind.WAIT:
         wait = step["wait"]
         limit = wait.get("for") or wait.get("timeout")
