@@ -1,0 +1,106 @@
+"""The `http` agent kind: POST the step input as JSON, the JSON answer is the output.
+
+config: url, method (POST), headers (values may contain ${ENV_NAME}: the secret is read from the
+environment at call time and never stored, shown or logged), timeout (duration, default 30s).
+Connection errors, timeouts, 429 (honouring Retry-After) and 5xx are transient; any other 4xx,
+a redirect, or a body that is not JSON is permanent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from orchestration import outbound
+from orchestration.agents.base import (
+    AgentContext,
+    AgentResult,
+    PermanentError,
+    StepTimeout,
+    TransientError,
+)
+from orchestration.durations import parse_duration
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+DEFAULT_TIMEOUT = 30.0
+
+
+def secret_headers(headers: dict[str, Any]) -> dict[str, str]:
+    """Fill ${NAME} references from the environment; errors name the variable, never a value."""
+    resolved: dict[str, str] = {}
+    for name, value in headers.items():
+        text = str(value)
+
+        def substitute(match: re.Match[str], header: str = name) -> str:
+            variable = match.group(1)
+            found = os.environ.get(variable)
+            if found is None:
+                raise PermanentError(
+                    f"header {header!r} needs environment variable {variable}, which is not set"
+                )
+            return found
+
+        resolved[name] = _ENV_REFERENCE.sub(substitute, text)
+    return resolved
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def timeout_for(config: dict[str, Any], context: AgentContext) -> float:
+    configured = parse_duration(config["timeout"]) if config.get("timeout") is not None else DEFAULT_TIMEOUT
+    if context.timeout is not None:
+        return min(configured, context.timeout)
+    return configured
+
+
+def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentResult:
+    url = config["url"]
+    headers = secret_headers(config.get("headers") or {})
+    headers["Idempotency-Key"] = context.idempotency_key
+    timeout = timeout_for(config, context)
+    started = time.monotonic()
+    try:
+        response = outbound.request(
+            config.get("method", "POST"), url, json_body=payload, headers=headers, timeout=timeout
+        )
+    except outbound.OutboundRefused as exc:
+        raise PermanentError(f"request refused: {exc}") from None
+    except outbound.OutboundTimeout as exc:
+        raise StepTimeout(str(exc)) from None
+    except outbound.OutboundUnavailable as exc:
+        raise TransientError(str(exc)) from None
+    latency_ms = round((time.monotonic() - started) * 1000, 1)
+    status = response.status
+    if status == 429:
+        raise TransientError(
+            f"HTTP 429 Too Many Requests from {url}",
+            retry_after=retry_after_seconds(response.headers.get("retry-after")),
+            detail=response.excerpt(),
+        )
+    if status >= 500:
+        raise TransientError(f"HTTP {status} from {url}", detail=response.excerpt())
+    if 300 <= status < 400:
+        location = response.headers.get("location", "?")
+        raise PermanentError(f"HTTP {status} redirect to {location} refused: redirects are not followed")
+    if status >= 400:
+        raise PermanentError(f"HTTP {status} from {url}: {response.excerpt(200)}")
+    try:
+        output = response.json() if response.body.strip() else None
+    except ValueError:
+        raise PermanentError(f"the response from {url} is not JSON: {response.excerpt(200)}") from None
+    return AgentResult(output=output, usage={"latency_ms": latency_ms, "http_status": status})
