@@ -1,0 +1,504 @@
+"""`manage.py bench`: how fast work moves through Baton on this database and broker.
+
+Three measurements, printed as one table:
+
+1. the floor: a plain django-q2 task (no Baton tables), enqueue until it runs;
+2. a sequential workflow of no-op agent steps on one worker: wall time and the step-to-step
+   handoff (the next step's claim minus the previous step's finished_at);
+3. a for_each of no-op items on four workers: items per second.
+
+The bench starts its own `baton_worker` processes on a private queue, so it neither takes
+work from nor gives work to a running deployment, and deletes its runs afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypedDict
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from orchestration import definitions, dispatch, transitions
+from orchestration.models import Agent, Run, StepRun, Workflow
+from orchestration.status import RUN_FINAL, RunStatus
+
+# Set in the environment of the process that does the measuring (see Command.relaunch).
+DRIVER_ENV = "BATON_BENCH_DRIVER"
+AGENT = "bench-noop"
+FANOUT_WORKERS = 4
+RUNS = 3
+FOOTNOTE = (
+    "Published figures for a 40-step sequential flow, per handoff: Windmill (dedicated worker) "
+    "~10 ms, Temporal (tuned) ~19 ms, Hatchet ~31 ms, Airflow (tuned) ~228 ms."
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    round_trips: int
+    steps: int
+    items: int
+
+
+FULL = Sizes(round_trips=50, steps=40, items=1000)
+QUICK = Sizes(round_trips=10, steps=10, items=100)
+
+
+class Row(TypedDict):
+    benchmark: str
+    measure: str
+    value: float
+    unit: str
+    target: str
+    status: str  # "ok", "MISSED", or "" when there is no target on this backend
+
+
+@dataclass(frozen=True)
+class Target:
+    limit: float
+    at_most: bool  # True: the value must not exceed the limit; False: it must reach it
+
+    def label(self, unit: str) -> str:
+        return f"{'<=' if self.at_most else '>='} {_number(self.limit, unit)}"
+
+    def met(self, value: float) -> bool:
+        return value <= self.limit if self.at_most else value >= self.limit
+
+
+def targets(database: str, broker: str) -> dict[str, Target]:
+    """Targets by backend; a combination not listed (PostgreSQL + ORM broker) has none."""
+    if database == "postgresql" and broker == "redis":
+        return {"handoff": Target(10.0, at_most=True), "throughput": Target(200.0, at_most=False)}
+    if database == "sqlite":
+        return {"handoff": Target(50.0, at_most=True)}
+    return {}
+
+
+class Command(BaseCommand):
+    help = "Measures task round trip, step handoff and fan-out throughput on this database and broker."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--quick", action="store_true", help="Small sizes (10 steps, 100 items, 10 round trips)."
+        )
+        parser.add_argument("--json", action="store_true", help="Also print the rows as one line of JSON.")
+        parser.add_argument(
+            "--keep", action="store_true", help="Keep the bench's runs instead of deleting them."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if os.environ.get(DRIVER_ENV) != "1":
+            self.relaunch(options)
+            return
+        # A SIGTERM unwinds through the `finally` blocks, so the workers stop and runs go.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        bench = Bench(QUICK if options["quick"] else FULL, progress=self.stderr)
+        rows = bench.run(keep=options["keep"])
+        self.stdout.write(render(bench.database, bench.broker, rows, bench.notes))
+        if options["json"]:
+            document = {
+                "database": bench.database,
+                "broker": bench.broker,
+                "rows": rows,
+                "notes": bench.notes,
+            }
+            self.stdout.write(json.dumps(document))
+
+    def relaunch(self, options: dict[str, Any]) -> None:
+        """Run the bench in a child process whose settings name the private queue.
+
+        django-q2 reads its queue name, and the salt it signs messages with, when it is
+        imported; this process already has both from BATON_QUEUE. The workers and the process
+        that starts runs (and so sends the first messages) must agree on them.
+        """
+        env = dict(os.environ)
+        env.update({"BATON_QUEUE": f"baton-bench-{os.getpid()}", DRIVER_ENV: "1", "PYTHONUNBUFFERED": "1"})
+        flags = [f"--{name}" for name in ("quick", "json", "keep") if options[name]]
+        command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "bench", *flags]
+        child = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, text=True)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+        try:
+            assert child.stdout is not None
+            for line in child.stdout:
+                self.stdout.write(line, ending="")
+            code = child.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the child too (same process group); let it stop its workers.
+            child.wait()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if code:
+            raise CommandError(f"the bench stopped with exit status {code}", returncode=code)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, *, progress: Any):
+        self.sizes = sizes
+        self.progress = progress
+        self.database = connection.vendor
+        self.broker = "redis" if settings.REDIS_URL else "orm"
+        self.run_ids: list[int] = []
+        self.notes: list[str] = []
+
+    def say(self, message: str) -> None:
+        self.progress.write(f"bench: {message}")
+        self.progress.flush()
+
+    def run(self, *, keep: bool) -> list[Row]:
+        sequential = install(sequential_document(self.sizes.steps))
+        fanout = install(fanout_document(self.sizes.items))
+        locked: list[str] = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="baton-bench-") as scratch:
+                with Workers(1, Path(scratch), say=self.say) as workers, workers.explain_failures():
+                    floor = self.floor(Path(scratch))
+                    chain = self.sequential(sequential)
+                locked += workers.lines_with("database is locked")
+                with (
+                    Workers(FANOUT_WORKERS, Path(scratch), say=self.say) as workers,
+                    workers.explain_failures(),
+                ):
+                    fan = self.fanout(fanout)
+                locked += workers.lines_with("database is locked")
+        finally:
+            if keep:
+                self.say(f"kept runs {', '.join(map(str, self.run_ids))}")
+            else:
+                Run.objects.filter(pk__in=self.run_ids).delete()
+        if locked:
+            self.notes.append(f'WARNING: "database is locked" appeared {len(locked)} times in worker logs:')
+            self.notes += [f"  {line}" for line in locked[:5]]
+        else:
+            self.notes.append('Worker logs: no "database is locked".')
+        return self.rows(floor, chain, fan)
+
+    def floor(self, scratch: Path) -> list[float]:
+        """Plain django-q2 tasks, one at a time: enqueue until the task function runs (ms)."""
+        self.say(f"django-q2 round trips x {self.sizes.round_trips}")
+        samples = []
+        for number in range(3 + self.sizes.round_trips):  # the first three warm the worker up
+            path = scratch / f"stamp-{number}"
+            sent = time.time()
+            async_task(
+                "orchestration.bench_agents.stamp",
+                str(path),
+                broker=dispatch.broker(),
+                task_name=f"bench-stamp-{number}",
+            )
+            ran = float(
+                wait_for(
+                    lambda path=path: path.exists() and path.read_text(), timeout=30, what="a no-op task"
+                )
+            )
+            if number >= 3:
+                samples.append((ran - sent) * 1000)
+        return samples
+
+    def sequential(self, key: str) -> dict[str, list[float]]:
+        """Runs of the sequential workflow; per run: wall time (s) and handoff figures (ms)."""
+        self.say(f"{key}: a warm-up run and {RUNS} measured runs on 1 worker")
+        per_run: dict[str, list[float]] = {"wall": [], "median": [], "p95": [], "engine": [], "broker": []}
+        for number in range(1 + RUNS):
+            started = timezone.now()
+            run = self.start_and_wait(key, timeout=60 + 2 * self.sizes.steps)
+            if number == 0:
+                continue
+            heads = list(StepRun.objects.filter(run=run, map_index__isnull=True).order_by("id"))
+            handoff, engine, broker = [], [], []
+            for before, after in zip(heads, heads[1:], strict=False):
+                # A step's started_at is its claim by a worker; queued_at is when it was sent.
+                handoff.append(seconds(before.finished_at, after.started_at) * 1000)
+                engine.append(seconds(before.finished_at, after.queued_at) * 1000)
+                broker.append(seconds(after.queued_at, after.started_at) * 1000)
+            per_run["wall"].append(seconds(started, run.finished_at))
+            per_run["median"].append(statistics.median(handoff))
+            per_run["p95"].append(percentile(handoff, 95))
+            per_run["engine"].append(statistics.median(engine))
+            per_run["broker"].append(statistics.median(broker))
+        return per_run
+
+    def fanout(self, key: str) -> dict[str, float]:
+        self.say(f"{key}: one run on {FANOUT_WORKERS} workers")
+        started = timezone.now()
+        run = self.start_and_wait(key, timeout=600)
+        head = StepRun.objects.get(run=run, map_index__isnull=True)
+        mapping = seconds(head.started_at, head.finished_at)
+        return {"throughput": self.sizes.items / mapping, "wall": seconds(started, run.finished_at)}
+
+    def start_and_wait(self, key: str, *, timeout: float) -> Run:
+        run = transitions.start_run(workflow=key, trigger="bench")
+        self.run_ids.append(run.pk)
+        # Polling only decides when we look; the figures come from the rows' own timestamps.
+        wait_for(
+            lambda: Run.objects.filter(pk=run.pk, status__in=RUN_FINAL).exists(),
+            timeout=timeout,
+            interval=0.025,
+            what=f"run {run.pk} of {key}",
+        )
+        run.refresh_from_db()
+        if run.status != RunStatus.SUCCEEDED:
+            raise CommandError(f"run {run.pk} of {key} {run.status}: {run.error}")
+        return run
+
+    def rows(self, floor: list[float], chain: dict[str, list[float]], fan: dict[str, float]) -> list[Row]:
+        goals = targets(self.database, self.broker)
+        steps, items = self.sizes.steps, self.sizes.items
+        first = "django-q2 no-op task (floor)"
+        second = f"{steps}-step sequential workflow"
+        third = f"{items}-item for_each, {FANOUT_WORKERS} workers"
+        table = [
+            row(first, f"enqueue -> running, median of {len(floor)}", statistics.median(floor), "ms"),
+            row(first, "enqueue -> running, p95", percentile(floor, 95), "ms"),
+            row(second, f"total wall time, median of {RUNS} runs", statistics.median(chain["wall"]), "s"),
+            row(
+                second,
+                "step-to-step handoff, median",
+                statistics.median(chain["median"]),
+                "ms",
+                goals.get("handoff"),
+            ),
+            row(second, "step-to-step handoff, p95", statistics.median(chain["p95"]), "ms"),
+            row(second, "  finished -> next queued, median", statistics.median(chain["engine"]), "ms"),
+            row(second, "  queued -> claimed, median", statistics.median(chain["broker"]), "ms"),
+            row(
+                third,
+                "throughput, map start -> finish",
+                fan["throughput"],
+                "steps/s",
+                goals.get("throughput"),
+            ),
+            row(third, "total wall time", fan["wall"], "s"),
+        ]
+        return table
+
+
+def row(benchmark: str, measure: str, value: float, unit: str, target: Target | None = None) -> Row:
+    status = "" if target is None else ("ok" if target.met(value) else "MISSED")
+    label = "-" if target is None else target.label(unit)
+    return Row(
+        benchmark=benchmark, measure=measure, value=round(value, 3), unit=unit, target=label, status=status
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers and workflows
+
+
+class Workers:
+    """`manage.py baton_worker` in a session of its own, on the bench's queue and database."""
+
+    def __init__(self, count: int, scratch: Path, *, say: Any):
+        self.count = count
+        self.say = say
+        self.log_path = scratch / f"worker-{count}-{time.monotonic_ns()}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Workers:
+        env = dict(os.environ)
+        env.update({"BATON_WORKERS": str(self.count), "PYTHONUNBUFFERED": "1"})
+        env.pop(DRIVER_ENV, None)
+        self.say(f"starting {self.count} worker(s) on queue {settings.QUEUE_NAME}")
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "baton_worker"],
+                env=env,
+                cwd=settings.BASE_DIR,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in the terminal is ours to handle, not theirs
+            )
+        try:
+            wait_for(self.ready, timeout=60, what="the workers to start")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise CommandError(f"the worker process exited at start-up:\n{self.tail()}")
+        return b"baton worker ready" in self.log_path.read_bytes()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # Only the main process: it stops the django-q2 cluster in order. SIGTERM to the whole
+        # group also hits the sentinel, and Cluster.stop then hangs in Event.set() waiting
+        # for it (seen with 4 workers).
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.say("the workers did not stop within 30 s of SIGTERM; killing them")
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    @contextmanager
+    def explain_failures(self) -> Iterator[None]:
+        """A bench that fails shows the end of the workers' log, which is about to be deleted."""
+        try:
+            yield
+        except CommandError as exc:
+            raise CommandError(f"{exc}\n--- worker log (last lines) ---\n{self.tail()}") from None
+
+    def lines_with(self, text: str) -> list[str]:
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return [line for line in log.splitlines() if text in line]
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def install(document: dict[str, Any]) -> str:
+    """Import a bench workflow unless its latest published version is already this one."""
+    agents, spec = definitions.check_document(document)
+    assert spec is not None
+    workflow = Workflow.objects.filter(key=spec["key"]).first()
+    latest = workflow.latest_version if workflow else None
+    agent = Agent.objects.filter(name=AGENT).first()
+    unchanged = (
+        latest is not None
+        and latest.spec == spec
+        and agent is not None
+        and definitions.agent_spec(agent) == agents[0]
+    )
+    if not unchanged:
+        definitions.import_document(document, note="imported by manage.py bench")
+    return spec["key"]
+
+
+def bench_agent() -> dict[str, Any]:
+    return {
+        "name": AGENT,
+        "kind": "python",
+        "description": "Does nothing; used by manage.py bench.",
+        "config": {"callable": "orchestration.bench_agents:noop"},
+        # One attempt: a failure should stop the bench, not be hidden inside its timings.
+        "retry": {"attempts": 1},
+    }
+
+
+def sequential_document(steps: int) -> dict[str, Any]:
+    keys = [f"step-{number:03d}" for number in range(1, steps + 1)]
+    return {
+        "agents": [bench_agent()],
+        "workflow": {
+            "key": f"bench-sequential-{steps}",
+            "name": f"Bench: {steps} sequential no-op steps",
+            "description": "Created by manage.py bench to measure step-to-step handoff.",
+            "steps": [
+                {"key": key, "agent": AGENT, **({"after": [keys[index - 1]]} if index else {})}
+                for index, key in enumerate(keys)
+            ],
+        },
+    }
+
+
+def fanout_document(items: int) -> dict[str, Any]:
+    return {
+        "agents": [bench_agent()],
+        "workflow": {
+            "key": f"bench-fanout-{items}",
+            "name": f"Bench: for_each over {items} no-op items",
+            "description": "Created by manage.py bench to measure fan-out throughput.",
+            "steps": [{"key": "items", "agent": AGENT, "for_each": f"range({items})"}],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def wait_for(predicate: Any, *, timeout: float, what: str, interval: float = 0.001) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise CommandError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile: the smallest value with pct% of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def seconds(start: datetime | None, end: datetime | None) -> float:
+    if start is None or end is None:
+        raise CommandError("a finished bench run has a step without its timestamps")
+    return (end - start).total_seconds()
+
+
+def _number(value: float, unit: str) -> str:
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if unit == "s":
+        return f"{value:.2f} s"
+    return f"{value:.0f} {unit}"
+
+
+def render(database: str, broker: str, rows: list[Row], notes: list[str]) -> str:
+    header = ("benchmark", "measure", "value", "target")
+    cells = [
+        (
+            r["benchmark"],
+            r["measure"],
+            _number(r["value"], r["unit"]),
+            f"{r['target']}  {r['status']}".rstrip(),
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[column]) for line in [header, *cells]) for column in range(4)]
+
+    def line(values: tuple[str, ...]) -> str:
+        # Values are right-aligned so the decimal points line up.
+        parts = [
+            v.rjust(w) if column == 2 else v.ljust(w)
+            for column, (v, w) in enumerate(zip(values, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [f"database: {database}, broker: {broker}", "", line(header), line(tuple("-" * w for w in widths))]
+    out += [line(c) for c in cells]
+    out += [
+        "",
+        FOOTNOTE,
+        "Handoff: the next step's claim by a worker minus the previous step's finished_at; "
+        "each handoff row is the median over the runs of that run's figure.",
+        *notes,
+    ]
+    stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    # Other processes on the machine slow every figure; the load average says how busy it was.
+    load = os.getloadavg()[0]
+    out.append(f"Measured {stamp} on {os.cpu_count()} CPUs; 1-minute load average at the end {load:.1f}.")
+    return "\n".join(out)

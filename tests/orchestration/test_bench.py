@@ -1,0 +1,98 @@
+"""`manage.py bench --quick` against the test database, with its own worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from orchestration.models import Run, Workflow
+from tests.support import ROOT, database_url
+
+BENCHMARKS = (
+    "django-q2 no-op task (floor)",
+    "10-step sequential workflow",
+    "100-item for_each, 4 workers",
+)
+NUMBER = re.compile(r"\s(\d+(?:\.\d+)?) (?:ms|s|steps/s)\b")
+
+
+def run_bench(*flags: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.update({"DATABASE_URL": database_url(), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "bench", "--quick", *flags],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@dataclass
+class Outcome:
+    stdout: str
+    stderr: str
+    runs_left: int
+    workflows: list[str]
+
+
+@pytest.fixture(scope="module")
+def bench(django_db_setup: Any, django_db_blocker: Any) -> Outcome:
+    # Once for the module: the bench takes tens of seconds. What it left in the database is
+    # read here, before the first transactional test flushes it.
+    with django_db_blocker.unblock():
+        result = run_bench("--json")
+        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+        return Outcome(
+            stdout=result.stdout,
+            stderr=result.stderr,
+            runs_left=Run.objects.count(),
+            workflows=sorted(Workflow.objects.values_list("key", flat=True)),
+        )
+
+
+@pytest.mark.cluster
+@pytest.mark.django_db(transaction=True)
+class TestBench:
+    def test_it_names_the_backend_first(self, bench: Outcome) -> None:
+        vendor = "sqlite" if database_url().startswith("sqlite") else "postgresql"
+        broker = "redis" if os.environ.get("REDIS_URL") else "orm"
+        assert bench.stdout.splitlines()[0] == f"database: {vendor}, broker: {broker}"
+
+    def test_it_prints_a_number_for_each_of_the_three_benchmarks(self, bench: Outcome) -> None:
+        lines = bench.stdout.splitlines()
+        for name in BENCHMARKS:
+            rows = [line for line in lines if line.startswith(name)]
+            assert rows, f"no row for {name!r} in:\n{bench.stdout}"
+            for line in rows:
+                match = NUMBER.search(line[len(name) :])
+                assert match is not None, f"no value in {line!r}"
+                assert float(match.group(1)) >= 0
+
+    def test_it_prints_the_rows_as_json_too(self, bench: Outcome) -> None:
+        document = json.loads(bench.stdout.strip().splitlines()[-1])
+        names = {row["benchmark"] for row in document["rows"]}
+        assert names == set(BENCHMARKS)
+        handoff = next(row for row in document["rows"] if row["measure"] == "step-to-step handoff, median")
+        assert handoff["value"] > 0
+        assert handoff["status"] in {"ok", "MISSED", ""}
+
+    def test_it_footnotes_the_published_comparison(self, bench: Outcome) -> None:
+        assert "Windmill (dedicated worker) ~10 ms" in bench.stdout
+        assert "Airflow (tuned) ~228 ms" in bench.stdout
+
+    def test_it_never_meets_a_locked_database(self, bench: Outcome) -> None:
+        assert "database is locked" not in bench.stderr
+        assert 'Worker logs: no "database is locked".' in bench.stdout
+
+    def test_it_deletes_its_runs_but_keeps_its_workflows(self, bench: Outcome) -> None:
+        assert bench.runs_left == 0
+        assert bench.workflows == ["bench-fanout-100", "bench-sequential-10"]
