@@ -110,23 +110,32 @@ def validate_run_input(spec: dict[str, Any], given: Any) -> dict[str, Any]:
 # Reading a run's state
 
 
-def heads(run: Run) -> dict[str, StepRun]:
+def head_rows(run: Run) -> list[StepRun]:
+    """Every head row of the run, oldest iteration first."""
+    return list(StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id"))
+
+
+def heads(run: Run, rows: list[StepRun] | None = None) -> dict[str, StepRun]:
     """The latest iteration's head row of every step that has one."""
     latest: dict[str, StepRun] = {}
-    for row in StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id"):
+    for row in head_rows(run) if rows is None else rows:
         latest[row.step_key] = row
     return latest
 
 
-def template_context(run: Run, *, iteration: int = 1, item: Any = None, index: int | None = None) -> dict[str, Any]:
+def template_context(
+    run: Run, *, iteration: int = 1, item: Any = None, index: int | None = None, rows: list[StepRun] | None = None
+) -> dict[str, Any]:
     """What templates see: input, steps.<key>.output/.status, run.id, iteration, item, index.
 
     `steps.<key>` is the latest *finished* iteration of that step, so a writer sent back by an
     editor sees the editor's last verdict.
     """
     steps: dict[str, dict[str, Any]] = {}
-    rows = StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id")
-    for row in rows.only("step_key", "status", "output", "iteration", "error"):
+    if rows is None:
+        query = StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id")
+        rows = list(query.only("step_key", "status", "output", "iteration", "error"))
+    for row in rows:
         if row.status in STEP_FINAL:
             steps[row.step_key] = {
                 "output": row.output,
@@ -171,12 +180,11 @@ def advance(run: Run) -> None:
         return
     spec = spec_for(run)
     to_send: list[int] = []
+    rows = head_rows(run)
+    current = heads(run, rows)
     progressed = True
     while progressed and run.status == RunStatus.RUNNING:
-        # Starting a step can finish it at once (a false `when`, an empty for_each) and
-        # advance the run from inside; so after every start, read the heads afresh.
         progressed = False
-        current = heads(run)
         for step in spec["steps"]:
             head = current.get(step["key"])
             if head is not None and head.status != StepStatus.PENDING:
@@ -190,11 +198,16 @@ def advance(run: Run) -> None:
             if deps and all(dep.status == StepStatus.SKIPPED for dep in deps if dep):
                 _skip(run, head, "every step it comes after was skipped")
             else:
-                _start(run, step, head, to_send)
+                _start(run, step, head, to_send, rows)
             progressed = True
-            break
+            if head.status in STEP_FINAL:
+                # Starting it finished it (a false `when`, an empty for_each, a bad template),
+                # which may have advanced the run from inside: read the heads afresh.
+                rows = head_rows(run)
+                current = heads(run, rows)
+                break
+            current[step["key"]] = head
     dispatch.send_steps_on_commit(to_send)
-    current = heads(run)
     if run.status == RunStatus.RUNNING and all(
         current.get(s["key"]) is not None and current[s["key"]].status in STEP_FINAL
         for s in spec["steps"]
@@ -210,9 +223,11 @@ def _skip(run: Run, head: StepRun, reason: str) -> None:
     event(run, EventKind.STEP_SKIPPED, step=head, to_status=head.status, message=reason)
 
 
-def _start(run: Run, step: dict[str, Any], head: StepRun, to_send: list[int]) -> None:
+def _start(
+    run: Run, step: dict[str, Any], head: StepRun, to_send: list[int], rows: list[StepRun] | None = None
+) -> None:
     now = timezone.now()
-    context = template_context(run, iteration=head.iteration)
+    context = template_context(run, iteration=head.iteration, rows=rows)
     try:
         if step.get("when") and not evaluate(step["when"], context):
             _skip(run, head, f"`when` was false: {step['when']}")
@@ -473,6 +488,8 @@ def finish_run(run: Run, current: dict[str, StepRun]) -> None:
 
 def release_next_items(run: Run, parent: StepRun, count: int = 1) -> list[int]:
     """Move held-back for_each items to queued (a `concurrency` slot came free)."""
+    if not step_spec(run, parent.step_key).get("concurrency"):
+        return []  # every item was queued at the start; none is held back
     ids = list(
         StepRun.objects.filter(parent=parent, status=StepStatus.PENDING)
         .order_by("map_index")

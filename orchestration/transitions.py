@@ -110,6 +110,7 @@ class Claim:
     agent_name: str
     input: Any
     item: Any = None
+    parent_id: int | None = None
 
 
 def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
@@ -155,6 +156,7 @@ def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
         agent_name=step.agent_name,
         input=step.input,
         item=step.item,
+        parent_id=step.parent_id,
     )
 
 
@@ -190,12 +192,15 @@ def record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None = 
         Attempt.objects.filter(step_run_id=claim.step_run_id, number=claim.attempt).update(
             status=AttemptStatus.SUCCEEDED, finished_at=now, usage=usage or {}
         )
+        if claim.parent_id is not None:
+            # A for_each item: what follows needs only its parent, so skip re-reading the row.
+            item = StepRun(pk=claim.step_run_id, run_id=claim.run_id, parent_id=claim.parent_id)
+            engine.event(run, EventKind.STEP_SUCCEEDED, step=item, from_status=StepStatus.RUNNING, to_status=StepStatus.SUCCEEDED)
+            _item_succeeded(run, item)
+            return True
         step = StepRun.objects.get(pk=claim.step_run_id)
         engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.RUNNING, to_status=step.status)
-        if step.parent_id is None:
-            engine.after_success(run, step)
-        else:
-            _item_succeeded(run, step)
+        engine.after_success(run, step)
     return True
 
 
