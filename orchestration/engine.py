@@ -8,11 +8,14 @@ both start the step that joins them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from orchestration import dispatch
@@ -52,6 +55,27 @@ def step_spec(run: Run, key: str) -> dict[str, Any]:
     raise KeyError(key)
 
 
+_pending = threading.local()
+
+
+@contextmanager
+def change() -> Iterator[None]:
+    """The transaction of one state change. Its events are written in one INSERT just before
+    commit: the log stays complete (same transaction) at a fraction of the round trips."""
+    if getattr(_pending, "events", None) is not None:
+        with transaction.atomic():  # nested in another change: the outer one writes the events
+            yield
+        return
+    with transaction.atomic():
+        _pending.events = []
+        try:
+            yield
+            if _pending.events:
+                RunEvent.objects.bulk_create(_pending.events)
+        finally:
+            _pending.events = None
+
+
 def event(
     run: Run,
     kind: str,
@@ -63,7 +87,7 @@ def event(
     data: dict[str, Any] | None = None,
     actor: Any = None,
 ) -> RunEvent:
-    return RunEvent.objects.create(
+    row = RunEvent(
         run=run,
         step_run=step,
         kind=kind,
@@ -73,6 +97,12 @@ def event(
         data=data or {},
         actor=actor if actor is not None and getattr(actor, "is_authenticated", False) else None,
     )
+    pending = getattr(_pending, "events", None)
+    if pending is None:
+        row.save()
+    else:
+        pending.append(row)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +395,11 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
     if any(row.pk is None for row in created):
         # Backends that do not return ids from bulk_create; re-read them.
         created = list(StepRun.objects.filter(parent=head).order_by("map_index"))
-    to_send.extend(row.pk for row in created if row.status == StepStatus.QUEUED)
+    queued = [row.pk for row in created if row.status == StepStatus.QUEUED]
+    if step.get("concurrency"):
+        to_send.extend(queued)
+    else:
+        dispatch.send_chunks_on_commit(queued)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""django-q2 task adapters: thin, take an id, survive being delivered twice."""
+"""django-q2 task adapters: thin, take ids, survive being delivered twice."""
 
 from __future__ import annotations
 
@@ -7,36 +7,67 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from orchestration import transitions
-from orchestration.agents import AgentContext, PermanentError, idempotency_key, invoke
+from orchestration.agents import (
+    AgentContext,
+    AgentResult,
+    PermanentError,
+    TransientError,
+    idempotency_key,
+    invoke,
+)
 from orchestration.models import Agent
 from orchestration.status import ErrorClass
 
 logger = logging.getLogger("baton.tasks")
+
+# Agents are read live, so an edit in the admin applies to the next attempt; a worker keeps
+# what it read for this long to spare one query per step on hot paths.
+AGENT_CACHE_SECONDS = 2.0
+_agents: dict[str, tuple[float, Agent | None]] = {}
 
 
 def worker_label() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Heartbeat:
-    """Renews a step's lease while its agent runs, from a background thread.
+def load_agent(name: str) -> Agent | None:
+    now = time.monotonic()
+    cached = _agents.get(name)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    agent = Agent.objects.filter(name=name).first()
+    _agents[name] = (now + AGENT_CACHE_SECONDS, agent)
+    return agent
 
-    When the worker process dies the renewals stop, the lease runs out, and the ticker gives
-    the step to another worker.
+
+def forget_agents() -> None:
+    _agents.clear()
+
+
+class Heartbeat:
+    """Renews the leases of the steps a worker holds, from a background thread.
+
+    When the worker process dies the renewals stop, the leases run out, and the ticker gives
+    the steps to other workers. When a renewal finds the steps no longer held (the run was
+    cancelled) it sets `stop`, which agents see as context.should_stop().
     """
 
-    def __init__(self, step_run_id: int, token: str):
-        self.step_run_id = step_run_id
+    def __init__(self, step_run_ids: list[int], token: str):
+        self.step_run_ids = step_run_ids
         self.token = token
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{step_run_id}")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{step_run_ids[0]}")
 
     def __enter__(self) -> Heartbeat:
         self.thread.start()
@@ -51,26 +82,27 @@ class Heartbeat:
         try:
             while not self.stopped.wait(settings.BATON_HEARTBEAT_SECONDS):
                 used_db = True
-                if not transitions.renew_lease(step_run_id=self.step_run_id, token=self.token):
-                    return  # cancelled, or the lease was already taken over
+                if not transitions.renew_lease(step_run_ids=self.step_run_ids, token=self.token):
+                    self.stop.set()
+                    return
         except Exception:
-            logger.exception("heartbeat for step %s failed", self.step_run_id)
+            logger.exception("heartbeat for steps %s failed", self.step_run_ids[:5])
         finally:
             if used_db:
                 connection.close()
 
 
-def execute_step(step_run_id: int) -> None:
-    # django-q2's worker closes stale database connections around every task.
-    claim = transitions.claim_step(step_run_id=step_run_id, worker=worker_label())
-    if claim is None:
-        return  # a duplicate message, or the step was cancelled meanwhile
-    agent = Agent.objects.filter(name=claim.agent_name).first()
-    if agent is None:
-        transitions.record_failure(
-            claim=claim, error_class=ErrorClass.PERMANENT, message=f"agent '{claim.agent_name}' no longer exists"
-        )
-        return
+@dataclass
+class Outcome:
+    result: AgentResult | None
+    output: Any = None
+    error_class: str = ""
+    message: str = ""
+    traceback: str = ""
+    retry_after: float | None = None
+
+
+def _run_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event) -> Outcome:
     context = AgentContext(
         run_id=claim.run_id,
         step_key=claim.step_key,
@@ -80,22 +112,82 @@ def execute_step(step_run_id: int) -> None:
         index=claim.map_index,
         agent=agent.name,
         idempotency_key=idempotency_key(claim.run_id, claim.step_key, claim.iteration, claim.map_index),
+        timeout=agent.timeout_seconds,
+        stop_event=stop,
     )
-    with Heartbeat(claim.step_run_id, claim.token):
-        try:
-            result = invoke(agent.kind, agent.config, claim.input, context)
-            output = _json_safe(result.output)
-        except PermanentError as exc:
-            transitions.record_failure(
-                claim=claim, error_class=ErrorClass.PERMANENT, message=_one_line(exc), traceback=traceback.format_exc()
+    try:
+        result = invoke(agent.kind, agent.config, claim.input, context)
+        return Outcome(result=result, output=_json_safe(result.output))
+    except PermanentError as exc:
+        return Outcome(None, error_class=ErrorClass.PERMANENT, message=_one_line(exc), traceback=traceback.format_exc())
+    except TransientError as exc:
+        return Outcome(
+            None,
+            error_class=exc.error_class,
+            message=_one_line(exc),
+            traceback=exc.detail or traceback.format_exc(),
+            retry_after=exc.retry_after,
+        )
+    except Exception as exc:
+        return Outcome(None, error_class=ErrorClass.TRANSIENT, message=_one_line(exc), traceback=traceback.format_exc())
+
+
+def _record_failure(claim: transitions.Claim, outcome: Outcome) -> None:
+    transitions.record_failure(
+        claim=claim,
+        error_class=outcome.error_class,
+        message=outcome.message,
+        traceback=outcome.traceback,
+        retry_after=outcome.retry_after,
+    )
+
+
+def execute_step(step_run_id: int) -> None:
+    # django-q2's worker closes stale database connections around every task.
+    claim = transitions.claim_step(step_run_id=step_run_id, worker=worker_label())
+    if claim is None:
+        return  # a duplicate message, or the step was cancelled meanwhile
+    agent = load_agent(claim.agent_name)
+    if agent is None:
+        _record_failure(claim, Outcome(None, error_class=ErrorClass.PERMANENT, message=f"agent '{claim.agent_name}' no longer exists"))
+        return
+    with Heartbeat([claim.step_run_id], claim.token) as heartbeat:
+        outcome = _run_agent(agent, claim, heartbeat.stop)
+    if outcome.result is None:
+        _record_failure(claim, outcome)
+    else:
+        transitions.record_success(claim=claim, output=outcome.output, usage=outcome.result.usage)
+
+
+def execute_steps(step_run_ids: list[int]) -> None:
+    """A chunk of for_each items of one map step, run one after another by this worker.
+
+    Claiming and recording the chunk in one transaction each is what lets a large fan-out of
+    short steps go faster than one round of bookkeeping per item; each item keeps its own
+    attempt, lease and retry policy.
+    """
+    claims = transitions.claim_steps(step_run_ids=step_run_ids, worker=worker_label())
+    if not claims:
+        return
+    agent = load_agent(claims[0].agent_name)
+    if agent is None:
+        for claim in claims:
+            _record_failure(claim, Outcome(None, error_class=ErrorClass.PERMANENT, message=f"agent '{claim.agent_name}' no longer exists"))
+        return
+    successes: list[transitions.Success] = []
+    with Heartbeat([c.step_run_id for c in claims], claims[0].token) as heartbeat:
+        for claim in claims:
+            if heartbeat.stop.is_set():
+                break  # cancelled: what is left is no longer ours
+            started = timezone.now()
+            outcome = _run_agent(agent, claim, heartbeat.stop)
+            if outcome.result is None:
+                _record_failure(claim, outcome)
+                continue
+            successes.append(
+                transitions.Success(claim, outcome.output, outcome.result.usage, started, timezone.now())
             )
-            return
-        except Exception as exc:
-            transitions.record_failure(
-                claim=claim, error_class=ErrorClass.TRANSIENT, message=_one_line(exc), traceback=traceback.format_exc()
-            )
-            return
-    transitions.record_success(claim=claim, output=output, usage=result.usage)
+    transitions.record_item_successes(successes=successes)
 
 
 def _json_safe(value: Any) -> Any:

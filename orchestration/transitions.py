@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -68,7 +67,7 @@ def start_run(
     if version is None:
         raise LookupError(f"workflow '{workflow.key}' has no published version")
     values = engine.validate_run_input(version.spec, input)
-    with transaction.atomic():
+    with engine.change():
         run = Run.objects.create(
             workflow=workflow,
             version=version,
@@ -82,7 +81,7 @@ def start_run(
 
 
 def cancel_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
-    with transaction.atomic():
+    with engine.change():
         try:
             run = _lock_run(run_id)
         except Run.DoesNotExist:
@@ -119,11 +118,17 @@ def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
     Compare-and-set on status makes a duplicate delivery of the same message harmless: only
     one worker moves the row from queued to running.
     """
+    claims = claim_steps(step_run_ids=[step_run_id], worker=worker)
+    return claims[0] if claims else None
+
+
+def claim_steps(*, step_run_ids: list[int], worker: str) -> list[Claim]:
+    """Take every still-queued step of a list in one transaction (a chunk of for_each items)."""
     now = timezone.now()
     token = secrets.token_hex(16)
     lease = timedelta(seconds=settings.BATON_LEASE_SECONDS)
-    with transaction.atomic():
-        won = StepRun.objects.filter(pk=step_run_id, status=StepStatus.QUEUED).update(
+    with engine.change():
+        won = StepRun.objects.filter(pk__in=step_run_ids, status=StepStatus.QUEUED).update(
             status=StepStatus.RUNNING,
             attempts=F("attempts") + 1,
             claim_token=token,
@@ -132,47 +137,64 @@ def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
             next_attempt_at=None,
         )
         if not won:
-            return None
-        step = StepRun.objects.select_related("run").get(pk=step_run_id)
-        Attempt.objects.create(
-            step_run=step, number=step.attempts, worker=worker, agent_name=step.agent_name, started_at=now
+            return []
+        steps = list(
+            StepRun.objects.filter(pk__in=step_run_ids, claim_token=token).select_related("run").order_by("id")
         )
-        engine.event(
-            step.run,
-            EventKind.STEP_STARTED,
-            step=step,
-            from_status=StepStatus.QUEUED,
-            to_status=StepStatus.RUNNING,
-            message=f"attempt {step.attempts} on {worker}",
+        Attempt.objects.bulk_create(
+            [
+                Attempt(step_run=step, number=step.attempts, worker=worker, agent_name=step.agent_name, started_at=now)
+                for step in steps
+            ]
         )
-    return Claim(
-        step_run_id=step.pk,
-        run_id=step.run_id,
-        token=token,
-        attempt=step.attempts,
-        step_key=step.step_key,
-        iteration=step.iteration,
-        map_index=step.map_index,
-        agent_name=step.agent_name,
-        input=step.input,
-        item=step.item,
-        parent_id=step.parent_id,
-    )
+        for step in steps:
+            engine.event(
+                step.run,
+                EventKind.STEP_STARTED,
+                step=step,
+                from_status=StepStatus.QUEUED,
+                to_status=StepStatus.RUNNING,
+                message=f"attempt {step.attempts} on {worker}",
+            )
+    return [
+        Claim(
+            step_run_id=step.pk,
+            run_id=step.run_id,
+            token=token,
+            attempt=step.attempts,
+            step_key=step.step_key,
+            iteration=step.iteration,
+            map_index=step.map_index,
+            agent_name=step.agent_name,
+            input=step.input,
+            item=step.item,
+            parent_id=step.parent_id,
+        )
+        for step in steps
+    ]
 
 
-def renew_lease(*, step_run_id: int, token: str) -> bool:
+def renew_lease(*, step_run_ids: list[int], token: str) -> int:
+    """Extend the lease of the steps a worker holds; returns how many it still holds."""
     lease = timedelta(seconds=settings.BATON_LEASE_SECONDS)
-    return bool(
-        StepRun.objects.filter(pk=step_run_id, status=StepStatus.RUNNING, claim_token=token).update(
-            lease_expires_at=timezone.now() + lease
-        )
+    return StepRun.objects.filter(pk__in=step_run_ids, status=StepStatus.RUNNING, claim_token=token).update(
+        lease_expires_at=timezone.now() + lease
     )
+
+
+@dataclass(frozen=True)
+class Success:
+    claim: Claim
+    output: Any
+    usage: dict[str, Any]
+    started_at: Any
+    finished_at: Any
 
 
 def record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None = None) -> bool:
     """Store a worker's result; False (and nothing written) if the claim is no longer valid."""
     now = timezone.now()
-    with transaction.atomic():
+    with engine.change():
         run = _lock_run(claim.run_id)
         won = StepRun.objects.filter(
             pk=claim.step_run_id, status=StepStatus.RUNNING, claim_token=claim.token
@@ -196,7 +218,7 @@ def record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None = 
             # A for_each item: what follows needs only its parent, so skip re-reading the row.
             item = StepRun(pk=claim.step_run_id, run_id=claim.run_id, parent_id=claim.parent_id)
             engine.event(run, EventKind.STEP_SUCCEEDED, step=item, from_status=StepStatus.RUNNING, to_status=StepStatus.SUCCEEDED)
-            _item_succeeded(run, item)
+            _items_succeeded(run, claim.parent_id, 1)
             return True
         step = StepRun.objects.get(pk=claim.step_run_id)
         engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.RUNNING, to_status=step.status)
@@ -204,10 +226,69 @@ def record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None = 
     return True
 
 
-def _item_succeeded(run: Run, item: StepRun) -> None:
-    assert item.parent_id is not None
-    StepRun.objects.filter(pk=item.parent_id).update(items_done=F("items_done") + 1)
-    parent = StepRun.objects.get(pk=item.parent_id)
+def record_item_successes(*, successes: list[Success]) -> int:
+    """Store the results of a chunk of for_each items of one map step in one transaction.
+
+    Returns how many counted; results whose claim is no longer valid (cancelled, taken over)
+    are dropped, exactly as record_success drops a single late result.
+    """
+    if not successes:
+        return 0
+    first = successes[0].claim
+    assert first.parent_id is not None and all(s.claim.parent_id == first.parent_id for s in successes)
+    with engine.change():
+        run = _lock_run(first.run_id)
+        # Under the run lock nothing else can move these rows out of RUNNING: every transition
+        # that could (cancel, lease expiry, failure) takes the same lock.
+        valid = set(
+            StepRun.objects.filter(
+                pk__in=[s.claim.step_run_id for s in successes], status=StepStatus.RUNNING, claim_token=first.token
+            ).values_list("pk", flat=True)
+        )
+        kept = [s for s in successes if s.claim.step_run_id in valid]
+        if not kept:
+            return 0
+        StepRun.objects.bulk_update(
+            [
+                StepRun(
+                    pk=s.claim.step_run_id,
+                    status=StepStatus.SUCCEEDED,
+                    output=s.output,
+                    usage=s.usage or {},
+                    started_at=s.started_at,
+                    finished_at=s.finished_at,
+                    lease_expires_at=None,
+                    error="",
+                    error_class="",
+                )
+                for s in kept
+            ],
+            ["status", "output", "usage", "started_at", "finished_at", "lease_expires_at", "error", "error_class"],
+        )
+        attempts = {
+            (a.step_run_id, a.number): a
+            for a in Attempt.objects.filter(step_run_id__in=valid, status=AttemptStatus.RUNNING)
+        }
+        changed = []
+        for s in kept:
+            attempt = attempts.get((s.claim.step_run_id, s.claim.attempt))
+            if attempt is not None:
+                attempt.status = AttemptStatus.SUCCEEDED
+                attempt.started_at = s.started_at
+                attempt.finished_at = s.finished_at
+                attempt.usage = s.usage or {}
+                changed.append(attempt)
+        Attempt.objects.bulk_update(changed, ["status", "started_at", "finished_at", "usage"])
+        for s in kept:
+            item = StepRun(pk=s.claim.step_run_id, run_id=s.claim.run_id, parent_id=s.claim.parent_id)
+            engine.event(run, EventKind.STEP_SUCCEEDED, step=item, from_status=StepStatus.RUNNING, to_status=StepStatus.SUCCEEDED)
+        _items_succeeded(run, first.parent_id, len(kept))
+    return len(kept)
+
+
+def _items_succeeded(run: Run, parent_id: int, count: int) -> None:
+    StepRun.objects.filter(pk=parent_id).update(items_done=F("items_done") + count)
+    parent = StepRun.objects.get(pk=parent_id)
     if parent.status in STEP_FINAL:
         return
     if parent.items_done >= (parent.items_total or 0):
@@ -218,7 +299,7 @@ def _item_succeeded(run: Run, item: StepRun) -> None:
         engine.event(run, EventKind.STEP_SUCCEEDED, step=parent, from_status=StepStatus.RUNNING, to_status=parent.status, message=f"all {parent.items_total} items done")
         engine.after_success(run, parent)
     else:
-        engine.sends(engine.release_next_items(run, parent))
+        engine.sends(engine.release_next_items(run, parent, count))
 
 
 def record_failure(
@@ -228,10 +309,15 @@ def record_failure(
     message: str,
     traceback: str = "",
     usage: dict[str, Any] | None = None,
+    retry_after: float | None = None,
 ) -> bool:
-    """A failed attempt: retry later by the step's policy, or fail the step for good."""
+    """A failed attempt: retry later by the step's policy, or fail the step for good.
+
+    A server's Retry-After (retry_after seconds) is honoured: the next attempt waits at
+    least that long, whatever the backoff says.
+    """
     now = timezone.now()
-    with transaction.atomic():
+    with engine.change():
         run = _lock_run(claim.run_id)
         step = StepRun.objects.filter(
             pk=claim.step_run_id, status=StepStatus.RUNNING, claim_token=claim.token
@@ -252,7 +338,7 @@ def record_failure(
             tries = f" after {step.attempts} attempts" if step.attempts > 1 else ""
             engine.fail_step(run, step, f"{message}{tries}", error_class)
             return True
-        delay = backoff_seconds(policy, step.attempts)
+        delay = max(backoff_seconds(policy, step.attempts), retry_after or 0.0)
         step.status = StepStatus.RETRYING
         step.next_attempt_at = now + timedelta(seconds=delay)
         step.error = message
@@ -294,7 +380,7 @@ def resolve_waiting_step(
 ) -> StepRun:
     """Finish a step that waits (approval, manual task, event, timer, child run)."""
     step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
-    with transaction.atomic():
+    with engine.change():
         run = _lock_run(step_run.run_id)
         step = StepRun.objects.get(pk=step_run_id)
         if step.status != StepStatus.WAITING:
@@ -332,7 +418,7 @@ def signal_event(*, run_id: int, event_name: str, payload: Any = None, actor: An
 
 def wake_timer(*, step_run_id: int) -> bool:
     step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
-    with transaction.atomic():
+    with engine.change():
         run = _lock_run(step_run.run_id)
         step = StepRun.objects.get(pk=step_run_id)
         if step.status != StepStatus.WAITING or step.wake_at is None or step.wake_at > timezone.now():
@@ -356,7 +442,7 @@ def finish_child_run(*, child_run_id: int) -> bool:
     if child.parent_step_id is None or child.status not in RUN_FINAL:
         return False
     parent_step = StepRun.objects.only("run_id").get(pk=child.parent_step_id)
-    with transaction.atomic():
+    with engine.change():
         run = _lock_run(parent_step.run_id)
         step = StepRun.objects.get(pk=child.parent_step_id)
         child = Run.objects.get(pk=child_run_id)
@@ -400,7 +486,7 @@ def expire_lease(*, step_run_id: int, token: str, attempt: int, run_id: int) -> 
 
 def queue_due_retry(*, step_run_id: int) -> bool:
     now = timezone.now()
-    with transaction.atomic():
+    with engine.change():
         won = StepRun.objects.filter(
             pk=step_run_id, status=StepStatus.RETRYING, next_attempt_at__lte=now
         ).update(status=StepStatus.QUEUED, queued_at=now)
@@ -416,7 +502,7 @@ def resend_lost_message(*, step_run_id: int, queued_at: Any) -> bool:
     that does arrive later is refused by claim_step.
     """
     now = timezone.now()
-    with transaction.atomic():
+    with engine.change():
         won = StepRun.objects.filter(
             pk=step_run_id, status=StepStatus.QUEUED, queued_at=queued_at
         ).update(queued_at=now)

@@ -46,3 +46,13 @@ def _forget_cached_specs() -> Any:
 def _fast_passwords(settings: Any) -> None:
     # Hashing with the production hasher costs ~0.3 s per user; tests create many.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _forget_cached_agents() -> Any:
+    # Workers keep agents for a moment; tests recreate them under the same names.
+    from orchestration.tasks import forget_agents
+
+    forget_agents()
+    yield
+    forget_agents()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import time_machine
 from django.utils import timezone
@@ -433,3 +435,71 @@ def test_every_state_change_is_in_the_event_log() -> None:
         "step.succeeded",
         "run.succeeded",
     ]
+
+
+# --- chunks of for_each items ------------------------------------------------------------------
+
+
+def item_ids(run: Run) -> list[int]:
+    return list(StepRun.objects.filter(run=run, map_index__isnull=False).order_by("map_index").values_list("pk", flat=True))
+
+
+def test_a_chunk_of_items_is_claimed_and_recorded_together() -> None:
+    from orchestration.tasks import execute_steps
+
+    flow("    - {key: m, agent: context, for_each: input.items}\n    - {key: done, agent: echo, after: [m], input: ok}", extra="  inputs: {items: {type: list, default: [a, b, c, d]}}")
+    run = transitions.start_run(workflow="wf")
+    execute_steps(item_ids(run))
+    assert [o["item"] for o in head(run, "m").output] == ["a", "b", "c", "d"]
+    assert head(run, "m").items_done == 4
+    assert head(run, "done").status == StepStatus.QUEUED
+    items = StepRun.objects.filter(run=run, map_index__isnull=False)
+    assert all(i.attempts == 1 and i.started_at <= i.finished_at for i in items)
+    assert Attempt.objects.filter(step_run__in=items, status="succeeded").count() == 4
+
+
+def test_a_failing_item_in_a_chunk_is_retried_on_its_own() -> None:
+    from orchestration.tasks import execute_steps
+
+    flow("    - {key: m, agent: flaky, for_each: input.items, input: {succeed_on: '{{ item }}'}}", extra="  inputs: {items: {type: list, default: [1, 2, 1]}}")
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        run = transitions.start_run(workflow="wf")
+        execute_steps(item_ids(run))
+        second = StepRun.objects.get(run=run, map_index=1)
+        assert second.status == StepStatus.RETRYING
+        assert head(run, "m").items_done == 2
+        run = drive(run, clock=clock)
+    assert run.status == RunStatus.SUCCEEDED
+    assert [o["attempt"] for o in head(run, "m").output] == [1, 2, 1]
+
+
+def test_results_of_a_chunk_whose_run_was_cancelled_are_dropped() -> None:
+    flow("    - {key: m, agent: echo, for_each: input.items}", extra="  inputs: {items: {type: list, default: [1, 2, 3]}}")
+    run = transitions.start_run(workflow="wf")
+    claims = transitions.claim_steps(step_run_ids=item_ids(run), worker="w")
+    transitions.cancel_run(run_id=run.pk)
+    now = timezone.now()
+    kept = transitions.record_item_successes(successes=[transitions.Success(c, "late", {}, now, now) for c in claims])
+    assert kept == 0
+    assert set(StepRun.objects.filter(run=run).values_list("status", flat=True)) == {StepStatus.CANCELLED}
+
+
+def test_a_large_fan_out_is_sent_in_chunks_and_a_small_one_is_not(settings: Any, django_capture_on_commit_callbacks: Any) -> None:
+    from orchestration import dispatch
+
+    settings.WORKERS = 2
+    sent: list[Any] = []
+    flow("    - {key: m, agent: echo, for_each: 'range(input.n) | list'}", extra="  inputs: {n: {type: integer, default: 100}}")
+    original_steps, original_chunks = dispatch.send_steps, dispatch.send_step_chunks
+    dispatch.send_steps = lambda ids: sent.append(("steps", list(ids)))  # type: ignore[assignment]
+    dispatch.send_step_chunks = lambda chunks: sent.append(("chunks", chunks))  # type: ignore[assignment]
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            transitions.start_run(workflow="wf")
+        with django_capture_on_commit_callbacks(execute=True):
+            transitions.start_run(workflow="wf", input={"n": 5})
+    finally:
+        dispatch.send_steps, dispatch.send_step_chunks = original_steps, original_chunks
+    (kind, chunks), (small_kind, small) = sent
+    assert kind == "chunks" and [len(c) for c in chunks] == [6] * 16 + [4]
+    assert small_kind == "steps" and len(small) == 5
