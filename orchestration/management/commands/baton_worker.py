@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -30,9 +31,8 @@ class Command(BaseCommand):
             cluster.start()
 
         def stop(signum: int, frame: Any) -> None:
+            # Only note it here: the loop below stops the cluster outside the signal handler.
             stopping.set()
-            if cluster is not None:
-                cluster.sig_handler(signum, frame)
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -49,5 +49,14 @@ class Command(BaseCommand):
                     self.stderr.write(f"tick failed: {exc}")
             stopping.wait(settings.BATON_TICK_SECONDS)
         if cluster is not None and cluster.sentinel.is_alive():
-            cluster.stop()
+            # When a service manager signals the whole process group, django-q2's sentinel may
+            # die inside its stop-event wait, and Event.set() then blocks for ever. Stop from a
+            # thread and give up waiting after a while instead of hanging the shutdown.
+            stopper = threading.Thread(target=cluster.stop, daemon=True)
+            stopper.start()
+            stopper.join(timeout=10)
+            if stopper.is_alive():
+                self.stderr.write("baton worker: the cluster did not stop in 10 s; exiting anyway")
+                self.stdout.flush()
+                os._exit(1)
         self.stdout.write("baton worker stopped")
