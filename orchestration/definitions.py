@@ -66,6 +66,9 @@ def _save_agent(agent: dict[str, Any]) -> Agent:
             "config": agent["config"],
             "timeout_seconds": agent["timeout"],
             "retry": agent["retry"] or {},
+            "fallback": agent["fallback"],
+            "circuit": agent["circuit"],
+            "max_concurrency": agent["max_concurrency"],
         },
     )
     return row
@@ -83,6 +86,7 @@ def _save_draft(spec: dict[str, Any]) -> Workflow:
             "owner": owner,
             "inputs": spec["inputs"],
             "output": "" if spec["output"] is None else _output_text(spec["output"]),
+            "on_cancel": spec.get("on_cancel", "nothing"),
         },
     )
     workflow.draft_steps.all().delete()
@@ -114,7 +118,7 @@ def _draft_step(
     children: dict[str, Workflow],
 ) -> DraftStep:
     options: dict[str, Any] = {}
-    for name in ("name", "description", "timeout", "retry"):
+    for name in ("name", "description", "timeout", "retry", "fallback", "compensate"):
         if step.get(name) is not None:
             options[name] = step[name]
     if step["kind"] in (StepKind.APPROVAL, StepKind.MANUAL, StepKind.WAIT):
@@ -173,6 +177,8 @@ def draft_to_raw(workflow: Workflow) -> dict[str, Any]:
         "inputs": workflow.inputs or {},
         "steps": steps,
     }
+    if workflow.on_cancel != "nothing":
+        raw["on_cancel"] = workflow.on_cancel
     if workflow.output.strip():
         text = workflow.output.strip()
         parsed = yaml.safe_load(text) if not text.startswith("{{") else text
@@ -212,6 +218,9 @@ def agent_spec(agent: Agent) -> dict[str, Any]:
         "config": agent.config,
         "timeout": agent.timeout_seconds,
         "retry": agent.retry,
+        "fallback": agent.fallback,
+        "circuit": agent.circuit,
+        "max_concurrency": agent.max_concurrency,
     }
 
 
@@ -221,6 +230,15 @@ def export_document(key: str, *, as_json: bool = False) -> str:
     version = workflow.latest_version
     if version is None:
         raise SpecError([f"workflow '{key}': has no published version yet"])
-    names = sorted({s["agent"] for s in version.spec["steps"] if s.get("kind") == "agent"})
-    agents: list[Mapping[str, Any]] = [agent_spec(a) for a in Agent.objects.filter(name__in=names).order_by("name")]
+    names = set()
+    for step in version.spec["steps"]:
+        names.update(n for n in (step.get("agent"), step.get("fallback"), (step.get("compensate") or {}).get("agent")) if n)
+    # Fallback agents of those agents too, transitively, so the file imports on its own.
+    rows: dict[str, Agent] = {}
+    pending = names
+    while pending:
+        found = {a.name: a for a in Agent.objects.filter(name__in=pending)}
+        rows.update(found)
+        pending = {a.fallback for a in found.values() if a.fallback and a.fallback not in rows}
+    agents: list[Mapping[str, Any]] = [agent_spec(rows[n]) for n in sorted(rows)]
     return dump_document(agents, version.spec, as_json=as_json)

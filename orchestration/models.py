@@ -39,6 +39,12 @@ class Agent(models.Model):
     # Defaults for steps that use this agent; a step may override both.
     timeout_seconds = models.FloatField(null=True, blank=True)
     retry = models.JSONField(default=dict, blank=True)
+    # Tried when this agent fails for good or its circuit is open.
+    fallback = models.SlugField(max_length=100, blank=True)
+    # {failures, window, cooldown} in seconds; empty: no circuit breaker.
+    circuit = models.JSONField(default=dict, blank=True)
+    # At most this many attempts in flight across all workers and runs (a provider's limit).
+    max_concurrency = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -65,6 +71,11 @@ class Workflow(models.Model):
     # The draft: the input schema and output template; steps are DraftStep rows.
     inputs = models.JSONField(default=dict, blank=True)
     output = models.TextField(blank=True)
+    on_cancel = models.CharField(
+        max_length=20,
+        choices=[("nothing", "Stop"), ("compensate", "Undo completed steps")],
+        default="nothing",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -85,6 +96,7 @@ class StepKind(models.TextChoices):
     APPROVAL = "approval", "Approval"
     MANUAL = "manual", "Manual task"
     WAIT = "wait", "Wait for event"
+    COMPENSATION = "compensation", "Compensation"
 
 
 class DraftStep(models.Model):
@@ -204,6 +216,8 @@ class StepRun(models.Model):
     error_class = models.CharField(max_length=20, choices=ErrorClass.choices, blank=True)
     agent_name = models.CharField(max_length=100, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # Set when a fallback agent took over: the agent that failed or whose circuit was open.
+    fallback_from = models.CharField(max_length=100, blank=True)
     # for_each bookkeeping on the head row.
     items_total = models.PositiveIntegerField(null=True, blank=True)
     items_done = models.PositiveIntegerField(default=0)
@@ -313,4 +327,51 @@ class RunEvent(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         if self.pk is not None:
             raise ValueError("Run events are append-only.")
+        super().save(*args, **kwargs)
+
+
+class CircuitState(models.TextChoices):
+    CLOSED = "closed", "Closed"
+    OPEN = "open", "Open"
+    HALF_OPEN = "half_open", "Half-open (one trial)"
+
+
+class AgentHealth(models.Model):
+    """Runtime state of an agent: its circuit breaker. Its row is also the lock that
+    serialises claims against the agent's max_concurrency."""
+
+    agent = models.OneToOneField(Agent, related_name="health", on_delete=models.CASCADE)
+    circuit_state = models.CharField(max_length=20, choices=CircuitState.choices, default=CircuitState.CLOSED)
+    # Failures counted towards opening start here (the last time the circuit closed).
+    counting_since = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    reopens_at = models.DateTimeField(null=True, blank=True)
+    trial_step = models.ForeignKey(StepRun, null=True, blank=True, related_name="+", on_delete=models.SET_NULL)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "agent health"
+
+    def __str__(self) -> str:
+        return f"{self.agent.name}: circuit {self.circuit_state}"
+
+
+class AgentEvent(models.Model):
+    """Append-only log of an agent's circuit changes."""
+
+    agent = models.ForeignKey(Agent, related_name="events", on_delete=models.CASCADE)
+    from_state = models.CharField(max_length=20)
+    to_state = models.CharField(max_length=20)
+    message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["agent", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name}: {self.from_state} -> {self.to_state}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise ValueError("Agent events are append-only.")
         super().save(*args, **kwargs)

@@ -39,9 +39,38 @@ STEP_FIELDS = {
     "loop",
     "timeout",
     "retry",
+    "fallback",
+    "compensate",
 }
-WORKFLOW_FIELDS = {"key", "name", "description", "owner", "inputs", "output", "steps"}
-AGENT_FIELDS = {"name", "kind", "description", "config", "timeout", "retry"}
+WORKFLOW_FIELDS = {"key", "name", "description", "owner", "inputs", "output", "steps", "on_cancel"}
+AGENT_FIELDS = {
+    "name",
+    "kind",
+    "description",
+    "config",
+    "timeout",
+    "retry",
+    "fallback",
+    "circuit",
+    "max_concurrency",
+}
+CIRCUIT_FIELDS = {"failures", "window", "cooldown"}
+COMPENSATE_FIELDS = {"agent", "input", "retry"}
+HTTP_CONFIG = {"url", "method", "headers", "timeout"}
+HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+LLM_CONFIG = {
+    "base_url",
+    "model",
+    "api_key_env",
+    "system",
+    "prompt",
+    "temperature",
+    "max_tokens",
+    "response",
+    "context_window",
+    "prices",
+    "timeout",
+}
 DOCUMENT_FIELDS = {"agents", "workflow"}
 INPUT_FIELDS = {"type", "required", "default", "description", "enum"}
 INPUT_TYPES = {
@@ -54,8 +83,7 @@ INPUT_TYPES = {
 }
 RETRY_FIELDS = {"attempts", "backoff", "max_backoff", "jitter"}
 LOOP_FIELDS = {"back_to", "until", "max_iterations", "on_exhausted"}
-AGENT_KINDS_AVAILABLE = {"python", "simulated"}
-AGENT_KINDS_LATER = {"http", "llm"}
+AGENT_KINDS_AVAILABLE = {"python", "simulated", "http", "llm"}
 DEFAULT_RETRY = {"attempts": 3, "backoff": 1.0, "max_backoff": 60.0, "jitter": True}
 
 
@@ -118,9 +146,7 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
     for unknown in sorted(set(raw) - AGENT_FIELDS):
         problems.add(where, f"unknown field `{unknown}`")
     kind = raw.get("kind")
-    if kind in AGENT_KINDS_LATER:
-        problems.add(where, f"field `kind`: {kind!r} agents are not available yet")
-    elif kind not in AGENT_KINDS_AVAILABLE:
+    if kind not in AGENT_KINDS_AVAILABLE:
         problems.add(
             where, f"field `kind`: {kind!r} is not one of {sorted(AGENT_KINDS_AVAILABLE)}"
         )
@@ -132,6 +158,20 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
         _check_callable(config.get("callable"), where, problems)
     elif kind == "simulated":
         _check_simulated(config, where, problems)
+    elif kind == "http":
+        _check_http(config, where, problems)
+    elif kind == "llm":
+        _check_llm(config, where, problems)
+    fallback = raw.get("fallback")
+    if fallback is not None and (not isinstance(fallback, str) or fallback == name):
+        problems.add(where, "field `fallback` must name another agent")
+        fallback = None
+    max_concurrency = raw.get("max_concurrency")
+    if max_concurrency is not None and (
+        not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1
+    ):
+        problems.add(where, "field `max_concurrency` must be a whole number of at least 1")
+        max_concurrency = None
     agent: dict[str, Any] = {
         "name": name,
         "kind": kind,
@@ -139,8 +179,71 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
         "config": config,
         "timeout": _duration(raw.get("timeout"), where, "timeout", problems),
         "retry": normalise_retry(raw.get("retry"), where, problems),
+        "fallback": fallback or "",
+        "circuit": _normalise_circuit(raw.get("circuit"), where, problems),
+        "max_concurrency": max_concurrency,
     }
     return agent
+
+
+def _normalise_circuit(raw: Any, where: str, problems: Problems) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.add(where, "field `circuit` must be a mapping (failures, window, cooldown)")
+        return {}
+    for unknown in sorted(set(raw) - CIRCUIT_FIELDS):
+        problems.add(where, f"field `circuit.{unknown}` is unknown")
+    failures = raw.get("failures", 5)
+    if not isinstance(failures, int) or isinstance(failures, bool) or failures < 1:
+        problems.add(where, "field `circuit.failures` must be a whole number of at least 1")
+    window = _duration(raw.get("window", "1m"), where, "circuit.window", problems)
+    cooldown = _duration(raw.get("cooldown", "30s"), where, "circuit.cooldown", problems)
+    return {"failures": failures, "window": window, "cooldown": cooldown}
+
+
+def _check_http(config: dict[str, Any], where: str, problems: Problems) -> None:
+    for unknown in sorted(set(config) - HTTP_CONFIG):
+        problems.add(where, f"field `config.{unknown}` is unknown for an http agent")
+    url = config.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        problems.add(where, "field `config.url` must be an http:// or https:// URL")
+    method = str(config.get("method", "POST")).upper()
+    if method not in HTTP_METHODS:
+        problems.add(where, f"field `config.method`: {method!r} is not one of {sorted(HTTP_METHODS)}")
+    headers = config.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        problems.add(where, "field `config.headers` must map header names to strings (use ${ENV_NAME} for secrets)")
+    if "timeout" in config:
+        _duration(config["timeout"], where, "config.timeout", problems)
+
+
+def _check_llm(config: dict[str, Any], where: str, problems: Problems) -> None:
+    for unknown in sorted(set(config) - LLM_CONFIG):
+        problems.add(where, f"field `config.{unknown}` is unknown for an llm agent")
+    if not isinstance(config.get("model"), str) or not config.get("model"):
+        problems.add(where, "field `config.model` is required")
+    base_url = config.get("base_url")
+    if base_url is not None and (not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))):
+        problems.add(where, "field `config.base_url` must be an http:// or https:// URL")
+    if config.get("response", "text") not in ("text", "json"):
+        problems.add(where, "field `config.response` must be 'text' or 'json'")
+    for name in ("context_window", "max_tokens"):
+        value = config.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            problems.add(where, f"field `config.{name}` must be a whole number of at least 1")
+    prices = config.get("prices")
+    if prices is not None and (
+        not isinstance(prices, dict)
+        or set(prices) - {"prompt", "completion"}
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in prices.values())
+    ):
+        problems.add(where, "field `config.prices` must be {prompt: N, completion: N} per 1,000 tokens")
+    for name in ("prompt", "system"):
+        if name in config:
+            _check_templates(config[name], where, f"config.{name}", problems)
+    if "timeout" in config:
+        _duration(config["timeout"], where, "config.timeout", problems)
 
 
 def _check_callable(path: Any, where: str, problems: Problems) -> None:
@@ -264,9 +367,13 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
             continue
         seen.add(step["key"])
         steps.append(step)
+    on_cancel = raw.get("on_cancel", "nothing")
+    if on_cancel not in ("nothing", "compensate"):
+        problems.add(where, f"field `on_cancel`: {on_cancel!r} is not 'nothing' or 'compensate'")
     spec: dict[str, Any] = {
         "key": key,
         "name": str(name),
+        "on_cancel": on_cancel,
         "description": str(raw.get("description", "") or ""),
         "owner": raw.get("owner") or None,
         "inputs": inputs,
@@ -414,12 +521,40 @@ def _normalise_step(
                 trees.append(check_expression(loop["until"]))
             except TemplateError as exc:
                 problems.add(at, f"field `loop.until` {exc}")
+    if "fallback" in raw:
+        if kind != "agent":
+            problems.add(at, "field `fallback` only applies to `agent` steps")
+        elif raw["fallback"] not in catalog.agents:
+            problems.add(at, f"field `fallback`: unknown agent {raw['fallback']!r}")
+        else:
+            step["fallback"] = raw["fallback"]
+    if "compensate" in raw:
+        compensate = _normalise_compensate(raw["compensate"], at, catalog, problems)
+        if compensate is not None:
+            step["compensate"] = compensate
+            trees += _check_templates(compensate.get("input"), at, "compensate.input", problems)
     if "timeout" in raw:
         step["timeout"] = _duration(raw["timeout"], at, "timeout", problems)
     if "retry" in raw:
         step["retry"] = normalise_retry(raw["retry"], at, problems)
     step["_refs"] = sorted(referenced_steps(trees))
     return step
+
+
+def _normalise_compensate(raw: Any, at: str, catalog: Catalog, problems: Problems) -> dict[str, Any] | None:
+    if not isinstance(raw, dict) or "agent" not in raw:
+        problems.add(at, "field `compensate` must be a mapping with `agent` (and optionally `input`, `retry`)")
+        return None
+    for unknown in sorted(set(raw) - COMPENSATE_FIELDS):
+        problems.add(at, f"field `compensate.{unknown}` is unknown")
+    if raw["agent"] not in catalog.agents:
+        problems.add(at, f"field `compensate.agent`: unknown agent {raw['agent']!r}")
+    compensate: dict[str, Any] = {"agent": raw["agent"]}
+    if "input" in raw:
+        compensate["input"] = raw["input"]
+    if raw.get("retry") is not None:
+        compensate["retry"] = normalise_retry(raw["retry"], at, problems)
+    return compensate
 
 
 def _check_wait(options: dict[str, Any], at: str, problems: Problems) -> None:
@@ -605,6 +740,9 @@ def validate_document(document: dict[str, Any], catalog: Catalog) -> tuple[list[
             problems.add(f"agent '{agent['name']}'", "defined twice")
         names.add(agent["name"])
         agents.append(agent)
+    for agent in agents:
+        if agent["fallback"] and agent["fallback"] not in catalog.agents | names:
+            problems.add(f"agent '{agent['name']}'", f"field `fallback`: unknown agent {agent['fallback']!r}")
     workflow = None
     if "workflow" in document:
         local = Catalog(agents=catalog.agents | names, workflows=catalog.workflows, users=catalog.users)
@@ -628,6 +766,16 @@ def agent_to_file(agent: Mapping[str, Any]) -> dict[str, Any]:
         out["timeout"] = format_duration(agent["timeout"])
     if agent.get("retry"):
         out["retry"] = retry_to_file(agent["retry"])
+    if agent.get("fallback"):
+        out["fallback"] = agent["fallback"]
+    if agent.get("circuit"):
+        circuit = dict(agent["circuit"])
+        for name in ("window", "cooldown"):
+            if circuit.get(name) is not None:
+                circuit[name] = format_duration(circuit[name])
+        out["circuit"] = circuit
+    if agent.get("max_concurrency"):
+        out["max_concurrency"] = agent["max_concurrency"]
     return out
 
 
@@ -649,6 +797,8 @@ def workflow_to_file(spec: Mapping[str, Any]) -> dict[str, Any]:
         out["inputs"] = spec["inputs"]
     if spec.get("output") is not None:
         out["output"] = spec["output"]
+    if spec.get("on_cancel", "nothing") != "nothing":
+        out["on_cancel"] = spec["on_cancel"]
     steps = []
     for step in spec["steps"]:
         item: dict[str, Any] = {"key": step["key"]}
@@ -658,9 +808,14 @@ def workflow_to_file(spec: Mapping[str, Any]) -> dict[str, Any]:
         item[step["kind"]] = step[step["kind"]]
         if step.get("after"):
             item["after"] = step["after"]
-        for name in ("input", "when", "for_each", "concurrency", "loop"):
+        for name in ("input", "when", "for_each", "concurrency", "loop", "fallback"):
             if name in step:
                 item[name] = step[name]
+        if step.get("compensate"):
+            compensate = dict(step["compensate"])
+            if compensate.get("retry"):
+                compensate["retry"] = retry_to_file(compensate["retry"])
+            item["compensate"] = compensate
         if step.get("timeout") is not None:
             item["timeout"] = format_duration(step["timeout"])
         if step.get("retry"):

@@ -7,6 +7,8 @@ from django.db import models
 
 class RunStatus(models.TextChoices):
     RUNNING = "running", "Running"
+    # Failed (or cancelled with on_cancel: compensate): undoing completed steps, newest first.
+    COMPENSATING = "compensating", "Compensating"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
@@ -23,6 +25,8 @@ class StepStatus(models.TextChoices):
     RUNNING = "running", "Running"
     # A transient failure: next_attempt_at says when the ticker queues it again.
     RETRYING = "retrying", "Retrying"
+    # Its agent is at max_concurrency: waits, holding no worker, for a slot (first come first served).
+    THROTTLED = "throttled", "Waiting for a slot"
     # Held by a person, an event, a timer or a child run; holds no worker.
     WAITING = "waiting", "Waiting"
     SUCCEEDED = "succeeded", "Succeeded"
@@ -48,6 +52,7 @@ class ErrorClass(models.TextChoices):
     PERMANENT = "permanent", "Permanent"
     TIMEOUT = "timeout", "Timeout"
     LOST = "lost", "Worker lost"
+    CIRCUIT_OPEN = "circuit_open", "Circuit open"
     CANCELLED = "cancelled", "Cancelled"
 
 
@@ -65,4 +70,8 @@ class EventKind(models.TextChoices):
     STEP_WAITING = "step.waiting", "Step waiting"
     STEP_CANCELLED = "step.cancelled", "Step cancelled"
     STEP_LOOPED = "step.looped", "Loop sent back"
+    STEP_THROTTLED = "step.throttled", "Waiting for a slot"
+    STEP_FALLBACK = "step.fallback", "Fallback agent took over"
+    COMPENSATION_STARTED = "run.compensating", "Compensating"
+    COMPENSATION_FAILED = "compensation.failed", "Compensation failed"
     MESSAGE_RESENT = "message.resent", "Task message re-sent"
