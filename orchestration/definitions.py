@@ -230,7 +230,7 @@ def export_document(key: str, *, as_json: bool = False) -> str:
     version = workflow.latest_version
     if version is None:
         raise SpecError([f"workflow '{key}': has no published version yet"])
-    names = set()
+    names: set[str] = set()
     for step in version.spec["steps"]:
         names.update(n for n in (step.get("agent"), step.get("fallback"), (step.get("compensate") or {}).get("agent")) if n)
     # Fallback agents of those agents too, transitively, so the file imports on its own.

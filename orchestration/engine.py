@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from orchestration import dispatch
 from orchestration.durations import parse_duration
-from orchestration.models import Run, RunEvent, StepKind, StepRun, WorkflowVersion
+from orchestration.models import Agent, Attempt, Run, RunEvent, StepKind, StepRun, WorkflowVersion
 from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
 from orchestration.status import (
     STEP_FINAL,
@@ -48,10 +48,29 @@ def spec_for(run: Run) -> dict[str, Any]:
     return _spec(run.version_id)
 
 
+UNDO = ".undo"  # suffix of a compensation step's key; '.' never appears in a step key
+
+
 def step_spec(run: Run, key: str) -> dict[str, Any]:
-    for step in spec_for(run)["steps"]:
-        if step["key"] == key:
-            return step
+    return version_step_spec(run.version_id, key)
+
+
+def version_step_spec(version_id: int, key: str) -> dict[str, Any]:
+    original = key.removesuffix(UNDO)
+    for step in _spec(version_id)["steps"]:
+        if step["key"] == original:
+            if key == original:
+                return step
+            # A compensation runs like an agent step of its own.
+            compensate = step["compensate"]
+            return {
+                "key": key,
+                "kind": StepKind.COMPENSATION,
+                "agent": compensate["agent"],
+                "after": [],
+                "retry": compensate.get("retry"),
+                "timeout": step.get("timeout"),
+            }
     raise KeyError(key)
 
 
@@ -396,7 +415,10 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
         # Backends that do not return ids from bulk_create; re-read them.
         created = list(StepRun.objects.filter(parent=head).order_by("map_index"))
     queued = [row.pk for row in created if row.status == StepStatus.QUEUED]
-    if step.get("concurrency"):
+    limited = Agent.objects.filter(name=head.agent_name, max_concurrency__isnull=False).exists()
+    # Chunks would hold slots of a limited agent while their items wait their turn in the
+    # worker, so such items (and steps with their own `concurrency`) go one per message.
+    if step.get("concurrency") or limited:
         to_send.extend(queued)
     else:
         dispatch.send_chunks_on_commit(queued)
@@ -408,6 +430,9 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
 
 def after_success(run: Run, head: StepRun) -> None:
     """A head row has just succeeded: apply its loop, then advance."""
+    if head.kind == StepKind.COMPENSATION:
+        next_compensation(run)
+        return
     step = step_spec(run, head.step_key)
     loop = step.get("loop")
     if loop:
@@ -467,6 +492,13 @@ def fail_step(
     step.lease_expires_at = None
     step.save()
     event(run, EventKind.STEP_FAILED, step=step, from_status=before, to_status=step.status, message=message)
+    if step.kind == StepKind.COMPENSATION:
+        # Loud, not swallowed: the run's final error names it, the log says it at ERROR level,
+        # and the remaining compensations still run.
+        logger.error("run %s: compensation '%s' failed: %s", run.pk, step.step_key, message)
+        event(run, EventKind.COMPENSATION_FAILED, step=step, message=message)
+        next_compensation(run)
+        return
     if step.parent_id is not None:
         parent = StepRun.objects.get(pk=step.parent_id)
         if parent.status not in STEP_FINAL:
@@ -477,6 +509,7 @@ def fail_step(
 
 
 def fail_run(run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: Any = None) -> None:
+    """Stop a run: cancel what has not finished, then undo what has (if it asks), then end."""
     now = timezone.now()
     stopped = list(
         StepRun.objects.filter(run=run).exclude(status__in=STEP_FINAL).values_list("pk", flat=True)
@@ -484,17 +517,111 @@ def fail_run(run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: An
     StepRun.objects.filter(pk__in=stopped).update(
         status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None, error_class=ErrorClass.CANCELLED
     )
+    # Attempts in flight end here too; whatever their workers report later is refused.
+    Attempt.objects.filter(step_run_id__in=stopped, status="running").update(
+        status="failed", finished_at=now, error_class=ErrorClass.CANCELLED, error=f"stopped: {reason}"
+    )
     for child in Run.objects.filter(parent_step_id__in=stopped, status=RunStatus.RUNNING).select_for_update():
         fail_run(child, f"parent run {run.pk} stopped: {reason}", status=RunStatus.CANCELLED, actor=actor)
+    if _start_compensations(run, reason, status, actor):
+        return
+    _end_run(run, status, reason, actor=actor, data={"cancelled_steps": len(stopped)})
+
+
+def _end_run(run: Run, status: str, reason: str, *, actor: Any = None, data: dict[str, Any] | None = None) -> None:
     before = run.status
     run.status = status
     run.error = reason
-    run.finished_at = now
+    run.finished_at = timezone.now()
     run.save(update_fields=["status", "error", "finished_at"])
     kind = EventKind.RUN_CANCELLED if status == RunStatus.CANCELLED else EventKind.RUN_FAILED
-    event(run, kind, from_status=before, to_status=status, message=reason, data={"cancelled_steps": len(stopped)}, actor=actor)
+    event(run, kind, from_status=before, to_status=status, message=reason, data=data or {}, actor=actor)
     if run.parent_step_id:
         dispatch.notify_parent_on_commit(run.pk)
+
+
+def _start_compensations(run: Run, reason: str, status: str, actor: Any) -> bool:
+    """Saga: queue the compensations of completed steps, newest completion first.
+
+    Returns False when there is nothing to undo (or the workflow does not undo on cancel).
+    """
+    spec = spec_for(run)
+    if status == RunStatus.CANCELLED and spec.get("on_cancel") != "compensate":
+        return False
+    undoable = {s["key"]: s["compensate"] for s in spec["steps"] if s.get("compensate")}
+    if not undoable:
+        return False
+    done = list(
+        StepRun.objects.filter(
+            run=run, map_index__isnull=True, status=StepStatus.SUCCEEDED, step_key__in=list(undoable)
+        ).order_by("-finished_at", "-id")
+    )
+    if not done:
+        return False
+    context = template_context(run)
+    rows = []
+    for head in done:
+        compensate = undoable[head.step_key]
+        own = {**context, "step": {"output": head.output, "input": head.input, "iteration": head.iteration}}
+        try:
+            payload = render(compensate["input"], own) if "input" in compensate else head.output
+            error = ""
+        except TemplateError as exc:
+            payload, error = None, f"the compensation's input {exc}"
+        rows.append(
+            StepRun(
+                run=run,
+                step_key=head.step_key + UNDO,
+                iteration=head.iteration,
+                kind=StepKind.COMPENSATION,
+                agent_name=compensate["agent"],
+                input=payload,
+                error=error,
+                status=StepStatus.PENDING,
+            )
+        )
+    StepRun.objects.bulk_create(rows)
+    before = run.status
+    run.status = RunStatus.COMPENSATING
+    run.error = reason
+    run.ends_as = status
+    run.save(update_fields=["status", "error", "ends_as"])
+    event(
+        run,
+        EventKind.COMPENSATION_STARTED,
+        from_status=before,
+        to_status=run.status,
+        message=f"{reason}; undoing {len(rows)} completed step(s), newest first",
+        actor=actor,
+    )
+    next_compensation(run)
+    return True
+
+
+def next_compensation(run: Run) -> None:
+    """Queue the next compensation, or end the run when every one has finished."""
+    pending = StepRun.objects.filter(run=run, kind=StepKind.COMPENSATION).exclude(status__in=STEP_FINAL)
+    upcoming = pending.filter(status=StepStatus.PENDING).order_by("id").first()
+    if pending.exclude(status=StepStatus.PENDING).exists():
+        return  # one is still running or retrying
+    if upcoming is not None:
+        if upcoming.error:  # its input could not be rendered: it fails without running
+            fail_step(run, upcoming, upcoming.error, ErrorClass.PERMANENT)
+            return
+        upcoming.status = StepStatus.QUEUED
+        upcoming.queued_at = timezone.now()
+        upcoming.save(update_fields=["status", "queued_at"])
+        event(run, EventKind.STEP_QUEUED, step=upcoming, to_status=upcoming.status, message="compensation")
+        sends([upcoming.pk])
+        return
+    outcomes = []
+    for row in StepRun.objects.filter(run=run, kind=StepKind.COMPENSATION).order_by("id"):
+        if row.status == StepStatus.SUCCEEDED:
+            outcomes.append(f"{row.step_key} succeeded")
+        else:
+            outcomes.append(f"{row.step_key} FAILED ({row.error})")
+    reason = f"{run.error} Compensations: {'; '.join(outcomes)}."
+    _end_run(run, run.ends_as or RunStatus.FAILED, reason)
 
 
 def finish_run(run: Run, current: dict[str, StepRun]) -> None:

@@ -165,6 +165,8 @@ class Run(models.Model):
     input = models.JSONField(default=dict)
     output = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
+    # While compensating: the status the run ends with once its compensations are done.
+    ends_as = models.CharField(max_length=20, blank=True)
     started_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )

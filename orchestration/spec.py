@@ -532,7 +532,8 @@ def _normalise_step(
         compensate = _normalise_compensate(raw["compensate"], at, catalog, problems)
         if compensate is not None:
             step["compensate"] = compensate
-            trees += _check_templates(compensate.get("input"), at, "compensate.input", problems)
+            undo_trees = _check_templates(compensate.get("input"), at, "compensate.input", problems)
+            step["_undo_refs"] = sorted(referenced_steps(undo_trees))
     if "timeout" in raw:
         step["timeout"] = _duration(raw["timeout"], at, "timeout", problems)
     if "retry" in raw:
@@ -612,6 +613,8 @@ def _check_graph(spec: dict[str, Any], where: str, problems: Problems) -> None:
             elif dependency == step["key"]:
                 problems.add(at, "field `after` names the step itself")
     refs = {s["key"]: s.pop("_refs", []) for s in spec["steps"]}
+    # A compensation runs after its step, so it may also read the step's own output.
+    undo_refs = {s["key"]: s.pop("_undo_refs", []) for s in spec["steps"]}
     cycle = find_cycle({k: [d for d in s["after"] if d in steps] for k, s in steps.items()})
     if cycle:
         path = " -> ".join(cycle)
@@ -642,6 +645,11 @@ def _check_graph(spec: dict[str, Any], where: str, problems: Problems) -> None:
         at = f"{where}, step '{key}'"
         ancestors = _closure(key, after) - {key}
         loops = set().union(*(b for b in bodies.values() if key in b))
+        for ref in undo_refs.get(key, []):
+            if ref not in steps:
+                problems.add(at, f"field `compensate.input` refers to unknown step '{ref}'")
+            elif ref != key and ref not in ancestors:
+                problems.add(at, f"field `compensate.input` refers to step '{ref}', which it does not come after")
         for ref in names:
             if ref not in steps:
                 problems.add(at, f"a template refers to unknown step '{ref}'")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,42 +19,55 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from orchestration import transitions
+from orchestration import engine, transitions
 from orchestration.agents import (
     AgentContext,
     AgentResult,
     PermanentError,
+    StepTimeout,
     TransientError,
     idempotency_key,
     invoke,
 )
+from orchestration.durations import format_duration
+from orchestration.guards import load_agent
 from orchestration.models import Agent
 from orchestration.status import ErrorClass
 
 logger = logging.getLogger("baton.tasks")
-
-# Agents are read live, so an edit in the admin applies to the next attempt; a worker keeps
-# what it read for this long to spare one query per step on hot paths.
-AGENT_CACHE_SECONDS = 2.0
-_agents: dict[str, tuple[float, Agent | None]] = {}
 
 
 def worker_label() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def load_agent(name: str) -> Agent | None:
-    now = time.monotonic()
-    cached = _agents.get(name)
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    agent = Agent.objects.filter(name=name).first()
-    _agents[name] = (now + AGENT_CACHE_SECONDS, agent)
-    return agent
+@contextmanager
+def deadline(seconds: float | None, label: str) -> Iterator[None]:
+    """Stop the agent with StepTimeout once `seconds` have passed.
 
+    django-q2 runs a task in the main thread of a worker process, where SIGALRM can interrupt
+    any Python code; django-q2 uses the same timer for its own (much longer) task timeout, so
+    it is saved and re-armed afterwards. Elsewhere (a thread), remote calls still honour the
+    timeout through their own client timeouts.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-def forget_agents() -> None:
-    _agents.clear()
+    def expire(signum: int, frame: Any) -> None:
+        raise StepTimeout(f"{label} ran past its timeout of {format_duration(seconds)}")
+
+    started = time.monotonic()
+    previous_handler = signal.signal(signal.SIGALRM, expire)
+    previous_delay, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        if previous_delay:
+            left = previous_delay - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
 
 
 class Heartbeat:
@@ -103,6 +119,8 @@ class Outcome:
 
 
 def _run_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event) -> Outcome:
+    spec = engine.version_step_spec(claim.version_id, claim.step_key)
+    timeout = spec.get("timeout") or agent.timeout_seconds
     context = AgentContext(
         run_id=claim.run_id,
         step_key=claim.step_key,
@@ -112,11 +130,12 @@ def _run_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event) ->
         index=claim.map_index,
         agent=agent.name,
         idempotency_key=idempotency_key(claim.run_id, claim.step_key, claim.iteration, claim.map_index),
-        timeout=agent.timeout_seconds,
+        timeout=timeout,
         stop_event=stop,
     )
     try:
-        result = invoke(agent.kind, agent.config, claim.input, context)
+        with deadline(timeout, f"step '{claim.step_key}'"):
+            result = invoke(agent.kind, agent.config, claim.input, context)
         return Outcome(result=result, output=_json_safe(result.output))
     except PermanentError as exc:
         return Outcome(None, error_class=ErrorClass.PERMANENT, message=_one_line(exc), traceback=traceback.format_exc())

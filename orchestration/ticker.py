@@ -15,9 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
-from orchestration import transitions
+from orchestration import dispatch, guards, transitions
 from orchestration.models import Run, StepKind, StepRun
 from orchestration.status import RUN_FINAL, StepStatus
 
@@ -33,9 +34,10 @@ class TickReport:
     resent: int = 0
     woken: int = 0
     resumed: int = 0
+    released: int = 0
 
     def __bool__(self) -> bool:
-        return any((self.retried, self.lost, self.resent, self.woken, self.resumed))
+        return any((self.retried, self.lost, self.resent, self.woken, self.resumed, self.released))
 
 
 def _each(rows: Any, action: Callable[..., Any]) -> int:
@@ -80,6 +82,16 @@ def tick(now: datetime | None = None) -> TickReport:
         ).values_list("pk", flat=True)[:BATCH],
         lambda pk: transitions.finish_child_run(child_run_id=pk),
     )
+    # Throttled steps are released when a slot frees; this catches a release that was missed
+    # (a cancelled run's steps, a worker that died holding a slot).
+    for agent in guards.throttled_agents():
+        try:
+            with transaction.atomic():
+                ids = guards.release_throttled(agent)
+                dispatch.send_steps_on_commit(ids)
+            report.released += len(ids)
+        except Exception:
+            logger.exception("ticker: releasing throttled steps of %s failed", agent.name)
     if report:
         logger.info("tick: %s", report)
     return report

@@ -18,8 +18,8 @@ from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from orchestration import dispatch, engine
-from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
+from orchestration import dispatch, engine, guards
+from orchestration.models import Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
 from orchestration.status import (
     RUN_FINAL,
     STEP_FINAL,
@@ -88,6 +88,8 @@ def cancel_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
             raise LookupError(f"run {run_id} does not exist") from None
         if run.status in RUN_FINAL:
             raise InvalidTransition(f"run {run_id} already {run.status}")
+        if run.status == RunStatus.COMPENSATING:
+            raise InvalidTransition(f"run {run_id} is undoing its completed steps; it ends when they finish")
         who = getattr(actor, "username", None) or "an operator"
         engine.fail_run(run, reason or f"cancelled by {who}", status=RunStatus.CANCELLED, actor=actor)
     return run
@@ -110,6 +112,7 @@ class Claim:
     input: Any
     item: Any = None
     parent_id: int | None = None
+    version_id: int = 0
 
 
 def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
@@ -138,9 +141,11 @@ def claim_steps(*, step_run_ids: list[int], worker: str) -> list[Claim]:
         )
         if not won:
             return []
-        steps = list(
+        claimed = list(
             StepRun.objects.filter(pk__in=step_run_ids, claim_token=token).select_related("run").order_by("id")
         )
+        steps, to_send = guards.gate(claimed, now)
+        dispatch.send_steps_on_commit(to_send)
         Attempt.objects.bulk_create(
             [
                 Attempt(step_run=step, number=step.attempts, worker=worker, agent_name=step.agent_name, started_at=now)
@@ -169,6 +174,7 @@ def claim_steps(*, step_run_ids: list[int], worker: str) -> list[Claim]:
             input=step.input,
             item=step.item,
             parent_id=step.parent_id,
+            version_id=step.run.version_id,
         )
         for step in steps
     ]
@@ -214,6 +220,7 @@ def record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None = 
         Attempt.objects.filter(step_run_id=claim.step_run_id, number=claim.attempt).update(
             status=AttemptStatus.SUCCEEDED, finished_at=now, usage=usage or {}
         )
+        dispatch.send_steps_on_commit(guards.record_outcome(claim.agent_name, succeeded=True, now=now))
         if claim.parent_id is not None:
             # A for_each item: what follows needs only its parent, so skip re-reading the row.
             item = StepRun(pk=claim.step_run_id, run_id=claim.run_id, parent_id=claim.parent_id)
@@ -279,6 +286,7 @@ def record_item_successes(*, successes: list[Success]) -> int:
                 attempt.usage = s.usage or {}
                 changed.append(attempt)
         Attempt.objects.bulk_update(changed, ["status", "started_at", "finished_at", "usage"])
+        dispatch.send_steps_on_commit(guards.record_outcome(first.agent_name, succeeded=True))
         for s in kept:
             item = StepRun(pk=s.claim.step_run_id, run_id=s.claim.run_id, parent_id=s.claim.parent_id)
             engine.event(run, EventKind.STEP_SUCCEEDED, step=item, from_status=StepStatus.RUNNING, to_status=StepStatus.SUCCEEDED)
@@ -332,10 +340,18 @@ def record_failure(
             traceback=traceback[-20000:],
             usage=usage or {},
         )
-        agent = Agent.objects.filter(name=step.agent_name).values_list("retry", flat=True).first()
-        policy = engine.retry_policy(agent, engine.step_spec(run, step.step_key))
-        if error_class == ErrorClass.PERMANENT or step.attempts >= policy["attempts"]:
-            tries = f" after {step.attempts} attempts" if step.attempts > 1 else ""
+        dispatch.send_steps_on_commit(
+            guards.record_outcome(step.agent_name, succeeded=False, error_class=error_class, now=now)
+        )
+        agent = guards.load_agent(step.agent_name)
+        policy = engine.retry_policy(agent.retry if agent else None, engine.step_spec(run, step.step_key))
+        tried = guards.attempts_with_current_agent(step)
+        if error_class == ErrorClass.PERMANENT or tried >= policy["attempts"]:
+            tries = f" after {tried} attempts" if tried > 1 else ""
+            fallback = guards.fallback_for(run, step, agent)
+            if fallback is not None:
+                _switch_to_fallback(run, step, fallback, f"{message}{tries}")
+                return True
             engine.fail_step(run, step, f"{message}{tries}", error_class)
             return True
         delay = max(backoff_seconds(policy, step.attempts), retry_after or 0.0)
@@ -355,6 +371,28 @@ def record_failure(
             data={"next_attempt_at": step.next_attempt_at.isoformat(), "delay": delay},
         )
     return True
+
+
+def _switch_to_fallback(run: Run, step: StepRun, fallback: str, why: str) -> None:
+    failed_agent = step.agent_name
+    step.fallback_from = step.fallback_from or failed_agent
+    step.agent_name = fallback
+    step.status = StepStatus.QUEUED
+    step.queued_at = timezone.now()
+    step.error = why
+    step.lease_expires_at = None
+    step.claim_token = ""
+    step.save(update_fields=["fallback_from", "agent_name", "status", "queued_at", "error", "lease_expires_at", "claim_token"])
+    engine.event(
+        run,
+        EventKind.STEP_FALLBACK,
+        step=step,
+        from_status=StepStatus.RUNNING,
+        to_status=StepStatus.QUEUED,
+        message=f"agent {failed_agent} failed for good ({why}); fallback agent {fallback} takes over",
+        data={"from": failed_agent, "to": fallback},
+    )
+    dispatch.send_steps_on_commit([step.pk])
 
 
 def backoff_seconds(policy: dict[str, Any], attempts_so_far: int) -> float:

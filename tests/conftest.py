@@ -51,7 +51,7 @@ def _fast_passwords(settings: Any) -> None:
 @pytest.fixture(autouse=True)
 def _forget_cached_agents() -> Any:
     # Workers keep agents for a moment; tests recreate them under the same names.
-    from orchestration.tasks import forget_agents
+    from orchestration.guards import forget_agents
 
     forget_agents()
     yield

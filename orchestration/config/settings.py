@@ -131,6 +131,10 @@ BATON_LEASE_SECONDS = env_float("BATON_LEASE_SECONDS", 20.0, minimum=0.1)
 BATON_TICK_SECONDS = env_float("BATON_TICK_SECONDS", 0.5, minimum=0.01)
 BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 60.0, minimum=0.1)
 
+# Hosts http and llm agents may call: names, *.suffix, IP addresses or networks, "*" for any
+# public host. Private, loopback and link-local addresses need their address listed.
+BATON_HTTP_ALLOWED_HOSTS = env_str("BATON_HTTP_ALLOWED_HOSTS", "")
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

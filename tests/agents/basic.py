@@ -59,3 +59,27 @@ def describe_context(payload: Any, context: Any) -> Any:
 
 def not_json(payload: Any, context: Any) -> Any:
     return {"value": object()}
+
+
+def always_down(payload: Any, context: Any) -> Any:
+    raise ConnectionError("the service is down")
+
+
+def slow(payload: Any, context: Any) -> Any:
+    """Sleeps for payload['seconds'] (default 5) unless told to stop."""
+    import time
+
+    deadline = time.monotonic() + float((payload or {}).get("seconds", 5))
+    while time.monotonic() < deadline:
+        if context.should_stop():
+            return {"stopped": True}
+        time.sleep(0.01)
+    return {"slept": True}
+
+
+def undo(payload: Any, context: Any) -> Any:
+    return {"undone": payload}
+
+
+def broken_undo(payload: Any, context: Any) -> Any:
+    raise PermanentError("cannot undo: the record is gone")

@@ -1,0 +1,299 @@
+"""Per-agent guards: circuit breaker, max_concurrency and fallback.
+
+Called only by orchestration.transitions, inside its transactions. An agent's AgentHealth row is
+the lock that serialises claims against that agent (taken with no run lock held, so the order
+"run, then agent" used when recording outcomes never inverts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import F
+from django.utils import timezone
+
+from orchestration import engine
+from orchestration.models import Agent, AgentEvent, AgentHealth, Attempt, CircuitState, Run, StepKind, StepRun
+from orchestration.status import ErrorClass, EventKind, StepStatus
+
+# Agents are read live, so an edit in the admin applies to the next attempt; a process keeps
+# what it read for this long to spare a query per step on hot paths.
+AGENT_CACHE_SECONDS = 2.0
+_agents: dict[str, tuple[float, Agent | None]] = {}
+
+# Failures that say the agent's service is unwell (a 4xx for bad input does not).
+HEALTH_FAILURES = (ErrorClass.TRANSIENT, ErrorClass.TIMEOUT, ErrorClass.LOST)
+# While a half-open circuit's trial runs, other steps look again this soon.
+TRIAL_WAIT = timedelta(seconds=1)
+
+
+def load_agent(name: str) -> Agent | None:
+    now = time.monotonic()
+    cached = _agents.get(name)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    agent = Agent.objects.filter(name=name).first()
+    _agents[name] = (now + AGENT_CACHE_SECONDS, agent)
+    return agent
+
+
+def forget_agents() -> None:
+    _agents.clear()
+
+
+def _guarded(agent: Agent | None) -> bool:
+    return agent is not None and bool(agent.circuit or agent.max_concurrency)
+
+
+def _lock_health(agent: Agent) -> AgentHealth:
+    AgentHealth.objects.get_or_create(agent=agent)
+    return AgentHealth.objects.select_for_update().get(agent=agent)
+
+
+# ---------------------------------------------------------------------------------------------
+# At claim time
+
+
+def gate(steps: list[StepRun], now: datetime) -> tuple[list[StepRun], list[int]]:
+    """Of steps just claimed (RUNNING, with their claim token), those that may run now.
+
+    The others are put back: throttled (agent at max_concurrency), sent to their fallback or
+    told to retry later (circuit open). Returns (allowed, step ids to send to workers).
+    """
+    by_agent: dict[str, list[StepRun]] = defaultdict(list)
+    for step in steps:
+        by_agent[step.agent_name].append(step)
+    allowed: list[StepRun] = []
+    to_send: list[int] = []
+    for name, group in by_agent.items():
+        agent = load_agent(name)
+        if agent is None or not _guarded(agent):
+            allowed.extend(group)
+            continue
+        health = _lock_health(agent)
+        if agent.circuit:
+            group = _apply_circuit(agent, health, group, now, to_send)
+        if agent.max_concurrency:
+            group = _apply_concurrency(agent, group)
+        allowed.extend(group)
+    return allowed, to_send
+
+
+def _apply_circuit(
+    agent: Agent, health: AgentHealth, group: list[StepRun], now: datetime, to_send: list[int]
+) -> list[StepRun]:
+    if health.circuit_state == CircuitState.CLOSED:
+        return group
+    if health.circuit_state == CircuitState.OPEN and health.reopens_at and now < health.reopens_at:
+        for step in group:
+            _divert(step, agent, f"circuit of agent {agent.name} is open", health.reopens_at, to_send)
+        return []
+    trial_running = (
+        health.circuit_state == CircuitState.HALF_OPEN
+        and health.trial_step_id is not None
+        and StepRun.objects.filter(pk=health.trial_step_id, status=StepStatus.RUNNING).exists()
+    )
+    if trial_running:
+        for step in group:
+            _divert(step, agent, f"circuit of agent {agent.name} is half-open; its trial is running", now + TRIAL_WAIT, to_send)
+        return []
+    # The cooldown is over (or the last trial vanished): exactly one trial goes through.
+    trial, rest = group[0], group[1:]
+    if health.circuit_state == CircuitState.OPEN:
+        _set_circuit(health, CircuitState.HALF_OPEN, "cooldown over: one trial call", now)
+    health.trial_step = trial
+    health.save(update_fields=["trial_step", "updated_at"])
+    for step in rest:
+        _divert(step, agent, f"circuit of agent {agent.name} is half-open; its trial is running", now + TRIAL_WAIT, to_send)
+    return [trial]
+
+
+def _apply_concurrency(agent: Agent, group: list[StepRun]) -> list[StepRun]:
+    assert agent.max_concurrency is not None
+    # Under the AgentHealth lock, every other claim of this agent has committed or waits, so
+    # this count is exact.
+    running = in_flight(agent.name).exclude(pk__in=[s.pk for s in group]).count()
+    free = max(0, agent.max_concurrency - running)
+    for step in group[free:]:
+        won = _put_back(step, status=StepStatus.THROTTLED)
+        if won:
+            engine.event(
+                step.run,
+                EventKind.STEP_THROTTLED,
+                step=step,
+                from_status=StepStatus.RUNNING,
+                to_status=StepStatus.THROTTLED,
+                message=f"agent {agent.name} is at its limit of {agent.max_concurrency} in flight; waiting for a slot",
+            )
+    return group[:free]
+
+
+def in_flight(agent_name: str) -> Any:
+    # Claimed steps only: a for_each head is "running" too but never holds a slot.
+    return StepRun.objects.filter(agent_name=agent_name, status=StepStatus.RUNNING).exclude(claim_token="")
+
+
+def _put_back(step: StepRun, **changes: Any) -> bool:
+    """Undo a claim that must not run (no attempt was recorded for it)."""
+    return bool(
+        StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, claim_token=step.claim_token).update(
+            attempts=F("attempts") - 1, claim_token="", lease_expires_at=None, **changes
+        )
+    )
+
+
+def _divert(step: StepRun, agent: Agent, reason: str, until: datetime, to_send: list[int]) -> None:
+    fallback = fallback_for(step.run, step, agent)
+    if fallback is not None:
+        if _put_back(
+            step,
+            status=StepStatus.QUEUED,
+            agent_name=fallback,
+            fallback_from=step.fallback_from or step.agent_name,
+            queued_at=timezone.now(),
+            error=reason,
+            error_class=ErrorClass.CIRCUIT_OPEN,
+        ):
+            engine.event(
+                step.run,
+                EventKind.STEP_FALLBACK,
+                step=step,
+                from_status=StepStatus.RUNNING,
+                to_status=StepStatus.QUEUED,
+                message=f"{reason}: fallback agent {fallback} takes over",
+                data={"from": agent.name, "to": fallback},
+            )
+            to_send.append(step.pk)
+        return
+    if _put_back(
+        step,
+        status=StepStatus.RETRYING,
+        next_attempt_at=until,
+        error=reason,
+        error_class=ErrorClass.CIRCUIT_OPEN,
+    ):
+        engine.event(
+            step.run,
+            EventKind.STEP_RETRYING,
+            step=step,
+            from_status=StepStatus.RUNNING,
+            to_status=StepStatus.RETRYING,
+            message=f"{reason}; no fallback, waiting until {until:%H:%M:%S}",
+            data={"next_attempt_at": until.isoformat(), "delay": max(0.0, (until - timezone.now()).total_seconds())},
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fallback
+
+
+def fallback_for(run: Run, step: StepRun, agent: Agent | None) -> str | None:
+    """The agent to try next for this step, or None. Each agent is tried once per step."""
+    if step.kind == StepKind.COMPENSATION:
+        return None
+    spec = engine.step_spec(run, step.step_key)
+    if step.agent_name == spec.get("agent") and spec.get("fallback"):
+        candidate = spec["fallback"]
+    else:
+        candidate = agent.fallback if agent is not None else ""
+    if not candidate:
+        return None
+    tried = set(Attempt.objects.filter(step_run=step).values_list("agent_name", flat=True))
+    tried |= {step.agent_name, step.fallback_from, str(spec.get("agent") or "")}
+    if candidate in tried or load_agent(candidate) is None:
+        return None
+    return candidate
+
+
+def attempts_with_current_agent(step: StepRun) -> int:
+    return Attempt.objects.filter(step_run=step, agent_name=step.agent_name).count()
+
+
+# ---------------------------------------------------------------------------------------------
+# After an attempt
+
+
+def record_outcome(agent_name: str, *, succeeded: bool, error_class: str = "", now: datetime | None = None) -> list[int]:
+    """Update the agent's circuit after an attempt; returns throttled steps to send now."""
+    agent = load_agent(agent_name)
+    if agent is None or not _guarded(agent):
+        return []
+    now = now or timezone.now()
+    if agent.circuit:
+        health = _lock_health(agent)
+        if succeeded:
+            if health.circuit_state != CircuitState.CLOSED:
+                _set_circuit(health, CircuitState.CLOSED, "a call succeeded", now)
+        elif error_class in HEALTH_FAILURES:
+            _count_failure(agent, health, now)
+    return release_throttled(agent)
+
+
+def _count_failure(agent: Agent, health: AgentHealth, now: datetime) -> None:
+    circuit = agent.circuit
+    if health.circuit_state == CircuitState.HALF_OPEN:
+        _set_circuit(health, CircuitState.OPEN, "the trial call failed", now, cooldown=circuit["cooldown"])
+        return
+    if health.circuit_state == CircuitState.OPEN:
+        return
+    since = now - timedelta(seconds=circuit["window"])
+    if health.counting_since and health.counting_since > since:
+        since = health.counting_since
+    failures = Attempt.objects.filter(
+        agent_name=agent.name,
+        status="failed",
+        error_class__in=HEALTH_FAILURES,
+        finished_at__gte=since,
+    ).count()
+    if failures >= circuit["failures"]:
+        _set_circuit(
+            health,
+            CircuitState.OPEN,
+            f"{failures} failures within {circuit['window']:g}s",
+            now,
+            cooldown=circuit["cooldown"],
+        )
+
+
+def _set_circuit(health: AgentHealth, state: str, reason: str, now: datetime, *, cooldown: float | None = None) -> None:
+    before = health.circuit_state
+    health.circuit_state = state
+    if state == CircuitState.OPEN:
+        health.opened_at = now
+        health.reopens_at = now + timedelta(seconds=cooldown or 0)
+        health.trial_step = None
+    elif state == CircuitState.CLOSED:
+        health.counting_since = now
+        health.opened_at = None
+        health.reopens_at = None
+        health.trial_step = None
+    health.save()
+    AgentEvent.objects.create(agent=health.agent, from_state=before, to_state=state, message=reason)
+
+
+def release_throttled(agent: Agent) -> list[int]:
+    """Queue throttled steps of the agent for the slots now free, first come first served."""
+    if not agent.max_concurrency:
+        return []
+    free = agent.max_concurrency - in_flight(agent.name).count()
+    if free <= 0:
+        return []
+    ids = list(
+        StepRun.objects.filter(agent_name=agent.name, status=StepStatus.THROTTLED)
+        .order_by("queued_at", "id")
+        .values_list("pk", flat=True)[:free]
+    )
+    if not ids:
+        return []
+    StepRun.objects.filter(pk__in=ids, status=StepStatus.THROTTLED).update(
+        status=StepStatus.QUEUED, queued_at=timezone.now()
+    )
+    return ids
+
+
+def throttled_agents() -> list[Agent]:
+    names = set(StepRun.objects.filter(status=StepStatus.THROTTLED).values_list("agent_name", flat=True))
+    return [a for a in (load_agent(n) for n in names) if a is not None]
