@@ -257,3 +257,28 @@ def test_twenty_parallel_steps_never_exceed_the_agents_limit_on_real_workers() -
     assert server.max_in_flight <= 3
     assert server.max_in_flight == 3, "the limit is used, not just respected"
     assert RunEvent.objects.filter(run=run, kind=EventKind.STEP_THROTTLED).exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_stops_a_running_step_at_its_next_check_and_frees_the_worker() -> None:
+    from tests.support import WorkerCluster, wait_for
+
+    flow("    - {key: long, agent: slow, input: {seconds: 60}}", key="long")
+    flow("    - {key: quick, agent: echo, input: 1}", key="quick")
+    with WorkerCluster(workers=1) as cluster:
+        long_run = transitions.start_run(workflow="long")
+        wait_for(lambda: head(long_run, "long").status == StepStatus.RUNNING, timeout=30, message="the long step to start")
+        transitions.cancel_run(run_id=long_run.pk)
+        quick = transitions.start_run(workflow="quick")
+
+        def finished() -> bool:
+            quick.refresh_from_db()
+            return quick.is_final
+
+        # The only worker is free again long before the 60 s step would have ended.
+        wait_for(finished, timeout=20, message=f"the next run on the freed worker\n{cluster.log()}")
+    assert quick.status == RunStatus.SUCCEEDED
+    long_run.refresh_from_db()
+    assert long_run.status == RunStatus.CANCELLED
+    assert head(long_run, "long").status == StepStatus.CANCELLED
