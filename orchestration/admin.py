@@ -27,7 +27,10 @@ from django.utils.safestring import SafeString
 from orchestration import definitions, transitions
 from orchestration.models import (
     Agent,
+    AgentEvent,
+    AgentHealth,
     Attempt,
+    CircuitState,
     DraftStep,
     Run,
     RunEvent,
@@ -46,9 +49,14 @@ STATUS_COLOURS: dict[str, str] = {
     StepStatus.PENDING: "#6d6d6d",
     StepStatus.QUEUED: "#8a6d00",
     StepStatus.RETRYING: "#e65100",
+    StepStatus.THROTTLED: "#b54708",
+    RunStatus.COMPENSATING: "#5925dc",
     StepStatus.WAITING: "#6a1b9a",
     StepStatus.SKIPPED: "#6d6d6d",
     AttemptStatus.RUNNING: "#1f6fb2",
+    CircuitState.CLOSED: "#2e7d32",
+    CircuitState.OPEN: "#c62828",
+    CircuitState.HALF_OPEN: "#b54708",
 }
 
 
@@ -122,17 +130,70 @@ class ReadOnlyInline(admin.TabularInline):
 # Definitions
 
 
+class AgentHealthInline(ReadOnlyInline):
+    """The agent's circuit breaker as the engine last left it (no row yet: closed)."""
+
+    model = AgentHealth
+    fields = ("circuit_label", "counting_since", "opened_at", "reopens_at", "trial_step", "updated_at")
+    readonly_fields = fields
+    show_change_link = False
+    verbose_name_plural = "health (circuit breaker)"
+
+    @admin.display(description="Circuit")
+    def circuit_label(self, obj: AgentHealth) -> SafeString:
+        return coloured_status(obj.circuit_state, obj.get_circuit_state_display())
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "simulated", "timeout_seconds", "updated_at")
+    list_display = (
+        "name",
+        "kind",
+        "simulated",
+        "fallback",
+        "timeout_seconds",
+        "max_concurrency",
+        "circuit_label",
+        "updated_at",
+    )
     list_filter = ("kind",)
+    # The reverse one-to-one joins in the same query, so the circuit column costs nothing per row.
+    list_select_related = ("health",)
     search_fields = ("name", "description")
     formfield_overrides = JSON_FORM_FIELD
-    fields = ("name", "kind", "description", "config", "timeout_seconds", "retry")
+    fields = (
+        "name",
+        "kind",
+        "description",
+        "config",
+        "timeout_seconds",
+        "retry",
+        "fallback",
+        "circuit",
+        "max_concurrency",
+        "events_link",
+    )
+    readonly_fields = ("events_link",)
+    inlines = (AgentHealthInline,)
 
     @admin.display(description="Simulated", boolean=True, ordering="kind")
     def simulated(self, obj: Agent) -> bool:
         return obj.is_simulated
+
+    @admin.display(description="Circuit", ordering="health__circuit_state")
+    def circuit_label(self, obj: Agent) -> SafeString:
+        if not obj.circuit:
+            return format_html('<span style="color: {}">{}</span>', "#6d6d6d", "no breaker")
+        health = getattr(obj, "health", None)
+        state = health.circuit_state if health is not None else CircuitState.CLOSED
+        return coloured_status(state, CircuitState(state).label)
+
+    @admin.display(description="Circuit changes")
+    def events_link(self, obj: Agent) -> SafeString:
+        if obj.pk is None:
+            return format_html("{}", "—")
+        url = reverse("admin:orchestration_agentevent_changelist") + f"?agent__id__exact={obj.pk}"
+        return format_html('<a href="{}">{} events</a>', url, obj.events.count())
 
 
 class DraftStepInline(admin.StackedInline):
@@ -401,6 +462,7 @@ class StepRunAdmin(ReadOnlyAdmin):
         "kind",
         "status_label",
         "agent_name",
+        "fallback_from",
         "attempts",
         "items_total",
         "items_done",
@@ -488,3 +550,37 @@ class RunEventAdmin(ReadOnlyAdmin):
         if not obj.from_status and not obj.to_status:
             return ""
         return f"{obj.from_status or '·'} → {obj.to_status or '·'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Agent health (written by the engine; looked at here)
+
+
+@admin.register(AgentHealth)
+class AgentHealthAdmin(ReadOnlyAdmin):
+    list_display = ("agent", "circuit_label", "opened_at", "reopens_at", "trial_step", "updated_at")
+    list_filter = ("circuit_state",)
+    list_select_related = ("agent", "trial_step")
+    search_fields = ("agent__name",)
+    fields = ("agent", "circuit_label", "counting_since", "opened_at", "reopens_at", "trial_step", "updated_at")
+    readonly_fields = fields
+
+    @admin.display(description="Circuit", ordering="circuit_state")
+    def circuit_label(self, obj: AgentHealth) -> SafeString:
+        return coloured_status(obj.circuit_state, obj.get_circuit_state_display())
+
+
+@admin.register(AgentEvent)
+class AgentEventAdmin(ReadOnlyAdmin):
+    """Append-only, like run events: nobody may change or delete a row here."""
+
+    list_display = ("created_at", "agent", "transition", "message")
+    list_filter = ("to_state", "agent")
+    list_select_related = ("agent",)
+    search_fields = ("agent__name", "message")
+    fields = ("agent", "from_state", "to_state", "message", "created_at")
+    readonly_fields = fields
+
+    @admin.display(description="From → to")
+    def transition(self, obj: AgentEvent) -> str:
+        return f"{obj.from_state or '·'} → {obj.to_state or '·'}"

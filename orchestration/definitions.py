@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import transaction
 
 from orchestration.models import Agent, DraftStep, StepKind, Workflow, WorkflowVersion
@@ -36,6 +37,7 @@ def current_catalog() -> Catalog:
         agents=set(Agent.objects.values_list("name", flat=True)),
         workflows=workflows,
         users=set(get_user_model().objects.values_list("username", flat=True)),
+        groups=set(Group.objects.values_list("name", flat=True)),
     )
 
 
@@ -69,6 +71,7 @@ def _save_agent(agent: dict[str, Any]) -> Agent:
             "fallback": agent["fallback"],
             "circuit": agent["circuit"],
             "max_concurrency": agent["max_concurrency"],
+            "risk": agent["risk"],
         },
     )
     return row
@@ -87,6 +90,8 @@ def _save_draft(spec: dict[str, Any]) -> Workflow:
             "inputs": spec["inputs"],
             "output": "" if spec["output"] is None else _output_text(spec["output"]),
             "on_cancel": spec.get("on_cancel", "nothing"),
+            "on_failure": spec.get("on_failure", "fail"),
+            "allow_self_approval": spec.get("allow_self_approval", False),
         },
     )
     workflow.draft_steps.all().delete()
@@ -118,7 +123,7 @@ def _draft_step(
     children: dict[str, Workflow],
 ) -> DraftStep:
     options: dict[str, Any] = {}
-    for name in ("name", "description", "timeout", "retry", "fallback", "compensate"):
+    for name in ("name", "description", "timeout", "retry", "fallback", "compensate", "gate", "on_failure"):
         if step.get(name) is not None:
             options[name] = step[name]
     if step["kind"] in (StepKind.APPROVAL, StepKind.MANUAL, StepKind.WAIT):
@@ -179,6 +184,10 @@ def draft_to_raw(workflow: Workflow) -> dict[str, Any]:
     }
     if workflow.on_cancel != "nothing":
         raw["on_cancel"] = workflow.on_cancel
+    if workflow.on_failure != "fail":
+        raw["on_failure"] = workflow.on_failure
+    if workflow.allow_self_approval:
+        raw["allow_self_approval"] = True
     if workflow.output.strip():
         text = workflow.output.strip()
         parsed = yaml.safe_load(text) if not text.startswith("{{") else text
@@ -221,6 +230,7 @@ def agent_spec(agent: Agent) -> dict[str, Any]:
         "fallback": agent.fallback,
         "circuit": agent.circuit,
         "max_concurrency": agent.max_concurrency,
+        "risk": agent.risk,
     }
 
 

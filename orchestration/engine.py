@@ -18,7 +18,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from orchestration import dispatch
+from orchestration import dispatch, waiting
 from orchestration.durations import parse_duration
 from orchestration.models import Agent, Attempt, Run, RunEvent, StepKind, StepRun, WorkflowVersion
 from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
@@ -294,21 +294,17 @@ def _start(
     head.input = payload
     if step["kind"] == StepKind.AGENT:
         head.agent_name = step["agent"]
-        if step.get("for_each"):
-            head.started_at = now
-            _start_map(run, step, head, context, to_send)
+        if needs_gate(step):
+            _wait_for_gate(run, step, head, context)
             return
-        # started_at is set when a worker claims the step; queued_at says when it was sent.
-        head.status = StepStatus.QUEUED
-        head.queued_at = now
-        head.save()
-        event(run, EventKind.STEP_QUEUED, step=head, to_status=head.status)
-        to_send.append(head.pk)
+        start_agent(run, step, head, context, to_send)
         return
     head.status = StepStatus.WAITING
     head.started_at = now
+    head.waiting_for = step["kind"]
     if step["kind"] == StepKind.WAIT:
         wait = step["wait"]
+        head.waiting_for = "event" if wait.get("event") else "timer"
         limit = wait.get("for") or wait.get("timeout")
         if limit is not None:
             head.wake_at = now + timedelta(seconds=parse_duration(limit))
@@ -316,6 +312,55 @@ def _start(
     event(run, EventKind.STEP_WAITING, step=head, to_status=head.status, message=_waiting_for(step))
     if step["kind"] == StepKind.WORKFLOW:
         _start_child(run, step, head)
+    elif step["kind"] in (StepKind.APPROVAL, StepKind.MANUAL):
+        waiting.open_wait(run=run, step=head, spec=step, context=context, kind=step["kind"])
+
+
+def start_agent(run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], to_send: list[int]) -> None:
+    now = timezone.now()
+    if step.get("for_each"):
+        head.started_at = now
+        _start_map(run, step, head, context, to_send)
+        return
+    # started_at is set when a worker claims the step; queued_at says when it was sent.
+    head.status = StepStatus.QUEUED
+    head.queued_at = now
+    head.save()
+    event(run, EventKind.STEP_QUEUED, step=head, to_status=head.status)
+    to_send.append(head.pk)
+
+
+def needs_gate(step: dict[str, Any]) -> bool:
+    """A `gate:` on the step, or a high-risk agent: nothing runs without approval of the action."""
+    if step.get("gate") is not None:
+        return True
+    from orchestration.guards import load_agent
+
+    agent = load_agent(step["agent"])
+    return agent is not None and agent.risk == "high"
+
+
+def _wait_for_gate(run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any]) -> None:
+    if step.get("for_each"):
+        # The approver sees every item the step is about to act on.
+        try:
+            head.input = {"for_each": evaluate(step["for_each"], context)}
+        except TemplateError as exc:
+            head.save()
+            fail_step(run, head, f"`for_each` {exc}", ErrorClass.PERMANENT)
+            return
+    head.status = StepStatus.WAITING
+    head.waiting_for = "gate"
+    head.started_at = timezone.now()
+    head.save()
+    event(
+        run,
+        EventKind.STEP_GATED,
+        step=head,
+        to_status=head.status,
+        message=f"agent {step['agent']} waits for approval of this exact action",
+    )
+    waiting.open_wait(run=run, step=head, spec=step, context=context, kind="gate")
 
 
 def _waiting_for(step: dict[str, Any]) -> str:
@@ -353,6 +398,14 @@ def _start_child(run: Run, step: dict[str, Any], head: StepRun) -> None:
     )
     event(child, EventKind.RUN_STARTED, to_status=child.status, message=f"started by run {run.pk}, step '{head.step_key}'")
     advance(child)
+
+
+def restart_child(run: Run, step: dict[str, Any], head: StepRun) -> None:
+    """Run a sub-workflow step again (an owner's retry): a new child run."""
+    head.status = StepStatus.WAITING
+    head.waiting_for = "workflow"
+    head.save()
+    _start_child(run, step, head)
 
 
 def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], to_send: list[int]) -> None:
@@ -501,11 +554,40 @@ def fail_step(
         return
     if step.parent_id is not None:
         parent = StepRun.objects.get(pk=step.parent_id)
-        if parent.status not in STEP_FINAL:
+        if parent.status not in STEP_FINAL and parent.waiting_for != "exception":
             fail_step(run, parent, f"item {step.map_index} failed: {message}", error_class)
+        return
+    if _escalates(run, step):
+        _escalate(run, step, message)
         return
     agent = f" (agent {step.agent_name})" if step.agent_name else ""
     fail_run(run, f"Step '{step.step_key}'{agent} failed: {message}")
+
+
+def _escalates(run: Run, step: StepRun) -> bool:
+    if step.kind not in (StepKind.AGENT, StepKind.WORKFLOW) or step.waiting_for == "gate-refused":
+        return False
+    spec = spec_for(run)
+    own = step_spec(run, step.step_key).get("on_failure")
+    return own == "escalate" or (own is None and spec.get("on_failure") == "escalate")
+
+
+def _escalate(run: Run, step: StepRun, message: str) -> None:
+    """Instead of failing the run, the step waits for the workflow owner to decide."""
+    step.status = StepStatus.WAITING
+    step.waiting_for = "exception"
+    step.save(update_fields=["status", "waiting_for"])
+    event(
+        run,
+        EventKind.STEP_ESCALATED,
+        step=step,
+        from_status=StepStatus.FAILED,
+        to_status=step.status,
+        message=f"failed for good ({message}); the workflow owner decides: retry, skip or abort",
+    )
+    waiting.open_wait(
+        run=run, step=step, spec=step_spec(run, step.step_key), context=template_context(run), kind="exception"
+    )
 
 
 def fail_run(run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: Any = None) -> None:
@@ -517,6 +599,7 @@ def fail_run(run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: An
     StepRun.objects.filter(pk__in=stopped).update(
         status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None, error_class=ErrorClass.CANCELLED
     )
+    waiting.close_waits(step_ids=stopped, reason=reason)
     # Attempts in flight end here too; whatever their workers report later is refused.
     Attempt.objects.filter(step_run_id__in=stopped, status="running").update(
         status="failed", finished_at=now, error_class=ErrorClass.CANCELLED, error=f"stopped: {reason}"

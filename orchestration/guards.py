@@ -209,7 +209,8 @@ def fallback_for(run: Run, step: StepRun, agent: Agent | None) -> str | None:
 
 
 def attempts_with_current_agent(step: StepRun) -> int:
-    return Attempt.objects.filter(step_run=step, agent_name=step.agent_name).count()
+    # Attempts of earlier rounds (before an owner's retry of an escalated step) do not count.
+    return Attempt.objects.filter(step_run=step, agent_name=step.agent_name, number__gt=step.attempts_base).count()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ class Agent(models.Model):
     circuit = models.JSONField(default=dict, blank=True)
     # At most this many attempts in flight across all workers and runs (a provider's limit).
     max_concurrency = models.PositiveIntegerField(null=True, blank=True)
+    # High-risk agents never act without an approval of the exact action (a gate).
+    risk = models.CharField(
+        max_length=10, choices=[("low", "Low"), ("medium", "Medium"), ("high", "High")], default="low"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -76,6 +80,13 @@ class Workflow(models.Model):
         choices=[("nothing", "Stop"), ("compensate", "Undo completed steps")],
         default="nothing",
     )
+    on_failure = models.CharField(
+        max_length=20,
+        choices=[("fail", "Fail the run"), ("escalate", "Open an exception item for the owner")],
+        default="fail",
+    )
+    # Whether the person who started a run may approve its approvals and gates.
+    allow_self_approval = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -220,6 +231,10 @@ class StepRun(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     # Set when a fallback agent took over: the agent that failed or whose circuit was open.
     fallback_from = models.CharField(max_length=100, blank=True)
+    # What a waiting step waits for: approval, manual, gate, exception, event, timer, workflow.
+    waiting_for = models.CharField(max_length=20, blank=True)
+    # Attempts before this number belong to an earlier round (before an owner's retry).
+    attempts_base = models.PositiveIntegerField(default=0)
     # for_each bookkeeping on the head row.
     items_total = models.PositiveIntegerField(null=True, blank=True)
     items_done = models.PositiveIntegerField(default=0)

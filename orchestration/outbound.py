@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,13 @@ class OutboundUnavailable(Exception):
     """The connection failed (refused, reset, DNS failure...)."""
 
 
+class OutboundTooLarge(Exception):
+    """The answer is larger than MAX_RESPONSE_BYTES; reading it all could exhaust a worker's memory."""
+
+
+MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Target:
     scheme: str
@@ -45,7 +53,8 @@ class Target:
     @property
     def host_header(self) -> str:
         default = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        return host if self.port == default else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,12 @@ class AllowList:
 
 
 def allow_list() -> AllowList:
-    # Read at call time, not import time, so tests and operators can change it.
-    return AllowList.parse(getattr(settings, "BATON_HTTP_ALLOWED_HOSTS", ""))
+    # Read at call time, not import time, so tests and operators can change it. The workers'
+    # environment variable counts when settings do not define the list.
+    raw = getattr(settings, "BATON_HTTP_ALLOWED_HOSTS", None)
+    if raw is None:
+        raw = os.environ.get("BATON_HTTP_ALLOWED_HOSTS", "")
+    return AllowList.parse(raw)
 
 
 def is_public(address: IPAddress) -> bool:
@@ -150,15 +163,21 @@ def request(
     url: str,
     *,
     json_body: Any = None,
+    content: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30.0,
 ) -> Response:
+    """Send one request to the checked address; `json_body` is encoded, `content` sent as is."""
     target = resolve(url)
-    sent_headers = {"Host": target.host_header, "Accept": "application/json", **(headers or {})}
-    body = None
+    body = content
+    sent_headers = {"Accept": "application/json"}
     if json_body is not None:
         body = json.dumps(json_body).encode("utf-8")
         sent_headers["Content-Type"] = "application/json"
+    sent_headers = _merge_headers(sent_headers, headers or {})
+    # Always the host that was checked: a configured Host header could otherwise reach another
+    # virtual host on an allowed address.
+    sent_headers["Host"] = target.host_header
     pool_timeout = urllib3.Timeout(connect=min(timeout, 10.0), read=timeout)
     pool: urllib3.HTTPConnectionPool
     if target.scheme == "https":
@@ -183,11 +202,38 @@ def request(
             redirect=False,
             retries=False,
             assert_same_host=False,
+            preload_content=False,
         )
+        try:
+            data = raw.read(MAX_RESPONSE_BYTES + 1)
+        finally:
+            raw.release_conn()
+    except urllib3.exceptions.NewConnectionError as exc:
+        # Caught first: urllib3 makes it a ConnectTimeoutError, but a refused connection is
+        # not a slow server and should not read as one.
+        raise OutboundUnavailable(f"cannot reach {target.host}: {_reason(exc)}") from None
     except (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError):
         raise OutboundTimeout(f"{target.host} did not answer within {timeout:g}s") from None
     except urllib3.exceptions.HTTPError as exc:
         raise OutboundUnavailable(f"cannot reach {target.host}: {type(exc).__name__}") from None
     finally:
         pool.close()
-    return Response(raw.status, {k.lower(): v for k, v in raw.headers.items()}, raw.data or b"")
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise OutboundTooLarge(
+            f"the answer from {target.host} is larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB"
+        )
+    return Response(raw.status, {k.lower(): v for k, v in raw.headers.items()}, data)
+
+
+def _reason(exc: urllib3.exceptions.NewConnectionError) -> str:
+    # "Failed to establish a new connection: [Errno 111] Connection refused" -> the last part.
+    return str(exc).rsplit(": ", 1)[-1] or type(exc).__name__
+
+
+def _merge_headers(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """Header names are case-insensitive: a caller's `accept` replaces our `Accept`."""
+    merged = {name.lower(): (name, value) for name, value in base.items()}
+    for name, value in extra.items():
+        if name.lower() != "host":
+            merged[name.lower()] = (name, value)
+    return dict(merged.values())

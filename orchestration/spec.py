@@ -41,8 +41,26 @@ STEP_FIELDS = {
     "retry",
     "fallback",
     "compensate",
+    "gate",
+    "on_failure",
 }
-WORKFLOW_FIELDS = {"key", "name", "description", "owner", "inputs", "output", "steps", "on_cancel"}
+WORKFLOW_FIELDS = {
+    "key",
+    "name",
+    "description",
+    "owner",
+    "inputs",
+    "output",
+    "steps",
+    "on_cancel",
+    "on_failure",
+    "allow_self_approval",
+}
+APPROVERS_FIELDS = {"users", "groups"}
+DECISION_FIELDS = {"approvers", "required", "deadline", "remind_before", "on_timeout", "escalate_to"}
+APPROVAL_FIELDS = DECISION_FIELDS | {"title", "details", "on_reject"}
+GATE_FIELDS = DECISION_FIELDS | {"title"}
+MANUAL_FIELDS = {"title", "instructions", "assignees", "form", "deadline", "remind_before", "on_timeout", "escalate_to"}
 AGENT_FIELDS = {
     "name",
     "kind",
@@ -53,6 +71,7 @@ AGENT_FIELDS = {
     "fallback",
     "circuit",
     "max_concurrency",
+    "risk",
 }
 CIRCUIT_FIELDS = {"failures", "window", "cooldown"}
 COMPENSATE_FIELDS = {"agent", "input", "retry"}
@@ -172,9 +191,14 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
     ):
         problems.add(where, "field `max_concurrency` must be a whole number of at least 1")
         max_concurrency = None
+    risk = raw.get("risk", "low")
+    if risk not in ("low", "medium", "high"):
+        problems.add(where, f"field `risk`: {risk!r} is not 'low', 'medium' or 'high'")
+        risk = "low"
     agent: dict[str, Any] = {
         "name": name,
         "kind": kind,
+        "risk": risk,
         "description": str(raw.get("description", "") or ""),
         "config": config,
         "timeout": _duration(raw.get("timeout"), where, "timeout", problems),
@@ -332,7 +356,8 @@ class Catalog:
 
     agents: set[str]
     workflows: dict[str, set[str]]  # workflow key -> keys of sub-workflows it calls
-    users: set[str] | None = None  # usernames a workflow may name as owner (None: not checked)
+    users: set[str] | None = None  # usernames a workflow may name (None: not checked)
+    groups: set[str] | None = None  # group names approvers may name (None: not checked)
 
 
 def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
@@ -357,7 +382,7 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     seen: set[str] = set()
     # A step may name this very workflow; that is reported as recursion, not as unknown.
-    local = Catalog(agents=catalog.agents, workflows={**catalog.workflows, key: set()}, users=catalog.users)
+    local = Catalog(agents=catalog.agents, workflows={**catalog.workflows, key: set()}, users=catalog.users, groups=catalog.groups)
     for index, raw_step in enumerate(raw_steps):
         step = _normalise_step(raw_step, index, where, local, problems)
         if step is None:
@@ -367,6 +392,12 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
             continue
         seen.add(step["key"])
         steps.append(step)
+    on_failure = raw.get("on_failure", "fail")
+    if on_failure not in ("fail", "escalate"):
+        problems.add(where, f"field `on_failure`: {on_failure!r} is not 'fail' or 'escalate'")
+    allow_self = raw.get("allow_self_approval", False)
+    if not isinstance(allow_self, bool):
+        problems.add(where, "field `allow_self_approval` must be true or false")
     on_cancel = raw.get("on_cancel", "nothing")
     if on_cancel not in ("nothing", "compensate"):
         problems.add(where, f"field `on_cancel`: {on_cancel!r} is not 'nothing' or 'compensate'")
@@ -374,6 +405,8 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
         "key": key,
         "name": str(name),
         "on_cancel": on_cancel,
+        "on_failure": on_failure,
+        "allow_self_approval": bool(allow_self),
         "description": str(raw.get("description", "") or ""),
         "owner": raw.get("owner") or None,
         "inputs": inputs,
@@ -463,6 +496,7 @@ def _normalise_step(
     for optional in ("name", "description"):
         if raw.get(optional):
             step[optional] = str(raw[optional])
+    kind_trees: list[Any] = []
     if kind == "agent":
         agent = raw["agent"]
         if agent not in catalog.agents:
@@ -478,9 +512,18 @@ def _normalise_step(
         if not isinstance(options, dict):
             problems.add(at, f"field `{kind}` must be a mapping")
             options = {}
-        _check_templates(options, at, kind, problems)
+        kind_trees = _check_templates(options, at, kind, problems)
         if kind == "wait":
             _check_wait(options, at, problems)
+        elif kind == "approval":
+            _check_decision(options, at, "approval", APPROVAL_FIELDS, catalog, problems)
+            on_reject = options.get("on_reject", "fail")
+            if on_reject not in ("fail", "continue"):
+                problems.add(at, f"field `approval.on_reject`: {on_reject!r} is not 'fail' or 'continue'")
+            if not isinstance(options.get("title"), str) or not options.get("title"):
+                problems.add(at, "field `approval.title` is required")
+        elif kind == "manual":
+            _check_manual(options, at, catalog, problems)
         step[kind] = options
     after = raw.get("after", [])
     if isinstance(after, str):
@@ -521,6 +564,21 @@ def _normalise_step(
                 trees.append(check_expression(loop["until"]))
             except TemplateError as exc:
                 problems.add(at, f"field `loop.until` {exc}")
+    if "gate" in raw:
+        gate = raw["gate"] if raw["gate"] is not None else {}
+        if kind != "agent":
+            problems.add(at, "field `gate` only applies to `agent` steps")
+        elif not isinstance(gate, dict):
+            problems.add(at, "field `gate` must be a mapping (approvers, required, deadline...)")
+        else:
+            _check_decision(gate, at, "gate", GATE_FIELDS, catalog, problems)
+            trees += _check_templates(gate, at, "gate", problems)
+            step["gate"] = gate
+    if "on_failure" in raw:
+        if raw["on_failure"] not in ("fail", "escalate"):
+            problems.add(at, f"field `on_failure`: {raw['on_failure']!r} is not 'fail' or 'escalate'")
+        else:
+            step["on_failure"] = raw["on_failure"]
     if "fallback" in raw:
         if kind != "agent":
             problems.add(at, "field `fallback` only applies to `agent` steps")
@@ -538,7 +596,7 @@ def _normalise_step(
         step["timeout"] = _duration(raw["timeout"], at, "timeout", problems)
     if "retry" in raw:
         step["retry"] = normalise_retry(raw["retry"], at, problems)
-    step["_refs"] = sorted(referenced_steps(trees))
+    step["_refs"] = sorted(referenced_steps(trees + kind_trees))
     return step
 
 
@@ -556,6 +614,67 @@ def _normalise_compensate(raw: Any, at: str, catalog: Catalog, problems: Problem
     if raw.get("retry") is not None:
         compensate["retry"] = normalise_retry(raw["retry"], at, problems)
     return compensate
+
+
+def _check_people(value: Any, at: str, name: str, catalog: Catalog, problems: Problems) -> None:
+    if not isinstance(value, dict) or set(value) - APPROVERS_FIELDS:
+        problems.add(at, f"field `{name}` must be a mapping with `users` and/or `groups` lists")
+        return
+    for field_name, known, label in (("users", catalog.users, "user"), ("groups", catalog.groups, "group")):
+        names = value.get(field_name, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            problems.add(at, f"field `{name}.{field_name}` must be a list of names")
+            continue
+        if known is not None:
+            for unknown in [n for n in names if n not in known]:
+                problems.add(at, f"field `{name}.{field_name}`: unknown {label} {unknown!r}")
+
+
+def _check_decision(
+    options: dict[str, Any], at: str, kind: str, allowed: set[str], catalog: Catalog, problems: Problems
+) -> None:
+    for unknown in sorted(set(options) - allowed):
+        problems.add(at, f"field `{kind}.{unknown}` is unknown")
+    if "approvers" in options:
+        _check_people(options["approvers"], at, f"{kind}.approvers", catalog, problems)
+    required = options.get("required", 1)
+    if not isinstance(required, int) or isinstance(required, bool) or required < 1:
+        problems.add(at, f"field `{kind}.required` must be a whole number of at least 1")
+    for name in ("deadline", "remind_before"):
+        if name in options:
+            _duration(options[name], at, f"{kind}.{name}", problems)
+    on_timeout = options.get("on_timeout", "reject")
+    if on_timeout not in ("reject", "approve", "escalate"):
+        problems.add(at, f"field `{kind}.on_timeout`: {on_timeout!r} is not 'reject', 'approve' or 'escalate'")
+    if on_timeout == "escalate":
+        if "escalate_to" not in options:
+            problems.add(at, f"field `{kind}.escalate_to` is required when on_timeout is 'escalate'")
+        if "deadline" not in options:
+            problems.add(at, f"field `{kind}.deadline` is required when on_timeout is 'escalate'")
+    if "escalate_to" in options:
+        _check_people(options["escalate_to"], at, f"{kind}.escalate_to", catalog, problems)
+
+
+def _check_manual(options: dict[str, Any], at: str, catalog: Catalog, problems: Problems) -> None:
+    for unknown in sorted(set(options) - MANUAL_FIELDS):
+        problems.add(at, f"field `manual.{unknown}` is unknown")
+    if not isinstance(options.get("title"), str) or not options.get("title"):
+        problems.add(at, "field `manual.title` is required")
+    if "assignees" in options:
+        _check_people(options["assignees"], at, "manual.assignees", catalog, problems)
+    form = options.get("form", {})
+    if not isinstance(form, dict):
+        problems.add(at, "field `manual.form` must map field names to {type, required, ...}")
+    else:
+        _normalise_inputs(form, f"{at}, form", problems)
+    for name in ("deadline", "remind_before"):
+        if name in options:
+            _duration(options[name], at, f"manual.{name}", problems)
+    on_timeout = options.get("on_timeout", "escalate" if "escalate_to" in options else "fail")
+    if on_timeout not in ("fail", "escalate"):
+        problems.add(at, f"field `manual.on_timeout`: {on_timeout!r} is not 'fail' or 'escalate'")
+    if "escalate_to" in options:
+        _check_people(options["escalate_to"], at, "manual.escalate_to", catalog, problems)
 
 
 def _check_wait(options: dict[str, Any], at: str, problems: Problems) -> None:
@@ -753,7 +872,7 @@ def validate_document(document: dict[str, Any], catalog: Catalog) -> tuple[list[
             problems.add(f"agent '{agent['name']}'", f"field `fallback`: unknown agent {agent['fallback']!r}")
     workflow = None
     if "workflow" in document:
-        local = Catalog(agents=catalog.agents | names, workflows=catalog.workflows, users=catalog.users)
+        local = Catalog(agents=catalog.agents | names, workflows=catalog.workflows, users=catalog.users, groups=catalog.groups)
         try:
             workflow = normalise_workflow(document["workflow"], local)
         except SpecError as exc:
@@ -784,6 +903,8 @@ def agent_to_file(agent: Mapping[str, Any]) -> dict[str, Any]:
         out["circuit"] = circuit
     if agent.get("max_concurrency"):
         out["max_concurrency"] = agent["max_concurrency"]
+    if agent.get("risk", "low") != "low":
+        out["risk"] = agent["risk"]
     return out
 
 
@@ -807,6 +928,10 @@ def workflow_to_file(spec: Mapping[str, Any]) -> dict[str, Any]:
         out["output"] = spec["output"]
     if spec.get("on_cancel", "nothing") != "nothing":
         out["on_cancel"] = spec["on_cancel"]
+    if spec.get("on_failure", "fail") != "fail":
+        out["on_failure"] = spec["on_failure"]
+    if spec.get("allow_self_approval"):
+        out["allow_self_approval"] = True
     steps = []
     for step in spec["steps"]:
         item: dict[str, Any] = {"key": step["key"]}
@@ -816,7 +941,7 @@ def workflow_to_file(spec: Mapping[str, Any]) -> dict[str, Any]:
         item[step["kind"]] = step[step["kind"]]
         if step.get("after"):
             item["after"] = step["after"]
-        for name in ("input", "when", "for_each", "concurrency", "loop", "fallback"):
+        for name in ("input", "when", "for_each", "concurrency", "loop", "fallback", "gate", "on_failure"):
             if name in step:
                 item[name] = step[name]
         if step.get("compensate"):

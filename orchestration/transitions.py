@@ -35,6 +35,11 @@ class InvalidTransition(Exception):
     """The object is not in a state that allows this change; the message says why."""
 
 
+def lock_run(run_id: int) -> Run:
+    """For other apps' transitions: take the run's lock first, then lock their own rows."""
+    return _lock_run(run_id)
+
+
 def _lock_run(run_id: int) -> Run:
     # Lock order: a run before its steps; a parent run before its children. Child-to-parent
     # notifications happen in a separate transaction after commit, so the order never inverts.
@@ -436,6 +441,107 @@ def resolve_waiting_step(
         engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor)
         engine.after_success(run, step)
     return step
+
+
+def _waiting_step(run: Run, step_run_id: int, waiting_for: str) -> StepRun:
+    step = StepRun.objects.get(pk=step_run_id)
+    if step.status != StepStatus.WAITING or step.waiting_for != waiting_for:
+        raise InvalidTransition(f"step '{step.step_key}' is {step.status}, not waiting for {waiting_for}")
+    if run.status != RunStatus.RUNNING:
+        raise InvalidTransition(f"run {run.pk} is {run.status}")
+    return step
+
+
+def release_gate(*, step_run_id: int, actor: Any = None, note: str = "") -> StepRun:
+    """The gate's approvers approved the exact action: the agent step runs now."""
+    step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
+    with engine.change():
+        run = _lock_run(step_run.run_id)
+        step = _waiting_step(run, step_run_id, "gate")
+        step.waiting_for = ""
+        engine.event(run, EventKind.STEP_RELEASED, step=step, from_status=StepStatus.WAITING, actor=actor, message=note or "approved")
+        to_send: list[int] = []
+        spec = engine.step_spec(run, step.step_key)
+        engine.start_agent(run, spec, step, engine.template_context(run, iteration=step.iteration), to_send)
+        dispatch.send_steps_on_commit(to_send)
+    return step
+
+
+def refuse_gate(*, step_run_id: int, actor: Any = None, reason: str) -> StepRun:
+    """The gate was rejected (or timed out): the action never runs and the step fails."""
+    step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
+    with engine.change():
+        run = _lock_run(step_run.run_id)
+        step = _waiting_step(run, step_run_id, "gate")
+        # A refused action is a decision, not an accident: it is not escalated as an exception.
+        step.waiting_for = "gate-refused"
+        engine.fail_step(run, step, reason, ErrorClass.PERMANENT)
+    return step
+
+
+def retry_escalated_step(*, step_run_id: int, actor: Any = None, input: Any = None, edit_input: bool = False) -> StepRun:
+    """The owner retries a step that failed for good, optionally with edited input."""
+    step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
+    with engine.change():
+        run = _lock_run(step_run.run_id)
+        step = _waiting_step(run, step_run_id, "exception")
+        spec = engine.step_spec(run, step.step_key)
+        step.waiting_for = ""
+        step.error = ""
+        step.error_class = ""
+        if edit_input:
+            step.input = input
+        engine.event(run, EventKind.STEP_QUEUED, step=step, from_status=StepStatus.WAITING, actor=actor, message="retried by the owner" + (" with edited input" if edit_input else ""))
+        if step.kind == StepKind.WORKFLOW:
+            step.save()
+            engine.restart_child(run, spec, step)
+            return step
+        if step.items_total:
+            # A map: only the items that failed run again.
+            failed = list(StepRun.objects.filter(parent=step, status__in=[StepStatus.FAILED, StepStatus.CANCELLED]).values_list("pk", flat=True))
+            StepRun.objects.filter(pk__in=failed).update(
+                status=StepStatus.QUEUED, queued_at=timezone.now(), error="", error_class="", attempts_base=F("attempts")
+            )
+            step.status = StepStatus.RUNNING
+            step.save()
+            dispatch.send_steps_on_commit(failed)
+            return step
+        step.status = StepStatus.QUEUED
+        step.queued_at = timezone.now()
+        step.agent_name = spec["agent"]
+        step.fallback_from = ""
+        step.attempts_base = step.attempts
+        step.claim_token = ""
+        step.save()
+        dispatch.send_steps_on_commit([step.pk])
+    return step
+
+
+def skip_escalated_step(*, step_run_id: int, actor: Any = None, output: Any = None) -> StepRun:
+    """The owner skips a failed step, supplying the output later steps will see."""
+    step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
+    with engine.change():
+        run = _lock_run(step_run.run_id)
+        step = _waiting_step(run, step_run_id, "exception")
+        step.waiting_for = ""
+        step.status = StepStatus.SUCCEEDED
+        step.output = output
+        step.finished_at = timezone.now()
+        step.save()
+        engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor, message="skipped by the owner, who supplied its output")
+        engine.after_success(run, step)
+    return step
+
+
+def abort_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
+    """The owner gives up on a run (from an exception item): it fails, compensating if it can."""
+    with engine.change():
+        run = _lock_run(run_id)
+        if run.status != RunStatus.RUNNING:
+            raise InvalidTransition(f"run {run_id} is {run.status}")
+        who = getattr(actor, "username", None) or "the owner"
+        engine.fail_run(run, reason or f"aborted by {who}", actor=actor)
+    return run
 
 
 def signal_event(*, run_id: int, event_name: str, payload: Any = None, actor: Any = None) -> int:

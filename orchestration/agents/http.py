@@ -1,7 +1,8 @@
 """The `http` agent kind: POST the step input as JSON, the JSON answer is the output.
 
 config: url, method (POST), headers (values may contain ${ENV_NAME}: the secret is read from the
-environment at call time and never stored, shown or logged), timeout (duration, default 30s).
+environment at call time and never stored, shown or logged; a server that echoes it back in an
+error body has it redacted), timeout (duration, default 30s).
 Connection errors, timeouts, 429 (honouring Retry-After) and 5xx are transient; any other 4xx,
 a redirect, or a body that is not JSON is permanent.
 """
@@ -28,9 +29,15 @@ _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_TIMEOUT = 30.0
 
 
-def secret_headers(headers: dict[str, Any]) -> dict[str, str]:
-    """Fill ${NAME} references from the environment; errors name the variable, never a value."""
+def secret_headers(headers: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Fill ${NAME} references from the environment; errors name the variable, never a value.
+
+    Returns the headers to send and the secret values used, so that whatever the remote
+    server echoes back (some put the rejected token in their error body) can be redacted
+    before it is stored as an error, an event or a log line.
+    """
     resolved: dict[str, str] = {}
+    used: list[str] = []
     for name, value in headers.items():
         text = str(value)
 
@@ -41,10 +48,19 @@ def secret_headers(headers: dict[str, Any]) -> dict[str, str]:
                 raise PermanentError(
                     f"header {header!r} needs environment variable {variable}, which is not set"
                 )
+            if len(found) >= 4:  # shorter values are no secret; hiding them would garble messages
+                used.append(found)
             return found
 
         resolved[name] = _ENV_REFERENCE.sub(substitute, text)
-    return resolved
+    return resolved, used
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    # Longest first, so a secret that contains another is hidden whole.
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return text
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -69,8 +85,21 @@ def timeout_for(config: dict[str, Any], context: AgentContext) -> float:
 
 
 def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentResult:
+    headers, secrets = secret_headers(config.get("headers") or {})
+    try:
+        return _call(config, payload, context, headers)
+    except (PermanentError, TransientError) as exc:
+        message = redact(str(exc), secrets)
+        detail = redact(getattr(exc, "detail", ""), secrets)
+        if message == str(exc) and detail == getattr(exc, "detail", ""):
+            raise
+        if isinstance(exc, TransientError):
+            raise type(exc)(message, retry_after=exc.retry_after, detail=detail) from None
+        raise PermanentError(message) from None
+
+
+def _call(config: dict[str, Any], payload: Any, context: AgentContext, headers: dict[str, str]) -> AgentResult:
     url = config["url"]
-    headers = secret_headers(config.get("headers") or {})
     headers["Idempotency-Key"] = context.idempotency_key
     timeout = timeout_for(config, context)
     started = time.monotonic()
@@ -80,6 +109,8 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
         )
     except outbound.OutboundRefused as exc:
         raise PermanentError(f"request refused: {exc}") from None
+    except outbound.OutboundTooLarge as exc:
+        raise PermanentError(str(exc)) from None
     except outbound.OutboundTimeout as exc:
         raise StepTimeout(str(exc)) from None
     except outbound.OutboundUnavailable as exc:

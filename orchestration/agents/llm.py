@@ -2,6 +2,8 @@
 
 Works with OpenAI, Azure-style gateways, vLLM, Ollama, llama.cpp's server and LiteLLM's proxy.
 The SDK's own retries are off: Baton's retry policy, circuit breaker and fallback decide.
+The SDK's HTTP requests go through `outbound` (see OutboundTransport), so a model endpoint is
+held to the same allow-list, pinned address and no-redirect rule as an http agent.
 
 config: base_url (default: the OPENAI_BASE_URL environment variable), model, api_key_env (the
 name of the environment variable holding the key; default OPENAI_API_KEY), system, prompt (a
@@ -89,6 +91,39 @@ def cost(config: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> 
     return round(total, 6)
 
 
+def http_client(timeout: float) -> Any:
+    """An httpx client for the SDK whose requests go through `outbound.request`.
+
+    Left to itself the SDK resolves the host again (a second DNS answer could point inside
+    the network) and follows redirects (a 307 to 169.254.169.254 would be obeyed). A refusal
+    is raised as OutboundRefused, which the SDK does not wrap, so `call` can tell it from a
+    network failure. Imported late, like the SDK, so other agent kinds work without it.
+    """
+    import httpx2
+
+    # urllib3 has already undone any content encoding; these would make httpx undo it again.
+    dropped = {"content-encoding", "content-length", "transfer-encoding", "connection"}
+
+    class OutboundTransport(httpx2.BaseTransport):
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            read_timeout = (request.extensions.get("timeout") or {}).get("read") or timeout
+            headers = {
+                k: v for k, v in request.headers.items() if k.lower() not in ("host", "accept-encoding", "content-length")
+            }
+            try:
+                response = outbound.request(
+                    request.method, str(request.url), content=request.read() or None, headers=headers, timeout=read_timeout
+                )
+            except outbound.OutboundTimeout as exc:
+                raise httpx2.ReadTimeout(str(exc), request=request) from None
+            except outbound.OutboundUnavailable as exc:
+                raise httpx2.ConnectError(str(exc), request=request) from None
+            kept = {k: v for k, v in response.headers.items() if k not in dropped}
+            return httpx2.Response(response.status, headers=kept, content=response.body, request=request)
+
+    return httpx2.Client(transport=OutboundTransport(), follow_redirects=False, timeout=timeout)
+
+
 def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentResult:
     import openai
 
@@ -106,11 +141,14 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
     messages = messages_for(config, payload)
     estimate = check_context_window(config, messages)
     key_env = config.get("api_key_env", "OPENAI_API_KEY")
+    api_key = os.environ.get(key_env, "") if key_env else "not-needed"
+    timeout = timeout_for(config, context)
     client = openai.OpenAI(
         base_url=url,
-        api_key=os.environ.get(key_env, "") if key_env else "not-needed",
+        api_key=api_key,
         max_retries=0,
-        timeout=timeout_for(config, context),
+        timeout=timeout,
+        http_client=http_client(timeout),
     )
     options: dict[str, Any] = {}
     for name in ("temperature", "max_tokens"):
@@ -124,13 +162,26 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
             extra_headers={"Idempotency-Key": context.idempotency_key},
             **options,
         )
+    except outbound.OutboundRefused as exc:
+        raise PermanentError(f"request refused: {exc}") from None
+    except outbound.OutboundTooLarge as exc:
+        raise PermanentError(str(exc)) from None
     except openai.APITimeoutError:
         raise StepTimeout(f"the model at {url} did not answer in time") from None
     except openai.APIConnectionError as exc:
-        raise TransientError(f"cannot reach the model at {url}: {exc.message}") from None
+        # The cause is outbound's own message ("cannot reach HOST: Connection refused").
+        raise TransientError(str(exc.__cause__ or f"cannot reach the model at {url}")) from None
     except openai.APIStatusError as exc:
-        detail = json.dumps(exc.body)[:500] if exc.body is not None else ""
-        message = f"HTTP {exc.status_code} from the model at {url}: {exc.message}"
+        # Some providers echo the rejected key in their error body.
+        secret = api_key if key_env else ""
+        detail = _redact(json.dumps(exc.body)[:500], secret) if exc.body is not None else ""
+        message = _redact(f"HTTP {exc.status_code} from the model at {url}: {exc.message}", secret)
+        if 300 <= exc.status_code < 400:
+            location = exc.response.headers.get("location", "?")
+            raise PermanentError(
+                f"HTTP {exc.status_code} redirect from the model at {url} to {location} refused: "
+                "redirects are not followed"
+            ) from None
         if exc.status_code == 429:
             retry_after = retry_after_seconds(exc.response.headers.get("retry-after"))
             raise TransientError(message, retry_after=retry_after, detail=detail) from None
@@ -160,6 +211,10 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
     else:
         output = text
     return AgentResult(output=output, usage=figures)
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "[redacted]") if secret else text
 
 
 def _strip_fences(text: str) -> str:

@@ -1,11 +1,13 @@
 """`manage.py bench`: how fast work moves through Baton on this database and broker.
 
-Three measurements, printed as one table:
+Four measurements, printed as one table:
 
 1. the floor: a plain django-q2 task (no Baton tables), enqueue until it runs;
 2. a sequential workflow of no-op agent steps on one worker: wall time and the step-to-step
    handoff (the next step's claim minus the previous step's finished_at);
-3. a for_each of no-op items on four workers: items per second.
+3. a for_each of no-op items on four workers: items per second;
+4. a for_each of `http` agent calls to a local server that takes 50 ms to answer, on four
+   workers: wall time against the ideal (every worker busy all the time).
 
 The bench starts its own `baton_worker` processes on a private queue, so it neither takes
 work from nor gives work to a running deployment, and deletes its runs afterwards.
@@ -36,12 +38,15 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from orchestration import definitions, dispatch, transitions
+from orchestration.bench_agents import SlowJsonServer
 from orchestration.models import Agent, Run, StepRun, Workflow
 from orchestration.status import RUN_FINAL, RunStatus
 
 # Set in the environment of the process that does the measuring (see Command.relaunch).
 DRIVER_ENV = "BATON_BENCH_DRIVER"
 AGENT = "bench-noop"
+HTTP_AGENT = "bench-http"
+HTTP_DELAY = 0.05  # seconds the local server takes to answer each call
 FANOUT_WORKERS = 4
 RUNS = 3
 FOOTNOTE = (
@@ -55,10 +60,11 @@ class Sizes:
     round_trips: int
     steps: int
     items: int
+    http_steps: int
 
 
-FULL = Sizes(round_trips=50, steps=40, items=1000)
-QUICK = Sizes(round_trips=10, steps=10, items=100)
+FULL = Sizes(round_trips=50, steps=40, items=1000, http_steps=100)
+QUICK = Sizes(round_trips=10, steps=10, items=100, http_steps=20)
 
 
 class Row(TypedDict):
@@ -96,7 +102,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument(
-            "--quick", action="store_true", help="Small sizes (10 steps, 100 items, 10 round trips)."
+            "--quick",
+            action="store_true",
+            help="Small sizes (10 round trips, 10 steps, 100 items, 20 HTTP calls).",
         )
         parser.add_argument("--json", action="store_true", help="Also print the rows as one line of JSON.")
         parser.add_argument(
@@ -130,6 +138,9 @@ class Command(BaseCommand):
         """
         env = dict(os.environ)
         env.update({"BATON_QUEUE": f"baton-bench-{os.getpid()}", DRIVER_ENV: "1", "PYTHONUNBUFFERED": "1"})
+        # This process starts the fan-out runs, so it sizes their for_each chunks (about eight
+        # per worker): it must count the workers that will take them.
+        env["BATON_WORKERS"] = str(FANOUT_WORKERS)
         flags = [f"--{name}" for name in ("quick", "json", "keep") if options[name]]
         command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "bench", *flags]
         child = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, text=True)
@@ -177,10 +188,13 @@ class Bench:
                     chain = self.sequential(sequential)
                 locked += workers.lines_with("database is locked")
                 with (
+                    SlowJsonServer(HTTP_DELAY) as server,
                     Workers(FANOUT_WORKERS, Path(scratch), say=self.say) as workers,
                     workers.explain_failures(),
                 ):
                     fan = self.fanout(fanout)
+                    # The server's port is new each time, so the agent is updated each time.
+                    calls = self.http_calls(install(http_document(self.sizes.http_steps, server.url)), server)
                 locked += workers.lines_with("database is locked")
         finally:
             if keep:
@@ -192,7 +206,7 @@ class Bench:
             self.notes += [f"  {line}" for line in locked[:5]]
         else:
             self.notes.append('Worker logs: no "database is locked".')
-        return self.rows(floor, chain, fan)
+        return self.rows(floor, chain, fan, calls)
 
     def floor(self, scratch: Path) -> list[float]:
         """Plain django-q2 tasks, one at a time: enqueue until the task function runs (ms)."""
@@ -247,6 +261,24 @@ class Bench:
         mapping = seconds(head.started_at, head.finished_at)
         return {"throughput": self.sizes.items / mapping, "wall": seconds(started, run.finished_at)}
 
+    def http_calls(self, key: str, server: SlowJsonServer) -> dict[str, float]:
+        """Runs of the HTTP for_each; per run: the map's wall time, start to finish (s)."""
+        steps = self.sizes.http_steps
+        self.say(f"{key}: a warm-up run and {RUNS} measured runs on {FANOUT_WORKERS} workers")
+        walls = []
+        for number in range(1 + RUNS):
+            run = self.start_and_wait(key, timeout=60 + steps * HTTP_DELAY * 10)
+            if number == 0:
+                continue
+            head = StepRun.objects.get(run=run, map_index__isnull=True)
+            walls.append(seconds(head.started_at, head.finished_at))
+        expected = (1 + RUNS) * steps
+        if server.answered != expected:
+            self.notes.append(
+                f"WARNING: the local HTTP server answered {server.answered} calls for {expected} steps."
+            )
+        return {"wall": statistics.median(walls), "ideal": steps * HTTP_DELAY / FANOUT_WORKERS}
+
     def start_and_wait(self, key: str, *, timeout: float) -> Run:
         run = transitions.start_run(workflow=key, trigger="bench")
         self.run_ids.append(run.pk)
@@ -262,12 +294,23 @@ class Bench:
             raise CommandError(f"run {run.pk} of {key} {run.status}: {run.error}")
         return run
 
-    def rows(self, floor: list[float], chain: dict[str, list[float]], fan: dict[str, float]) -> list[Row]:
+    def rows(
+        self,
+        floor: list[float],
+        chain: dict[str, list[float]],
+        fan: dict[str, float],
+        calls: dict[str, float],
+    ) -> list[Row]:
         goals = targets(self.database, self.broker)
-        steps, items = self.sizes.steps, self.sizes.items
+        steps, items, http_steps = self.sizes.steps, self.sizes.items, self.sizes.http_steps
+        delay_ms = round(HTTP_DELAY * 1000)
         first = "django-q2 no-op task (floor)"
         second = f"{steps}-step sequential workflow"
         third = f"{items}-item for_each, {FANOUT_WORKERS} workers"
+        fourth = (
+            f"{http_steps} steps against a local HTTP agent answering in {delay_ms} ms, "
+            f"{FANOUT_WORKERS} workers"
+        )
         table = [
             row(first, f"enqueue -> running, median of {len(floor)}", statistics.median(floor), "ms"),
             row(first, "enqueue -> running, p95", percentile(floor, 95), "ms"),
@@ -290,6 +333,11 @@ class Bench:
                 goals.get("throughput"),
             ),
             row(third, "total wall time", fan["wall"], "s"),
+            row(fourth, f"wall time, map start -> finish, median of {RUNS} runs", calls["wall"], "s"),
+            row(
+                fourth, f"ideal: {http_steps} x {delay_ms} ms / {FANOUT_WORKERS} workers", calls["ideal"], "s"
+            ),
+            row(fourth, "wall / ideal", calls["wall"] / calls["ideal"], "x"),
         ]
         return table
 
@@ -318,6 +366,9 @@ class Workers:
     def __enter__(self) -> Workers:
         env = dict(os.environ)
         env.update({"BATON_WORKERS": str(self.count), "PYTHONUNBUFFERED": "1"})
+        # The http agent calls the bench's own server on loopback, refused unless listed.
+        allowed = env.get("BATON_HTTP_ALLOWED_HOSTS", "").strip()
+        env["BATON_HTTP_ALLOWED_HOSTS"] = f"{allowed},127.0.0.1" if allowed else "127.0.0.1"
         env.pop(DRIVER_ENV, None)
         self.say(f"starting {self.count} worker(s) on queue {settings.QUEUE_NAME}")
         with self.log_path.open("wb") as log:
@@ -381,12 +432,11 @@ def install(document: dict[str, Any]) -> str:
     assert spec is not None
     workflow = Workflow.objects.filter(key=spec["key"]).first()
     latest = workflow.latest_version if workflow else None
-    agent = Agent.objects.filter(name=AGENT).first()
+    stored = {agent.name: agent for agent in Agent.objects.filter(name__in=[a["name"] for a in agents])}
     unchanged = (
         latest is not None
         and latest.spec == spec
-        and agent is not None
-        and definitions.agent_spec(agent) == agents[0]
+        and all(a["name"] in stored and definitions.agent_spec(stored[a["name"]]) == a for a in agents)
     )
     if not unchanged:
         definitions.import_document(document, note="imported by manage.py bench")
@@ -432,6 +482,32 @@ def fanout_document(items: int) -> dict[str, Any]:
     }
 
 
+def http_document(steps: int, url: str) -> dict[str, Any]:
+    agent = {
+        "name": HTTP_AGENT,
+        "kind": "http",
+        "description": "POSTs to the local server manage.py bench starts; used by manage.py bench.",
+        "config": {"url": url, "method": "POST", "timeout": "10s"},
+        "retry": {"attempts": 1},
+    }
+    return {
+        "agents": [agent],
+        "workflow": {
+            "key": f"bench-http-{steps}",
+            "name": f"Bench: for_each over {steps} calls to a local HTTP agent",
+            "description": "Created by manage.py bench to measure how busy the workers keep a slow agent.",
+            "steps": [
+                {
+                    "key": "calls",
+                    "agent": HTTP_AGENT,
+                    "for_each": f"range({steps})",
+                    "input": {"n": "{{ item }}"},
+                }
+            ],
+        },
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 
@@ -464,6 +540,8 @@ def _number(value: float, unit: str) -> str:
         return f"{value:.1f} ms"
     if unit == "s":
         return f"{value:.2f} s"
+    if unit == "x":
+        return f"{value:.2f}x"
     return f"{value:.0f} {unit}"
 
 
