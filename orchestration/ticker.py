@@ -26,6 +26,15 @@ logger = logging.getLogger("baton.ticker")
 
 BATCH = 500
 
+# Other apps' periodic sweeps (the approvals app's deadlines), registered in AppConfig.ready so
+# this module never imports them. Each is called with `now` and returns how much it did.
+SWEEPS: list[Callable[[datetime], int]] = []
+
+
+def register_sweep(sweep: Callable[[datetime], int]) -> None:
+    if sweep not in SWEEPS:
+        SWEEPS.append(sweep)
+
 
 @dataclass
 class TickReport:
@@ -35,9 +44,10 @@ class TickReport:
     woken: int = 0
     resumed: int = 0
     released: int = 0
+    swept: int = 0
 
     def __bool__(self) -> bool:
-        return any((self.retried, self.lost, self.resent, self.woken, self.resumed, self.released))
+        return any((self.retried, self.lost, self.resent, self.woken, self.resumed, self.released, self.swept))
 
 
 def _each(rows: Any, action: Callable[..., Any]) -> int:
@@ -92,6 +102,11 @@ def tick(now: datetime | None = None) -> TickReport:
             report.released += len(ids)
         except Exception:
             logger.exception("ticker: releasing throttled steps of %s failed", agent.name)
+    for sweep in SWEEPS:
+        try:
+            report.swept += sweep(now)
+        except Exception:
+            logger.exception("ticker: sweep %s failed", getattr(sweep, "__name__", sweep))
     if report:
         logger.info("tick: %s", report)
     return report
