@@ -6,12 +6,12 @@ ItemEvent in the same transaction.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models import Q
+
+from orchestration.models import AppendOnly
 
 
 class ItemKind(models.TextChoices):
@@ -126,7 +126,7 @@ class ItemEventKind(models.TextChoices):
     NOTIFIED = "notified", "Email sent"
 
 
-class ItemEvent(models.Model):
+class ItemEvent(AppendOnly):
     """Append-only audit trail of an item, written in the transaction of each change."""
 
     item = models.ForeignKey(Item, related_name="events", on_delete=models.CASCADE)
@@ -143,11 +143,6 @@ class ItemEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} on item {self.item_id}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None:
-            raise ValueError("Item events are append-only.")
-        super().save(*args, **kwargs)
 
 
 class ApiToken(models.Model):

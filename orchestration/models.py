@@ -24,6 +24,18 @@ from orchestration.status import (
 )
 
 
+class AppendOnly(models.Model):
+    """A log row: written once, never changed (the timeline and audit trail depend on it)."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise ValueError(f"{type(self).__name__} rows are append-only.")
+        super().save(*args, **kwargs)
+
+
 class AgentKind(models.TextChoices):
     PYTHON = "python", "Python callable"
     SIMULATED = "simulated", "Simulated (demo)"
@@ -318,7 +330,7 @@ class Attempt(models.Model):
         return f"attempt {self.number} of {self.step_run}"
 
 
-class RunEvent(models.Model):
+class RunEvent(AppendOnly):
     """Append-only log of every state change: timeline, audit trail and live feed read it."""
 
     run = models.ForeignKey(Run, related_name="events", on_delete=models.CASCADE)
@@ -340,11 +352,6 @@ class RunEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} ({self.run_id})"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None:
-            raise ValueError("Run events are append-only.")
-        super().save(*args, **kwargs)
 
 
 class CircuitState(models.TextChoices):
@@ -373,7 +380,7 @@ class AgentHealth(models.Model):
         return f"{self.agent.name}: circuit {self.circuit_state}"
 
 
-class AgentEvent(models.Model):
+class AgentEvent(AppendOnly):
     """Append-only log of an agent's circuit changes."""
 
     agent = models.ForeignKey(Agent, related_name="events", on_delete=models.CASCADE)
@@ -387,8 +394,3 @@ class AgentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent.name}: {self.from_state} -> {self.to_state}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None:
-            raise ValueError("Agent events are append-only.")
-        super().save(*args, **kwargs)
