@@ -503,3 +503,13 @@ def test_a_large_fan_out_is_sent_in_chunks_and_a_small_one_is_not(settings: Any,
     (kind, chunks), (small_kind, small) = sent
     assert kind == "chunks" and [len(c) for c in chunks] == [6] * 16 + [4]
     assert small_kind == "steps" and len(small) == 5
+
+
+def test_the_event_log_is_append_only() -> None:
+    flow("    - {key: a, agent: echo, input: 1}")
+    run = drive(transitions.start_run(workflow="wf"))
+    first = RunEvent.objects.filter(run=run).first()
+    assert first is not None
+    first.message = "rewritten history"
+    with pytest.raises(ValueError, match="RunEvent rows are append-only"):
+        first.save()
