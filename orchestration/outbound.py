@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -113,12 +112,9 @@ class AllowList:
 
 
 def allow_list() -> AllowList:
-    # Read at call time, not import time, so tests and operators can change it. The workers'
-    # environment variable counts when settings do not define the list.
-    raw = getattr(settings, "BATON_HTTP_ALLOWED_HOSTS", None)
-    if raw is None:
-        raw = os.environ.get("BATON_HTTP_ALLOWED_HOSTS", "")
-    return AllowList.parse(raw)
+    # Read at call time, not import time, so tests can change it (settings take it from the
+    # workers' environment).
+    return AllowList.parse(getattr(settings, "BATON_HTTP_ALLOWED_HOSTS", ""))
 
 
 def is_public(address: IPAddress) -> bool:
