@@ -15,12 +15,14 @@ import pytest
 from orchestration.models import Run, Workflow
 from tests.support import ROOT, database_url
 
+HTTP_ROW = "20 steps against a local HTTP agent answering in 50 ms, 4 workers"
 BENCHMARKS = (
     "django-q2 no-op task (floor)",
     "10-step sequential workflow",
     "100-item for_each, 4 workers",
+    HTTP_ROW,
 )
-NUMBER = re.compile(r"\s(\d+(?:\.\d+)?) (?:ms|s|steps/s)\b")
+NUMBER = re.compile(r"\s(\d+(?:\.\d+)?)(?: ms| s| steps/s|x)(?:\s|$)")
 
 
 def run_bench(*flags: str) -> subprocess.CompletedProcess[str]:
@@ -67,7 +69,7 @@ class TestBench:
         broker = "redis" if os.environ.get("REDIS_URL") else "orm"
         assert bench.stdout.splitlines()[0] == f"database: {vendor}, broker: {broker}"
 
-    def test_it_prints_a_number_for_each_of_the_three_benchmarks(self, bench: Outcome) -> None:
+    def test_it_prints_a_number_for_each_of_the_four_benchmarks(self, bench: Outcome) -> None:
         lines = bench.stdout.splitlines()
         for name in BENCHMARKS:
             rows = [line for line in lines if line.startswith(name)]
@@ -85,6 +87,23 @@ class TestBench:
         assert handoff["value"] > 0
         assert handoff["status"] in {"ok", "MISSED", ""}
 
+    def test_it_compares_the_http_agent_run_with_the_ideal(self, bench: Outcome) -> None:
+        rows = {
+            row["measure"]: row
+            for row in json.loads(bench.stdout.strip().splitlines()[-1])["rows"]
+            if row["benchmark"] == HTTP_ROW
+        }
+        wall = rows["wall time, map start -> finish, median of 3 runs"]
+        ideal = rows["ideal: 20 x 50 ms / 4 workers"]
+        ratio = rows["wall / ideal"]
+        assert ideal["value"] == 0.25
+        # Nothing can beat every worker busy all the time with the 50 ms the server takes.
+        assert wall["value"] >= ideal["value"]
+        assert ratio["value"] == pytest.approx(wall["value"] / ideal["value"], abs=0.01)
+        # The server sleeps 50 ms before answering, so no call can take less.
+        assert rows["  one call as the agent timed it, median"]["value"] >= 50
+        assert [line for line in bench.stdout.splitlines() if "wall / ideal" in line][0].endswith("x  -")
+
     def test_it_footnotes_the_published_comparison(self, bench: Outcome) -> None:
         assert "Windmill (dedicated worker) ~10 ms" in bench.stdout
         assert "Airflow (tuned) ~228 ms" in bench.stdout
@@ -95,4 +114,4 @@ class TestBench:
 
     def test_it_deletes_its_runs_but_keeps_its_workflows(self, bench: Outcome) -> None:
         assert bench.runs_left == 0
-        assert bench.workflows == ["bench-fanout-100", "bench-sequential-10"]
+        assert bench.workflows == ["bench-fanout-100", "bench-http-20", "bench-sequential-10"]

@@ -17,6 +17,7 @@ from orchestration import transitions
 from orchestration.models import Agent, Run, Workflow, WorkflowVersion
 from orchestration.spec import load_text
 from orchestration.status import RunStatus
+from tests.servers import Reply, ScriptedServer
 from tests.support import ROOT, WorkerCluster, drive, load_workflow
 
 pytestmark = pytest.mark.django_db
@@ -382,6 +383,21 @@ def doc_files(tmp_path: Path) -> dict[str, str]:
     return files
 
 
+# One per feature that needs a whole file to show: the basics, an http agent with a secret header
+# and a fallback, an llm agent, a circuit breaker with max_concurrency, compensation.
+COMPLETE_EXAMPLES = [
+    "content-pipeline.yaml",
+    "customer-lookup.yaml",
+    "ticket-triage.yaml",
+    "image-captions.yaml",
+    "order-fulfilment.yaml",
+]
+
+
+def good_doc_files(tmp_path: Path) -> dict[str, str]:
+    return {name: path for name, path in doc_files(tmp_path).items() if not name.startswith("bad")}
+
+
 def test_every_yaml_block_in_the_format_reference_is_valid_yaml() -> None:
     blocks = doc_blocks("yaml")
     assert len(blocks) >= 5
@@ -389,12 +405,41 @@ def test_every_yaml_block_in_the_format_reference_is_valid_yaml() -> None:
         yaml.safe_load(block)
 
 
+def test_the_format_reference_has_every_complete_example() -> None:
+    names = [
+        block.partition("\n")[0].removeprefix("# file: ")
+        for block in doc_blocks("yaml")
+        if block.startswith("# file: ") and not block.startswith("# file: bad")
+    ]
+    assert names == COMPLETE_EXAMPLES
+
+
 def test_the_complete_examples_in_the_format_reference_validate(tmp_path: Path) -> None:
-    files = doc_files(tmp_path)
-    good = [path for name, path in files.items() if not name.startswith("bad")]
-    assert good
+    good = list(good_doc_files(tmp_path).values())
     out, _ = run_command("import_workflow", "--check", *good)
     assert out.splitlines() == [f"{path}: OK" for path in good]
+
+
+def test_each_complete_example_in_the_format_reference_validates_on_its_own(tmp_path: Path) -> None:
+    for path in good_doc_files(tmp_path).values():
+        out, _ = run_command("import_workflow", "--check", path)
+        assert out == f"{path}: OK\n"
+
+
+def test_the_complete_examples_in_the_format_reference_export_as_they_were_imported(tmp_path: Path) -> None:
+    for name, path in good_doc_files(tmp_path).items():
+        key = load_text(Path(path).read_text())["workflow"]["key"]
+        run_command("import_workflow", path)
+        exported, _ = run_command("export_workflow", key)
+        out, _ = run_command("import_workflow", write(tmp_path, f"exported-{name}", exported))
+        assert out.startswith(f"{key} unchanged: still version 1"), out
+
+
+def test_a_secret_header_in_the_format_reference_is_stored_and_exported_as_its_variable(tmp_path: Path) -> None:
+    run_command("import_workflow", good_doc_files(tmp_path)["customer-lookup.yaml"])
+    assert Agent.objects.get(name="crm").config["headers"]["Authorization"] == "Bearer ${CRM_TOKEN}"
+    exported, _ = run_command("export_workflow", "customer-lookup")
+    assert "Bearer ${CRM_TOKEN}" in exported
 
 
 def test_the_bad_example_in_the_format_reference_prints_exactly_the_documented_problems(
@@ -408,6 +453,18 @@ def test_the_bad_example_in_the_format_reference_prints_exactly_the_documented_p
     assert err.splitlines() == documented
 
 
+def test_the_bad_example_in_the_format_reference_has_as_many_mistakes_as_it_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    err, _ = failing_import("bad.yaml")
+    count = {10: "ten", 11: "eleven", 12: "twelve", 13: "thirteen"}[len(err.splitlines())]
+    prose = " ".join(DOC.split())
+    assert f"This file has {count} mistakes" in prose
+    assert f"and all {count} are reported at once" in prose
+
+
 def test_the_content_pipeline_in_the_format_reference_gives_the_documented_output(tmp_path: Path) -> None:
     text = Path(doc_files(tmp_path)["content-pipeline.yaml"]).read_text()
     # The same file without the simulated waits and random failures, to keep the test fast.
@@ -417,3 +474,47 @@ def test_the_content_pipeline_in_the_format_reference_gives_the_documented_outpu
     documented = json.loads(next(b for b in doc_blocks("json") if "tide-pools" in b))
     assert run.status == RunStatus.SUCCEEDED
     assert run.output == documented
+
+
+def test_the_order_fulfilment_saga_in_the_format_reference_ends_with_the_documented_error(tmp_path: Path) -> None:
+    text = Path(doc_files(tmp_path)["order-fulfilment.yaml"]).read_text()
+    # No waits, and a courier that always fails, so the run must undo what it did.
+    text = re.sub(r"delay: [^,}]+", "delay: 0", text)
+    text = text.replace("failure_rate: 0.3", "failure_rate: 1").replace("backoff: 1s", "backoff: 0")
+    load_workflow(text)
+    run = drive(transitions.start_run(workflow="order-fulfilment", input={"order": "A-17", "amount": 42.5}))
+    documented = next(b for b in doc_blocks("text") if "Compensations:" in b).strip()
+    assert run.status == RunStatus.FAILED
+    assert run.error == documented
+    undone = list(run.steps.filter(step_key__endswith=".undo").order_by("finished_at"))
+    assert [(s.step_key, s.input) for s in undone] == [
+        ("charge.undo", {"charge_id": "ch-A-17", "amount": 42.5}),
+        ("reserve.undo", {"reservation": "R-A-17"}),
+    ]
+
+
+def test_the_customer_lookup_in_the_format_reference_falls_back_to_the_replica(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = Path(doc_files(tmp_path)["customer-lookup.yaml"]).read_text()
+    monkeypatch.setenv("CRM_TOKEN", "crm-secret")
+    monkeypatch.setenv("CRM_REPLICA_TOKEN", "replica-secret")
+    settings.BATON_HTTP_ALLOWED_HOSTS = "127.0.0.1"
+    with ScriptedServer() as server:
+        # The same file pointed at a local server, without the waits between tries.
+        text = text.replace("https://crm.example.com", f"{server.url}/crm")
+        text = text.replace("https://crm-replica.example.com", f"{server.url}/replica")
+        load_workflow(text.replace("backoff: 1s", "backoff: 0"))
+        server.script("/crm/api/v2/lookup", Reply(503, {"error": "down for maintenance"}))
+        server.script("/replica/api/v2/lookup", Reply(200, {"name": "Ada Lovelace", "plan": "pro"}))
+        run = drive(transitions.start_run(workflow="customer-lookup", input={"email": "ada@example.com"}))
+        crm, replica = server.seen("/crm/api/v2/lookup"), server.seen("/replica/api/v2/lookup")
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.output == {"customer": {"name": "Ada Lovelace", "plan": "pro"}}
+    assert len(crm) == 3 and len(replica) == 1
+    assert {r.headers["authorization"] for r in crm} == {"Bearer crm-secret"}
+    assert replica[0].headers["authorization"] == "Bearer replica-secret"
+    assert {r.headers["idempotency-key"] for r in crm + replica} == {f"baton-{run.pk}-lookup-1--"}
+    assert crm[0].body == {"email": "ada@example.com"}
+    step = run.steps.get(step_key="lookup")
+    assert (step.agent_name, step.fallback_from) == ("crm-replica", "crm")

@@ -39,7 +39,7 @@ from django_q.tasks import async_task
 
 from orchestration import definitions, dispatch, transitions
 from orchestration.bench_agents import SlowJsonServer
-from orchestration.models import Agent, Run, StepRun, Workflow
+from orchestration.models import Agent, Attempt, Run, StepRun, Workflow
 from orchestration.status import RUN_FINAL, RunStatus
 
 # Set in the environment of the process that does the measuring (see Command.relaunch).
@@ -262,22 +262,30 @@ class Bench:
         return {"throughput": self.sizes.items / mapping, "wall": seconds(started, run.finished_at)}
 
     def http_calls(self, key: str, server: SlowJsonServer) -> dict[str, float]:
-        """Runs of the HTTP for_each; per run: the map's wall time, start to finish (s)."""
+        """Runs of the HTTP for_each: the map's wall time, start to finish (s), and each call as
+        the agent timed it (ms), which separates the server and the network from Baton."""
         steps = self.sizes.http_steps
         self.say(f"{key}: a warm-up run and {RUNS} measured runs on {FANOUT_WORKERS} workers")
-        walls = []
+        walls: list[float] = []
+        calls: list[float] = []
         for number in range(1 + RUNS):
             run = self.start_and_wait(key, timeout=60 + steps * HTTP_DELAY * 10)
             if number == 0:
                 continue
             head = StepRun.objects.get(run=run, map_index__isnull=True)
             walls.append(seconds(head.started_at, head.finished_at))
+            usages = Attempt.objects.filter(step_run__run=run, step_run__map_index__isnull=False)
+            calls += [u["latency_ms"] for u in usages.values_list("usage", flat=True) if "latency_ms" in u]
         expected = (1 + RUNS) * steps
         if server.answered != expected:
             self.notes.append(
                 f"WARNING: the local HTTP server answered {server.answered} calls for {expected} steps."
             )
-        return {"wall": statistics.median(walls), "ideal": steps * HTTP_DELAY / FANOUT_WORKERS}
+        return {
+            "wall": statistics.median(walls),
+            "ideal": steps * HTTP_DELAY / FANOUT_WORKERS,
+            "call": statistics.median(calls) if calls else math.nan,
+        }
 
     def start_and_wait(self, key: str, *, timeout: float) -> Run:
         run = transitions.start_run(workflow=key, trigger="bench")
@@ -338,6 +346,7 @@ class Bench:
                 fourth, f"ideal: {http_steps} x {delay_ms} ms / {FANOUT_WORKERS} workers", calls["ideal"], "s"
             ),
             row(fourth, "wall / ideal", calls["wall"] / calls["ideal"], "x"),
+            row(fourth, "  one call as the agent timed it, median", calls["call"], "ms"),
         ]
         return table
 
