@@ -703,7 +703,7 @@ def next_compensation(run: Run) -> None:
             outcomes.append(f"{row.step_key} succeeded")
         else:
             outcomes.append(f"{row.step_key} FAILED ({row.error})")
-    reason = f"{run.error} Compensations: {'; '.join(outcomes)}."
+    reason = f"{run.error.rstrip('.')}. Compensations: {'; '.join(outcomes)}."
     _end_run(run, run.ends_as or RunStatus.FAILED, reason)
 
 
