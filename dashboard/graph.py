@@ -21,7 +21,8 @@ ROW_GAP = 20
 PADDING = 14
 LOOP_LANE = 26
 TITLE_CHARS = 19
-DETAIL_CHARS = 24
+# About what fits in a node at 11px; a longer agent name ran past the box.
+DETAIL_CHARS = 22
 
 KIND_LABELS = {
     "approval": "approval",
@@ -104,7 +105,11 @@ def _detail(step: Mapping[str, Any], head: StepRun | None) -> str:
     kind = step.get("kind", "agent")
     parts: list[str] = []
     if kind == "agent":
-        parts.append(str(step.get("agent", "")))
+        if head is not None and head.fallback_from:
+            # The agent that answered, not the one the spec names: it failed or was skipped.
+            parts.append(f"↪ {head.agent_name}")
+        else:
+            parts.append(str(step.get("agent", "")))
     elif kind == "workflow":
         parts.append(f"↳ {step.get('workflow', '')}")
     else:
@@ -116,7 +121,9 @@ def _detail(step: Mapping[str, Any], head: StepRun | None) -> str:
         parts.append(f"round {head.iteration}")
     elif step.get("loop"):
         parts.append("loop")
-    return _clip(" · ".join(p for p in parts if p), DETAIL_CHARS)
+    # The arrow of a fallback is wider than a letter.
+    limit = DETAIL_CHARS - 1 if head is not None and head.fallback_from else DETAIL_CHARS
+    return _clip(" · ".join(p for p in parts if p), limit)
 
 
 def build(spec: Mapping[str, Any], heads: Mapping[str, StepRun]) -> Graph:

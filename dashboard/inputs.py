@@ -38,6 +38,9 @@ class InputField:
     def widget(self) -> str:
         if self.choices:
             return "select"
+        if self.type == "string" and "\n" in self.value:
+            # A text input would drop the line breaks of a multi-line default (meeting notes).
+            return "textarea"
         return {
             "integer": "number",
             "number": "number",

@@ -1,6 +1,6 @@
-"""Read-mostly pages for operations leads: runs, workflows, one run.
+"""Read-mostly pages for operations leads: runs, workflows, agents, one run.
 
-Each live part of a page is one partial (`_runs_table.html`, `_run_live.html`): the full page
+Each live part of a page is one partial (`_runs_table.html`, `_run_live.html`, `_agents.html`): the full page
 includes it, an htmx poll or action returns it alone, and the websocket push will render it.
 Every change goes through orchestration.transitions; nothing here writes a row itself.
 """
@@ -13,7 +13,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, F, Max, OuterRef, Q, Subquery, Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -22,10 +22,21 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
-from dashboard import graph, inputs
+from dashboard import agent_status, graph, inputs
 from orchestration import transitions
-from orchestration.models import Agent, AgentKind, Run, RunEvent, StepRun, Workflow, WorkflowVersion
+from orchestration.models import (
+    Agent,
+    AgentKind,
+    Attempt,
+    Run,
+    RunEvent,
+    StepKind,
+    StepRun,
+    Workflow,
+    WorkflowVersion,
+)
 from orchestration.status import STEP_FINAL, RunStatus
+from orchestration.usage import run_usage
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -131,6 +142,7 @@ class WorkflowCard:
     counts: dict[str, int]
     last_run_at: Any
     form: inputs.StartForm
+    llm_warnings: list[agent_status.LlmWarning]
 
     @property
     def total_runs(self) -> int:
@@ -146,7 +158,7 @@ def _schema(version: WorkflowVersion | None) -> dict[str, Any]:
 
 
 def _workflow_cards(forms: dict[int, inputs.StartForm] | None = None) -> list[WorkflowCard]:
-    """Every workflow with its latest version and run counts, in four queries."""
+    """Every workflow with its latest version, run counts and LLM warnings, in five queries."""
     latest = WorkflowVersion.objects.filter(workflow=OuterRef("pk")).order_by("-number").values("pk")[:1]
     workflows = list(Workflow.objects.select_related("owner").annotate(latest_id=Subquery(latest)))
     versions = WorkflowVersion.objects.in_bulk([w.latest_id for w in workflows if w.latest_id])
@@ -156,6 +168,7 @@ def _workflow_cards(forms: dict[int, inputs.StartForm] | None = None) -> list[Wo
         counts.setdefault(row["workflow_id"], {})[row["status"]] = row["n"]
         if last_run.get(row["workflow_id"]) is None or row["last"] > last_run[row["workflow_id"]]:
             last_run[row["workflow_id"]] = row["last"]
+    warnings = agent_status.llm_warnings({pk: version.spec for pk, version in versions.items()})
     forms = forms or {}
     cards = []
     for workflow in workflows:
@@ -167,6 +180,7 @@ def _workflow_cards(forms: dict[int, inputs.StartForm] | None = None) -> list[Wo
                 counts=counts.get(workflow.pk, {}),
                 last_run_at=last_run.get(workflow.pk),
                 form=forms.get(workflow.pk) or inputs.build_form(_schema(version)),
+                llm_warnings=warnings.get(version.pk, []) if version is not None else [],
             )
         )
     return cards
@@ -207,6 +221,23 @@ def start_run(request: HtmxHttpRequest, key: str) -> HttpResponse:
 
 
 # ---------------------------------------------------------------------------------------------
+# Agents
+
+
+@require_GET
+@login_required
+def agents(request: HtmxHttpRequest) -> HttpResponse:
+    rows = agent_status.agent_rows()
+    context = {
+        "rows": rows,
+        "open_circuits": sum(1 for row in rows if row.circuit_state != "closed"),
+        "in_flight": sum(row.in_flight for row in rows),
+        "throttled": sum(row.throttled for row in rows),
+    }
+    return _partial_or_page(request, "dashboard/agents.html", "dashboard/_agents.html", context)
+
+
+# ---------------------------------------------------------------------------------------------
 # One run
 
 
@@ -217,6 +248,9 @@ class StepRow:
     latest: bool
     child_run_id: int | None
     attempts: int
+    # With fallback_from set: whether the primary agent was called and failed, or was never
+    # called because its circuit was open.
+    primary_called: bool = False
 
     @property
     def fold_id(self) -> str:
@@ -227,8 +261,11 @@ class StepRow:
 def _run_context(run: Run, notice: str = "") -> dict[str, Any]:
     spec = run.version.spec
     order = {s["key"]: i for i, s in enumerate(spec.get("steps", []))}
+    rows = list(StepRun.objects.filter(run=run, map_index__isnull=True))
+    # Compensations ("<key>.undo") are not steps of the spec: they get their own section.
+    compensations = [row for row in rows if row.kind == StepKind.COMPENSATION]
     step_rows = sorted(
-        StepRun.objects.filter(run=run, map_index__isnull=True),
+        (row for row in rows if row.kind != StepKind.COMPENSATION),
         key=lambda s: (order.get(s.step_key, len(order)), s.iteration, s.pk),
     )
     heads: dict[str, StepRun] = {}
@@ -237,7 +274,7 @@ def _run_context(run: Run, notice: str = "") -> dict[str, Any]:
             heads[row.step_key] = row
     simulated = set(
         Agent.objects.filter(
-            name__in={s.agent_name for s in step_rows if s.agent_name}, kind=AgentKind.SIMULATED
+            name__in={s.agent_name for s in rows if s.agent_name}, kind=AgentKind.SIMULATED
         ).values_list("name", flat=True)
     )
     # A for_each head is never attempted itself; its items are.
@@ -248,6 +285,16 @@ def _run_context(run: Run, notice: str = "") -> dict[str, Any]:
         .annotate(total=Sum("attempts"))
         .values_list("parent_id", "total")
     )
+    took_over = [row.pk for row in step_rows if row.fallback_from]
+    primary_called = (
+        set(
+            Attempt.objects.filter(step_run__in=took_over, step_run__fallback_from=F("agent_name")).values_list(
+                "step_run_id", flat=True
+            )
+        )
+        if took_over
+        else set()
+    )
     children = dict(
         Run.objects.filter(parent_step__run=run).order_by("pk").values_list("parent_step_id", "pk")
     )
@@ -257,6 +304,7 @@ def _run_context(run: Run, notice: str = "") -> dict[str, Any]:
         .select_related("step_run", "actor")
         .order_by("-id")[:TIMELINE_LIMIT]
     )[::-1]
+    usage = run_usage(run)
     return {
         "run": run,
         "graph": graph.build(spec, heads),
@@ -267,13 +315,20 @@ def _run_context(run: Run, notice: str = "") -> dict[str, Any]:
                 latest=heads[row.step_key] is row,
                 child_run_id=children.get(row.pk),
                 attempts=item_attempts.get(row.pk, row.attempts),
+                primary_called=row.pk in primary_called,
             )
             for row in step_rows
+        ],
+        # Newest first, as the engine undoes them.
+        "compensations": [
+            StepRow(step=row, agent_simulated=row.agent_name in simulated, latest=True, child_run_id=None, attempts=row.attempts)
+            for row in sorted(compensations, key=lambda c: c.pk)
         ],
         "events": events,
         "events_hidden": max(0, events_total - len(events)),
         "steps_total": len(order),
         "steps_done": sum(1 for key in order if key in heads and heads[key].status in STEP_FINAL),
+        "usage": usage if usage["total_tokens"] or usage["cost"] else None,
         "notice": notice,
     }
 

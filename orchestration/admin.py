@@ -137,7 +137,8 @@ class AgentHealthInline(ReadOnlyInline):
     fields = ("circuit_label", "counting_since", "opened_at", "reopens_at", "trial_step", "updated_at")
     readonly_fields = fields
     show_change_link = False
-    verbose_name_plural = "health (circuit breaker)"
+    # One row at most, so the admin titles the inline with the singular name.
+    verbose_name = "health (circuit breaker)"
 
     @admin.display(description="Circuit")
     def circuit_label(self, obj: AgentHealth) -> SafeString:

@@ -42,12 +42,59 @@ def duration(seconds: float | None) -> str:
     return f"{days}d {hours}h"
 
 
+@register.filter
+def span(seconds: float | None) -> str:
+    """A configured length of time, as a workflow file would say it: 90s is 1m 30s, 300 is 5m."""
+    if seconds is None:
+        return ""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:g}s"
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h"] if hours else []
+    if minutes:
+        parts.append(f"{minutes}m")
+    if secs and not hours:
+        parts.append(f"{secs}s")
+    return " ".join(parts)
+
+
+@register.filter
+def circuit_label(state: str) -> str:
+    return "half-open" if state == "half_open" else state
+
+
 @register.simple_tag
 def elapsed(start: datetime | None, end: datetime | None = None) -> str:
     """Time from start to end, or to now for something still going."""
     if start is None:
         return ""
     return duration(((end or timezone.now()) - start).total_seconds())
+
+
+@register.simple_tag
+def until(moment: datetime | None) -> str:
+    """Time from now to a moment ahead (a retry, a circuit reopening); "" once it has passed."""
+    if moment is None:
+        return ""
+    seconds = (moment - timezone.now()).total_seconds()
+    return duration(seconds) if seconds > 0 else ""
+
+
+@register.filter
+def money(amount: float | None) -> str:
+    """$12.30, and four places below a cent, where a single LLM call usually lands ($0.0042)."""
+    if amount is None:
+        return ""
+    amount = float(amount)
+    if amount == 0:
+        return "$0"
+    if amount < 0.0001:
+        return "<$0.0001"
+    if amount < 0.01:
+        return f"${amount:.4f}".rstrip("0")
+    return f"${amount:,.2f}"
 
 
 @register.filter

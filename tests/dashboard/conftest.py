@@ -53,3 +53,10 @@ def digest(ops: Any) -> WorkflowVersion:
 def ops_client(client: Client, ops: Any) -> Client:
     client.force_login(ops)
     return client
+
+
+@pytest.fixture
+def no_llm_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No language model configured, as on a fresh checkout."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)

@@ -20,7 +20,7 @@ def run(digest: WorkflowVersion) -> Run:
     return transitions.start_run(workflow="digest", input={"topic": "tides"})
 
 
-@pytest.mark.parametrize("page", ["runs", "workflows", "run"])
+@pytest.mark.parametrize("page", ["runs", "workflows", "agents", "run"])
 def test_every_page_sends_an_anonymous_visitor_to_the_login_page(client: Client, run: Run, page: str) -> None:
     url = reverse(f"dashboard:{page}", args=[run.pk] if page == "run" else [])
     response = client.get(url)

@@ -58,3 +58,9 @@ def test_the_form_prefills_defaults_and_keeps_what_was_typed() -> None:
     first = typed.fields[0]
     assert (first.value, first.error, first.widget) == ("seven", "enter a whole number", "number")
     assert typed.problems == ["n: enter a whole number"]
+
+
+def test_a_string_with_line_breaks_gets_a_textarea_so_they_survive() -> None:
+    fields = {f.name: f for f in inputs.build_form({"notes": {"type": "string", "default": "one\ntwo"}, "title": {"type": "string", "default": "one line"}}).fields}
+    assert fields["notes"].widget == "textarea"
+    assert fields["title"].widget == "text"

@@ -110,7 +110,7 @@ def test_the_steps_table_shows_items_attempts_agents_and_timings(
 def test_a_simulated_agent_is_labelled_simulated(ops_client: Client) -> None:
     load_workflow(AGENTS + "workflow:\n  key: story\n  name: Story\n  steps:\n    - {key: tell, agent: storyteller}\n")
     run = drive(transitions.start_run(workflow="story", input={"topic": "owls"}))
-    assert '<span>storyteller <span class="tag tag--sim">simulated</span></span>' in step_row(page_of(ops_client, run), "tell")
+    assert '<span class="agent-cell__name">storyteller <span class="tag tag--sim">simulated</span></span>' in step_row(page_of(ops_client, run), "tell")
 
 
 def test_a_failed_run_says_which_step_failed_and_why(ops_client: Client) -> None:
@@ -240,6 +240,6 @@ def test_the_run_page_takes_a_fixed_number_of_queries(
 ) -> None:
     run = drive(transitions.start_run(workflow="digest", input={"topic": "t", "sections": list("abcdefghij")}))
     # session, user, run, head rows, simulated agents, item attempts, child runs, event
-    # count, events: ten items or a thousand.
-    with django_assert_max_num_queries(9):
+    # count, events, and for usage the run's sub-runs and attempts: ten items or a thousand.
+    with django_assert_max_num_queries(11):
         ops_client.get(reverse("dashboard:run", args=[run.pk]))

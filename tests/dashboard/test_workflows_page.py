@@ -154,6 +154,83 @@ def test_the_workflows_page_takes_a_fixed_number_of_queries(
     for key in ("one", "two", "three", "four"):
         load_workflow(f"workflow:\n  key: {key}\n  name: {key}\n  steps:\n    - {{key: s, agent: echo}}\n")
         transitions.start_run(workflow=key)
-    # session, user, workflows with owner and latest version id, the versions, run counts.
-    with django_assert_max_num_queries(5):
+    # session, user, workflows with owner and latest version id, the versions, run counts,
+    # the agents (for LLM warnings).
+    with django_assert_max_num_queries(6):
         ops_client.get(reverse("dashboard:workflows"))
+
+
+# --- language models that are not configured ---------------------------------------------------
+
+LLM_AGENTS = """
+agents:
+  - {name: echo, kind: python, config: {callable: "tests.agents.basic:echo"}}
+  - {name: stand-in, kind: simulated, config: {output: "stand-in"}}
+  - {name: writer, kind: llm, config: {model: gpt-4o-mini}, fallback: stand-in}
+  - {name: lonely-writer, kind: llm, config: {model: gpt-4o-mini}}
+  - {name: flaky, kind: python, config: {callable: "tests.agents.basic:echo"}, fallback: lonely-writer}
+"""
+
+
+def llm_workflow(key: str, step: str) -> None:
+    load_workflow(LLM_AGENTS + f"workflow:\n  key: {key}\n  name: {key}\n  steps:\n    - {step}\n")
+
+
+def warnings_of(page: str, key: str) -> list[str]:
+    return [" ".join(w.split()) for w in re.findall(r'<li class="llm-warning">(.*?)</li>', card(page, key), re.DOTALL)]
+
+
+def test_a_workflow_using_an_unconfigured_llm_agent_warns_and_names_its_fallback(
+    ops_client: Client, ops: Any, no_llm_server: None
+) -> None:
+    llm_workflow("notes", "{key: summarise, agent: writer}")
+    [warning] = warnings_of(ops_client.get(reverse("dashboard:workflows")).content.decode(), "notes")
+    assert '<span class="tag tag--warn">LLM not configured: no base_url and OPENAI_BASE_URL is not set</span>' in warning
+    assert f'agent <a href="{reverse("dashboard:agents")}#agent-writer">writer</a>; fallback <strong>stand-in</strong> answers instead' in warning
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "{key: a, agent: flaky}",  # the agent's own fallback is an LLM
+        "{key: a, agent: echo, fallback: lonely-writer}",  # the step's fallback is
+        "{key: a, agent: echo, compensate: {agent: lonely-writer}}",  # its undo is
+    ],
+)
+def test_an_llm_agent_used_as_a_fallback_or_compensation_warns_too(
+    ops_client: Client, ops: Any, no_llm_server: None, step: str
+) -> None:
+    llm_workflow("indirect", step)
+    [warning] = warnings_of(ops_client.get(reverse("dashboard:workflows")).content.decode(), "indirect")
+    assert "LLM not configured: no base_url and OPENAI_BASE_URL is not set" in warning
+    assert ">lonely-writer</a>; its steps will fail" in warning
+
+
+def test_a_missing_api_key_is_named(ops_client: Client, ops: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    llm_workflow("notes", "{key: summarise, agent: writer}")
+    [warning] = warnings_of(ops_client.get(reverse("dashboard:workflows")).content.decode(), "notes")
+    assert "LLM not configured: environment variable OPENAI_API_KEY is not set" in warning
+
+
+def test_no_warning_once_the_server_and_key_are_set_or_for_workflows_without_llm_agents(
+    ops_client: Client, ops: Any, digest: WorkflowVersion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llm_workflow("notes", "{key: summarise, agent: writer}")
+    page = ops_client.get(reverse("dashboard:workflows")).content.decode()
+    assert warnings_of(page, "digest") == []
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    page = ops_client.get(reverse("dashboard:workflows")).content.decode()
+    assert "LLM not configured" not in page
+
+
+def test_a_multi_line_default_is_offered_in_a_textarea(ops_client: Client, ops: Any) -> None:
+    load_workflow(
+        'agents:\n  - {name: echo, kind: python, config: {callable: "tests.agents.basic:echo"}}\n'
+        "workflow:\n  key: notes\n  name: Notes\n  inputs:\n    notes: {type: string, default: \"first line\\nsecond line\"}\n"
+        "  steps:\n    - {key: s, agent: echo}\n"
+    )
+    form = card(ops_client.get(reverse("dashboard:workflows")).content.decode(), "notes")
+    assert '<textarea id="input-notes-notes" name="notes" rows="2">first line\nsecond line</textarea>' in form

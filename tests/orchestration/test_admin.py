@@ -14,6 +14,8 @@ from django.urls import reverse
 from orchestration import transitions
 from orchestration.models import (
     Agent,
+    AgentEvent,
+    AgentHealth,
     Attempt,
     DraftStep,
     Run,
@@ -342,3 +344,76 @@ def test_cancelling_selected_runs_cancels_the_running_ones_and_explains_the_fini
     shown = messages_of(response)
     assert "Cancelled 1 run(s)." in shown
     assert f"Not cancelled: run {finished_run.pk} already succeeded." in shown
+
+
+# --- agents: fallback, circuit breaker, concurrency ---------------------------------------------
+
+
+@pytest.fixture
+def tripped(finished_run: Run) -> Agent:
+    """The echo agent with a circuit breaker that has just opened."""
+    agent = Agent.objects.get(name="echo")
+    agent.fallback = "demo-writer"
+    agent.circuit = {"failures": 3, "window": 60.0, "cooldown": 30.0}
+    agent.max_concurrency = 4
+    agent.save()
+    AgentHealth.objects.create(agent=agent, circuit_state="open")
+    AgentEvent.objects.create(agent=agent, from_state="closed", to_state="open", message="3 failures within 60s")
+    return agent
+
+
+@pytest.mark.parametrize("model", [AgentHealth, AgentEvent])
+def test_agent_health_and_events_open_for_a_superuser(admin_client: Client, tripped: Agent, model: type) -> None:
+    obj = model.objects.get()
+    assert admin_client.get(changelist(model)).status_code == 200
+    page = admin_client.get(change(obj)).content.decode()
+    assert "echo" in page
+    assert 'name="_save"' not in page
+
+
+@pytest.mark.parametrize("model", [AgentHealth, AgentEvent])
+def test_agent_health_and_events_cannot_be_added_changed_or_deleted(
+    admin_client: Client, tripped: Agent, model: type
+) -> None:
+    obj = model.objects.get()
+    name = model._meta.model_name
+    assert admin_client.get(reverse(f"admin:orchestration_{name}_add")).status_code == 403
+    delete = reverse(f"admin:orchestration_{name}_delete", args=[obj.pk])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    assert "delete_selected" not in admin_client.get(changelist(model)).content.decode()
+    admin_client.post(change(obj), {"circuit_state": "closed", "to_state": "closed", "agent": tripped.pk})
+    assert AgentHealth.objects.get().circuit_state == "open"
+    assert AgentEvent.objects.get().to_state == "open"
+
+
+def test_the_agent_page_edits_fallback_circuit_and_concurrency_and_shows_its_health(
+    admin_client: Client, tripped: Agent
+) -> None:
+    page = admin_client.get(change(tripped)).content.decode()
+    for field in ("fallback", "circuit", "max_concurrency"):
+        assert f'name="{field}"' in page, field
+    assert 'value="demo-writer"' in page
+    assert "health (circuit breaker)" in page.lower()
+    assert '<strong style="color: #c62828">Open</strong>' in page
+    events = reverse("admin:orchestration_agentevent_changelist") + f"?agent__id__exact={tripped.pk}"
+    assert f'<a href="{events}">1 events</a>' in page
+
+
+def test_the_agent_list_shows_each_circuit_in_one_query(admin_client: Client, tripped: Agent) -> None:
+    for index in range(10):
+        agent = Agent.objects.create(name=f"extra-{index}", kind="python", circuit={"failures": 1, "window": 60.0, "cooldown": 1.0})
+        AgentHealth.objects.create(agent=agent, circuit_state="half_open")
+    Agent.objects.create(name="unguarded", kind="python")
+    with CaptureQueriesContext(connection) as queries:
+        page = admin_client.get(changelist(Agent)).content.decode()
+    assert len(queries) < 12
+    assert page.count('<strong style="color: #b54708">Half-open (one trial)</strong>') == 10
+    assert '<strong style="color: #c62828">Open</strong>' in page
+    assert "no breaker" in page
+
+
+def test_the_step_run_page_names_the_agent_a_fallback_replaced(admin_client: Client, finished_run: Run) -> None:
+    step = StepRun.objects.filter(run=finished_run, step_key="write").get()
+    StepRun.objects.filter(pk=step.pk).update(fallback_from="writer-llm")
+    page = admin_client.get(change(step)).content.decode()
+    assert "Fallback from" in page and "writer-llm" in page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from io import StringIO
 from pathlib import Path
@@ -17,6 +18,7 @@ from orchestration.demo_users import DEMO_USERS
 from orchestration.management.commands import load_demo
 from orchestration.models import Agent, Run, StepRun, Workflow, WorkflowVersion
 from orchestration.status import RunStatus, StepStatus
+from tests.servers import FakeOpenAI, Reply, completion
 from tests.support import drive
 
 pytestmark = pytest.mark.django_db
@@ -27,6 +29,7 @@ DEMO_WORKFLOWS = [
     "competitive-analysis",
     "daily-operations-report",
     "document-processing",
+    "meeting-notes",
     "support-routing",
     "quarterly-metrics",
     "quarterly-narrative",
@@ -49,7 +52,14 @@ def fast_passwords(settings: Any) -> None:
 
 
 @pytest.fixture
-def demo() -> None:
+def no_llm_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No language model configured, as on a fresh checkout: llm agents hand over to fallbacks."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+@pytest.fixture
+def demo(no_llm_server: None) -> None:
     """The demo loaded, with simulated agents made instant and reliable so runs are fast."""
     load(quiet=True)
     for agent in Agent.objects.filter(kind="simulated"):
@@ -98,15 +108,27 @@ def test_it_publishes_every_demo_workflow() -> None:
         assert workflow.description
 
 
-def test_every_demo_agent_is_simulated_with_a_short_delay_and_a_low_failure_rate() -> None:
+def test_every_simulated_demo_agent_has_a_short_delay_and_a_low_failure_rate() -> None:
     load(quiet=True)
-    for agent in Agent.objects.all():
-        assert agent.kind == "simulated", agent.name
+    for agent in Agent.objects.filter(kind="simulated"):
         low, high = agent.config["delay"]
         assert low.endswith("s") and high.endswith("s"), agent.name
         assert 0 <= agent.config["failure_rate"] <= 0.1, agent.name
         assert agent.retry["attempts"] >= 3, agent.name
         assert "output" in agent.config, agent.name
+
+
+def test_every_other_demo_agent_is_an_llm_agent_with_a_simulated_fallback() -> None:
+    # The demo must work without a model server: whatever is not simulated has a stand-in.
+    load(quiet=True)
+    others = Agent.objects.exclude(kind="simulated")
+    assert list(others.values_list("name", "kind")) == [("meeting-summariser", "llm")]
+    for agent in others:
+        assert Agent.objects.get(name=agent.fallback).kind == "simulated", agent.name
+        assert "base_url" not in agent.config, "the demo reads OPENAI_BASE_URL"
+        assert agent.config["api_key_env"] == "OPENAI_API_KEY"
+        assert agent.config["prices"] and agent.config["context_window"]
+        assert agent.circuit and agent.max_concurrency
 
 
 def test_running_it_twice_publishes_nothing_new_and_duplicates_no_one() -> None:
@@ -277,3 +299,48 @@ def test_the_quarterly_review_delegates_to_two_worker_runs(demo: None) -> None:
     assert all(c.status == RunStatus.SUCCEEDED for c in children)
     assert len(run.output["scorecard"]) == 5
     assert run.output["title"] == "Q1 2025 Business Review"
+
+
+def test_the_meeting_notes_are_summarised_by_the_labelled_stand_in_without_a_model(demo: None) -> None:
+    run = run_demo("meeting-notes")
+    summarise = StepRun.objects.get(run=run, step_key="summarise")
+    assert summarise.status == StepStatus.SUCCEEDED
+    assert summarise.agent_name == "meeting-summariser-standin"
+    assert summarise.fallback_from == "meeting-summariser"
+    assert run.output["stand_in"] is True
+    assert run.output["summary"].startswith("[Stand-in - no language model answered]")
+    assert "Lena will run the flag rollout at 10% and report the drop-off numbers on Friday." in summarise.output["notes"]
+    assert run.output["tasks"] == []
+    assert run.output["recap"] == "[stand-in] Recap: Weekly product sync"
+
+
+def test_with_a_model_configured_the_meeting_notes_file_one_task_per_action_item(
+    demo: None, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.BATON_HTTP_ALLOWED_HOSTS = "127.0.0.1"
+    answer = {
+        "summary": "Ship the shorter setup flow behind a flag; SSO moves into this quarter.",
+        "decisions": ["SSO moves into this quarter"],
+        "action_items": [
+            {"owner": "Tom Okafor", "task": "Write the SSO technical plan", "due": "2025-04-11"},
+            {"owner": "Lena Fischer", "task": "Run the flag rollout at 10%", "due": None},
+        ],
+        "open_questions": ["Do we charge for SSO?"],
+    }
+    with FakeOpenAI() as server:
+        server.script(FakeOpenAI.PATH, Reply(200, completion(json.dumps(answer), prompt_tokens=420, completion_tokens=96)))
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-demo")
+        run = run_demo("meeting-notes")
+        [request] = server.seen(FakeOpenAI.PATH)
+    summarise = StepRun.objects.get(run=run, step_key="summarise")
+    assert (summarise.agent_name, summarise.fallback_from) == ("meeting-summariser", "")
+    assert request.body["model"] == "gpt-4o-mini"
+    assert request.headers["authorization"] == "Bearer sk-demo"
+    assert "Tom will write the SSO technical plan by 2025-04-11." in request.body["messages"][-1]["content"]
+    assert [(t["assignee"], t["title"]) for t in run.output["tasks"]] == [
+        ("Tom Okafor", "Write the SSO technical plan"),
+        ("Lena Fischer", "Run the flag rollout at 10%"),
+    ]
+    assert run.output["stand_in"] is False
+    assert run.output["recap"] == "Recap: Weekly product sync"
