@@ -325,6 +325,10 @@ class Attempt(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["step_run", "number"], name="attempt_number_unique")
         ]
+        indexes = [
+            # Circuit breakers count an agent's recent failures; the Agents page sums its usage.
+            models.Index(fields=["agent_name", "finished_at"], name="attempt_agent_time_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.step_run}"
