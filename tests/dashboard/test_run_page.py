@@ -243,3 +243,18 @@ def test_the_run_page_takes_a_fixed_number_of_queries(
     # count, events, and for usage the run's sub-runs and attempts: ten items or a thousand.
     with django_assert_max_num_queries(11):
         ops_client.get(reverse("dashboard:run", args=[run.pk]))
+
+
+def test_a_long_run_output_is_folded_on_the_run_page(client, ops) -> None:  # type: ignore[no-untyped-def]
+    from orchestration import transitions
+    from tests.support import drive, load_workflow
+
+    load_workflow(
+        'agents: [{name: echo, kind: python, config: {callable: "tests.agents.basic:echo"}}]\n'
+        "workflow: {key: long, name: Long, steps: [{key: a, agent: echo, input: '{{ range(60) | list }}'}]}"
+    )
+    run = drive(transitions.start_run(workflow="long"))
+    client.force_login(ops)
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    # the step's cell and the run's own output are both folded
+    assert page.count('<details class="fold"') >= 2

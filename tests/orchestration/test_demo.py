@@ -35,6 +35,8 @@ DEMO_WORKFLOWS = [
     "quarterly-narrative",
     "quarterly-review",
 ]
+# These wait for people; tests/approvals/test_demo_workflows.py runs them with decisions.
+PEOPLE_WORKFLOWS = ["approval-article-release", "approval-refund", "approval-address-correction"]
 # Every demo input has a default, so each workflow starts with no input at all.
 REQUIRED_INPUTS: dict[str, dict[str, Any]] = {}
 
@@ -101,7 +103,7 @@ def test_it_creates_the_demo_users_with_their_documented_passwords() -> None:
 
 def test_it_publishes_every_demo_workflow() -> None:
     load(quiet=True)
-    assert set(Workflow.objects.values_list("key", flat=True)) == set(DEMO_WORKFLOWS)
+    assert set(Workflow.objects.values_list("key", flat=True)) == set(DEMO_WORKFLOWS + PEOPLE_WORKFLOWS)
     for workflow in Workflow.objects.all():
         assert workflow.latest_version is not None, workflow.key
         assert workflow.owner is not None and workflow.owner.username in ("ops", "admin")

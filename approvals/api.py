@@ -1,0 +1,276 @@
+"""The JSON API (django-ninja), mounted at /api/; its OpenAPI description is /api/openapi.json.
+
+Every write goes through approvals.transitions, exactly like the inbox pages, and its errors
+map to status codes in one place (the exception handlers below): NotAllowed 403, a missing
+item 404, AlreadyDecided 409, InvalidInput 422.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypedDict
+
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI, Schema, Status
+from ninja.errors import HttpError, ValidationError
+
+from approvals import access, transitions
+from approvals.auth import BearerToken, SessionWithCsrf
+from approvals.models import Item, ItemStatus
+from approvals.notifications import item_url
+from orchestration.transitions import InvalidTransition
+
+api = NinjaAPI(
+    title="Baton API",
+    version="1",
+    description=(
+        "Authenticate with `Authorization: Bearer <token>` (create one in the admin or with "
+        "`manage.py create_api_token USERNAME`). A logged-in browser session works too, with "
+        "Django's CSRF token on writes."
+    ),
+    urls_namespace="api",
+    auth=[BearerToken(), SessionWithCsrf()],
+    # The interactive docs page loads Swagger UI from a CDN; Baton serves no third-party
+    # files from outside static/, so only the OpenAPI document is published.
+    docs_url=None,
+)
+
+MAX_ITEMS = 500
+
+
+# ---------------------------------------------------------------------------------------------
+# Payloads
+
+
+class VotePayload(TypedDict):
+    user: str
+    decision: str
+    comment: str
+    created_at: datetime
+
+
+class ItemPayload(TypedDict):
+    id: int
+    kind: str
+    status: str
+    title: str
+    details: str
+    action: Any
+    error: str
+    risk: str
+    deadline: datetime | None
+    workflow: str
+    run_id: int
+    step: str
+    requested_by: str | None
+    required: int
+    votes: list[VotePayload]
+    decision: str
+    decided_by: str | None
+    decided_at: datetime | None
+    comment: str
+    url: str
+
+
+class VoteOut(Schema):
+    user: str
+    decision: str
+    comment: str
+    created_at: datetime
+
+
+class ItemOut(Schema):
+    id: int
+    kind: str
+    status: str
+    title: str
+    details: str
+    action: Any = None
+    error: str
+    risk: str
+    deadline: datetime | None
+    workflow: str
+    run_id: int
+    step: str
+    requested_by: str | None
+    required: int
+    votes: list[VoteOut]
+    decision: str
+    decided_by: str | None
+    decided_at: datetime | None
+    comment: str
+    url: str
+
+
+class DecisionIn(Schema):
+    decision: str
+    comment: str = ""
+
+
+class ErrorOut(Schema):
+    detail: str
+    errors: dict[str, str] = {}
+
+
+class ConflictOut(Schema):
+    detail: str
+    status: str
+    decided_by: str | None
+    decided_at: datetime | None
+
+
+def _username(user: Any) -> str | None:
+    return user.get_username() if user is not None else None
+
+
+def item_payload(item: Item) -> ItemPayload:
+    return {
+        "id": item.pk,
+        "kind": item.kind,
+        "status": item.status,
+        "title": item.title,
+        "details": item.details,
+        "action": item.action,
+        "error": item.error,
+        "risk": item.risk,
+        "deadline": item.deadline,
+        "workflow": item.run.workflow.key,
+        "run_id": item.run_id,
+        "step": item.step_run.step_key,
+        "requested_by": _username(item.requested_by),
+        "required": item.required,
+        "votes": [
+            {
+                "user": v.user.get_username(),
+                "decision": v.decision,
+                "comment": v.comment,
+                "created_at": v.created_at,
+            }
+            for v in item.votes.all()
+        ],
+        "decision": item.decision,
+        "decided_by": _username(item.decided_by),
+        "decided_at": item.decided_at,
+        "comment": item.comment,
+        "url": item_url(item),
+    }
+
+
+def _with_related(items: QuerySet[Item]) -> QuerySet[Item]:
+    return items.select_related("run__workflow", "step_run", "requested_by", "decided_by").prefetch_related(
+        "votes__user"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def _error(
+    request: HttpRequest, status: int, detail: str, errors: dict[str, str] | None = None
+) -> HttpResponse:
+    return api.create_response(request, {"detail": detail, "errors": errors or {}}, status=status)
+
+
+@api.exception_handler(transitions.NotAllowed)
+def _not_allowed(request: HttpRequest, exc: transitions.NotAllowed) -> HttpResponse:
+    return _error(request, 403, str(exc))
+
+
+@api.exception_handler(Item.DoesNotExist)
+def _missing(request: HttpRequest, exc: Item.DoesNotExist) -> HttpResponse:
+    return _error(request, 404, "No such item.")
+
+
+@api.exception_handler(transitions.AlreadyDecided)
+def _already_decided(request: HttpRequest, exc: transitions.AlreadyDecided) -> HttpResponse:
+    data = {
+        "detail": str(exc),
+        "status": exc.status,
+        "decided_by": _username(exc.decided_by),
+        "decided_at": exc.decided_at,
+    }
+    return api.create_response(request, data, status=409)
+
+
+@api.exception_handler(InvalidTransition)
+def _invalid_transition(request: HttpRequest, exc: InvalidTransition) -> HttpResponse:
+    return _error(request, 409, str(exc))
+
+
+@api.exception_handler(transitions.InvalidInput)
+def _invalid_input(request: HttpRequest, exc: transitions.InvalidInput) -> HttpResponse:
+    return _error(request, 422, str(exc), exc.errors)
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
+        # A body that is not JSON is a bad body like any other: 422, naming it.
+        return _error(request, 422, "body: not valid JSON", {"body": "not valid JSON"})
+    return _error(request, exc.status_code, str(exc))
+
+
+@api.exception_handler(ValidationError)
+def _invalid_request(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    # ninja's default names fields by location lists; clients get {field: problem} as for
+    # every other 422 here.
+    errors: dict[str, str] = {}
+    for error in exc.errors:
+        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        name = location[-1] if location and location[-1] != "payload" else "body"
+        errors.setdefault(name, str(error.get("msg", "invalid")))
+    detail = "; ".join(f"{name}: {problem}" for name, problem in errors.items())
+    return _error(request, 422, detail or "invalid request", errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoints
+
+
+@api.get("/approvals", response={200: list[ItemOut], 422: ErrorOut}, tags=["approvals"], summary="Your items")
+def list_items(request: HttpRequest, status: str = ItemStatus.PENDING, limit: int = 100) -> Any:
+    """status=pending (the default): the items waiting for you to decide, soonest deadline first.
+    Any other status (or `all`): the items you may see in that status, newest first."""
+    user = request.auth  # type: ignore[attr-defined]
+    if status == ItemStatus.PENDING:
+        items = access.decidable_items(user)
+    elif status == "all":
+        items = access.visible_items(user).order_by("-created_at", "-id")
+    elif status in ItemStatus.values:
+        items = access.visible_items(user).filter(status=status).order_by("-decided_at", "-id")
+    else:
+        choices = ", ".join([*ItemStatus.values, "all"])
+        return Status(
+            422,
+            {
+                "detail": f"status: must be one of {choices}",
+                "errors": {"status": f"must be one of {choices}"},
+            },
+        )
+    limit = max(1, min(limit, MAX_ITEMS))
+    return Status(200, [item_payload(item) for item in _with_related(items)[:limit]])
+
+
+@api.get("/approvals/{item_id}", response={200: ItemOut, 403: ErrorOut, 404: ErrorOut}, tags=["approvals"])
+def get_item(request: HttpRequest, item_id: int) -> Any:
+    item = Item.objects.filter(pk=item_id).first()
+    if item is None:
+        return Status(404, {"detail": "No such item."})
+    if not access.can_view(request.auth, item):  # type: ignore[attr-defined]
+        return Status(403, {"detail": "This item is not assigned to you."})
+    return Status(200, item_payload(_with_related(Item.objects.filter(pk=item_id)).get()))
+
+
+@api.post(
+    "/approvals/{item_id}/decision",
+    response={200: ItemOut, 403: ErrorOut, 404: ErrorOut, 409: ConflictOut, 422: ErrorOut},
+    tags=["approvals"],
+    summary="Approve or reject",
+)
+def decide(request: HttpRequest, item_id: int, payload: DecisionIn) -> Any:
+    """`{"decision": "approve" | "reject", "comment": "..."}`; rejecting needs a comment.
+    409 when someone decided first (or the item expired or was cancelled): says who and when."""
+    transitions.vote(item_id=item_id, user=request.auth, decision=payload.decision, comment=payload.comment)  # type: ignore[attr-defined]
+    return Status(200, item_payload(_with_related(Item.objects.filter(pk=item_id)).get()))
