@@ -209,6 +209,12 @@ def test_an_approver_signs_in_approves_one_item_rejects_another_and_the_runs_go_
         row.get_by_role("button", name="Reject").click()
         expect(row).to_have_attribute("data-status", "rejected")
         expect(row.locator(".row-outcome")).to_contain_text("by approver")
+        # Focus moves after htmx settles the swap: wait for it rather than reading it at once.
+        page.wait_for_function(
+            "(decided) => { const tr = document.activeElement && document.activeElement.closest('tr');"
+            " return !!(tr && tr.id && tr.id !== decided); }",
+            arg=f"item-row-{sign_off.pk}",
+        )
         focused = page.evaluate("document.activeElement.closest('tr') && document.activeElement.closest('tr').id")
         assert focused and focused != f"item-row-{sign_off.pk}", focused
         expect(page.locator(f"#{focused} [data-focus]")).to_be_focused()
