@@ -326,6 +326,26 @@ class WorkflowVersionAdmin(ReadOnlyAdmin):
 # Runtime
 
 
+class ExecutionDisplays:
+    """Columns shared by runs and step runs: coloured status, duration, input and output."""
+
+    @admin.display(description="Status", ordering="status")
+    def status_label(self, obj: Run | StepRun) -> SafeString:
+        return coloured_status(obj.status, obj.get_status_display())
+
+    @admin.display(description="Duration")
+    def duration(self, obj: Run | StepRun) -> str:
+        return seconds_label(obj.duration_seconds)
+
+    @admin.display(description="Input")
+    def input_json(self, obj: Run | StepRun) -> SafeString:
+        return pretty_json(obj.input)
+
+    @admin.display(description="Output")
+    def output_json(self, obj: Run | StepRun) -> SafeString:
+        return pretty_json(obj.output)
+
+
 class StepRunInline(ReadOnlyInline):
     model = StepRun
     fk_name = "run"
@@ -350,7 +370,7 @@ class StepRunInline(ReadOnlyInline):
 
 
 @admin.register(Run)
-class RunAdmin(ReadOnlyAdmin):
+class RunAdmin(ExecutionDisplays, ReadOnlyAdmin):
     list_display = (
         "id",
         "status_label",
@@ -385,25 +405,9 @@ class RunAdmin(ReadOnlyAdmin):
     inlines = (StepRunInline,)
     actions = ("cancel_selected",)
 
-    @admin.display(description="Status", ordering="status")
-    def status_label(self, obj: Run) -> SafeString:
-        return coloured_status(obj.status, obj.get_status_display())
-
     @admin.display(description="Version", ordering="version__number")
     def version_number(self, obj: Run) -> str:
         return f"v{obj.version.number}"
-
-    @admin.display(description="Duration")
-    def duration(self, obj: Run) -> str:
-        return seconds_label(obj.duration_seconds)
-
-    @admin.display(description="Input")
-    def input_json(self, obj: Run) -> SafeString:
-        return pretty_json(obj.input)
-
-    @admin.display(description="Output")
-    def output_json(self, obj: Run) -> SafeString:
-        return pretty_json(obj.output)
 
     @admin.display(description="Events")
     def events(self, obj: Run) -> SafeString:
@@ -438,7 +442,7 @@ class AttemptInline(ReadOnlyInline):
 
 
 @admin.register(StepRun)
-class StepRunAdmin(ReadOnlyAdmin):
+class StepRunAdmin(ExecutionDisplays, ReadOnlyAdmin):
     list_display = (
         "id",
         "run",
@@ -483,21 +487,6 @@ class StepRunAdmin(ReadOnlyAdmin):
     readonly_fields = fields
     inlines = (AttemptInline,)
 
-    @admin.display(description="Status", ordering="status")
-    def status_label(self, obj: StepRun) -> SafeString:
-        return coloured_status(obj.status, obj.get_status_display())
-
-    @admin.display(description="Duration")
-    def duration(self, obj: StepRun) -> str:
-        return seconds_label(obj.duration_seconds)
-
-    @admin.display(description="Input")
-    def input_json(self, obj: StepRun) -> SafeString:
-        return pretty_json(obj.input)
-
-    @admin.display(description="Output")
-    def output_json(self, obj: StepRun) -> SafeString:
-        return pretty_json(obj.output)
 
 
 @admin.register(Attempt)
