@@ -482,7 +482,10 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
 
 
 def after_success(run: Run, head: StepRun) -> None:
-    """A head row has just succeeded: apply its loop, then advance."""
+    """A head row has just succeeded: apply its loop, then advance.
+
+    `head` may be a partial row (pk, step_key, iteration, kind): read it in full before saving.
+    """
     if head.kind == StepKind.COMPENSATION:
         next_compensation(run)
         return
@@ -493,7 +496,7 @@ def after_success(run: Run, head: StepRun) -> None:
         try:
             done = bool(evaluate(loop["until"], context))
         except TemplateError as exc:
-            fail_step(run, head, f"`loop.until` {exc}", ErrorClass.PERMANENT)
+            fail_step(run, StepRun.objects.get(pk=head.pk), f"`loop.until` {exc}", ErrorClass.PERMANENT)
             return
         if not done:
             if head.iteration < loop["max_iterations"]:
@@ -501,7 +504,7 @@ def after_success(run: Run, head: StepRun) -> None:
             elif loop["on_exhausted"] == "fail":
                 fail_step(
                     run,
-                    head,
+                    StepRun.objects.get(pk=head.pk),
                     f"loop back to '{loop['back_to']}' ran {loop['max_iterations']} times "
                     f"and `{loop['until']}` never became true",
                     ErrorClass.PERMANENT,

@@ -118,6 +118,7 @@ class Claim:
     item: Any = None
     parent_id: int | None = None
     version_id: int = 0
+    kind: str = StepKind.AGENT
 
 
 def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
@@ -180,6 +181,7 @@ def claim_steps(*, step_run_ids: list[int], worker: str) -> list[Claim]:
             item=step.item,
             parent_id=step.parent_id,
             version_id=step.run.version_id,
+            kind=step.kind,
         )
         for step in steps
     ]
@@ -232,7 +234,18 @@ def record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None = 
             engine.event(run, EventKind.STEP_SUCCEEDED, step=item, from_status=StepStatus.RUNNING, to_status=StepStatus.SUCCEEDED)
             _items_succeeded(run, claim.parent_id, 1)
             return True
-        step = StepRun.objects.get(pk=claim.step_run_id)
+        # What follows needs only these fields; re-reading the row would cost a round trip on
+        # the handoff path (after_success reads the full row itself if the step must fail).
+        step = StepRun(
+            pk=claim.step_run_id,
+            run_id=claim.run_id,
+            step_key=claim.step_key,
+            iteration=claim.iteration,
+            kind=claim.kind,
+            agent_name=claim.agent_name,
+            status=StepStatus.SUCCEEDED,
+            output=output,
+        )
         engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.RUNNING, to_status=step.status)
         engine.after_success(run, step)
     return True
