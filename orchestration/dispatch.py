@@ -7,7 +7,9 @@ sees a step that is not in the database yet.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 from django.db import transaction
@@ -28,8 +30,30 @@ def broker():  # type: ignore[no-untyped-def]
     return _broker
 
 
+_keep = threading.local()
+
+
+@contextmanager
+def keeping_the_next_step() -> Iterator[list[int]]:
+    """While active, a single step queued by the engine is kept for the calling worker
+    instead of being sent: it runs it next, without a round trip through the broker.
+
+    Only the first lone step is kept; anything else is sent as usual.
+    """
+    kept: list[int] = []
+    _keep.slot = kept
+    try:
+        yield kept
+    finally:
+        _keep.slot = None
+
+
 def send_steps_on_commit(step_run_ids: Iterable[int]) -> None:
     ids = list(step_run_ids)
+    slot = getattr(_keep, "slot", None)
+    if slot is not None and not slot and len(ids) == 1:
+        slot.append(ids[0])
+        return
     if ids:
         transaction.on_commit(partial(send_steps, ids))
 

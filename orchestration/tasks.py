@@ -163,19 +163,27 @@ def _record_failure(claim: transitions.Claim, outcome: Outcome) -> None:
 
 def execute_step(step_run_id: int) -> None:
     # django-q2's worker closes stale database connections around every task.
-    claim = transitions.claim_step(step_run_id=step_run_id, worker=worker_label())
-    if claim is None:
-        return  # a duplicate message, or the step was cancelled meanwhile
-    agent = load_agent(claim.agent_name)
-    if agent is None:
-        _record_failure(claim, Outcome(None, error_class=ErrorClass.PERMANENT, message=f"agent '{claim.agent_name}' no longer exists"))
-        return
-    with Heartbeat([claim.step_run_id], claim.token) as heartbeat:
-        outcome = _run_agent(agent, claim, heartbeat.stop)
-    if outcome.result is None:
-        _record_failure(claim, outcome)
-    else:
-        transitions.record_success(claim=claim, output=outcome.output, usage=outcome.result.usage)
+    worker = worker_label()
+    claim = transitions.claim_step(step_run_id=step_run_id, worker=worker)
+    started = time.monotonic()
+    while claim is not None:  # None: a duplicate message, or the step was cancelled meanwhile
+        agent = load_agent(claim.agent_name)
+        if agent is None:
+            _record_failure(claim, Outcome(None, error_class=ErrorClass.PERMANENT, message=f"agent '{claim.agent_name}' no longer exists"))
+            return
+        with Heartbeat([claim.step_run_id], claim.token) as heartbeat:
+            outcome = _run_agent(agent, claim, heartbeat.stop)
+        if outcome.result is None:
+            _record_failure(claim, outcome)
+            return
+        usage = outcome.result.usage
+        # A worker goes on with the next step of a sequence (record_success_and_take_next) for
+        # at most BATON_CONTINUE_SECONDS per task, well inside django-q2's task timeout; then
+        # the broker hands the next step to whichever worker is free.
+        if time.monotonic() - started >= settings.BATON_CONTINUE_SECONDS:
+            transitions.record_success(claim=claim, output=outcome.output, usage=usage)
+            return
+        claim = transitions.record_success_and_take_next(claim=claim, output=outcome.output, usage=usage, worker=worker)
 
 
 def execute_steps(step_run_ids: list[int]) -> None:

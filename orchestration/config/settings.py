@@ -131,6 +131,8 @@ BATON_HEARTBEAT_SECONDS = env_float("BATON_HEARTBEAT_SECONDS", 5.0, minimum=0.05
 BATON_LEASE_SECONDS = env_float("BATON_LEASE_SECONDS", 20.0, minimum=0.1)
 BATON_TICK_SECONDS = env_float("BATON_TICK_SECONDS", 0.5, minimum=0.01)
 BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 60.0, minimum=0.1)
+# How long one worker task may go on running the next steps of a sequence itself (0: never).
+BATON_CONTINUE_SECONDS = env_float("BATON_CONTINUE_SECONDS", 30.0, minimum=0.0)
 
 # Hosts http and llm agents may call: names, *.suffix, IP addresses or networks, "*" for any
 # public host. Private, loopback and link-local addresses need their address listed.

@@ -88,7 +88,8 @@ def test_thirty_runs_take_as_few_queries_as_three(
     assert response.content.count(b"<tr data-run=") == 30
 
 
-def test_progress_counts_a_step_sent_back_by_a_loop_as_unfinished(ops_client: Client, ops: Any) -> None:
+def test_progress_counts_a_step_sent_back_by_a_loop_as_unfinished(ops_client: Client, ops: Any, settings: Any) -> None:
+    settings.BATON_CONTINUE_SECONDS = 0  # step one worker task at a time
     load_workflow(
         AGENTS
         + """

@@ -81,7 +81,8 @@ def test_the_workflow_output_template_shapes_the_run_output() -> None:
 # --- parallel ----------------------------------------------------------------------------------
 
 
-def test_independent_steps_are_queued_together_and_joined_once_both_finish() -> None:
+def test_independent_steps_are_queued_together_and_joined_once_both_finish(settings: Any) -> None:
+    settings.BATON_CONTINUE_SECONDS = 0  # step one worker task at a time
     flow(
         "    - {key: sales, agent: echo, input: 3}\n"
         "    - {key: support, agent: echo, input: 4}\n"
@@ -138,7 +139,8 @@ def test_for_each_over_an_empty_list_gives_an_empty_list() -> None:
     assert head(run, "after").output == {"t": []}
 
 
-def test_for_each_concurrency_holds_back_items_until_a_slot_frees() -> None:
+def test_for_each_concurrency_holds_back_items_until_a_slot_frees(settings: Any) -> None:
+    settings.BATON_CONTINUE_SECONDS = 0  # step one worker task at a time
     flow("    - {key: t, agent: echo, for_each: input.items, concurrency: 2}", extra="  inputs: {items: {type: list, default: [1, 2, 3, 4, 5]}}")
     run = transitions.start_run(workflow="wf")
     items = StepRun.objects.filter(run=run, map_index__isnull=False)
@@ -513,3 +515,40 @@ def test_the_event_log_is_append_only() -> None:
     first.message = "rewritten history"
     with pytest.raises(ValueError, match="RunEvent rows are append-only"):
         first.save()
+
+
+def test_a_worker_runs_the_next_step_of_a_sequence_itself() -> None:
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: echo, after: [a], input: 2}\n    - {key: c, agent: echo, after: [b], input: 3}")
+    run = transitions.start_run(workflow="wf")
+    execute_step(head(run, "a").pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, "one task ran the whole sequence, with no broker round trip"
+    workers = set(Attempt.objects.filter(step_run__run=run).values_list("worker", flat=True))
+    assert len(workers) == 1
+    assert list(RunEvent.objects.filter(run=run, step_run__step_key="b").values_list("kind", flat=True)) == [
+        "step.queued",
+        "step.started",
+        "step.succeeded",
+    ]
+
+
+def test_a_worker_hands_the_sequence_to_the_broker_after_its_time(settings: Any) -> None:
+    settings.BATON_CONTINUE_SECONDS = 0
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: echo, after: [a], input: 2}")
+    run = transitions.start_run(workflow="wf")
+    execute_step(head(run, "a").pk)
+    assert head(run, "b").status == StepStatus.QUEUED
+
+
+def test_a_step_taken_by_a_worker_that_then_dies_goes_to_another_worker() -> None:
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: echo, after: [a], input: 2}")
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        run = transitions.start_run(workflow="wf")
+        first = transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1")
+        assert first is not None
+        taken = transitions.record_success_and_take_next(claim=first, output=1, worker="w1")
+        assert taken is not None and head(run, "b").status == StepStatus.RUNNING
+        clock.shift(60)  # w1 dies before running b: its lease runs out
+        run = drive(run, clock=clock)
+    assert run.status == RunStatus.SUCCEEDED
+    assert list(Attempt.objects.filter(step_run=head(run, "b")).values_list("error_class", flat=True)) == [ErrorClass.LOST, ""]

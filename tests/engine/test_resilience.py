@@ -201,7 +201,8 @@ def test_a_failing_compensation_is_reported_loudly_and_the_others_still_run(capl
     assert any("compensation 'charge.undo' failed" in r.getMessage() for r in caplog.records)
 
 
-def test_a_cancelled_run_compensates_only_when_its_workflow_asks() -> None:
+def test_a_cancelled_run_compensates_only_when_its_workflow_asks(settings: Any) -> None:
+    settings.BATON_CONTINUE_SECONDS = 0  # step one worker task at a time
     flow(SAGA % "undo", extra="  on_cancel: compensate")
     run = transitions.start_run(workflow="wf")
     execute_step(head(run, "reserve").pk)
