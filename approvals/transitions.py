@@ -102,7 +102,7 @@ def _lock(item_id: int) -> Item:
     """Lock the run, then the item (raises Item.DoesNotExist)."""
     run_id = Item.objects.values_list("run_id", flat=True).get(pk=item_id)
     run = runs.lock_run(run_id)
-    item = Item.objects.select_for_update().get(pk=item_id)
+    item = Item.objects.select_for_update(no_key=True).get(pk=item_id)
     item.run = run
     return item
 

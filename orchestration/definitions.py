@@ -206,7 +206,7 @@ def _publish(
     workflow: Workflow, spec: dict[str, Any], *, user: Any, note: str
 ) -> WorkflowVersion:
     # Lock the workflow row so two publishers cannot both take the same number.
-    Workflow.objects.select_for_update().filter(pk=workflow.pk).first()
+    Workflow.objects.select_for_update(no_key=True).filter(pk=workflow.pk).first()
     latest = workflow.versions.order_by("-number").first()
     if latest is not None and latest.spec == spec:
         return latest  # nothing changed: publishing again would only add a duplicate version

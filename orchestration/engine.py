@@ -607,7 +607,7 @@ def fail_run(run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: An
     Attempt.objects.filter(step_run_id__in=stopped, status="running").update(
         status="failed", finished_at=now, error_class=ErrorClass.CANCELLED, error=f"stopped: {reason}"
     )
-    for child in Run.objects.filter(parent_step_id__in=stopped, status=RunStatus.RUNNING).select_for_update():
+    for child in Run.objects.filter(parent_step_id__in=stopped, status=RunStatus.RUNNING).select_for_update(no_key=True):
         fail_run(child, f"parent run {run.pk} stopped: {reason}", status=RunStatus.CANCELLED, actor=actor)
     if _start_compensations(run, reason, status, actor):
         return

@@ -50,7 +50,7 @@ def _guarded(agent: Agent | None) -> bool:
 
 def _lock_health(agent: Agent) -> AgentHealth:
     AgentHealth.objects.get_or_create(agent=agent)
-    return AgentHealth.objects.select_for_update().get(agent=agent)
+    return AgentHealth.objects.select_for_update(no_key=True).get(agent=agent)
 
 
 # ---------------------------------------------------------------------------------------------

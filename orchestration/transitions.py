@@ -43,7 +43,12 @@ def lock_run(run_id: int) -> Run:
 def _lock_run(run_id: int) -> Run:
     # Lock order: a run before its steps; a parent run before its children. Child-to-parent
     # notifications happen in a separate transaction after commit, so the order never inverts.
-    return Run.objects.select_for_update().select_related("workflow").get(pk=run_id)
+    # FOR NO KEY UPDATE, not FOR UPDATE: transitions of one run still queue behind each other,
+    # but rows that merely reference the run (events, attempts inserted by a claim) need only
+    # a KEY SHARE lock for their foreign-key check at commit, and must not wait for us: with
+    # FOR UPDATE, a claim holding an agent's lock and a transition holding the run's lock and
+    # wanting that agent's lock deadlocked.
+    return Run.objects.select_for_update(no_key=True).select_related("workflow").get(pk=run_id)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -254,7 +254,10 @@ def test_twenty_parallel_steps_never_exceed_the_agents_limit_on_real_workers() -
 
             wait_for(finished, timeout=90, message=f"the fan-out\n{cluster.log()}")
     assert run.status == RunStatus.SUCCEEDED, run.error
-    assert len(server.seen("/work")) == 20
+    calls = server.seen("/work")
+    retried = list(Attempt.objects.filter(step_run__run=run).exclude(error_class="").values_list("step_run__map_index", "number", "error_class", "error"))
+    assert len({c.headers["idempotency-key"] for c in calls}) == 20, retried
+    assert len(calls) == 20, f"a call was repeated: {retried}"
     assert server.max_in_flight <= 3
     assert server.max_in_flight == 3, "the limit is used, not just respected"
     assert RunEvent.objects.filter(run=run, kind=EventKind.STEP_THROTTLED).exists()
