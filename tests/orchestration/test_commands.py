@@ -287,29 +287,24 @@ def test_cancelling_an_unknown_run_is_an_error() -> None:
 # --- start_run --wait against real workers -----------------------------------------------------
 
 
+def wait_for_pipeline_run(cluster: WorkerCluster) -> subprocess.CompletedProcess[str]:
+    """`start_run pipeline --wait` in its own process, against the cluster's database."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "start_run", "pipeline", "--input", '{"topic": "tides"}', "--wait", "--timeout", "60"],
+        env=cluster.env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
 @pytest.mark.cluster
 @pytest.mark.django_db(transaction=True)
 def test_waiting_for_a_run_prints_its_result_and_exits_0_when_it_succeeds() -> None:
     load_workflow(PIPELINE)
     with WorkerCluster(workers=2) as cluster:
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "manage.py"),
-                "start_run",
-                "pipeline",
-                "--input",
-                '{"topic": "tides"}',
-                "--wait",
-                "--timeout",
-                "60",
-            ],
-            env=cluster.env(),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        done = wait_for_pipeline_run(cluster)
     assert done.returncode == 0, done.stderr + cluster.log()
     summary = json.loads(done.stdout)
     assert summary["status"] == "succeeded"
@@ -336,24 +331,7 @@ def test_waiting_for_a_run_that_fails_prints_the_error_and_exits_1() -> None:
         ).replace("{key: research, agent: echo,", "{key: research, agent: refuse,")
     )
     with WorkerCluster(workers=1) as cluster:
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "manage.py"),
-                "start_run",
-                "pipeline",
-                "--input",
-                '{"topic": "tides"}',
-                "--wait",
-                "--timeout",
-                "60",
-            ],
-            env=cluster.env(),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        done = wait_for_pipeline_run(cluster)
     assert done.returncode == 1, done.stderr + cluster.log()
     summary = json.loads(done.stdout)
     assert summary["status"] == "failed"
