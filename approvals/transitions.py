@@ -16,7 +16,6 @@ Errors (views and the API map them to status codes):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -34,7 +33,7 @@ from approvals.models import Item, ItemEvent, ItemEventKind, ItemKind, ItemStatu
 from orchestration import engine
 from orchestration import transitions as runs
 from orchestration.durations import parse_duration
-from orchestration.spec import INPUT_TYPES, check_input_value
+from orchestration.spec import INPUT_TYPES, check_input_value, value_from_text
 from orchestration.status import StepStatus
 
 if TYPE_CHECKING:
@@ -240,28 +239,6 @@ def vote(*, item_id: int, user: Person, decision: str, comment: str = "") -> Ite
 # ---------------------------------------------------------------------------------------------
 # Manual tasks
 
-_TRUE = {"true", "on", "yes", "1"}
-_FALSE = {"false", "off", "no", "0"}
-
-
-def _coerce(kind: str, value: Any) -> Any:
-    """HTML forms send text: turn it into the field's type (JSON clients send typed values)."""
-    if not isinstance(value, str) or kind == "string":
-        return value
-    if kind == "integer":
-        return int(value)
-    if kind == "number":
-        number = float(value)
-        return int(number) if number.is_integer() and "." not in value else number
-    if kind == "boolean":
-        if value.lower() in _TRUE:
-            return True
-        if value.lower() in _FALSE:
-            return False
-        raise ValueError(value)
-    return json.loads(value)  # list, object
-
-
 def clean_form(form: Mapping[str, Any], data: Any) -> dict[str, Any]:
     """Validate a manual task's submission against its form schema; the values it stores.
 
@@ -288,7 +265,7 @@ def clean_form(form: Mapping[str, Any], data: Any) -> dict[str, Any]:
                 values[name] = False if kind == "boolean" else None
             continue
         try:
-            value = _coerce(kind, raw)
+            value = value_from_text(kind, raw)
         except ValueError:
             errors[name] = f"expected {kind}"
             continue

@@ -9,7 +9,6 @@ error message names each bad field, and `field_errors` files each part under its
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ from typing import Any
 
 from django.http import QueryDict
 
-TRUE_WORDS = {"on", "true", "1", "yes"}
+from orchestration.spec import TRUE_WORDS, value_from_text
+
 _FIELD_MESSAGE = re.compile(r"^input `(?P<name>[^`]+)`: (?P<message>.+)$", re.DOTALL)
 
 
@@ -134,36 +134,10 @@ def parse(schema: Mapping[str, Mapping[str, Any]], data: QueryDict) -> tuple[dic
                 errors[name] = f"{raw!r} is not one of the choices"
             continue
         try:
-            values[name] = _convert(kind, raw.strip())
+            values[name] = value_from_text(kind, raw)
         except ValueError as exc:
             errors[name] = str(exc)
     return values, errors
-
-
-def _convert(kind: str, raw: str) -> Any:
-    if kind == "integer":
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError("enter a whole number") from None
-    if kind == "number":
-        try:
-            return int(raw)
-        except ValueError:
-            pass
-        try:
-            number = float(raw)
-        except ValueError:
-            raise ValueError("enter a number") from None
-        if not math.isfinite(number):
-            raise ValueError("enter a finite number")
-        return number
-    if kind in ("list", "object"):
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
-    return raw
 
 
 def field_errors(message: str, names: set[str]) -> dict[str, str]:

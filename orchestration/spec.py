@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -458,6 +459,49 @@ def _normalise_inputs(raw: Any, where: str, problems: Problems) -> dict[str, Any
             item["default"] = definition["default"]
         inputs[str(name)] = item
     return inputs
+
+
+TRUE_WORDS = frozenset({"true", "on", "yes", "1"})
+FALSE_WORDS = frozenset({"false", "off", "no", "0"})
+
+
+def value_from_text(kind: str, raw: Any) -> Any:
+    """A schema value from what an HTML form sent (text); typed values pass through.
+
+    Raises ValueError with a message a person can act on.
+    """
+    if not isinstance(raw, str) or kind == "string":
+        return raw
+    text = raw.strip()
+    if kind == "integer":
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("enter a whole number") from None
+    if kind == "number":
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError("enter a number") from None
+        if not math.isfinite(number):
+            raise ValueError("enter a finite number")
+        return number
+    if kind == "boolean":
+        if text.lower() in TRUE_WORDS:
+            return True
+        if text.lower() in FALSE_WORDS:
+            return False
+        raise ValueError("enter true or false")
+    if kind in ("list", "object"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    return raw
 
 
 def check_input_value(definition: Mapping[str, Any], value: Any) -> str | None:
