@@ -4,21 +4,27 @@ Views, the API and approvals.transitions all ask here; templates only mirror the
 Rules:
 - An item is decided by its assignees (users named on it, or members of its groups) and by
   superusers. An exception item is also decided by the workflow's owner.
-- The person who started the run never decides its approvals or gates, unless the workflow
-  allows self-approval (superusers included: the rule is about the person, not the role).
-- An item is seen by whoever may decide it, its assignees, superusers, the workflow's owner
-  and the run's starter.
+- The person who started the run never decides its approvals, gates or exception items,
+  unless the workflow allows self-approval (superusers included: the rule is about the person,
+  not the role). Nor does whoever retried a gated step from its exception item approve the gate
+  that retry reopened: someone else approves the input they chose.
+- An item is seen by whoever may decide it, its assignees, superusers, the workflow's owner,
+  the run's starter, and everyone who acted on it (voted, reassigned it, resolved it): a
+  person who handed an item on still sees it and its history.
+- An item may be reassigned only to someone eligible for it: its assignees (named or through
+  its groups, now or when it was opened), its escalation targets, or a superuser.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.shortcuts import get_object_or_404
 
-from approvals.models import Item, ItemKind, ItemStatus
+from approvals.models import Item, ItemEvent, ItemEventKind, ItemKind, ItemStatus
 from orchestration.status import StepStatus
 
 if TYPE_CHECKING:
@@ -28,9 +34,10 @@ if TYPE_CHECKING:
 else:
     Person = Any
 
-# Kinds where "you cannot approve your own run" applies; manual tasks and exceptions are work,
-# not consent.
-SELF_APPROVAL_KINDS = frozenset({ItemKind.APPROVAL, ItemKind.GATE})
+# Kinds where "you cannot approve your own run" applies. Manual tasks are work, not consent;
+# an exception's retry, skip or abort decides what the run does next (a retry may rerun a risky
+# action, a skip invents the output later steps trust), so it is consent like an approval.
+SELF_APPROVAL_KINDS = frozenset({ItemKind.APPROVAL, ItemKind.GATE, ItemKind.EXCEPTION})
 
 
 def _active(user: Person) -> bool:
@@ -57,14 +64,27 @@ def is_assigned(user: Person, item: Item) -> bool:
     return item.groups.filter(user=_pk(user)).exists()
 
 
-def is_self_approval(user: Person, item: Item) -> bool:
-    """True when this user started the run and the workflow does not let them approve it."""
-    return (
-        item.kind in SELF_APPROVAL_KINDS
-        and not item.allow_self_approval
-        and item.requested_by_id is not None
-        and item.requested_by_id == _pk(user)
+def _retries_of_step(user_id: Any, step_run_id: Any) -> QuerySet[Item]:
+    """Exception items of this step that this user resolved with a retry."""
+    return Item.objects.filter(
+        step_run_id=step_run_id, kind=ItemKind.EXCEPTION, decision="retry", decided_by_id=user_id
     )
+
+
+def self_approval_reason(user: Person, item: Item) -> str:
+    """Why this person may not decide this item by the self-approval rule ("" when it does not apply)."""
+    if item.kind not in SELF_APPROVAL_KINDS or item.allow_self_approval or not _pk(user):
+        return ""
+    if item.requested_by_id is not None and item.requested_by_id == _pk(user):
+        return "You started this run; the workflow does not allow deciding on your own run."
+    if item.kind == ItemKind.GATE and _retries_of_step(_pk(user), item.step_run_id).exists():
+        return "You retried this step; someone else must approve the action it now asks to run."
+    return ""
+
+
+def is_self_approval(user: Person, item: Item) -> bool:
+    """True when the self-approval rule keeps this user from deciding the item."""
+    return bool(self_approval_reason(user, item))
 
 
 def _owns_workflow(user: Person, item: Item) -> bool:
@@ -82,6 +102,10 @@ def can_decide(user: Person, item: Item) -> bool:
     return is_assigned(user, item)
 
 
+def _acted_on(user: Person, item: Item) -> bool:
+    return ItemEvent.objects.filter(item=item, actor_id=_pk(user)).exists()
+
+
 def can_view(user: Person, item: Item) -> bool:
     if not _active(user):
         return False
@@ -89,7 +113,59 @@ def can_view(user: Person, item: Item) -> bool:
         return True
     if _pk(user) in (item.requested_by_id, item.run.started_by_id, item.decided_by_id):
         return True
-    return is_assigned(user, item)
+    return is_assigned(user, item) or _acted_on(user, item)
+
+
+def refusal(user: Person, item: Item) -> str:
+    """A sentence saying why this person may not act on (or see) this item."""
+    reason = self_approval_reason(user, item)
+    if reason:
+        return reason
+    handed_on = (
+        ItemEvent.objects.filter(item=item, kind__in=[ItemEventKind.REASSIGNED, ItemEventKind.ESCALATED])
+        .select_related("actor")
+        .order_by("-id")
+        .first()
+    )
+    if handed_on is not None and _was_assigned(user, handed_on.data.get("from") or {}):
+        to = handed_on.data.get("to")
+        if isinstance(to, dict):
+            to = ", ".join([*(to.get("users") or []), *(f"group {g}" for g in to.get("groups") or [])])
+        if handed_on.kind == ItemEventKind.REASSIGNED:
+            by = handed_on.actor.get_username() if handed_on.actor else "someone"
+            return f"This item was reassigned to {to} by {by}; it is no longer yours to decide."
+        return f"This item was escalated to {to}; it is no longer yours to decide."
+    return "This item is not assigned to you."
+
+
+def _was_assigned(user: Person, people: dict[str, Any]) -> bool:
+    if not _active(user):
+        return False
+    if user.get_username() in (people.get("users") or []):
+        return True
+    return user.groups.filter(name__in=people.get("groups") or []).exists()
+
+
+def eligible_assignees(item: Item) -> QuerySet[Any]:
+    """Everyone an item may be reassigned to: its assignees (now, or when it was opened, named or
+    through a group), its escalation targets, and superusers. Active users only."""
+    usernames: set[str] = set()
+    groups: set[str] = set()
+    for people in [
+        item.escalate_to or {},
+        *(e.data for e in item.events.filter(kind=ItemEventKind.CREATED)),
+    ]:
+        usernames.update(str(u) for u in people.get("users") or [])
+        groups.update(str(g) for g in people.get("groups") or [])
+    User = get_user_model()
+    return User.objects.filter(
+        Q(pk__in=item.users.values("pk"))
+        | Q(groups__in=item.groups.values("pk"))
+        | Q(username__in=usernames)
+        | Q(groups__name__in=groups)
+        | Q(is_superuser=True),
+        is_active=True,
+    ).distinct()
 
 
 def decidable_items(user: Person) -> QuerySet[Item]:
@@ -99,9 +175,12 @@ def decidable_items(user: Person) -> QuerySet[Item]:
     items = Item.objects.filter(status=ItemStatus.PENDING, step_run__status=StepStatus.WAITING)
     if not user.is_superuser:
         items = items.filter(_assigned_q(user) | Q(kind=ItemKind.EXCEPTION, run__workflow__owner=_pk(user)))
-    return items.exclude(
-        kind__in=list(SELF_APPROVAL_KINDS), allow_self_approval=False, requested_by=_pk(user)
-    ).order_by("deadline", "id")
+    retried = _retries_of_step(_pk(user), OuterRef("step_run_id"))
+    return (
+        items.exclude(kind__in=list(SELF_APPROVAL_KINDS), allow_self_approval=False, requested_by=_pk(user))
+        .exclude(Q(kind=ItemKind.GATE, allow_self_approval=False) & Exists(retried))
+        .order_by("deadline", "id")
+    )
 
 
 def visible_items(user: Person) -> QuerySet[Item]:
@@ -116,6 +195,7 @@ def visible_items(user: Person) -> QuerySet[Item]:
         | Q(requested_by=_pk(user))
         | Q(run__started_by=_pk(user))
         | Q(decided_by=_pk(user))
+        | Q(pk__in=ItemEvent.objects.filter(actor_id=_pk(user)).values("item_id"))
     )
 
 
@@ -130,5 +210,5 @@ def get_item_for_user(user: Person, pk: int) -> Item:
         Item.objects.select_related("run__workflow__owner", "step_run", "requested_by", "decided_by"), pk=pk
     )
     if not can_view(user, item):
-        raise PermissionDenied("This item is not assigned to you.")
+        raise PermissionDenied(refusal(user, item))
     return item

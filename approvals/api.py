@@ -108,6 +108,18 @@ class DecisionIn(Schema):
     comment: str = ""
 
 
+class ResolveIn(Schema):
+    action: str
+    input: Any = None
+    output: Any = None
+    comment: str = ""
+
+
+class ReassignIn(Schema):
+    to_user: str
+    note: str = ""
+
+
 class ErrorOut(Schema):
     detail: str
     errors: dict[str, str] = {}
@@ -273,4 +285,42 @@ def decide(request: HttpRequest, item_id: int, payload: DecisionIn) -> Any:
     """`{"decision": "approve" | "reject", "comment": "..."}`; rejecting needs a comment.
     409 when someone decided first (or the item expired or was cancelled): says who and when."""
     transitions.vote(item_id=item_id, user=request.auth, decision=payload.decision, comment=payload.comment)  # type: ignore[attr-defined]
+    return Status(200, item_payload(_with_related(Item.objects.filter(pk=item_id)).get()))
+
+
+@api.post(
+    "/approvals/{item_id}/resolve",
+    response={200: ItemOut, 403: ErrorOut, 404: ErrorOut, 409: ConflictOut, 422: ErrorOut},
+    tags=["approvals"],
+    summary="Retry, skip or abort an exception",
+)
+def resolve(request: HttpRequest, item_id: int, payload: ResolveIn) -> Any:
+    """`{"action": "retry" | "skip" | "abort", "input": ..., "output": ..., "comment": "..."}`.
+    A retry with an `input` other than the one the step failed on runs it with that input; a
+    gated or high-risk step then waits at a new gate that shows it. The run's starter may not
+    resolve its exceptions unless the workflow allows self-approval (403)."""
+    transitions.resolve_exception(
+        item_id=item_id,
+        user=request.auth,  # type: ignore[attr-defined]
+        action=payload.action,
+        input=payload.input,
+        output=payload.output,
+        comment=payload.comment,
+    )
+    return Status(200, item_payload(_with_related(Item.objects.filter(pk=item_id)).get()))
+
+
+@api.post(
+    "/approvals/{item_id}/reassign",
+    response={200: ItemOut, 403: ErrorOut, 404: ErrorOut, 409: ConflictOut, 422: ErrorOut},
+    tags=["approvals"],
+    summary="Hand an item to someone else",
+)
+def reassign(request: HttpRequest, item_id: int, payload: ReassignIn) -> Any:
+    """`{"to_user": "username", "note": "why"}`: only to someone eligible for the item (its
+    assignees, members of its groups, its escalation targets or an admin); anyone else is 422
+    naming `to_user`, and nothing changes."""
+    user = request.auth  # type: ignore[attr-defined]
+    transitions.reassign(item_id=item_id, user=user, to_user=payload.to_user, note=payload.note)
+    # The caller handed it on but still sees it (access.can_view), so the answer is the item.
     return Status(200, item_payload(_with_related(Item.objects.filter(pk=item_id)).get()))

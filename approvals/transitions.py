@@ -110,9 +110,9 @@ def _check_allowed(user: Person, item: Item) -> User:
     """The user, if they may act on this item (anonymous visitors never may)."""
     if access.can_decide(user, item):
         return cast("User", user)
-    if access.is_self_approval(user, item):
-        raise NotAllowed("You started this run; the workflow does not allow approving your own run.")
-    raise NotAllowed("Only this item's assignees or an admin may act on it.")
+    if not user.is_authenticated:
+        raise NotAllowed("Only this item's assignees or an admin may act on it.")
+    raise NotAllowed(access.refusal(user, item))
 
 
 def _check_open(item: Item) -> None:
@@ -335,6 +335,10 @@ def resolve_exception(
         if action not in EXCEPTION_ACTIONS:
             raise InvalidInput({"action": "must be 'retry', 'skip' or 'abort'"})
         edited = action == "retry" and input is not None
+        if edited and (item.step_run.items_total or engine.step_spec(item.run, item.step_run.step_key).get("for_each")):
+            # A map's retry reruns its failed items with the inputs they were given (and, if
+            # gated, approved); a new head input would change nothing they do.
+            raise InvalidInput({"input": "a for_each step's items keep their own inputs; retry it without editing"})
         # The item is closed before the engine moves: aborting cancels the run's waiting steps,
         # and their pending items with them, which must not include this one.
         _close(item, status=ItemStatus.RESOLVED, decision=action, by=user, comment=comment, now=now)
@@ -381,8 +385,10 @@ def _find_user(value: Any) -> Any:
 def reassign(*, item_id: int, user: Person, to_user: Any, note: str) -> Item:
     """Hand an item over to one other person (a user, a username or a user id) with a note.
 
-    The new assignee replaces the old ones; votes already cast still count. Not to an inactive
-    user, nor to the run's starter when they could not approve it.
+    The new assignee replaces the old ones; votes already cast still count. Only to someone
+    eligible for the item (access.eligible_assignees: its assignees, escalation targets or an
+    admin), never to an inactive user, nor to the run's starter when they could not approve it.
+    The person who hands it on keeps seeing it (access.can_view: they acted on it).
     """
     note = (note or "").strip()
     with transaction.atomic():
@@ -393,8 +399,14 @@ def reassign(*, item_id: int, user: Person, to_user: Any, note: str) -> Item:
         target = _find_user(to_user)
         if target is None:
             errors["to_user"] = "no active user by that name"
+        elif not access.eligible_assignees(item).filter(pk=target.pk).exists():
+            errors["to_user"] = (
+                f"{target.get_username()} is not among the people this item may go to "
+                "(its assignees, their groups, its escalation targets or an admin)"
+            )
         elif access.is_self_approval(target, item):
-            errors["to_user"] = f"{target.get_username()} started this run and may not approve it"
+            did = "started this run" if item.requested_by_id == target.pk else "retried this step"
+            errors["to_user"] = f"{target.get_username()} {did} and may not decide it"
         if not note:
             errors["note"] = "say why you hand it over"
         if errors:

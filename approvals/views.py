@@ -494,8 +494,13 @@ def resolve(request: HtmxHttpRequest, item_id: int) -> HttpResponse:
         return _respond(request, item.pk, _stale(exc), 409)
     except transitions.InvalidInput as exc:
         return _respond(request, item.pk, _invalid(exc, action, values), 422)
+    regated = action == "retry" and StepRun.objects.filter(pk=item.step_run_id, waiting_for="gate").exists()
     notice = {
-        "retry": "The step is running again.",
+        "retry": (
+            "The step waits at its gate again: its approvers must approve this input before it runs."
+            if regated
+            else "The step is running again."
+        ),
         "skip": "The step was skipped; the run goes on with the output you gave.",
         "abort": "The run was aborted.",
     }[action]

@@ -363,6 +363,11 @@ def _wait_for_gate(run: Run, step: dict[str, Any], head: StepRun, context: dict[
     waiting.open_wait(run=run, step=head, spec=step, context=context, kind="gate")
 
 
+def gate_again(run: Run, step: dict[str, Any], head: StepRun) -> None:
+    """Put an agent step back behind its gate (an owner's retry with an input nobody approved)."""
+    _wait_for_gate(run, step, head, template_context(run, iteration=head.iteration))
+
+
 def _waiting_for(step: dict[str, Any]) -> str:
     kind = step["kind"]
     if kind == StepKind.WORKFLOW:

@@ -1,4 +1,4 @@
-"""Per-agent guards: circuit breaker, max_concurrency and fallback.
+"""Per-agent guards: circuit breaker, max_concurrency and fallback; what an approved gate covers.
 
 Called only by orchestration.transitions, inside its transactions. An agent's AgentHealth row is
 the lock that serialises claims against that agent (taken with no run lock held, so the order
@@ -7,6 +7,8 @@ the lock that serialises claims against that agent (taken with no run lock held,
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -16,7 +18,17 @@ from django.db.models import F
 from django.utils import timezone
 
 from orchestration import engine
-from orchestration.models import Agent, AgentEvent, AgentHealth, Attempt, CircuitState, Run, StepKind, StepRun
+from orchestration.models import (
+    Agent,
+    AgentEvent,
+    AgentHealth,
+    Attempt,
+    CircuitState,
+    Run,
+    RunEvent,
+    StepKind,
+    StepRun,
+)
 from orchestration.status import ErrorClass, EventKind, StepStatus
 
 # Agents are read live, so an edit in the admin applies to the next attempt; a process keeps
@@ -184,6 +196,35 @@ def _divert(step: StepRun, agent: Agent, reason: str, until: datetime, to_send: 
             message=f"{reason}; no fallback, waiting until {until:%H:%M:%S}",
             data={"next_attempt_at": until.isoformat(), "delay": max(0.0, (until - timezone.now()).total_seconds())},
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Gates: an approval covers one exact input
+
+
+def action_digest(value: Any) -> str:
+    """A fingerprint of a step's rendered input, recorded when its gate is approved.
+
+    Canonical JSON (sorted keys), so the same mapping always gives the same digest; a digest
+    rather than a copy, because a gated map's input lists every item.
+    """
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def gate_covers(step: StepRun, value: Any) -> bool:
+    """Whether the step's latest gate approval was given for exactly this input.
+
+    An owner's retry of a gated step with the input the approvers saw is the same action
+    (as an automatic retry is) and runs under that approval; any other input, or a step whose
+    gate was never approved for the input it now has, must be approved again.
+    """
+    released = (
+        RunEvent.objects.filter(step_run=step, kind=EventKind.STEP_RELEASED).order_by("-id").values("data").first()
+    )
+    if released is None:
+        return False
+    return bool(released["data"].get("input_sha256") == action_digest(value))
 
 
 # ---------------------------------------------------------------------------------------------

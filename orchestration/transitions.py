@@ -501,7 +501,16 @@ def release_gate(*, step_run_id: int, actor: Any = None, note: str = "") -> Step
         run = _lock_run(step_run.run_id)
         step = _waiting_step(run, step_run_id, "gate")
         step.waiting_for = ""
-        engine.event(run, EventKind.STEP_RELEASED, step=step, from_status=StepStatus.WAITING, actor=actor, message=note or "approved")
+        # What was approved, so that a later retry with another input cannot run under it.
+        engine.event(
+            run,
+            EventKind.STEP_RELEASED,
+            step=step,
+            from_status=StepStatus.WAITING,
+            actor=actor,
+            message=note or "approved",
+            data={"input_sha256": guards.action_digest(step.input)},
+        )
         to_send: list[int] = []
         spec = engine.step_spec(run, step.step_key)
         engine.start_agent(run, spec, step, engine.template_context(run, iteration=step.iteration), to_send)
@@ -548,12 +557,17 @@ def retry_escalated_step(*, step_run_id: int, actor: Any = None, input: Any = No
             step.save()
             dispatch.send_steps_on_commit(failed)
             return step
-        step.status = StepStatus.QUEUED
-        step.queued_at = timezone.now()
         step.agent_name = spec["agent"]
         step.fallback_from = ""
         step.attempts_base = step.attempts
         step.claim_token = ""
+        if engine.needs_gate(spec) and not guards.gate_covers(step, step.input):
+            # A gated or high-risk action runs only with an approval of its exact input: an
+            # edited input (or one never approved) goes back to the gate, which shows it.
+            engine.gate_again(run, spec, step)
+            return step
+        step.status = StepStatus.QUEUED
+        step.queued_at = timezone.now()
         step.save()
         dispatch.send_steps_on_commit([step.pk])
     return step

@@ -368,17 +368,17 @@ def test_an_approver_may_hand_an_item_to_someone_else_with_a_note(
     mail.outbox.clear()
     with django_capture_on_commit_callbacks(execute=True):
         transitions.reassign(
-            item_id=item.pk, user=people["approver"], to_user="dave", note="dave knows this client"
+            item_id=item.pk, user=people["approver"], to_user="carol", note="carol knows this client"
         )
-    assert list(item.users.all()) == [people["dave"]] and not item.groups.exists()
+    assert list(item.users.all()) == [people["carol"]] and not item.groups.exists()
     event = item.events.get(kind="reassigned")
-    assert event.actor == people["approver"] and "dave knows this client" in event.note
+    assert event.actor == people["approver"] and "carol knows this client" in event.note
     assert event.data["from"] == {"users": ["approver"], "groups": ["legal"]}
     (message,) = mail.outbox
-    assert message.to == ["dave@example.com"] and "dave knows this client" in message.body
+    assert message.to == ["carol@example.com"] and "carol knows this client" in message.body
     with pytest.raises(transitions.NotAllowed):
         transitions.vote(item_id=item.pk, user=people["approver"], decision="approve")
-    transitions.vote(item_id=item.pk, user=people["dave"], decision="approve")
+    transitions.vote(item_id=item.pk, user=people["carol"], decision="approve")
     assert drive(run).status == RunStatus.SUCCEEDED
 
 

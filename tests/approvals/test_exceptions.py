@@ -31,7 +31,7 @@ def failed_check(people: dict[str, Any]) -> tuple[Any, Item]:
 
 def test_a_retry_runs_the_step_again(people: dict[str, Any]) -> None:
     flow("    - {key: shaky, agent: flaky, input: {succeed_on: 2}}", extra="  on_failure: escalate")
-    run = start(by=people["ops"])
+    run = start(by=people["approver"])
     item = item_for(run, "shaky")
     transitions.resolve_exception(item_id=item.pk, user=people["ops"], action="retry")
     run = drive(run)
