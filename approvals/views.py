@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -37,7 +36,8 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 ITEMS_PER_PAGE = 50
-# Who a reassigned item may go to is the transition's rule; the form only suggests names.
+# Who a reassigned item may go to is the transition's rule (access.eligible_assignees); the
+# form suggests the same people.
 REASSIGN_SUGGESTIONS = 50
 DECIDED_ORDER = (F("decided_at").desc(nulls_last=True), "-id")
 WAITING_ORDER = (F("deadline").asc(nulls_last=True), "id")
@@ -300,12 +300,8 @@ def _item_context(request: HtmxHttpRequest, item: Item, state: PanelState | None
         manual_form = inputs.build_form(item.form or {}, data, state.errors if state.form == "submit" else None)
     suggestions: list[Any] = []
     if acts:
-        User = get_user_model()
         suggestions = list(
-            User.objects.filter(Q(pk__in=item.users.values("pk")) | Q(groups__in=item.groups.values("pk")), is_active=True)
-            .exclude(pk=user.pk)
-            .distinct()
-            .order_by("username")[:REASSIGN_SUGGESTIONS]
+            access.eligible_assignees(item).exclude(pk=user.pk).order_by("username")[:REASSIGN_SUGGESTIONS]
         )
     return {
         "item": item,
