@@ -94,6 +94,19 @@ class PeopleHandler:
             )
             risk = agent.risk if agent else "low"
             details = f"Agent {agent_name} ({risk} risk) waits for approval of exactly this action."
+            retried = (
+                Item.objects.filter(step_run=step, kind=ItemKind.EXCEPTION, decision="retry")
+                .select_related("decided_by")
+                .order_by("-id")
+                .first()
+            )
+            if retried is not None:
+                # An approver must know this is not the action an earlier approval covered.
+                who = retried.decided_by.get_username() if retried.decided_by else "someone"
+                details += (
+                    f" The step failed and {who} retried it with the input shown here: no earlier"
+                    " approval covers it."
+                )
             people = options.get("approvers")
         elif kind == ItemKind.MANUAL:
             title = _text(options.get("title"), context, problems)

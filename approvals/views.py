@@ -11,7 +11,9 @@ approvals.transitions, the same functions the API and the ticker use.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import wraps
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
@@ -19,7 +21,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
@@ -51,6 +53,31 @@ class HtmxHttpRequest(HttpRequest):
 
     htmx: HtmxDetails
     user: User
+
+
+def refusals_as_text(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """For htmx requests, a refusal (403) or a missing item (404) answers with its reason as
+    plain text, which static/js/baton.js shows in the page's alert region; a full page load
+    gets the styled templates/403.html or 404.html with the same sentence."""
+
+    @wraps(view)
+    def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except PermissionDenied as exc:
+            if not request.htmx:
+                raise
+            return _text(str(exc) or "You may not do this.", 403)
+        except Http404:
+            if not request.htmx:
+                raise
+            return _text("This item does not exist (any more).", 404)
+
+    return wrapper
+
+
+def _text(message: str, status: int) -> HttpResponse:
+    return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,6 +376,7 @@ def _load_item(item_id: int) -> Item:
 
 @require_GET
 @login_required
+@refusals_as_text
 def item_detail(request: HtmxHttpRequest, item_id: int) -> HttpResponse:
     item = _load_item(_get_item(request, item_id).pk)
     return _partial_or_page(request, "approvals/item.html", "approvals/_item.html", _item_context(request, item))
@@ -402,6 +430,7 @@ def _invalid(exc: transitions.InvalidInput, form: str, values: Any) -> PanelStat
 
 @require_POST
 @login_required
+@refusals_as_text
 def decide(request: HtmxHttpRequest, item_id: int) -> HttpResponse:
     item = _get_item(request, item_id)
     decision = request.POST.get("decision", "")
@@ -424,6 +453,7 @@ def decide(request: HtmxHttpRequest, item_id: int) -> HttpResponse:
 
 @require_POST
 @login_required
+@refusals_as_text
 def submit(request: HtmxHttpRequest, item_id: int) -> HttpResponse:
     item = _get_item(request, item_id)
     # Form text becomes JSON values here; whether they are acceptable (required, type, enum)
@@ -458,6 +488,7 @@ def _parse_json(text: str, name: str, errors: dict[str, str]) -> Any:
 
 @require_POST
 @login_required
+@refusals_as_text
 def resolve(request: HtmxHttpRequest, item_id: int) -> HttpResponse:
     item = _get_item(request, item_id)
     action = request.POST.get("action", "")
@@ -505,6 +536,7 @@ def resolve(request: HtmxHttpRequest, item_id: int) -> HttpResponse:
 
 @require_POST
 @login_required
+@refusals_as_text
 def reassign(request: HtmxHttpRequest, item_id: int) -> HttpResponse:
     item = _get_item(request, item_id)
     values = {"to_user": request.POST.get("to_user", "").strip(), "note": request.POST.get("note", "").strip()}

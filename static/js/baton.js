@@ -24,3 +24,96 @@
     }
   });
 })();
+
+// An htmx action the server refuses must say why in the page: an approver whose item was
+// reassigned meanwhile presses Approve and reads "This item was reassigned to …", not nothing.
+// 409 and 422 answers that are page parts (a form with its errors, "someone decided first")
+// are swapped in as usual (see the htmx-config meta in base.html); every other refusal, and
+// any answer that is only text or JSON, shows its message in one alert region at the top of
+// the page. The server's reason is read from a text/plain body, a JSON {"detail": …}, or the
+// element marked data-refusal-reason in an HTML page (templates/403.html, 404.html, 500.html).
+(function () {
+  "use strict";
+  const LIMIT = 400;
+  const FALLBACK = {
+    400: "The request was not understood.",
+    403: "You may not do this.",
+    404: "That is not there any more; reload the page.",
+    409: "Someone changed this first; reload the page to see how it stands.",
+    413: "What you sent is too large.",
+    422: "What you sent was not accepted.",
+    429: "Too many requests; try again in a moment.",
+  };
+
+  function region() {
+    let alert = document.getElementById("page-alert");
+    if (alert) return alert;
+    alert = document.createElement("div");
+    alert.id = "page-alert";
+    alert.className = "notice notice--error page-alert";
+    alert.hidden = true;
+    // The message alone is the alert (announced when it changes); the dismiss button sits beside it.
+    const text = document.createElement("p");
+    text.className = "page-alert__text";
+    text.setAttribute("role", "alert");
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "page-alert__close";
+    close.setAttribute("aria-label", "Dismiss this message");
+    close.textContent = "\u00d7";
+    close.addEventListener("click", function () { alert.hidden = true; });
+    alert.append(text, close);
+    (document.querySelector("main") || document.body).prepend(alert);
+    return alert;
+  }
+
+  function show(message) {
+    const alert = region();
+    alert.querySelector(".page-alert__text").textContent = message;
+    alert.hidden = false;
+  }
+
+  function kind(xhr) {
+    const type = (xhr.getResponseHeader("Content-Type") || "").toLowerCase();
+    if (type.indexOf("text/html") === 0) return "html";
+    if (type.indexOf("json") !== -1) return "json";
+    return "text";
+  }
+
+  function reason(xhr) {
+    const body = xhr.responseText || "";
+    let text = "";
+    const type = kind(xhr);
+    if (type === "json") {
+      try { text = String(JSON.parse(body).detail || ""); } catch (e) { text = ""; }
+    } else if (type === "html") {
+      const page = new DOMParser().parseFromString(body, "text/html");
+      const marked = page.querySelector("[data-refusal-reason]") || page.querySelector("[role=alert]");
+      text = marked ? marked.textContent : "";
+    } else {
+      text = body;
+    }
+    text = text.replace(/\s+/g, " ").trim();
+    if (text.length > LIMIT) text = text.slice(0, LIMIT - 1) + "\u2026";
+    return text || FALLBACK[xhr.status] || "The server could not do this (error " + xhr.status + "). Try again, or reload the page.";
+  }
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    const xhr = event.detail.xhr;
+    if (!xhr || xhr.status < 400) return;
+    if (event.detail.shouldSwap && kind(xhr) === "html") return; // a page part that says it itself
+    event.detail.shouldSwap = false;
+    show(reason(xhr));
+  });
+
+  document.addEventListener("htmx:sendError", function () {
+    show("Baton could not be reached. Check the connection and try again.");
+  });
+
+  // A new action by the person (not a background poll) starts with a clean slate.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    const verb = (event.detail.requestConfig && event.detail.requestConfig.verb) || "get";
+    const alert = document.getElementById("page-alert");
+    if (alert && verb.toLowerCase() !== "get") alert.hidden = true;
+  });
+})();

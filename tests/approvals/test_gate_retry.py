@@ -89,6 +89,7 @@ def test_a_retry_with_edited_input_waits_at_a_new_gate_that_shows_the_new_input(
     )
     again = Item.objects.get(run=run, kind="gate", status=ItemStatus.PENDING)
     assert again.pk != gate.pk and again.action == SWAPPED
+    assert "ops retried it with the input shown here: no earlier approval covers it" in again.details
     assert run.status == RunStatus.RUNNING
 
     with pytest.raises(transitions.NotAllowed, match="You started this run"):

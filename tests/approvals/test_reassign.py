@@ -84,7 +84,9 @@ def test_the_one_who_handed_it_on_still_sees_it_and_its_history(people: dict[str
     assert item not in access.decidable_items(people["approver"])
 
 
-def test_the_page_refuses_an_ineligible_person_and_changes_nothing(client: Client, people: dict[str, Any]) -> None:
+def test_the_page_refuses_an_ineligible_person_and_changes_nothing(
+    client: Client, people: dict[str, Any]
+) -> None:
     item = legal_item(people)
     client.force_login(people["approver"])
 
@@ -101,7 +103,9 @@ def test_the_page_refuses_an_ineligible_person_and_changes_nothing(client: Clien
     assert item.status == ItemStatus.PENDING
 
 
-def test_the_page_hands_it_on_and_the_reassigner_can_still_open_it(client: Client, people: dict[str, Any]) -> None:
+def test_the_page_hands_it_on_and_the_reassigner_can_still_open_it(
+    client: Client, people: dict[str, Any]
+) -> None:
     item = legal_item(people)
     client.force_login(people["approver"])
 
@@ -147,7 +151,9 @@ def test_the_api_refuses_an_ineligible_person_with_422_naming_the_field(
     item = legal_item(people)
     nobody = get_user_model().objects.create_user("nobody", "nobody@example.com", "nobody-pass-1")
 
-    response = reassign_by_api(client, item, {"to_user": nobody.username, "note": "yours"}, people["approver"])
+    response = reassign_by_api(
+        client, item, {"to_user": nobody.username, "note": "yours"}, people["approver"]
+    )
 
     assert response.status_code == 422
     body = response.json()
@@ -155,10 +161,14 @@ def test_the_api_refuses_an_ineligible_person_with_422_naming_the_field(
     assert assignees(item) == ([], ["legal"])
 
 
-def test_the_api_hands_it_on_and_the_reassigner_still_reads_it(client: Client, people: dict[str, Any]) -> None:
+def test_the_api_hands_it_on_and_the_reassigner_still_reads_it(
+    client: Client, people: dict[str, Any]
+) -> None:
     item = legal_item(people)
 
-    response = reassign_by_api(client, item, {"to_user": "carol", "note": "carol knows it"}, people["approver"])
+    response = reassign_by_api(
+        client, item, {"to_user": "carol", "note": "carol knows it"}, people["approver"]
+    )
 
     assert response.status_code == 200 and response.json()["id"] == item.pk
     assert assignees(item) == (["carol"], [])
