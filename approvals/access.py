@@ -121,13 +121,17 @@ def refusal(user: Person, item: Item) -> str:
     reason = self_approval_reason(user, item)
     if reason:
         return reason
-    handed_on = (
-        ItemEvent.objects.filter(item=item, kind__in=[ItemEventKind.REASSIGNED, ItemEventKind.ESCALATED])
+    events = list(
+        ItemEvent.objects.filter(
+            item=item, kind__in=[ItemEventKind.CREATED, ItemEventKind.REASSIGNED, ItemEventKind.ESCALATED]
+        )
         .select_related("actor")
         .order_by("-id")
-        .first()
     )
-    if handed_on is not None and _was_assigned(user, handed_on.data.get("from") or {}):
+    handed_on = next((e for e in events if e.kind != ItemEventKind.CREATED), None)
+    # Who had it before: those it was opened for and everyone it was handed away from.
+    before = [e.data if e.kind == ItemEventKind.CREATED else e.data.get("from") or {} for e in events]
+    if handed_on is not None and any(_was_assigned(user, people) for people in before):
         to = handed_on.data.get("to")
         if isinstance(to, dict):
             to = ", ".join([*(to.get("users") or []), *(f"group {g}" for g in to.get("groups") or [])])

@@ -244,7 +244,13 @@ def fallback_for(run: Run, step: StepRun, agent: Agent | None) -> str | None:
         return None
     tried = set(Attempt.objects.filter(step_run=step).values_list("agent_name", flat=True))
     tried |= {step.agent_name, step.fallback_from, str(spec.get("agent") or "")}
-    if candidate in tried or load_agent(candidate) is None:
+    fallback = load_agent(candidate) if candidate not in tried else None
+    if fallback is None:
+        return None
+    if fallback.risk == "high" and not gate_covers(step, step.input):
+        # A high-risk agent runs only after approval of its exact input: a failing low-risk
+        # agent's fallback is no way round the gate. (A step whose gate approved this input may
+        # fall back: the approvers saw the step, its input and its declared fallback.)
         return None
     return candidate
 

@@ -215,6 +215,35 @@ def status_of(run: Any) -> str:
     return str(run.status)
 
 
+def test_a_failing_agent_never_falls_back_to_a_high_risk_agent_without_its_gate(
+    people: dict[str, Any],
+) -> None:
+    gated_flow(
+        "    - {key: pay, agent: picky, fallback: payments, input: {amount: 99999, to: attacker-account}}\n",
+        extra="",
+    )
+    run = drive(start(by=people["carol"]))
+    assert CALLS == [], "the high-risk agent never ran"
+    step = StepRun.objects.get(run=run, step_key="pay")
+    assert step.status == StepStatus.FAILED and step.agent_name == "picky"
+    assert run.status == RunStatus.FAILED
+
+
+def test_a_gated_step_approved_for_its_input_may_fall_back_to_a_high_risk_agent(
+    people: dict[str, Any],
+) -> None:
+    gated_flow(
+        "    - {key: pay, agent: picky, fallback: payments, input: {amount: 5, to: shop}, gate: {approvers: {groups: [legal]}}}\n",
+        extra="",
+    )
+    run = start(by=people["carol"])
+    transitions.vote(
+        item_id=item_for(run, "pay", kind="gate").pk, user=people["approver"], decision="approve"
+    )
+    run = drive(run)
+    assert CALLS == [{"amount": 5, "to": "shop"}] and run.status == RunStatus.SUCCEEDED
+
+
 # --- the inbox page ----------------------------------------------------------------------------
 
 
