@@ -61,16 +61,35 @@
     close.className = "page-alert__close";
     close.setAttribute("aria-label", "Dismiss this message");
     close.textContent = "\u00d7";
-    close.addEventListener("click", function () { alert.hidden = true; });
+    close.addEventListener("click", function () { hide(true); });
     alert.append(text, close);
     (document.querySelector("main") || document.body).prepend(alert);
     return alert;
   }
 
-  function show(message) {
+  // A background poll that keeps failing must not bring back, every two seconds, a message
+  // the person dismissed; and its message goes once the poll succeeds again.
+  let dismissed = "";
+  let fromPoll = false;
+
+  function verbOf(event) {
+    const config = event.detail.requestConfig;
+    return ((config && config.verb) || "get").toLowerCase();
+  }
+
+  function show(message, poll) {
+    if (poll && message === dismissed) return;
     const alert = region();
     alert.querySelector(".page-alert__text").textContent = message;
     alert.hidden = false;
+    fromPoll = poll;
+  }
+
+  function hide(remember) {
+    const alert = document.getElementById("page-alert");
+    if (!alert || alert.hidden) return;
+    if (remember) dismissed = alert.querySelector(".page-alert__text").textContent;
+    alert.hidden = true;
   }
 
   function kind(xhr) {
@@ -103,17 +122,22 @@
     if (!xhr || xhr.status < 400) return;
     if (event.detail.shouldSwap && kind(xhr) === "html") return; // a page part that says it itself
     event.detail.shouldSwap = false;
-    show(reason(xhr));
+    show(reason(xhr), verbOf(event) === "get");
   });
 
-  document.addEventListener("htmx:sendError", function () {
-    show("Baton could not be reached. Check the connection and try again.");
+  document.addEventListener("htmx:sendError", function (event) {
+    show("Baton could not be reached. Check the connection and try again.", verbOf(event) === "get");
   });
 
-  // A new action by the person (not a background poll) starts with a clean slate.
+  // A new action by the person (not a read) starts with a clean slate.
   document.addEventListener("htmx:beforeRequest", function (event) {
-    const verb = (event.detail.requestConfig && event.detail.requestConfig.verb) || "get";
-    const alert = document.getElementById("page-alert");
-    if (alert && verb.toLowerCase() !== "get") alert.hidden = true;
+    if (verbOf(event) !== "get") {
+      dismissed = "";
+      hide(false);
+    }
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (fromPoll && event.detail.successful && verbOf(event) === "get") hide(false);
   });
 })();

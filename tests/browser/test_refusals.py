@@ -4,6 +4,7 @@ the styled 403 with the same sentence."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +40,7 @@ REASON = "This item was reassigned to carol by dave; it is no longer yours to de
 
 
 def test_an_approver_whose_item_was_reassigned_meanwhile_is_told_why(
-    live_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any
+    live_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any, screenshots: Path
 ) -> None:
     from playwright.sync_api import expect
 
@@ -70,6 +71,7 @@ def test_an_approver_whose_item_was_reassigned_meanwhile_is_told_why(
     alert = page.get_by_role("alert")
     expect(alert).to_have_text(REASON)
     expect(alert).to_be_visible()
+    page.screenshot(path=str(screenshots / "refused-approve.png"))
     # Nothing was swapped away or half-done: the form is still there, the item still waits.
     expect(page.get_by_role("button", name="Approve")).to_be_enabled()
     item.refresh_from_db()
@@ -83,4 +85,5 @@ def test_an_approver_whose_item_was_reassigned_meanwhile_is_told_why(
     expect(page.get_by_role("heading", name="You may not open this")).to_be_visible()
     expect(page.locator("[data-refusal-reason]")).to_have_text(REASON)
     expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    page.screenshot(path=str(screenshots / "refused-403.png"))
     page.close()
