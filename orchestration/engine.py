@@ -24,6 +24,7 @@ from orchestration.models import Agent, Attempt, Run, RunEvent, StepKind, StepRu
 from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
 from orchestration.status import (
     STEP_FINAL,
+    AttemptStatus,
     ErrorClass,
     EventKind,
     RunStatus,
@@ -558,6 +559,9 @@ def fail_step(
     if step.parent_id is not None:
         parent = StepRun.objects.get(pk=step.parent_id)
         if parent.status not in STEP_FINAL and parent.waiting_for != "exception":
+            # The map has failed: none of its other items may start any more, whether the
+            # run then fails or the step is escalated (an owner's retry re-queues them).
+            _cancel_open_items(run, parent, f"item {step.map_index} failed")
             fail_step(run, parent, f"item {step.map_index} failed: {message}", error_class)
         return
     if _escalates(run, step):
@@ -565,6 +569,31 @@ def fail_step(
         return
     agent = f" (agent {step.agent_name})" if step.agent_name else ""
     fail_run(run, f"Step '{step.step_key}'{agent} failed: {message}")
+
+
+def _cancel_open_items(run: Run, parent: StepRun, reason: str) -> None:
+    """Cancel a map's unfinished items, in the transaction that fails the map.
+
+    Workers holding some of them (a chunk) look before each item, see it cancelled and stop;
+    whatever they report for an item already started is refused, as after a cancel.
+    """
+    now = timezone.now()
+    Attempt.objects.filter(step_run__parent=parent, status=AttemptStatus.RUNNING).update(
+        status=AttemptStatus.FAILED, finished_at=now, error_class=ErrorClass.CANCELLED, error=f"stopped: {reason}"
+    )
+    cancelled = (
+        StepRun.objects.filter(parent=parent)
+        .exclude(status__in=STEP_FINAL)
+        .update(status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None, error_class=ErrorClass.CANCELLED)
+    )
+    if cancelled:
+        event(
+            run,
+            EventKind.STEP_CANCELLED,
+            step=parent,
+            message=f"{reason}: its {cancelled} unfinished item(s) are cancelled",
+            data={"cancelled_items": cancelled},
+        )
 
 
 def _escalates(run: Run, step: StepRun) -> bool:

@@ -167,6 +167,26 @@ def test_a_failing_item_fails_the_map_and_the_run() -> None:
     assert "item 0 failed" in run.error or "item 1 failed" in run.error
 
 
+def test_an_item_that_fails_for_good_cancels_the_other_items_even_when_the_step_is_escalated(tmp_path: Any) -> None:
+    log = tmp_path / "calls.log"
+    load_workflow(
+        AGENTS
+        + "  - {name: counted, kind: python, config: {callable: 'tests.agents.counting:counted'}, retry: {attempts: 1}}\n"
+        + f"workflow:\n  key: wf\n  name: wf\n  on_failure: escalate\n  steps:\n"
+        + f"    - {{key: m, agent: counted, for_each: '[1, 2, 3]', input: {{log: '{log}', fail_first: true, seconds: 0}}}}\n"
+    )
+    run = transitions.start_run(workflow="wf")
+    first, *others = StepRun.objects.filter(run=run, map_index__isnull=False).order_by("map_index")
+    execute_step(first.pk)
+    assert head(run, "m").waiting_for == "exception"
+    assert set(StepRun.objects.filter(pk__in=[o.pk for o in others]).values_list("status", flat=True)) == {StepStatus.CANCELLED}
+    for other in others:
+        execute_step(other.pk)  # their messages arrive late: nothing runs
+    from tests.agents.counting import calls
+
+    assert [index for index, _ in calls(str(log))] == [0]
+
+
 # --- bounded loops -----------------------------------------------------------------------------
 
 
