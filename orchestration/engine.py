@@ -49,6 +49,29 @@ def spec_for(run: Run) -> dict[str, Any]:
     return _spec(run.version_id)
 
 
+@lru_cache(maxsize=512)
+def loop_waits(version_id: int) -> dict[str, tuple[str, ...]]:
+    """For each step outside a loop that comes after one of the loop's body steps: the loop's
+    judging step (the one with `loop:`), which it waits for besides its `after`.
+
+    So such a step starts once the loop has finished and sees the final round of the body,
+    whatever the timing; without this it would start after the first round, or after
+    whichever round had finished when its slowest other dependency did.
+    """
+    spec = _spec(version_id)
+    bodies = {s["key"]: loop_body(spec, s["loop"]["back_to"], s["key"]) for s in spec["steps"] if s.get("loop")}
+    waits: dict[str, tuple[str, ...]] = {}
+    for step in spec["steps"]:
+        judges = tuple(
+            judge
+            for judge, body in bodies.items()
+            if step["key"] not in body and judge not in step["after"] and body.intersection(step["after"])
+        )
+        if judges:
+            waits[step["key"]] = judges
+    return waits
+
+
 UNDO = ".undo"  # suffix of a compensation step's key; '.' never appears in a step key
 
 
@@ -229,6 +252,7 @@ def advance(run: Run) -> None:
     if run.status != RunStatus.RUNNING:
         return
     spec = spec_for(run)
+    waits = loop_waits(run.version_id)
     to_send: list[int] = []
     rows = head_rows(run)
     current = heads(run, rows)
@@ -241,6 +265,10 @@ def advance(run: Run) -> None:
                 continue
             deps = [current.get(key) for key in step["after"]]
             if any(dep is None or dep.status not in STEP_FINAL for dep in deps):
+                continue
+            # After a loop's body step but outside the loop: wait until the loop has finished.
+            judges = [current.get(key) for key in waits.get(step["key"], ())]
+            if any(judge is None or judge.status not in STEP_FINAL for judge in judges):
                 continue
             if any(dep.status in (StepStatus.FAILED, StepStatus.CANCELLED) for dep in deps if dep):
                 continue

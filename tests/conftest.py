@@ -35,11 +35,13 @@ def outsider(db: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _forget_cached_specs() -> Any:
     # The engine caches immutable version specs by id; test databases reuse ids.
-    from orchestration.engine import _spec
+    from orchestration.engine import _spec, loop_waits
 
     _spec.cache_clear()
+    loop_waits.cache_clear()
     yield
     _spec.cache_clear()
+    loop_waits.cache_clear()
 
 
 @pytest.fixture(autouse=True)
