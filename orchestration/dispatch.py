@@ -39,7 +39,14 @@ def keeping_the_next_step() -> Iterator[list[int]]:
     instead of being sent: it runs it next, without a round trip through the broker.
 
     Only the first lone step is kept; anything else is sent as usual.
+
+    Open it inside the transaction that records the worker's own step, and close it before
+    that transaction commits: on-commit callbacks (a finished child run resuming its parent)
+    run after the slot is gone, so what they queue goes to the broker. A step kept in a slot
+    that nobody claims any more would wait for the ticker's lost-message sweep.
     """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("keeping_the_next_step() belongs inside the transaction that records the step")
     kept: list[int] = []
     _keep.slot = kept
     try:

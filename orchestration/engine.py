@@ -24,6 +24,7 @@ from orchestration.models import Agent, Attempt, Run, RunEvent, StepKind, StepRu
 from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
 from orchestration.status import (
     STEP_FINAL,
+    AttemptStatus,
     ErrorClass,
     EventKind,
     RunStatus,
@@ -46,6 +47,29 @@ def _spec(version_id: int) -> dict[str, Any]:
 
 def spec_for(run: Run) -> dict[str, Any]:
     return _spec(run.version_id)
+
+
+@lru_cache(maxsize=512)
+def loop_waits(version_id: int) -> dict[str, tuple[str, ...]]:
+    """For each step outside a loop that comes after one of the loop's body steps: the loop's
+    judging step (the one with `loop:`), which it waits for besides its `after`.
+
+    So such a step starts once the loop has finished and sees the final round of the body,
+    whatever the timing; without this it would start after the first round, or after
+    whichever round had finished when its slowest other dependency did.
+    """
+    spec = _spec(version_id)
+    bodies = {s["key"]: loop_body(spec, s["loop"]["back_to"], s["key"]) for s in spec["steps"] if s.get("loop")}
+    waits: dict[str, tuple[str, ...]] = {}
+    for step in spec["steps"]:
+        judges = tuple(
+            judge
+            for judge, body in bodies.items()
+            if step["key"] not in body and judge not in step["after"] and body.intersection(step["after"])
+        )
+        if judges:
+            waits[step["key"]] = judges
+    return waits
 
 
 UNDO = ".undo"  # suffix of a compensation step's key; '.' never appears in a step key
@@ -228,6 +252,7 @@ def advance(run: Run) -> None:
     if run.status != RunStatus.RUNNING:
         return
     spec = spec_for(run)
+    waits = loop_waits(run.version_id)
     to_send: list[int] = []
     rows = head_rows(run)
     current = heads(run, rows)
@@ -240,6 +265,10 @@ def advance(run: Run) -> None:
                 continue
             deps = [current.get(key) for key in step["after"]]
             if any(dep is None or dep.status not in STEP_FINAL for dep in deps):
+                continue
+            # After a loop's body step but outside the loop: wait until the loop has finished.
+            judges = [current.get(key) for key in waits.get(step["key"], ())]
+            if any(judge is None or judge.status not in STEP_FINAL for judge in judges):
                 continue
             if any(dep.status in (StepStatus.FAILED, StepStatus.CANCELLED) for dep in deps if dep):
                 continue
@@ -563,6 +592,9 @@ def fail_step(
     if step.parent_id is not None:
         parent = StepRun.objects.get(pk=step.parent_id)
         if parent.status not in STEP_FINAL and parent.waiting_for != "exception":
+            # The map has failed: none of its other items may start any more, whether the
+            # run then fails or the step is escalated (an owner's retry re-queues them).
+            _cancel_open_items(run, parent, f"item {step.map_index} failed")
             fail_step(run, parent, f"item {step.map_index} failed: {message}", error_class)
         return
     if _escalates(run, step):
@@ -570,6 +602,31 @@ def fail_step(
         return
     agent = f" (agent {step.agent_name})" if step.agent_name else ""
     fail_run(run, f"Step '{step.step_key}'{agent} failed: {message}")
+
+
+def _cancel_open_items(run: Run, parent: StepRun, reason: str) -> None:
+    """Cancel a map's unfinished items, in the transaction that fails the map.
+
+    Workers holding some of them (a chunk) look before each item, see it cancelled and stop;
+    whatever they report for an item already started is refused, as after a cancel.
+    """
+    now = timezone.now()
+    Attempt.objects.filter(step_run__parent=parent, status=AttemptStatus.RUNNING).update(
+        status=AttemptStatus.FAILED, finished_at=now, error_class=ErrorClass.CANCELLED, error=f"stopped: {reason}"
+    )
+    cancelled = (
+        StepRun.objects.filter(parent=parent)
+        .exclude(status__in=STEP_FINAL)
+        .update(status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None, error_class=ErrorClass.CANCELLED)
+    )
+    if cancelled:
+        event(
+            run,
+            EventKind.STEP_CANCELLED,
+            step=parent,
+            message=f"{reason}: its {cancelled} unfinished item(s) are cancelled",
+            data={"cancelled_items": cancelled},
+        )
 
 
 def _escalates(run: Run, step: StepRun) -> bool:

@@ -103,6 +103,7 @@ INPUT_TYPES = {
 }
 RETRY_FIELDS = {"attempts", "backoff", "max_backoff", "jitter"}
 LOOP_FIELDS = {"back_to", "until", "max_iterations", "on_exhausted"}
+WAIT_FIELDS = {"event", "for", "timeout"}
 AGENT_KINDS_AVAILABLE = {"python", "simulated", "http", "llm"}
 DEFAULT_RETRY = {"attempts": 3, "backoff": 1.0, "max_backoff": 60.0, "jitter": True}
 
@@ -728,7 +729,7 @@ def _check_wait(options: dict[str, Any], at: str, problems: Problems) -> None:
         problems.add(at, "field `wait`: use `timeout` with `event`; `for` is a plain timer")
     if "timeout" in options and not options.get("event"):
         problems.add(at, "field `wait.timeout` only applies to a wait for an `event`")
-    for unknown in sorted(set(options) - {"event", "for", "timeout"}):
+    for unknown in sorted(set(options) - WAIT_FIELDS):
         problems.add(at, f"field `wait.{unknown}` is unknown")
     for name in ("for", "timeout"):
         if name in options:

@@ -204,8 +204,11 @@ def execute_steps(step_run_ids: list[int]) -> None:
     successes: list[transitions.Success] = []
     with Heartbeat([c.step_run_id for c in claims], claims[0].token) as heartbeat:
         for claim in claims:
-            if heartbeat.stop.is_set():
-                break  # cancelled: what is left is no longer ours
+            # Cancelled (or the map failed, here or on another worker): what is left is no
+            # longer ours. The heartbeat notices only at its next beat, so look before each
+            # item; an item-by-primary-key read is cheap next to any agent call.
+            if heartbeat.stop.is_set() or not transitions.still_held(step_run_id=claim.step_run_id, token=claim.token):
+                break
             started = timezone.now()
             outcome = _run_agent(agent, claim, heartbeat.stop)
             if outcome.result is None:

@@ -200,6 +200,12 @@ def renew_lease(*, step_run_ids: list[int], token: str) -> int:
     )
 
 
+def still_held(*, step_run_id: int, token: str) -> bool:
+    """Whether this worker still holds the step: false once its run or its map failed or was
+    cancelled. Asked before each item of a chunk, so no item starts after that."""
+    return StepRun.objects.filter(pk=step_run_id, status=StepStatus.RUNNING, claim_token=token).exists()
+
+
 @dataclass(frozen=True)
 class Success:
     claim: Claim
@@ -223,8 +229,13 @@ def record_success_and_take_next(
     Durable as any claim: the step is RUNNING under this worker's lease, so if the worker dies
     before running it the lease runs out and the ticker gives it to another worker.
     """
-    with dispatch.keeping_the_next_step() as kept, engine.change():
-        if not _record_success(claim=claim, output=output, usage=usage) or not kept:
+    with engine.change():
+        # The slot is open only while this worker's own step is recorded, and closed before
+        # commit: a step queued by an on-commit callback (a finished child run resuming its
+        # parent) is sent to the broker, not dropped into a slot nobody reads any more.
+        with dispatch.keeping_the_next_step() as kept:
+            recorded = _record_success(claim=claim, output=output, usage=usage)
+        if not recorded or not kept:
             return None
         claims = claim_steps(step_run_ids=kept, worker=worker)
         if not claims:

@@ -35,11 +35,13 @@ def outsider(db: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _forget_cached_specs() -> Any:
     # The engine caches immutable version specs by id; test databases reuse ids.
-    from orchestration.engine import _spec
+    from orchestration.engine import _spec, loop_waits
 
     _spec.cache_clear()
+    loop_waits.cache_clear()
     yield
     _spec.cache_clear()
+    loop_waits.cache_clear()
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +58,30 @@ def _forget_cached_agents() -> Any:
     forget_agents()
     yield
     forget_agents()
+
+
+@pytest.fixture(autouse=True)
+def _no_message_needs_resending(request: pytest.FixtureRequest) -> Any:
+    """No fault-free run may need the ticker's lost-message sweep: a re-send there means a
+    step sat queued with no message on its way (the bug of a step after a sub-workflow).
+    Tests that lose messages on purpose (purge the broker, kill workers) say so with
+    @pytest.mark.loses_messages."""
+    uses_db = request.node.get_closest_marker("django_db") is not None or "_django_db_helper" in request.fixturenames
+    if not uses_db or request.node.get_closest_marker("loses_messages") is not None:
+        yield
+        return
+    # Set up the database first, so this check runs before its rollback or flush.
+    request.getfixturevalue("_django_db_helper")
+    yield
+    from orchestration.models import RunEvent
+    from orchestration.status import EventKind
+
+    resent = list(
+        RunEvent.objects.filter(kind=EventKind.MESSAGE_RESENT).values_list("run_id", "step_run__step_key")[:5]
+    )
+    if resent:
+        pytest.fail(
+            "the ticker had to re-send task messages (run, step): "
+            f"{resent}; a fault-free run must never need the lost-message sweep "
+            "(mark a test that loses messages on purpose with @pytest.mark.loses_messages)"
+        )

@@ -113,7 +113,10 @@ class WorkerCluster:
                 "BATON_HEARTBEAT_SECONDS": "0.2",
                 "BATON_LEASE_SECONDS": "1.5",
                 "BATON_TICK_SECONDS": "0.1",
-                "BATON_REQUEUE_AFTER_SECONDS": "1",
+                # Large: a fault-free test must never wait for the lost-message sweep, and a
+                # short requeue would hide a step that nobody sent (it is re-sent in a second).
+                # Tests that lose messages on purpose set it low themselves.
+                "BATON_REQUEUE_AFTER_SECONDS": "120",
                 "BATON_BROKER_POLL": "0.01",
                 "PYTHONPATH": str(ROOT),
                 "PYTHONUNBUFFERED": "1",

@@ -50,6 +50,7 @@ workflow:
     assert run.output == {"join": 21}
 
 
+@pytest.mark.loses_messages
 def test_a_worker_killed_mid_step_loses_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "victim.pid"
     load_workflow(
@@ -79,6 +80,7 @@ workflow:
     assert slow.output["pid"] != victim
 
 
+@pytest.mark.loses_messages
 def test_a_task_message_lost_by_the_broker_is_sent_again() -> None:
     load_workflow(AGENTS + "workflow: {key: lost, name: Lost, steps: [{key: a, agent: whoami}, {key: b, agent: whoami, after: [a]}]}")
     broker = dispatch.broker()
@@ -87,7 +89,7 @@ def test_a_task_message_lost_by_the_broker_is_sent_again() -> None:
     wait_for(lambda: broker.queue_size() >= 1, timeout=10, message="the message to reach the broker")
     broker.purge_queue()  # ... and is lost, as a Redis broker loses a message in flight
     assert broker.queue_size() == 0
-    with WorkerCluster(workers=1) as cluster:
+    with WorkerCluster(workers=1, env={"BATON_REQUEUE_AFTER_SECONDS": "1"}) as cluster:
         run = wait_for(lambda: finished(run), timeout=60, message=f"the ticker to re-send\n{cluster.log()}")
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert RunEvent.objects.filter(run=run, kind=EventKind.MESSAGE_RESENT).exists()

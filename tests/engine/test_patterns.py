@@ -167,6 +167,26 @@ def test_a_failing_item_fails_the_map_and_the_run() -> None:
     assert "item 0 failed" in run.error or "item 1 failed" in run.error
 
 
+def test_an_item_that_fails_for_good_cancels_the_other_items_even_when_the_step_is_escalated(tmp_path: Any) -> None:
+    log = tmp_path / "calls.log"
+    load_workflow(
+        AGENTS
+        + "  - {name: counted, kind: python, config: {callable: 'tests.agents.counting:counted'}, retry: {attempts: 1}}\n"
+        + "workflow:\n  key: wf\n  name: wf\n  on_failure: escalate\n  steps:\n"
+        + f"    - {{key: m, agent: counted, for_each: '[1, 2, 3]', input: {{log: '{log}', fail_first: true, seconds: 0}}}}\n"
+    )
+    run = transitions.start_run(workflow="wf")
+    first, *others = StepRun.objects.filter(run=run, map_index__isnull=False).order_by("map_index")
+    execute_step(first.pk)
+    assert head(run, "m").waiting_for == "exception"
+    assert set(StepRun.objects.filter(pk__in=[o.pk for o in others]).values_list("status", flat=True)) == {StepStatus.CANCELLED}
+    for other in others:
+        execute_step(other.pk)  # their messages arrive late: nothing runs
+    from tests.agents.counting import calls
+
+    assert [index for index, _ in calls(str(log))] == [0]
+
+
 # --- bounded loops -----------------------------------------------------------------------------
 
 
@@ -204,6 +224,44 @@ def test_an_exhausted_loop_carries_on_when_asked_to() -> None:
     run = drive(transitions.start_run(workflow="wf"))
     assert run.status == RunStatus.SUCCEEDED
     assert head(run, "publish").output["round"] == 3
+
+
+THREE_ROUNDS = (
+    "    - {key: write, agent: echo, input: {round: '{{ iteration }}'}}\n"
+    "    - key: edit\n"
+    "      agent: editor\n"
+    "      after: [write]\n"
+    "      input: {approve_on: 3}\n"
+    "      loop: {back_to: write, until: steps.edit.output.ok, max_iterations: 3}\n"
+)
+
+
+def test_a_step_outside_a_loop_after_a_body_step_waits_for_the_loop_and_sees_its_final_round() -> None:
+    flow(THREE_ROUNDS + "    - {key: tweet, agent: echo, after: [write]}")
+    run = drive(transitions.start_run(workflow="wf"))
+    assert run.status == RunStatus.SUCCEEDED
+    tweet = head(run, "tweet")
+    assert tweet.input == {"write": {"round": 3}}
+    assert StepRun.objects.filter(run=run, step_key="tweet").count() == 1
+    assert tweet.queued_at >= head(run, "edit", 3).finished_at
+
+
+def test_a_step_after_a_body_step_and_a_slower_step_sees_the_final_round_whenever_the_slower_one_ends(
+    settings: Any,
+) -> None:
+    settings.BATON_CONTINUE_SECONDS = 0  # one step per task, so the test decides the order
+    flow(
+        THREE_ROUNDS
+        + "    - {key: slow, wait: {event: go}}\n"
+        + "    - {key: tweet, agent: echo, after: [write, slow], input: '{{ steps.write.output }}'}"
+    )
+    run = transitions.start_run(workflow="wf")
+    execute_step(head(run, "write", 1).pk)  # round 1 of the body has written ...
+    assert transitions.signal_event(run_id=run.pk, event_name="go") == 1  # ... when the slower step ends
+    assert head(run, "tweet") is None, "the loop is still going: it has not started"
+    run = drive(run)
+    assert run.status == RunStatus.SUCCEEDED
+    assert head(run, "tweet").output == {"round": 3}
 
 
 # --- sub-workflows -----------------------------------------------------------------------------

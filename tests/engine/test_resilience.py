@@ -72,6 +72,30 @@ def test_the_fallback_takes_over_after_the_primarys_last_attempt() -> None:
     assert "fallback agent echo takes over" in fallback.message
 
 
+def test_the_fallback_continues_the_steps_attempt_count_and_its_backoff() -> None:
+    agents = AGENTS + (
+        '  - {name: down-then-flaky, kind: python, config: {callable: "tests.agents.basic:always_down"}, fallback: flaky-fallback}\n'
+        '  - {name: flaky-fallback, kind: python, config: {callable: "tests.agents.basic:flaky"}}\n'
+    )
+    flow(
+        "    - {key: a, agent: down-then-flaky, input: {succeed_on: 5}, retry: {attempts: 2, backoff: 1s, jitter: false}}",
+        agents=agents,
+    )
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        run = drive(transitions.start_run(workflow="wf"), clock=clock)
+    assert run.status == RunStatus.FAILED  # the fallback's two tries are attempts 3 and 4
+    step = head(run, "a")
+    assert list(Attempt.objects.filter(step_run=step).order_by("number").values_list("number", "agent_name")) == [
+        (1, "down-then-flaky"),
+        (2, "down-then-flaky"),
+        (3, "flaky-fallback"),
+        (4, "flaky-fallback"),
+    ]
+    assert "temporary outage on attempt 3" in Attempt.objects.get(step_run=step, number=3).error
+    delays = [e.data["delay"] for e in RunEvent.objects.filter(run=run, kind=EventKind.STEP_RETRYING).order_by("id")]
+    assert delays == [1.0, 4.0], "the backoff goes on from the step's attempt count"
+
+
 def test_a_step_fallback_overrides_the_agents_and_a_permanent_error_goes_to_it_at_once() -> None:
     flow("    - {key: a, agent: refuse, fallback: echo, input: 42}")
     run = drive(transitions.start_run(workflow="wf"))

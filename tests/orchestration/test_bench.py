@@ -82,7 +82,7 @@ class TestBench:
     def test_it_prints_the_rows_as_json_too(self, bench: Outcome) -> None:
         document = json.loads(bench.stdout.strip().splitlines()[-1])
         names = {row["benchmark"] for row in document["rows"]}
-        assert names == set(BENCHMARKS)
+        assert names == set(BENCHMARKS) | {"every bench run"}
         handoff = next(row for row in document["rows"] if row["measure"] == "step-to-step handoff, median")
         assert handoff["value"] > 0
         assert handoff["status"] in {"ok", "MISSED", ""}
@@ -104,6 +104,11 @@ class TestBench:
         assert rows["  one call as the agent timed it, median"]["value"] >= 50
         assert [line for line in bench.stdout.splitlines() if "wall / ideal" in line][0].endswith("x  -")
 
+    def test_it_needed_no_message_to_be_re_sent(self, bench: Outcome) -> None:
+        rows = json.loads(bench.stdout.strip().splitlines()[-1])["rows"]
+        resent = next(row for row in rows if row["measure"] == "messages re-sent")
+        assert (resent["value"], resent["target"], resent["status"]) == (0, "<= 0 messages", "ok")
+
     def test_it_footnotes_the_published_comparison(self, bench: Outcome) -> None:
         assert "Windmill (dedicated worker) ~10 ms" in bench.stdout
         assert "Airflow (tuned) ~228 ms" in bench.stdout
@@ -115,3 +120,15 @@ class TestBench:
     def test_it_deletes_its_runs_but_keeps_its_workflows(self, bench: Outcome) -> None:
         assert bench.runs_left == 0
         assert bench.workflows == ["bench-fanout-100", "bench-http-20", "bench-sequential-10"]
+
+
+def test_a_re_sent_message_is_marked_missed_and_fails_the_bench() -> None:
+    from orchestration.management.commands.bench import QUICK, Bench
+
+    bench = Bench(QUICK, progress=None)
+    floor, chain = [1.0, 2.0], {name: [1.0] for name in ("wall", "median", "p95", "engine", "broker")}
+    fan, calls = {"throughput": 10.0, "wall": 1.0}, {"wall": 1.0, "ideal": 0.5, "call": 50.0}
+    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, 3)}
+    assert (rows["messages re-sent"]["value"], rows["messages re-sent"]["status"]) == (3, "MISSED")
+    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, 0)}
+    assert rows["messages re-sent"]["status"] == "ok"
