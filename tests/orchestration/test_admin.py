@@ -401,7 +401,7 @@ def test_the_agent_page_edits_fallback_circuit_and_concurrency_and_shows_its_hea
         assert f'name="{field}"' in page, field
     assert 'value="demo-writer"' in page
     assert "health (circuit breaker)" in page.lower()
-    assert '<strong style="color: #c62828">Open</strong>' in page
+    assert '<strong class="baton-status baton-status--open">Open</strong>' in page
     events = reverse("admin:orchestration_agentevent_changelist") + f"?agent__id__exact={tripped.pk}"
     assert f'<a href="{events}">1 events</a>' in page
 
@@ -416,8 +416,8 @@ def test_the_agent_list_shows_each_circuit_in_one_query(admin_client: Client, tr
     assert response.status_code == 200
     page = response.content.decode()
     assert len(queries) < 12
-    assert page.count('<strong style="color: #b54708">Half-open (one trial)</strong>') == 10
-    assert '<strong style="color: #c62828">Open</strong>' in page
+    assert page.count('<strong class="baton-status baton-status--half_open">Half-open (one trial)</strong>') == 10
+    assert '<strong class="baton-status baton-status--open">Open</strong>' in page
     assert "no breaker" in page
 
 
