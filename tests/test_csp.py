@@ -61,3 +61,10 @@ def test_no_template_has_inline_script_or_style(path: str) -> None:
     text = (ROOT / path).read_text()
     found = [m.group(0).strip() for m in INLINE.finditer(text)]
     assert found == [], f"{path}: {found} (move it into static/, or pass sizes as data- attributes)"
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "templates").rglob("*.html")))
+def test_no_template_comment_spans_lines(path: str) -> None:
+    # Django's {# #} ends at the line's end: a second line would be printed on the page.
+    broken = [n for n, line in enumerate((ROOT / path).read_text().splitlines(), 1) if "{#" in line and "#}" not in line]
+    assert broken == [], f"{path}: lines {broken} open a {{# comment they do not close"
