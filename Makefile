@@ -45,6 +45,8 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv install: $(STAMP)
 
+# HOST/PORT: where daphne listens; `serve` points the links in emails there too, unless
+# BATON_BASE_URL is set (e.g. `make run PORT=8101`).
 run: $(STAMP)
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py load_demo

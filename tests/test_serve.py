@@ -17,8 +17,9 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from orchestration.management.commands.serve import demo_logins, url_for
-from tests.support import ROOT, database_url, wait_for
+from orchestration import transitions
+from orchestration.management.commands.serve import child_environment, demo_logins, url_for
+from tests.support import ROOT, database_url, load_workflow, wait_for
 
 
 def free_port() -> int:
@@ -35,10 +36,12 @@ def group_members(pgid: int) -> list[int]:
 class Serve:
     """`manage.py serve` in a subprocess on the test database, with its output in a file."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **extra_env: str) -> None:
         self.port = free_port()
         self.log_path = tmp_path / "serve.log"
         env = dict(os.environ)
+        env.pop("BATON_BASE_URL", None)
+        env.update(extra_env)
         env.update(
             {
                 "DATABASE_URL": database_url(),
@@ -117,6 +120,47 @@ def test_it_stops_the_worker_and_fails_when_daphne_dies(serve: Serve) -> None:
     while serve.children_left() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert serve.children_left() == []
+
+
+APPROVAL = """
+agents:
+  - {name: echo, kind: python, config: {callable: "tests.agents.basic:echo"}}
+workflow:
+  key: mailed
+  name: Mailed approval
+  steps:
+    - {key: draft, agent: echo}
+    - {key: sign_off, after: [draft], approval: {title: Sign it off, approvers: {users: [approver]}}}
+"""
+
+
+@pytest.mark.cluster
+def test_the_worker_mails_links_to_the_port_it_serves_on(
+    transactional_db: Any, tmp_path: Path, approver: Any
+) -> None:
+    load_workflow(APPROVAL)
+    server = Serve(tmp_path, BATON_EMAIL_BACKEND="django.core.mail.backends.console.EmailBackend")
+    try:
+        transitions.start_run(workflow="mailed")
+        # The console backend prints the email into the worker's output, which is serve's log.
+        wait_for(lambda: "approver@example.com" in server.log(), timeout=30, message="the approval email")
+        log = server.log()
+        assert f"http://127.0.0.1:{server.port}/approvals/" in log, log
+        assert "127.0.0.1:8000" not in log
+    finally:
+        server.close()
+
+
+def test_its_processes_get_a_base_url_for_the_address_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BATON_BASE_URL", raising=False)
+    assert child_environment("127.0.0.1", 8101)["BATON_BASE_URL"] == "http://127.0.0.1:8101"
+    assert child_environment("0.0.0.0", 8080)["BATON_BASE_URL"] == "http://127.0.0.1:8080"
+    assert child_environment("::1", 8000)["BATON_BASE_URL"] == "http://[::1]:8000"
+
+
+def test_a_base_url_set_in_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON_BASE_URL", "https://baton.example.com")
+    assert child_environment("127.0.0.1", 8101)["BATON_BASE_URL"] == "https://baton.example.com"
 
 
 def test_it_refuses_a_port_that_is_already_taken() -> None:

@@ -24,6 +24,9 @@ http_app = ASGIStaticFilesHandler(django_asgi)
 application = ProtocolTypeRouter(
     {
         "http": http_app,
+        # A socket rides on the user's session cookie, so a page on another site could open one;
+        # the Origin must name one of ALLOWED_HOSTS, which BATON_PRODUCTION requires to be real
+        # host names (no `*`, which would let every origin through).
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

@@ -131,3 +131,49 @@ def redis_url_from_env() -> str | None:
     if db and not db.isdigit():
         raise ImproperlyConfigured(f"REDIS_URL={raw!r}: the database must be a number.")
     return raw
+
+
+def allowed_hosts_from_env(*, production: bool) -> list[str]:
+    """BATON_ALLOWED_HOSTS as a list; in production it must name hosts, and no `*`.
+
+    Development accepts any Host header (`*`) so `make run HOST=0.0.0.0` works from another
+    machine. Production may not: ALLOWED_HOSTS is also what the websocket origin check
+    compares against (orchestration/config/asgi.py), so `*` would let any site's pages open a
+    socket with a signed-in user's cookie.
+    """
+    raw = os.environ.get("BATON_ALLOWED_HOSTS")
+    if raw is None:
+        raw = "" if production else "*"
+    hosts = [h.strip() for h in raw.split(",") if h.strip()]
+    if not production:
+        return hosts
+    if not hosts:
+        raise ImproperlyConfigured(
+            "BATON_ALLOWED_HOSTS must be set when BATON_PRODUCTION is on: the host names people "
+            "use to reach Baton, comma-separated (e.g. baton.example.com)."
+        )
+    if any("*" in h for h in hosts):
+        raise ImproperlyConfigured(
+            f"BATON_ALLOWED_HOSTS={raw!r} may not contain '*' when BATON_PRODUCTION is on: name "
+            "each host (a leading dot, .example.com, matches a domain and its subdomains)."
+        )
+    return hosts
+
+
+def proxy_ssl_header_from_env() -> tuple[str, str] | None:
+    """BATON_PROXY_SSL_HEADER (`X-Forwarded-Proto`, or `Name: value`) as Django wants it.
+
+    Opt-in only: trusting the header is safe only behind a proxy that always sets it (and strips
+    it from what clients send); otherwise anyone could claim their plain-HTTP request was HTTPS.
+    """
+    raw = os.environ.get("BATON_PROXY_SSL_HEADER", "").strip()
+    if not raw:
+        return None
+    name, _, value = raw.partition(":")
+    name, value = name.strip(), value.strip() or "https"
+    if not name or not all(c.isalnum() or c == "-" for c in name) or not value.isprintable():
+        raise ImproperlyConfigured(
+            f"BATON_PROXY_SSL_HEADER={raw!r} is not a header name (e.g. X-Forwarded-Proto, or "
+            "X-Forwarded-Proto: https)."
+        )
+    return "HTTP_" + name.upper().replace("-", "_"), value

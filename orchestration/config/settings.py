@@ -12,25 +12,32 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from orchestration.config.env import (
+    allowed_hosts_from_env,
     database_from_env,
     env_bool,
     env_float,
     env_int,
     env_str,
+    proxy_ssl_header_from_env,
     redis_url_from_env,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
+# One switch for a deployment reached over HTTPS: it refuses to start without a secret key and
+# named hosts, and turns on secure cookies and HSTS (see "Production" below).
+PRODUCTION = env_bool("BATON_PRODUCTION", False)
 DEBUG = env_bool("BATON_DEBUG", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("BATON_DEBUG must be off when BATON_PRODUCTION is on.")
 SECRET_KEY = env_str("BATON_SECRET_KEY", "")
 if not SECRET_KEY:
-    if env_bool("BATON_PRODUCTION", False):
+    if PRODUCTION:
         raise ImproperlyConfigured("BATON_SECRET_KEY must be set when BATON_PRODUCTION is on.")
     # Development and tests only; the production switch above refuses to start without one.
     SECRET_KEY = "baton-development-key-not-for-production"
 
-ALLOWED_HOSTS = [h.strip() for h in env_str("BATON_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+ALLOWED_HOSTS = allowed_hosts_from_env(production=PRODUCTION)
 CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in env_str("BATON_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
@@ -53,6 +60,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost, so every response gets the policy, redirects and error pages included.
+    "orchestration.config.csp.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -163,6 +172,33 @@ BATON_BASE_URL = env_str("BATON_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie
 X_FRAME_OPTIONS = "DENY"
+
+# --- Production (BATON_PRODUCTION) ----------------------------------------------------------
+# `manage.py check --deploy` is clean with these (tests/test_settings.py runs it).
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+# A plain-HTTP request is redirected to HTTPS. Behind a proxy that terminates TLS, set
+# BATON_PROXY_SSL_HEADER so Django can tell (or the redirect would loop), or turn this off
+# and let the proxy redirect.
+SECURE_SSL_REDIRECT = env_bool("BATON_SSL_REDIRECT", PRODUCTION)
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header_from_env()
+# HSTS is sent on HTTPS responses only. A year, subdomains included, unless told otherwise.
+SECURE_HSTS_SECONDS = env_int("BATON_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("BATON_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading is a promise to the browsers' built-in lists, hard to take back, and the directive
+# lets anyone submit the domain: an operator opts in. Not opting in is a decision, so the check
+# that asks for it is silenced unless preload is on.
+SECURE_HSTS_PRELOAD = env_bool("BATON_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+# Every page passes it: htmx and Baton's scripts and styles are files under static/, sizes
+# computed by the server travel in data- attributes (static/js/baton.js applies them), and the
+# websocket is same-origin ('self' covers ws:/wss: of this host). Empty turns the header off.
+BATON_CSP = env_str(
+    "BATON_CSP",
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'",
+).strip()
 
 LOGGING = {
     "version": 1,

@@ -141,3 +141,25 @@
     if (fromPoll && event.detail.successful && verbOf(event) === "get") hide(false);
   });
 })();
+
+// The Content-Security-Policy refuses style="" attributes, so sizes the server computes travel
+// in data attributes and are applied here (writing element.style from a script is allowed):
+// data-width is a percentage (progress bars), data-min-width pixels (the run graph). htmx.onLoad
+// runs for the page and for every part htmx swaps in later.
+(function () {
+  "use strict";
+  function apply(element) {
+    const width = Number(element.dataset.width);
+    if (element.dataset.width !== undefined && isFinite(width)) {
+      element.style.width = Math.min(100, Math.max(0, width)) + "%";
+    }
+    const minWidth = Number(element.dataset.minWidth);
+    if (element.dataset.minWidth !== undefined && isFinite(minWidth)) {
+      element.style.minWidth = minWidth + "px";
+    }
+  }
+  htmx.onLoad(function (root) {
+    if (root.matches && root.matches("[data-width], [data-min-width]")) apply(root);
+    root.querySelectorAll("[data-width], [data-min-width]").forEach(apply);
+  });
+})();

@@ -61,7 +61,8 @@ def retry_delays(run: Run) -> list[float]:
 
 
 def test_the_json_answer_is_the_step_output(server: ScriptedServer) -> None:
-    server.script("/hook", Reply(200, {"status": "shipped", "tracking": "ZX81"}))
+    # The server waits 150 ms before answering: the recorded latency must include that wait.
+    server.script("/hook", Reply(200, {"status": "shipped", "tracking": "ZX81"}, delay=0.15))
     install(server)
     run = drive(transitions.start_run(workflow="wf"))
     assert run.status == RunStatus.SUCCEEDED
@@ -71,7 +72,8 @@ def test_the_json_answer_is_the_step_output(server: ScriptedServer) -> None:
     assert request.body == {"order": 42}
     assert request.headers["content-type"] == "application/json"
     usage = call_step(run).usage
-    assert usage["http_status"] == 200 and usage["latency_ms"] >= 0
+    assert usage["http_status"] == 200
+    assert 150 <= usage["latency_ms"] < 150 + 3000, usage
 
 
 def test_a_503_is_retried_with_growing_delays_until_the_service_answers(server: ScriptedServer) -> None:

@@ -60,8 +60,9 @@ def test_the_runs_starter_does_not_see_their_own_approvals_to_decide(people: dic
 
 def test_the_inbox_count_is_one_query(people: dict[str, Any], two_items: Any) -> None:
     with CaptureQueriesContext(connection) as queries:
-        access.items_waiting_count(people["approver"])
+        count = access.items_waiting_count(people["approver"])
     assert len(queries) == 1
+    assert count == 2
 
 
 def test_an_item_is_seen_by_its_people_and_no_one_else(

@@ -238,6 +238,7 @@ def test_twenty_agents_take_as_few_queries_as_two(
     # session, user, agents with their health and trial step, load, recent events, usage.
     with django_assert_max_num_queries(6):
         response = ops_client.get(AGENTS)
+    assert response.status_code == 200
     page = response.content.decode()
     assert page.count('<tr id="agent-agent-') == 20
     assert page.count("<strong>2</strong> of 3") == 20

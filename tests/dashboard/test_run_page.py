@@ -242,7 +242,11 @@ def test_the_run_page_takes_a_fixed_number_of_queries(
     # session, user, run, head rows, simulated agents, item attempts, child runs, event
     # count, events, and for usage the run's sub-runs and attempts: ten items or a thousand.
     with django_assert_max_num_queries(11):
-        ops_client.get(reverse("dashboard:run", args=[run.pk]))
+        response = ops_client.get(reverse("dashboard:run", args=[run.pk]))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert f"Run #{run.pk}" in page
+    assert page.count('class="node ') == len(run.version.spec["steps"])
 
 
 def test_a_long_run_output_is_folded_on_the_run_page(client, ops) -> None:  # type: ignore[no-untyped-def]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import time_machine
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from orchestration import transitions
@@ -90,8 +91,9 @@ def test_fallbacks_cost_one_query_for_the_whole_run(
         took_over(finished, key, primary="writer-llm", primary_attempts=1)
     # The run page's eleven, plus one for which primaries were called.
     with django_assert_max_num_queries(12):
-        page = page_of(ops_client, finished)
-    assert page.count("fallback-note") == 3
+        response = ops_client.get(reverse("dashboard:run", args=[finished.pk]))
+    assert response.status_code == 200
+    assert response.content.decode().count("fallback-note") == 3
 
 
 # --- tokens and cost ---------------------------------------------------------------------------

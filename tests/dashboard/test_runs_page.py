@@ -85,6 +85,7 @@ def test_thirty_runs_take_as_few_queries_as_three(
     # aggregate for progress, the workflow filter: nothing per run.
     with django_assert_max_num_queries(6):
         response = ops_client.get(reverse("dashboard:runs"))
+    assert response.status_code == 200
     assert response.content.count(b"<tr data-run=") == 30
 
 

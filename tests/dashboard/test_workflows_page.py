@@ -157,7 +157,11 @@ def test_the_workflows_page_takes_a_fixed_number_of_queries(
     # session, user, workflows with owner and latest version id, the versions, run counts,
     # the agents (for LLM warnings).
     with django_assert_max_num_queries(6):
-        ops_client.get(reverse("dashboard:workflows"))
+        response = ops_client.get(reverse("dashboard:workflows"))
+    assert response.status_code == 200
+    page = response.content.decode()
+    for key in ("digest", "one", "two", "three", "four"):
+        assert f'id="workflow-{key}"' in page, key
 
 
 # --- language models that are not configured ---------------------------------------------------

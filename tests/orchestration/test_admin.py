@@ -146,22 +146,29 @@ def test_a_version_page_shows_the_spec_as_yaml(admin_client: Client, finished_ru
 def test_the_workflow_list_does_not_query_once_per_workflow(admin_client: Client) -> None:
     load_workflow(PIPELINE)
     with CaptureQueriesContext(connection) as one:
-        admin_client.get(changelist(Workflow))
+        first = admin_client.get(changelist(Workflow))
+    assert first.status_code == 200
     for n in range(5):
         load_workflow(PIPELINE.replace("key: pipeline", f"key: pipeline-{n}"))
     with CaptureQueriesContext(connection) as six:
         response = admin_client.get(changelist(Workflow))
+    assert response.status_code == 200
     assert len(six) == len(one)
+    assert response.content.decode().count('name="_selected_action"') == 6
     assert "v1" in response.content.decode()
 
 
 def test_the_run_list_does_not_query_once_per_run(admin_client: Client, finished_run: Run) -> None:
     with CaptureQueriesContext(connection) as one:
-        admin_client.get(changelist(Run))
+        first = admin_client.get(changelist(Run))
+    assert first.status_code == 200
+    assert first.content.decode().count('name="_selected_action"') == 1
     for _ in range(4):
         drive(transitions.start_run(workflow="pipeline", input={"topic": "more"}))
     with CaptureQueriesContext(connection) as five:
-        admin_client.get(changelist(Run))
+        response = admin_client.get(changelist(Run))
+    assert response.status_code == 200
+    assert response.content.decode().count('name="_selected_action"') == 5
     assert len(five) == len(one)
 
 
@@ -394,7 +401,7 @@ def test_the_agent_page_edits_fallback_circuit_and_concurrency_and_shows_its_hea
         assert f'name="{field}"' in page, field
     assert 'value="demo-writer"' in page
     assert "health (circuit breaker)" in page.lower()
-    assert '<strong style="color: #c62828">Open</strong>' in page
+    assert '<strong class="baton-status baton-status--open">Open</strong>' in page
     events = reverse("admin:orchestration_agentevent_changelist") + f"?agent__id__exact={tripped.pk}"
     assert f'<a href="{events}">1 events</a>' in page
 
@@ -405,10 +412,12 @@ def test_the_agent_list_shows_each_circuit_in_one_query(admin_client: Client, tr
         AgentHealth.objects.create(agent=agent, circuit_state="half_open")
     Agent.objects.create(name="unguarded", kind="python")
     with CaptureQueriesContext(connection) as queries:
-        page = admin_client.get(changelist(Agent)).content.decode()
+        response = admin_client.get(changelist(Agent))
+    assert response.status_code == 200
+    page = response.content.decode()
     assert len(queries) < 12
-    assert page.count('<strong style="color: #b54708">Half-open (one trial)</strong>') == 10
-    assert '<strong style="color: #c62828">Open</strong>' in page
+    assert page.count('<strong class="baton-status baton-status--half_open">Half-open (one trial)</strong>') == 10
+    assert '<strong class="baton-status baton-status--open">Open</strong>' in page
     assert "no breaker" in page
 
 

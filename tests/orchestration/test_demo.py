@@ -13,7 +13,7 @@ from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from orchestration import transitions
+from orchestration import definitions, transitions
 from orchestration.demo_users import DEMO_USERS
 from orchestration.management.commands import load_demo
 from orchestration.models import Agent, Run, StepRun, Workflow, WorkflowVersion
@@ -141,7 +141,54 @@ def test_running_it_twice_publishes_nothing_new_and_duplicates_no_one() -> None:
     assert WorkflowVersion.objects.count() == versions
     assert get_user_model().objects.count() == users
     assert "published" not in second
-    assert "unchanged content-pipeline (v1)" in second
+    assert "kept content-pipeline (v1)" in second
+
+
+def test_running_it_again_keeps_a_workflow_and_an_agent_edited_in_admin() -> None:
+    load(quiet=True)
+    workflow = Workflow.objects.get(key="content-pipeline")
+    workflow.name = "Our blog pipeline"
+    workflow.save(update_fields=["name"])
+    workflow.draft_steps.filter(key="publish").update(when="{{ false }}")
+    Agent.objects.filter(name="editor").update(description="Our own editor", config={"delay": 0, "output": {}})
+    versions = list(WorkflowVersion.objects.order_by("pk").values_list("pk", flat=True))
+
+    out = load()
+
+    workflow.refresh_from_db()
+    assert workflow.name == "Our blog pipeline"
+    assert workflow.draft_steps.get(key="publish").when == "{{ false }}"
+    editor = Agent.objects.get(name="editor")
+    assert (editor.description, editor.config) == ("Our own editor", {"delay": 0, "output": {}})
+    assert list(WorkflowVersion.objects.order_by("pk").values_list("pk", flat=True)) == versions
+    assert "published" not in out
+    assert "kept content-pipeline (v1); kept agents editor" in out
+
+
+def test_running_it_again_keeps_a_version_published_from_an_edited_draft() -> None:
+    load(quiet=True)
+    workflow = Workflow.objects.get(key="content-pipeline")
+    workflow.description = "Edited in admin and published."
+    workflow.save(update_fields=["description"])
+    definitions.publish_draft(workflow)
+
+    out = load()
+
+    assert "kept content-pipeline (v2)" in out
+    assert workflow.versions.count() == 2
+    assert workflow.latest_version.spec["description"] == "Edited in admin and published."
+
+
+def test_running_it_again_puts_back_a_workflow_and_an_agent_someone_deleted() -> None:
+    load(quiet=True)
+    Workflow.objects.filter(key="support-routing").delete()
+    Agent.objects.filter(name="ticket-router").delete()
+
+    out = load()
+
+    assert "published support-routing v1; created agents ticket-router" in out
+    assert out.count("published") == 1
+    assert Workflow.objects.get(key="support-routing").latest_version is not None
 
 
 def test_it_puts_back_a_demo_password_someone_changed() -> None:
@@ -153,7 +200,9 @@ def test_it_puts_back_a_demo_password_someone_changed() -> None:
     assert authenticate(username="ops", password="ops-demo") is not None
 
 
-def test_it_publishes_a_new_version_only_for_a_file_that_changed(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_changed_demo_file_does_not_overwrite_what_is_in_the_database(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
     load(quiet=True)
     for path in load_demo.DEMO_DIR.glob("*.yaml"):
         shutil.copy(path, tmp_path / path.name)
@@ -161,18 +210,9 @@ def test_it_publishes_a_new_version_only_for_a_file_that_changed(tmp_path: Path,
     changed.write_text(changed.read_text().replace("name: Support ticket routing", "name: Ticket routing"))
     monkeypatch.setattr(load_demo, "DEMO_DIR", tmp_path)
     out = load()
-    assert "published support-routing v2" in out
-    assert out.count("published") == 1
-    assert Workflow.objects.get(key="support-routing").latest_version.spec["name"] == "Ticket routing"
-
-
-def test_it_updates_an_agent_without_publishing_when_only_the_agent_changed(monkeypatch: Any) -> None:
-    load(quiet=True)
-    Agent.objects.filter(name="editor").update(config={"delay": 0})
-    out = load()
-    assert "unchanged content-pipeline (v1); updated agents editor" in out
+    assert "kept support-routing (v1)" in out
     assert "published" not in out
-    assert Agent.objects.get(name="editor").config["delay"] == ["0.5s", "1.5s"]
+    assert Workflow.objects.get(key="support-routing").latest_version.spec["name"] == "Support ticket routing"
 
 
 def test_it_imports_sub_workflows_before_the_workflows_that_call_them() -> None:

@@ -1,7 +1,9 @@
 """Load the demo: three logins, their groups, and the example workflows in orchestration/demo/.
 
-Safe to run again: users are updated rather than duplicated, and a workflow gets a new version
-only when its file no longer matches the latest published version.
+Safe to run again (`make run` runs it every time): it creates what is missing and leaves every
+workflow and agent that already exists as it is, so edits made in admin survive. Users are
+updated rather than duplicated. To get the demo's own definitions back, start from an empty
+database (`make clean`).
 """
 
 from __future__ import annotations
@@ -103,35 +105,31 @@ def _children(document: dict[str, Any]) -> set[str]:
 
 
 def load_file(document: dict[str, Any]) -> str:
-    """Import one demo document unless it matches what is published; says what it did."""
+    """Create the document's missing agents and workflow; keep what exists. Says what it did."""
     agents, spec = definitions.check_document(document)
     assert spec is not None  # read_demo_files only passes documents with a workflow
-    agent_notes = _agent_changes(agents)
-    workflow = Workflow.objects.filter(key=spec["key"]).first()
-    latest = workflow.latest_version if workflow else None
-    # Compare as stored: the JSON round trip is what the version's spec went through.
-    if latest is not None and latest.spec == json.loads(json.dumps(spec)):
-        if agent_notes:
-            definitions.import_document({"agents": document["agents"]})
-        return f"unchanged {spec['key']} (v{latest.number}){agent_notes}"
-    _, version = definitions.import_document(document, note="load_demo")
-    assert version is not None
-    return f"published {spec['key']} v{version.number}{agent_notes}"
-
-
-def _agent_changes(agents: list[dict[str, Any]]) -> str:
-    """A note such as `; created agents a, b; updated agents c`, or "" when all match their rows."""
-    created: list[str] = []
-    updated: list[str] = []
-    for agent in agents:
-        row = Agent.objects.filter(name=agent["name"]).first()
-        if row is None:
-            created.append(agent["name"])
-        elif definitions.agent_spec(row) != json.loads(json.dumps({**agent, "retry": agent["retry"] or {}})):
-            updated.append(agent["name"])
-    notes = [
-        f"{verb} agents {', '.join(names)}"
-        for verb, names in (("created", created), ("updated", updated))
-        if names
+    raw_agents = {a["name"]: a for a in document.get("agents") or [] if isinstance(a, dict)}
+    rows = {row.name: row for row in Agent.objects.filter(name__in=[a["name"] for a in agents])}
+    created = [a["name"] for a in agents if a["name"] not in rows]
+    # An agent that differs from the file was edited here (or the file changed since): the
+    # database wins, as it does for workflows. Saying so tells the operator why a demo change
+    # did not arrive.
+    kept = [
+        a["name"]
+        for a in agents
+        if a["name"] in rows
+        and definitions.agent_spec(rows[a["name"]]) != json.loads(json.dumps({**a, "retry": a["retry"] or {}}))
     ]
-    return "".join(f"; {note}" for note in notes)
+    if created:
+        definitions.import_document({"agents": [raw_agents[name] for name in created]})
+    notes = "".join(
+        f"; {verb} agents {', '.join(names)}" for verb, names in (("created", created), ("kept", kept)) if names
+    )
+    workflow = Workflow.objects.filter(key=spec["key"]).first()
+    if workflow is not None:
+        latest = workflow.latest_version
+        return f"kept {spec['key']} ({f'v{latest.number}' if latest else 'draft'}){notes}"
+    # Only the workflow: its agents are now all in the database, created above or kept.
+    _, version = definitions.import_document({"workflow": document["workflow"]}, note="load_demo")
+    assert version is not None
+    return f"published {spec['key']} v{version.number}{notes}"

@@ -50,16 +50,17 @@ def _die_with_parent() -> None:
 class Child:
     """One supervised process, started as the leader of its own process group."""
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
         self.argv = argv
+        self.env = env
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             self.argv,
             cwd=settings.BASE_DIR,
-            env=dict(os.environ),
+            env=dict(os.environ) if self.env is None else self.env,
             # A process group of its own keeps the terminal's Ctrl-C away from the child, so
             # only `serve` decides how it stops (one SIGTERM, not SIGINT plus SIGTERM), and lets
             # a last-resort SIGKILL reach the django-q2 processes the worker forked.
@@ -124,6 +125,19 @@ def url_for(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
+def child_environment(host: str, port: int) -> dict[str, str]:
+    """This environment, with links in emails pointing where this `serve` listens.
+
+    The worker sends most emails, and it has no idea which port daphne was given: without this,
+    `--port 8101` still mailed links to :8000. An explicit BATON_BASE_URL (a proxy, a public
+    name) wins.
+    """
+    env = dict(os.environ)
+    if not env.get("BATON_BASE_URL", "").strip():
+        env["BATON_BASE_URL"] = url_for(host, port).rstrip("/")
+    return env
+
+
 def accepts_connections(host: str, port: int) -> bool:
     try:
         with socket.create_connection((browse_host(host).strip("[]"), port), timeout=0.5):
@@ -160,9 +174,10 @@ class Command(BaseCommand):
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         python = sys.executable
         asgi_app = "orchestration.config.asgi:application"
+        env = child_environment(host, port)
         children = [
-            Child("daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), asgi_app]),
-            Child("worker", [python, str(settings.BASE_DIR / "manage.py"), "baton_worker"]),
+            Child("daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), asgi_app], env),
+            Child("worker", [python, str(settings.BASE_DIR / "manage.py"), "baton_worker"], env),
         ]
         try:
             for child in children:
