@@ -21,7 +21,7 @@ import yaml
 from django import forms
 from django.contrib import admin, messages
 from django.db import models
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.forms.fields import InvalidJSONInput
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -164,7 +164,12 @@ def _operable_workflow_choices(request: HttpRequest, db_field: Any, kwargs: dict
     if db_field.name == "workflow":
         kwargs["queryset"] = access.operable_workflows(request.user)
     elif db_field.name == "sub_workflow":
-        kwargs["queryset"] = access.visible_workflows(request.user)
+        # Also the ones their workflows already call, or saving a draft would drop the call.
+        operable = access.operable_workflows(request.user).values("pk")
+        called = DraftStep.objects.filter(workflow__in=operable).values("sub_workflow")
+        kwargs["queryset"] = Workflow.objects.filter(
+            Q(pk__in=access.visible_workflows(request.user).values("pk")) | Q(pk__in=called)
+        )
 
 
 # ---------------------------------------------------------------------------------------------

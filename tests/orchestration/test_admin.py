@@ -457,6 +457,21 @@ def test_a_workflow_added_by_a_staff_member_is_theirs(db: Any) -> None:
     assert client.get(change(workflow)).status_code == 200
 
 
+def test_a_draft_step_offers_only_sub_workflows_one_sees_or_already_calls(two_workflows: tuple[Run, Run]) -> None:
+    load_workflow(
+        "workflow:\n  key: caller\n  name: Caller\n  access: {operators: [operations]}\n"
+        "  steps:\n    - {key: inner, workflow: pipeline}\n"
+    )
+    load_workflow(PIPELINE.replace("key: pipeline", "key: unrelated").replace("name: Pipeline", "name: Unrelated"))
+    page = staff("operator", "operations", "change_workflow", "change_draftstep").get(
+        change(Workflow.objects.get(key="caller"))
+    ).content.decode()
+    choices = page[page.index('name="draft_steps-0-sub_workflow"') :]
+    choices = choices[: choices.index("</select>")]
+    assert ">Pipeline</option>" in choices and ">Shared</option>" in choices
+    assert "Unrelated" not in choices
+
+
 def publish_as(client: Client, workflow: Workflow, **extra: Any) -> Any:
     data = {
         "key": workflow.key, "name": workflow.name, "description": workflow.description,
