@@ -231,7 +231,10 @@ def decided(request: HtmxHttpRequest) -> HttpResponse:
         "kind": kind,
         "statuses": [(v, label) for v, label in ItemStatus.choices if v != ItemStatus.PENDING],
         "status": status,
-        "workflows": Workflow.objects.values_list("key", "name"),
+        # Only workflows of items this user sees: the filter must not list every workflow.
+        "workflows": Workflow.objects.filter(pk__in=access.visible_items(user).values("run__workflow")).values_list(
+            "key", "name"
+        ),
         "workflow_key": workflow_key,
         "mine": mine,
         "filter_query": filters.urlencode(),

@@ -11,13 +11,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, F, FloatField, Q, Sum, Window
+from django.db.models import Count, F, FloatField, Q, QuerySet, Sum, Window
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, RowNumber
 from django.utils import timezone
 
 from orchestration.agents import llm
-from orchestration.models import Agent, AgentEvent, AgentHealth, AgentKind, Attempt, CircuitState, StepRun
+from orchestration.models import (
+    Agent,
+    AgentEvent,
+    AgentHealth,
+    AgentKind,
+    Attempt,
+    CircuitState,
+    Run,
+    StepRun,
+)
 from orchestration.spec import DEFAULT_RETRY
 from orchestration.status import StepStatus
 
@@ -114,6 +123,8 @@ class AgentRow:
     # llm agents only: what is missing to call it (None: configured), and the last 24 h.
     not_configured: str | None = None
     usage: Usage | None = None
+    # A half-open circuit's trial call, when its run may be shown to the reader.
+    trial_run_id: int | None = None
 
     @property
     def is_llm(self) -> bool:
@@ -145,14 +156,20 @@ class AgentRow:
         return min(100, round(100 * self.in_flight / limit)) if limit else 0
 
 
-def agent_rows(now: datetime | None = None) -> list[AgentRow]:
-    """Every agent with its circuit, load, recent circuit changes and LLM usage: four queries."""
+def agent_rows(now: datetime | None = None, runs: QuerySet[Run] | None = None) -> list[AgentRow]:
+    """Every agent with its circuit, load, recent circuit changes and LLM usage: four queries,
+    and one more to check a half-open circuit's trial run against `runs`.
+
+    With `runs`, load, usage and trial calls count only steps of those runs (the runs the
+    reader may see); without, every run.
+    """
     now = now or timezone.now()
     agents = list(Agent.objects.select_related("health", "health__trial_step"))
     names = [a.name for a in agents]
+    steps = StepRun.objects.all() if runs is None else StepRun.objects.filter(run__in=runs)
     load: dict[str, tuple[int, int]] = {
         row["agent_name"]: (row["in_flight"], row["throttled"])
-        for row in StepRun.objects.filter(
+        for row in steps.filter(
             agent_name__in=names, status__in=[StepStatus.RUNNING, StepStatus.THROTTLED]
         )
         .order_by()
@@ -168,21 +185,31 @@ def agent_rows(now: datetime | None = None) -> list[AgentRow]:
     for event in recent_events([a.pk for a in agents]):
         events.setdefault(event.agent_id, []).append(event)
     llm_names = [a.name for a in agents if a.kind == AgentKind.LLM]
-    usage = usage_since(llm_names, now - USAGE_WINDOW) if llm_names else {}
+    usage = usage_since(llm_names, now - USAGE_WINDOW, runs=runs) if llm_names else {}
+    shown_trials = {
+        health.trial_step.run_id
+        for health in (getattr(a, "health", None) for a in agents)
+        if health is not None and health.trial_step is not None
+    }
+    if runs is not None and shown_trials:
+        shown_trials = set(runs.filter(pk__in=shown_trials).values_list("pk", flat=True))
     rows = []
     for agent in agents:
         in_flight, throttled = load.get(agent.name, (0, 0))
         is_llm = agent.kind == AgentKind.LLM
+        health = getattr(agent, "health", None)
+        trial_run = health.trial_step.run_id if health is not None and health.trial_step else None
         rows.append(
             AgentRow(
                 agent=agent,
-                health=getattr(agent, "health", None),
+                health=health,
                 in_flight=in_flight,
                 throttled=throttled,
                 now=now,
                 events=events.get(agent.pk, []),
                 not_configured=llm.configured(agent.config or {}) if is_llm else None,
                 usage=usage.get(agent.name, Usage()) if is_llm else None,
+                trial_run_id=trial_run if trial_run in shown_trials else None,
             )
         )
     return rows
@@ -196,15 +223,17 @@ def recent_events(agent_ids: Iterable[int], per_agent: int = EVENTS_PER_AGENT) -
     return list(ranked.filter(rank__lte=per_agent).order_by("agent_id", "-id"))
 
 
-def usage_since(agent_names: list[str], since: datetime) -> dict[str, Usage]:
-    """Calls, tokens and cost per agent over attempts started since `since`, summed in SQL.
+def usage_since(agent_names: list[str], since: datetime, runs: QuerySet[Run] | None = None) -> dict[str, Usage]:
+    """Calls, tokens and cost per agent over attempts started since `since` (of `runs` only,
+    if given), summed in SQL.
 
     Only for llm agents: their usage is written by orchestration/agents/llm.py and always
     holds numbers, so the casts cannot fail (python agents may report anything; see
     orchestration/usage.py, which sums in Python for that reason).
     """
+    attempts = Attempt.objects.all() if runs is None else Attempt.objects.filter(step_run__run__in=runs)
     rows = (
-        Attempt.objects.filter(agent_name__in=agent_names, started_at__gte=since)
+        attempts.filter(agent_name__in=agent_names, started_at__gte=since)
         .order_by()
         .values("agent_name")
         .annotate(

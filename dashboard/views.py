@@ -2,7 +2,9 @@
 
 Each live part of a page is one partial (`_runs_table.html`, `_run_live.html`, `_agents.html`): the full page
 includes it, an htmx poll or action returns it alone, and the websocket push will render it.
-Every change goes through orchestration.transitions; nothing here writes a row itself.
+Every change goes through orchestration.transitions; nothing here writes a row itself. Who
+sees and operates what is orchestration.access's call: every query of workflows and runs here
+starts from its querysets, and every run or workflow a URL names is looked up through it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, F, Max, OuterRef, Q, Subquery, Sum
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
@@ -23,7 +25,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from dashboard import agent_status, graph, inputs
-from orchestration import transitions
+from orchestration import access, transitions
 from orchestration.models import (
     Agent,
     AgentKind,
@@ -58,14 +60,6 @@ def _partial_or_page(request: HtmxHttpRequest, page: str, partial: str, context:
     return response
 
 
-def _get_run_for_user(request: HtmxHttpRequest, run_id: int) -> Run:
-    # Every signed-in user may see and cancel every run for now; a per-workflow rule would
-    # go here, the one place the run pages and actions look a run up.
-    return get_object_or_404(
-        Run.objects.select_related("workflow", "version", "started_by", "parent_step"), pk=run_id
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Runs
 
@@ -75,6 +69,8 @@ class RunRow:
     run: Run
     done: int
     total: int
+    # Whether the run that called this sub-workflow run may be shown (and linked to).
+    parent_visible: bool = False
 
     @property
     def percent(self) -> int:
@@ -102,7 +98,7 @@ def progress_for(runs: list[Run]) -> dict[int, int]:
 @require_GET
 @login_required
 def runs(request: HtmxHttpRequest) -> HttpResponse:
-    queryset = Run.objects.select_related("workflow", "version", "started_by", "parent_step")
+    queryset = access.visible_runs(request.user).select_related("workflow", "version", "started_by", "parent_step")
     status = request.GET.get("status", "")
     if status in RunStatus.values:
         queryset = queryset.filter(status=status)
@@ -112,8 +108,14 @@ def runs(request: HtmxHttpRequest) -> HttpResponse:
     page = Paginator(queryset, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     page_runs = list(page.object_list)
     done = progress_for(page_runs)
+    parents = _visible_parents(request, page_runs)
     rows = [
-        RunRow(run=run, done=done.get(run.pk, 0), total=len(run.version.spec.get("steps", [])))
+        RunRow(
+            run=run,
+            done=done.get(run.pk, 0),
+            total=len(run.version.spec.get("steps", [])),
+            parent_visible=run.parent_step is not None and run.parent_step.run_id in parents,
+        )
         for run in page_runs
     ]
     filters = request.GET.copy()
@@ -123,12 +125,21 @@ def runs(request: HtmxHttpRequest) -> HttpResponse:
         "rows": rows,
         "statuses": RunStatus.choices,
         "status": status,
-        "workflows": Workflow.objects.values_list("key", "name"),
+        "workflows": access.visible_workflows(request.user).values_list("key", "name"),
         "workflow_key": workflow_key,
         "filter_query": filters.urlencode(),
         "filtered": bool(status or workflow_key),
     }
     return _partial_or_page(request, "dashboard/runs.html", "dashboard/_runs_table.html", context)
+
+
+def _visible_parents(request: HtmxHttpRequest, runs: list[Run]) -> set[int]:
+    """Which of these sub-workflow runs' callers the user sees (one query, none without sub-runs).
+
+    A sub-workflow run may be seen through its own workflow while its caller is not: then the
+    page says nothing about the caller.
+    """
+    return access.visible_among(request.user, {run.parent_step.run_id for run in runs if run.parent_step is not None})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +154,8 @@ class WorkflowCard:
     last_run_at: Any
     form: inputs.StartForm
     llm_warnings: list[agent_status.LlmWarning]
+    # Viewers see the card and its runs, without a start form.
+    can_start: bool = False
 
     @property
     def total_runs(self) -> int:
@@ -157,14 +170,20 @@ def _schema(version: WorkflowVersion | None) -> dict[str, Any]:
     return (version.spec.get("inputs") or {}) if version is not None else {}
 
 
-def _workflow_cards(forms: dict[int, inputs.StartForm] | None = None) -> list[WorkflowCard]:
-    """Every workflow with its latest version, run counts and LLM warnings, in five queries."""
+def _workflow_cards(request: HtmxHttpRequest, forms: dict[int, inputs.StartForm] | None = None) -> list[WorkflowCard]:
+    """The workflows this user sees, with their latest version, run counts and LLM warnings,
+    in six queries."""
     latest = WorkflowVersion.objects.filter(workflow=OuterRef("pk")).order_by("-number").values("pk")[:1]
-    workflows = list(Workflow.objects.select_related("owner").annotate(latest_id=Subquery(latest)))
+    workflows = list(
+        access.visible_workflows(request.user).select_related("owner").annotate(latest_id=Subquery(latest))
+    )
+    startable = set(access.operable_workflows(request.user).values_list("pk", flat=True))
     versions = WorkflowVersion.objects.in_bulk([w.latest_id for w in workflows if w.latest_id])
     counts: dict[int, dict[str, int]] = {}
     last_run: dict[int, Any] = {}
-    for row in Run.objects.order_by().values("workflow_id", "status").annotate(n=Count("id"), last=Max("created_at")):
+    # Every run of a workflow one sees is a run one sees: counting by workflow leaks nothing.
+    runs = Run.objects.filter(workflow__in=[w.pk for w in workflows])
+    for row in runs.order_by().values("workflow_id", "status").annotate(n=Count("id"), last=Max("created_at")):
         counts.setdefault(row["workflow_id"], {})[row["status"]] = row["n"]
         if last_run.get(row["workflow_id"]) is None or row["last"] > last_run[row["workflow_id"]]:
             last_run[row["workflow_id"]] = row["last"]
@@ -181,6 +200,7 @@ def _workflow_cards(forms: dict[int, inputs.StartForm] | None = None) -> list[Wo
                 last_run_at=last_run.get(workflow.pk),
                 form=forms.get(workflow.pk) or inputs.build_form(_schema(version)),
                 llm_warnings=warnings.get(version.pk, []) if version is not None else [],
+                can_start=workflow.pk in startable,
             )
         )
     return cards
@@ -189,13 +209,13 @@ def _workflow_cards(forms: dict[int, inputs.StartForm] | None = None) -> list[Wo
 @require_GET
 @login_required
 def workflows(request: HtmxHttpRequest) -> HttpResponse:
-    return render(request, "dashboard/workflows.html", {"cards": _workflow_cards()})
+    return render(request, "dashboard/workflows.html", {"cards": _workflow_cards(request)})
 
 
 @require_POST
 @login_required
 def start_run(request: HtmxHttpRequest, key: str) -> HttpResponse:
-    workflow = get_object_or_404(Workflow, key=key)
+    workflow = access.get_workflow_for_user(request.user, key, operate=True)
     version = workflow.latest_version
     schema = _schema(version)
     values, errors = inputs.parse(schema, request.POST)
@@ -217,7 +237,7 @@ def start_run(request: HtmxHttpRequest, key: str) -> HttpResponse:
         context = {"workflow": workflow, "version": version, "form": form}
         return render(request, "dashboard/_start_form.html", context, status=422)
     # Without JavaScript the whole page comes back, this workflow's form showing the problem.
-    return render(request, "dashboard/workflows.html", {"cards": _workflow_cards({workflow.pk: form})})
+    return render(request, "dashboard/workflows.html", {"cards": _workflow_cards(request, {workflow.pk: form})})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +247,9 @@ def start_run(request: HtmxHttpRequest, key: str) -> HttpResponse:
 @require_GET
 @login_required
 def agents(request: HtmxHttpRequest) -> HttpResponse:
-    rows = agent_status.agent_rows()
+    # Agents are shared, so every signed-in user sees them; what they are doing is counted
+    # over the runs this user sees (superusers: all), so no figure reveals a hidden run.
+    rows = agent_status.agent_rows(runs=None if request.user.is_superuser else access.visible_runs(request.user))
     context = {
         "rows": rows,
         "open_circuits": sum(1 for row in rows if row.circuit_state != "closed"),
@@ -258,7 +280,8 @@ class StepRow:
         return f"step-output-{self.step.pk}"
 
 
-def _run_context(run: Run, notice: str = "") -> dict[str, Any]:
+def _run_context(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
+    """What the run page, its htmx refresh and its live push show `user`, who may see `run`."""
     spec = run.version.spec
     order = {s["key"]: i for i, s in enumerate(spec.get("steps", []))}
     rows = list(StepRun.objects.filter(run=run, map_index__isnull=True))
@@ -330,20 +353,23 @@ def _run_context(run: Run, notice: str = "") -> dict[str, Any]:
         "steps_done": sum(1 for key in order if key in heads and heads[key].status in STEP_FINAL),
         "usage": usage if usage["total_tokens"] or usage["cost"] else None,
         "notice": notice,
+        "can_operate": access.can_operate_run(user, run),
+        # Seen through its own workflow, a sub-workflow run names no caller the user may not see.
+        "parent_visible": run.parent_step is not None and bool(access.visible_among(user, [run.parent_step.run_id])),
     }
 
 
 @require_GET
 @login_required
 def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
-    run = _get_run_for_user(request, run_id)
-    return _partial_or_page(request, "dashboard/run.html", "dashboard/_run_live.html", _run_context(run))
+    run = access.get_run_for_user(request.user, run_id)
+    return _partial_or_page(request, "dashboard/run.html", "dashboard/_run_live.html", _run_context(run, request.user))
 
 
 @require_POST
 @login_required
 def cancel_run(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
-    run = _get_run_for_user(request, run_id)
+    run = access.get_run_for_user(request.user, run_id, operate=True)
     try:
         transitions.cancel_run(run_id=run.pk, actor=request.user)
     except transitions.InvalidTransition:
@@ -354,6 +380,6 @@ def cancel_run(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
         run.refresh_from_db()
         notice, status, level = f"Run {run.pk} cancelled.", 200, messages.SUCCESS
     if request.htmx:
-        return render(request, "dashboard/_run_live.html", _run_context(run, notice), status=status)
+        return render(request, "dashboard/_run_live.html", _run_context(run, request.user, notice), status=status)
     messages.add_message(request, level, notice)
     return redirect("dashboard:run", run_id=run.pk)

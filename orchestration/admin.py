@@ -4,6 +4,11 @@ Definitions are editable here; everything a run produces (versions, runs, steps,
 events) is read-only, because it is history. The two writes that are not plain form saves,
 publishing a draft and cancelling a run, go through orchestration.definitions and
 orchestration.transitions like every other caller.
+
+Staff who are not superusers see only the workflows and runs orchestration.access lets them
+see, everywhere here (lists, filters, change pages, choices); Django's permissions say what they
+may do to those, and changing a workflow or cancelling a run also needs operator rights on it.
+Who has access to a workflow is changed by superusers only.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import yaml
 from django import forms
 from django.contrib import admin, messages
 from django.db import models
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.forms.fields import InvalidJSONInput
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -24,7 +29,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from orchestration import definitions, transitions
+from orchestration import access, definitions, transitions
 from orchestration.models import (
     Agent,
     AgentEvent,
@@ -109,6 +114,47 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
+class VisibleOnly(admin.ModelAdmin):
+    """Limits the changelist, change pages and actions to what orchestration.access shows.
+
+    `workflow_path` or `run_path` names the way from this model to the workflow or the run
+    whose visibility decides ("" when the model is that one). An object outside the queryset
+    is "not found" to Django's admin, so a guessed URL reveals nothing either.
+    """
+
+    workflow_path: str | None = None
+    run_path: str | None = None
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        user = request.user
+        if user.is_superuser:
+            return queryset
+        if self.run_path is not None:
+            visible: QuerySet[Any] = access.visible_runs(user)
+            path = self.run_path
+        else:
+            assert self.workflow_path is not None, f"{type(self).__name__} names no path to check"
+            visible = access.visible_workflows(user)
+            path = self.workflow_path
+        return queryset.filter(**{f"{path}__in" if path else "pk__in": visible.values("pk")})
+
+
+def _operable_workflow_choices(request: HttpRequest, db_field: Any, kwargs: dict[str, Any]) -> None:
+    # A draft step may only belong to a workflow one operates and call one one sees.
+    if request.user.is_superuser:
+        return
+    if db_field.name == "workflow":
+        kwargs["queryset"] = access.operable_workflows(request.user)
+    elif db_field.name == "sub_workflow":
+        # Also the ones their workflows already call, or saving a draft would drop the call.
+        operable = access.operable_workflows(request.user).values("pk")
+        called = DraftStep.objects.filter(workflow__in=operable).values("sub_workflow")
+        kwargs["queryset"] = Workflow.objects.filter(
+            Q(pk__in=access.visible_workflows(request.user).values("pk")) | Q(pk__in=called)
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Definitions
 
@@ -187,6 +233,10 @@ class DraftStepInline(admin.StackedInline):
     extra = 0
     ordering = ("position", "id")
     formfield_overrides = JSON_FORM_FIELD
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        _operable_workflow_choices(request, db_field, kwargs)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
     fieldsets = (
         (None, {"fields": (("position", "key", "kind"), ("agent", "sub_workflow"), "after")}),
         (
@@ -205,14 +255,38 @@ class VersionInline(ReadOnlyInline):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(VisibleOnly):
     list_display = ("key", "name", "owner", "latest_version_number", "runs_count", "updated_at")
     list_select_related = ("owner",)
     search_fields = ("key", "name", "description")
     formfield_overrides = JSON_FORM_FIELD
-    fields = ("key", "name", "description", "owner", "inputs", "output")
+    fields = ("key", "name", "description", "owner", "viewer_groups", "operator_groups", "inputs", "output")
+    filter_horizontal = ("viewer_groups", "operator_groups")
     inlines = (DraftStepInline, VersionInline)
     actions = ("publish_selected",)
+    workflow_path = ""
+    # Who may see and operate a workflow: granting it is for superusers, or any operator
+    # could hand the workflow (and its runs' data) to whomever they like.
+    ACCESS_FIELDS = ("owner", "viewer_groups", "operator_groups")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if request.user.is_superuser else fields + self.ACCESS_FIELDS
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_change_permission(request, obj)
+        return allowed and (obj is None or access.can_operate(request.user, obj))
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or access.can_operate(request.user, obj))
+
+    def save_model(self, request: HttpRequest, obj: Workflow, form: Any, change: bool) -> None:
+        # Staff who may add workflows but not grant access own what they add; otherwise the
+        # workflow would vanish from their sight the moment it is saved.
+        if not change and not request.user.is_superuser:
+            obj.owner = request.user  # type: ignore[assignment]
+        super().save_model(request, obj, form, change)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Workflow]:
         # Subqueries rather than Max()/Count() over two joins: joining versions and runs at
@@ -247,6 +321,9 @@ class WorkflowAdmin(admin.ModelAdmin):
     @admin.action(description="Publish the drafts of the selected workflows", permissions=["change"])
     def publish_selected(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         for workflow in queryset:
+            if not access.can_operate(request.user, workflow):
+                self.message_user(request, f"Not published: you do not operate {workflow.key}.", messages.WARNING)
+                continue
             self._publish(request, workflow)
 
     def response_change(self, request: HttpRequest, obj: Workflow) -> HttpResponse:
@@ -280,7 +357,7 @@ class WorkflowAdmin(admin.ModelAdmin):
 
 
 @admin.register(DraftStep)
-class DraftStepAdmin(admin.ModelAdmin):
+class DraftStepAdmin(VisibleOnly):
     """Steps are normally edited inline on their workflow; this list helps find them."""
 
     list_display = ("key", "workflow", "position", "kind", "agent", "sub_workflow", "after")
@@ -289,13 +366,28 @@ class DraftStepAdmin(admin.ModelAdmin):
     search_fields = ("key", "workflow__key")
     ordering = ("workflow__key", "position", "id")
     formfield_overrides = JSON_FORM_FIELD
+    workflow_path = "workflow"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_change_permission(request, obj)
+        return allowed and (obj is None or access.can_operate(request.user, obj.workflow))
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or access.can_operate(request.user, obj.workflow))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        _operable_workflow_choices(request, db_field, kwargs)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 @admin.register(WorkflowVersion)
-class WorkflowVersionAdmin(ReadOnlyAdmin):
+class WorkflowVersionAdmin(ReadOnlyAdmin, VisibleOnly):
     list_display = ("__str__", "workflow", "number", "published_by", "published_at", "note")
     list_select_related = ("workflow", "published_by")
-    list_filter = ("workflow",)
+    # Only workflows the reader sees: the plain filter would list every workflow's name.
+    list_filter = (("workflow", admin.RelatedOnlyFieldListFilter),)
+    workflow_path = "workflow"
     fields = ("workflow", "number", "published_by", "published_at", "note", "spec_as_file")
     readonly_fields = fields
 
@@ -353,7 +445,7 @@ class StepRunInline(ReadOnlyInline):
 
 
 @admin.register(Run)
-class RunAdmin(ExecutionDisplays, ReadOnlyAdmin):
+class RunAdmin(ExecutionDisplays, ReadOnlyAdmin, VisibleOnly):
     list_display = (
         "id",
         "status_label",
@@ -365,7 +457,7 @@ class RunAdmin(ExecutionDisplays, ReadOnlyAdmin):
         "duration",
     )
     list_display_links = ("id",)
-    list_filter = ("status", "trigger", "workflow")
+    list_filter = ("status", "trigger", ("workflow", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("workflow", "version", "started_by")
     search_fields = ("id", "workflow__key", "error")
     date_hierarchy = "created_at"
@@ -387,6 +479,7 @@ class RunAdmin(ExecutionDisplays, ReadOnlyAdmin):
     readonly_fields = fields
     inlines = (StepRunInline,)
     actions = ("cancel_selected",)
+    run_path = ""
 
     @admin.display(description="Version", ordering="version__number")
     def version_number(self, obj: Run) -> str:
@@ -405,7 +498,13 @@ class RunAdmin(ExecutionDisplays, ReadOnlyAdmin):
     @admin.action(description="Cancel selected runs", permissions=["cancel"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
         cancelled = 0
+        operable = access.operable_runs(request.user).filter(pk__in=queryset.values("pk"))
+        allowed = set(operable.values_list("pk", flat=True))
         for run_id in queryset.values_list("pk", flat=True):
+            if run_id not in allowed:
+                # Seen (a viewer's run) but not theirs to stop.
+                self.message_user(request, f"Not cancelled: you may not cancel run {run_id}.", messages.WARNING)
+                continue
             try:
                 transitions.cancel_run(run_id=run_id, actor=request.user)
             except transitions.InvalidTransition as exc:
@@ -425,7 +524,7 @@ class AttemptInline(ReadOnlyInline):
 
 
 @admin.register(StepRun)
-class StepRunAdmin(ExecutionDisplays, ReadOnlyAdmin):
+class StepRunAdmin(ExecutionDisplays, ReadOnlyAdmin, VisibleOnly):
     list_display = (
         "id",
         "run",
@@ -469,11 +568,12 @@ class StepRunAdmin(ExecutionDisplays, ReadOnlyAdmin):
     )
     readonly_fields = fields
     inlines = (AttemptInline,)
+    run_path = "run"
 
 
 
 @admin.register(Attempt)
-class AttemptAdmin(ReadOnlyAdmin):
+class AttemptAdmin(ReadOnlyAdmin, VisibleOnly):
     list_display = (
         "id",
         "step_run",
@@ -501,6 +601,7 @@ class AttemptAdmin(ReadOnlyAdmin):
         "finished_at",
     )
     readonly_fields = fields
+    run_path = "step_run__run"
 
     @admin.display(description="Traceback")
     def traceback_text(self, obj: Attempt) -> SafeString:
@@ -508,7 +609,7 @@ class AttemptAdmin(ReadOnlyAdmin):
 
 
 @admin.register(RunEvent)
-class RunEventAdmin(ReadOnlyAdmin):
+class RunEventAdmin(ReadOnlyAdmin, VisibleOnly):
     """The append-only log: nobody, not even a superuser, may change or delete a row here."""
 
     list_display = ("created_at", "run", "step_run", "kind", "transition", "actor", "message")
@@ -517,6 +618,7 @@ class RunEventAdmin(ReadOnlyAdmin):
     search_fields = ("message", "run__id")
     fields = ("run", "step_run", "kind", "from_status", "to_status", "message", "data", "actor", "created_at")
     readonly_fields = fields
+    run_path = "run"
 
     @admin.display(description="From → to")
     def transition(self, obj: RunEvent) -> str:

@@ -94,6 +94,10 @@ def _save_draft(spec: dict[str, Any]) -> Workflow:
             "allow_self_approval": spec.get("allow_self_approval", False),
         },
     )
+    # A file without `access` leaves only the owner (and superusers) with access, as it says.
+    access = spec.get("access") or {}
+    workflow.viewer_groups.set(Group.objects.filter(name__in=access.get("viewers", [])))
+    workflow.operator_groups.set(Group.objects.filter(name__in=access.get("operators", [])))
     workflow.draft_steps.all().delete()
     agents = {a.name: a for a in Agent.objects.filter(name__in=[s.get("agent") for s in spec["steps"]])}
     children = {
@@ -188,11 +192,24 @@ def draft_to_raw(workflow: Workflow) -> dict[str, Any]:
         raw["on_failure"] = workflow.on_failure
     if workflow.allow_self_approval:
         raw["allow_self_approval"] = True
+    access = workflow_access(workflow)
+    if access:
+        raw["access"] = access
     if workflow.output.strip():
         text = workflow.output.strip()
         parsed = yaml.safe_load(text) if not text.startswith("{{") else text
         raw["output"] = parsed
     return raw
+
+
+def workflow_access(workflow: Workflow) -> dict[str, list[str]]:
+    """The workflow's viewer and operator groups as the file writes them (empty lists left out)."""
+    access: dict[str, list[str]] = {}
+    for name, groups in (("viewers", workflow.viewer_groups), ("operators", workflow.operator_groups)):
+        names = sorted(groups.values_list("name", flat=True))
+        if names:
+            access[name] = names
+    return access
 
 
 def publish_draft(workflow: Workflow, *, user: Any = None, note: str = "") -> WorkflowVersion:
@@ -251,4 +268,10 @@ def export_document(key: str, *, as_json: bool = False) -> str:
         rows.update(found)
         pending = {a.fallback for a in found.values() if a.fallback and a.fallback not in rows}
     agents: list[Mapping[str, Any]] = [agent_spec(rows[n]) for n in sorted(rows)]
-    return dump_document(agents, version.spec, as_json=as_json)
+    # Access is the workflow's current setting, not the version's (admin may have changed it
+    # since): re-importing the export must not take anyone's access away.
+    spec = {key: value for key, value in version.spec.items() if key != "access"}
+    access = workflow_access(workflow)
+    if access:
+        spec["access"] = access
+    return dump_document(agents, spec, as_json=as_json)

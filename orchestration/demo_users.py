@@ -12,13 +12,15 @@ from django.contrib.auth.models import Group, Permission
 # (username, password, who they are)
 DEMO_USERS: list[tuple[str, str, str]] = [
     ("admin", "admin-demo", "superuser: edits workflows and agents in Django admin"),
-    ("ops", "ops-demo", "operations lead: starts and watches runs"),
-    ("approver", "approver-demo", "approver: decides in the approvals inbox"),
+    ("ops", "ops-demo", "operations lead: starts, watches and cancels the demo's runs"),
+    ("approver", "approver-demo", "approver: decides in the approvals inbox, sees those runs"),
 ]
 
 DEMO_GROUPS: list[str] = ["operations", "legal", "editors", "support"]
 
-# Which groups each demo user belongs to; approval and manual steps are assigned to groups.
+# Which groups each demo user belongs to. Approval and manual steps are assigned to groups, and
+# the demo files give `operations` operator rights on every workflow and the approvers' groups
+# viewer rights on the workflows they decide in (orchestration/access.py is the rule).
 DEMO_MEMBERSHIPS: dict[str, list[str]] = {
     "admin": [],
     "ops": ["operations"],

@@ -99,6 +99,21 @@ class Workflow(models.Model):
     )
     # Whether the person who started a run may approve its approvals and gates.
     allow_self_approval = models.BooleanField(default=False)
+    # Who sees the workflow and its runs, and who may start and cancel them, besides the
+    # owner and superusers (the rule is orchestration/access.py). Not versioned: runs of
+    # every version follow the workflow's current setting.
+    viewer_groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="viewable_workflows",
+        help_text="Members see this workflow and its runs.",
+    )
+    operator_groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="operated_workflows",
+        help_text="Members see this workflow and its runs, start runs and cancel them.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

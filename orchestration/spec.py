@@ -56,8 +56,11 @@ WORKFLOW_FIELDS = {
     "on_cancel",
     "on_failure",
     "allow_self_approval",
+    "access",
 }
 APPROVERS_FIELDS = {"users", "groups"}
+# Who sees and who operates the workflow's runs, besides its owner (orchestration/access.py).
+ACCESS_FIELDS = {"viewers", "operators"}
 DECISION_FIELDS = {"approvers", "required", "deadline", "remind_before", "on_timeout", "escalate_to"}
 APPROVAL_FIELDS = DECISION_FIELDS | {"title", "details", "on_reject"}
 GATE_FIELDS = DECISION_FIELDS | {"title"}
@@ -403,6 +406,7 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
     on_cancel = raw.get("on_cancel", "nothing")
     if on_cancel not in ("nothing", "compensate"):
         problems.add(where, f"field `on_cancel`: {on_cancel!r} is not 'nothing' or 'compensate'")
+    access = _normalise_access(raw.get("access"), where, catalog, problems)
     spec: dict[str, Any] = {
         "key": key,
         "name": str(name),
@@ -415,6 +419,9 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
         "output": raw.get("output"),
         "steps": steps,
     }
+    # Only when given, so that the specs of workflows without it stay as they were.
+    if access:
+        spec["access"] = access
     if spec["output"] is not None:
         trees = _check_templates(spec["output"], where, "output", problems)
         for missing in sorted(referenced_steps(trees) - seen):
@@ -423,6 +430,32 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
     _check_recursion(spec, catalog, where, problems)
     problems.raise_if_any()
     return spec
+
+
+def _normalise_access(raw: Any, where: str, catalog: Catalog, problems: Problems) -> dict[str, list[str]]:
+    """`access: {viewers: [group, ...], operators: [group, ...]}`; empty lists are dropped."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.add(where, "field `access` must be a mapping with `viewers` and/or `operators` lists of groups")
+        return {}
+    for unknown in sorted(set(raw) - ACCESS_FIELDS, key=str):
+        problems.add(where, f"field `access.{unknown}` is unknown (use `viewers` or `operators`)")
+    access: dict[str, list[str]] = {}
+    for name in ("viewers", "operators"):
+        groups = raw.get(name)
+        if groups is None:
+            continue
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            problems.add(where, f"field `access.{name}` must be a list of group names")
+            continue
+        if catalog.groups is not None:
+            for unknown in [g for g in groups if g not in catalog.groups]:
+                problems.add(where, f"field `access.{name}`: unknown group {unknown!r}")
+        if groups:
+            # Sorted: order means nothing here, and the same groups must give the same spec.
+            access[name] = sorted(set(groups))
+    return access
 
 
 def _normalise_inputs(raw: Any, where: str, problems: Problems) -> dict[str, Any]:
@@ -977,6 +1010,8 @@ def workflow_to_file(spec: Mapping[str, Any]) -> dict[str, Any]:
         out["on_failure"] = spec["on_failure"]
     if spec.get("allow_self_approval"):
         out["allow_self_approval"] = True
+    if spec.get("access"):
+        out["access"] = spec["access"]
     steps = []
     for step in spec["steps"]:
         item: dict[str, Any] = {"key": step["key"]}

@@ -19,6 +19,7 @@ agents:
 workflow:
   key: waiting
   name: Waiting flow
+  owner: ops
   steps:
     - {key: first, agent: echo}
     - {key: second, agent: echo, after: [first]}

@@ -33,6 +33,7 @@ workflow:
   key: content
   name: Content pipeline
   owner: ops
+  access: {viewers: [support]}
   inputs: {topic: {type: string, required: true}}
   steps:
     - key: draft
@@ -53,6 +54,7 @@ workflow:
   key: budget
   name: Budget requests
   owner: ops
+  access: {viewers: [support]}
   inputs: {amount: {type: integer, required: true}}
   steps:
     - {key: estimate, agent: writer, input: {amount: "{{ input.amount }}", team: marketing}}

@@ -40,6 +40,7 @@ FAILING = """
 workflow:
   key: triage
   name: Ticket triage
+  owner: ops
   description: Reads a ticket and refuses it, to show what a failed run looks like.
   steps:
     - {key: read, agent: echo}

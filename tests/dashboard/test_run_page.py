@@ -108,7 +108,7 @@ def test_the_steps_table_shows_items_attempts_agents_and_timings(
 
 
 def test_a_simulated_agent_is_labelled_simulated(ops_client: Client) -> None:
-    load_workflow(AGENTS + "workflow:\n  key: story\n  name: Story\n  steps:\n    - {key: tell, agent: storyteller}\n")
+    load_workflow(AGENTS + "workflow:\n  key: story\n  name: Story\n  owner: ops\n  steps:\n    - {key: tell, agent: storyteller}\n")
     run = drive(transitions.start_run(workflow="story", input={"topic": "owls"}))
     assert '<span class="agent-cell__name">storyteller <span class="tag tag--sim">simulated</span></span>' in step_row(page_of(ops_client, run), "tell")
 
@@ -116,7 +116,7 @@ def test_a_simulated_agent_is_labelled_simulated(ops_client: Client) -> None:
 def test_a_failed_run_says_which_step_failed_and_why(ops_client: Client) -> None:
     load_workflow(
         AGENTS
-        + "workflow:\n  key: refusing\n  name: Refusing\n  steps:\n    - {key: ask, agent: refuse}\n    - {key: then, agent: echo, after: [ask]}\n"
+        + "workflow:\n  key: refusing\n  name: Refusing\n  owner: ops\n  steps:\n    - {key: ask, agent: refuse}\n    - {key: then, agent: echo, after: [ask]}\n"
     )
     run = drive(transitions.start_run(workflow="refusing"))
     page = page_of(ops_client, run)
@@ -133,6 +133,7 @@ def test_a_loop_draws_a_dashed_arrow_back_and_shows_the_round(ops_client: Client
 workflow:
   key: drafting
   name: Drafting
+  owner: ops
   steps:
     - {key: write, agent: echo}
     - {key: review, agent: editor, after: [write], input: {approve_on: 2}, loop: {back_to: write, until: "{{ steps.review.output.ok }}", max_iterations: 3}}
@@ -148,7 +149,7 @@ workflow:
 
 
 def test_a_sub_workflow_step_shows_its_key_and_links_both_ways(ops_client: Client, digest: WorkflowVersion) -> None:
-    load_workflow("workflow:\n  key: wrapper\n  name: Wrapper\n  steps:\n    - {key: inner, workflow: digest, input: {topic: nested}}\n")
+    load_workflow("workflow:\n  key: wrapper\n  name: Wrapper\n  owner: ops\n  steps:\n    - {key: inner, workflow: digest, input: {topic: nested}}\n")
     parent = drive(transitions.start_run(workflow="wrapper"))
     child = Run.objects.get(parent_step__run=parent)
     page = page_of(ops_client, parent)
@@ -168,7 +169,7 @@ def test_the_timeline_lists_events_oldest_first(ops_client: Client, digest: Work
 
 
 def test_agent_output_is_escaped_everywhere(ops_client: Client) -> None:
-    load_workflow(AGENTS + "workflow:\n  key: echoing\n  name: Echoing\n  steps:\n    - {key: say, agent: echo}\n")
+    load_workflow(AGENTS + "workflow:\n  key: echoing\n  name: Echoing\n  owner: ops\n  steps:\n    - {key: say, agent: echo}\n")
     attack = "<script>alert('x')</script>"
     run = drive(transitions.start_run(workflow="echoing", input={"text": attack}))
     page = page_of(ops_client, run)
@@ -177,7 +178,7 @@ def test_agent_output_is_escaped_everywhere(ops_client: Client) -> None:
 
 
 def test_a_long_output_is_folded(ops_client: Client) -> None:
-    load_workflow(AGENTS + "workflow:\n  key: echoing\n  name: Echoing\n  steps:\n    - {key: say, agent: echo}\n")
+    load_workflow(AGENTS + "workflow:\n  key: echoing\n  name: Echoing\n  owner: ops\n  steps:\n    - {key: say, agent: echo}\n")
     run = drive(transitions.start_run(workflow="echoing", input={"text": "word " * 200, "short": "hi"}))
     page = page_of(ops_client, run)
     assert '<details class="fold" id="run-output-say">' in page or '<details class="fold" id="step-output-' in page
@@ -239,9 +240,10 @@ def test_the_run_page_takes_a_fixed_number_of_queries(
     ops_client: Client, digest: WorkflowVersion, django_assert_max_num_queries: Any
 ) -> None:
     run = drive(transitions.start_run(workflow="digest", input={"topic": "t", "sections": list("abcdefghij")}))
-    # session, user, run, head rows, simulated agents, item attempts, child runs, event
-    # count, events, and for usage the run's sub-runs and attempts: ten items or a thousand.
-    with django_assert_max_num_queries(11):
+    # session, user, run, may ops see it, may ops cancel it, head rows, simulated agents, item
+    # attempts, child runs, event count, events, and for usage the run's sub-runs and
+    # attempts: ten items or a thousand.
+    with django_assert_max_num_queries(13):
         response = ops_client.get(reverse("dashboard:run", args=[run.pk]))
     assert response.status_code == 200
     page = response.content.decode()
@@ -255,7 +257,7 @@ def test_a_long_run_output_is_folded_on_the_run_page(client, ops) -> None:  # ty
 
     load_workflow(
         'agents: [{name: echo, kind: python, config: {callable: "tests.agents.basic:echo"}}]\n'
-        "workflow: {key: long, name: Long, steps: [{key: a, agent: echo, input: '{{ range(60) | list }}'}]}"
+        "workflow: {key: long, name: Long, owner: ops, steps: [{key: a, agent: echo, input: '{{ range(60) | list }}'}]}"
     )
     run = drive(transitions.start_run(workflow="long"))
     client.force_login(ops)

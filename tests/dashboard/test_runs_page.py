@@ -24,6 +24,7 @@ REFUSING = (
 workflow:
   key: refusing
   name: Refusing flow
+  owner: ops
   steps:
     - {key: ask, agent: refuse}
 """
@@ -81,9 +82,9 @@ def test_thirty_runs_take_as_few_queries_as_three(
         run = start(ops, topic=f"topic {index}")
         if index % 3:
             drive(run)
-    # session, user, count, the page of runs with their workflow/version/starter, one
-    # aggregate for progress, the workflow filter: nothing per run.
-    with django_assert_max_num_queries(6):
+    # session, user, the workflows ops sees, count, the page of runs with their
+    # workflow/version/starter, one aggregate for progress, the workflow filter: nothing per run.
+    with django_assert_max_num_queries(7):
         response = ops_client.get(reverse("dashboard:runs"))
     assert response.status_code == 200
     assert response.content.count(b"<tr data-run=") == 30
@@ -97,6 +98,7 @@ def test_progress_counts_a_step_sent_back_by_a_loop_as_unfinished(ops_client: Cl
 workflow:
   key: drafting
   name: Drafting
+  owner: ops
   steps:
     - {key: write, agent: echo}
     - {key: review, agent: editor, after: [write], input: {approve_on: 5}, loop: {back_to: write, until: "{{ steps.review.output.ok }}", max_iterations: 5}}
@@ -171,6 +173,7 @@ def test_a_sub_workflow_run_links_to_its_parent(ops_client: Client, ops: Any, di
 workflow:
   key: wrapper
   name: Wrapper
+  owner: ops
   steps:
     - {key: inner, workflow: digest, input: {topic: nested}}
 """

@@ -136,7 +136,7 @@ def test_starting_an_unknown_workflow_is_not_found(ops_client: Client) -> None:
 
 
 def test_a_workflow_with_no_published_version_cannot_be_started(ops_client: Client, ops: Any) -> None:
-    Workflow.objects.create(key="draft-only", name="Draft only")
+    Workflow.objects.create(key="draft-only", name="Draft only", owner=ops)
     page = ops_client.get(reverse("dashboard:workflows")).content.decode()
     assert "not published" in card(page, "draft-only")
     response = ops_client.post(reverse("dashboard:start", args=["draft-only"]))
@@ -152,11 +152,11 @@ def test_the_workflows_page_takes_a_fixed_number_of_queries(
     ops_client: Client, ops: Any, digest: WorkflowVersion, django_assert_max_num_queries: Any
 ) -> None:
     for key in ("one", "two", "three", "four"):
-        load_workflow(f"workflow:\n  key: {key}\n  name: {key}\n  steps:\n    - {{key: s, agent: echo}}\n")
+        load_workflow(f"workflow:\n  key: {key}\n  name: {key}\n  owner: ops\n  steps:\n    - {{key: s, agent: echo}}\n")
         transitions.start_run(workflow=key)
-    # session, user, workflows with owner and latest version id, the versions, run counts,
+    # session, user, workflows with owner and latest version id, which ops may start, the versions, run counts,
     # the agents (for LLM warnings).
-    with django_assert_max_num_queries(6):
+    with django_assert_max_num_queries(7):
         response = ops_client.get(reverse("dashboard:workflows"))
     assert response.status_code == 200
     page = response.content.decode()
@@ -177,7 +177,7 @@ agents:
 
 
 def llm_workflow(key: str, step: str) -> None:
-    load_workflow(LLM_AGENTS + f"workflow:\n  key: {key}\n  name: {key}\n  steps:\n    - {step}\n")
+    load_workflow(LLM_AGENTS + f"workflow:\n  key: {key}\n  name: {key}\n  owner: ops\n  steps:\n    - {step}\n")
 
 
 def warnings_of(page: str, key: str) -> list[str]:
@@ -233,7 +233,7 @@ def test_no_warning_once_the_server_and_key_are_set_or_for_workflows_without_llm
 def test_a_multi_line_default_is_offered_in_a_textarea(ops_client: Client, ops: Any) -> None:
     load_workflow(
         'agents:\n  - {name: echo, kind: python, config: {callable: "tests.agents.basic:echo"}}\n'
-        "workflow:\n  key: notes\n  name: Notes\n  inputs:\n    notes: {type: string, default: \"first line\\nsecond line\"}\n"
+        "workflow:\n  key: notes\n  name: Notes\n  owner: ops\n  inputs:\n    notes: {type: string, default: \"first line\\nsecond line\"}\n"
         "  steps:\n    - {key: s, agent: echo}\n"
     )
     form = card(ops_client.get(reverse("dashboard:workflows")).content.decode(), "notes")

@@ -6,7 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
 from django.db import connection
+from django.db.models import Q
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -351,6 +354,140 @@ def test_cancelling_selected_runs_cancels_the_running_ones_and_explains_the_fini
     shown = messages_of(response)
     assert "Cancelled 1 run(s)." in shown
     assert f"Not cancelled: run {finished_run.pk} already succeeded." in shown
+
+
+# --- staff who are not superusers see what orchestration.access shows them ----------------------
+
+SHARED = PIPELINE.replace("key: pipeline", "key: shared").replace(
+    "name: Pipeline", "name: Shared\n  access: {operators: [operations], viewers: [auditors]}"
+)
+
+
+def staff(username: str, group: str, *perms: str) -> Client:
+    """A staff member of `group` with view rights on every orchestration model, plus `perms`."""
+    user = get_user_model().objects.create_user(username, f"{username}@example.com", "pass", is_staff=True)
+    user.groups.add(Group.objects.get_or_create(name=group)[0])
+    codenames = Q(codename__startswith="view_") | Q(codename__in=perms)
+    user.user_permissions.add(*Permission.objects.filter(codenames, content_type__app_label="orchestration"))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def two_workflows(finished_run: Run) -> tuple[Run, Run]:
+    """A run of `pipeline` (nobody's but superusers') and a run of `shared`."""
+    Group.objects.get_or_create(name="operations")
+    Group.objects.get_or_create(name="auditors")
+    load_workflow(SHARED)
+    return finished_run, drive(transitions.start_run(workflow="shared", input={"topic": "tides"}))
+
+
+@pytest.mark.parametrize("model", [Workflow, DraftStep, WorkflowVersion, Run, StepRun, Attempt, RunEvent])
+def test_a_staff_member_sees_only_the_workflows_and_runs_they_may_see(
+    two_workflows: tuple[Run, Run], model: type
+) -> None:
+    client = staff("auditor", "auditors")
+    path = {
+        Workflow: "", DraftStep: "workflow", WorkflowVersion: "workflow", Run: "workflow",
+        StepRun: "run__workflow", Attempt: "step_run__run__workflow", RunEvent: "run__workflow",
+    }[model]
+    field = f"{path}__key" if path else "key"
+    visible = model.objects.filter(**{field: "shared"}).order_by("pk").first()
+    invisible = model.objects.filter(**{field: "pipeline"}).order_by("pk").first()
+    assert visible is not None and invisible is not None
+    response = client.get(changelist(model))
+    assert response.status_code == 200
+    listed = {obj.pk for obj in response.context["cl"].result_list}
+    assert listed == set(model.objects.filter(**{field: "shared"}).values_list("pk", flat=True))
+    assert client.get(change(visible)).status_code == 200
+    # Not theirs: the admin says the object does not exist, as for a wrong id.
+    response = client.get(change(invisible), follow=True)
+    assert response.redirect_chain[-1][0] == reverse("admin:index")
+    assert "doesn’t exist" in messages_of(response)[0]
+
+
+def test_the_run_filters_name_only_the_workflows_the_staff_member_sees(two_workflows: tuple[Run, Run]) -> None:
+    client = staff("auditor", "auditors")
+    for model in (Run, WorkflowVersion):
+        page = client.get(changelist(model)).content.decode()
+        assert "Shared" in page
+        assert "Pipeline" not in page and "pipeline" not in page, model
+
+
+def test_a_viewer_with_the_change_right_cannot_cancel_a_run_from_the_admin(two_workflows: tuple[Run, Run]) -> None:
+    _, shared = two_workflows
+    running = transitions.start_run(workflow="shared", input={"topic": "waves"})
+    response = staff("auditor", "auditors", "change_run").post(
+        changelist(Run), {"action": "cancel_selected", "_selected_action": [running.pk]}, follow=True
+    )
+    running.refresh_from_db()
+    assert running.status == RunStatus.RUNNING
+    assert f"Not cancelled: you may not cancel run {running.pk}." in messages_of(response)
+    # An operator with the same right may.
+    staff("operator", "operations", "change_run").post(
+        changelist(Run), {"action": "cancel_selected", "_selected_action": [running.pk]}
+    )
+    running.refresh_from_db()
+    assert running.status == RunStatus.CANCELLED
+
+
+def test_only_a_superuser_changes_who_has_access_to_a_workflow(two_workflows: tuple[Run, Run]) -> None:
+    workflow = Workflow.objects.get(key="shared")
+    client = staff("operator", "operations", "change_workflow", "change_draftstep")
+    page = client.get(change(workflow)).content.decode()
+    assert 'name="operator_groups"' not in page and 'name="owner"' not in page
+    response = publish_as(client, workflow, operator_groups=[Group.objects.create(name="everyone").pk], owner="")
+    assert response.status_code == 302  # saved, but not the access fields
+    assert set(workflow.operator_groups.values_list("name", flat=True)) == {"operations"}
+    workflow.refresh_from_db()
+    assert workflow.owner is None
+    # A viewer with the same rights may not change the workflow at all.
+    viewer = staff("auditor", "auditors", "change_workflow", "change_draftstep")
+    assert 'name="_publish"' not in viewer.get(change(workflow)).content.decode()
+    assert publish_as(viewer, workflow).status_code == 403
+
+
+def test_a_workflow_added_by_a_staff_member_is_theirs(db: Any) -> None:
+    client = staff("maker", "makers", "add_workflow", "change_workflow")
+    response = client.post(
+        reverse("admin:orchestration_workflow_add"),
+        {
+            "key": "mine", "name": "Mine", "description": "", "inputs": "{}", "output": "",
+            "draft_steps-TOTAL_FORMS": 0, "draft_steps-INITIAL_FORMS": 0,
+            "versions-TOTAL_FORMS": 0, "versions-INITIAL_FORMS": 0,
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    workflow = Workflow.objects.get(key="mine")
+    assert workflow.owner is not None and workflow.owner.username == "maker"
+    assert client.get(change(workflow)).status_code == 200
+
+
+def test_a_draft_step_offers_only_sub_workflows_one_sees_or_already_calls(two_workflows: tuple[Run, Run]) -> None:
+    load_workflow(
+        "workflow:\n  key: caller\n  name: Caller\n  access: {operators: [operations]}\n"
+        "  steps:\n    - {key: inner, workflow: pipeline}\n"
+    )
+    load_workflow(PIPELINE.replace("key: pipeline", "key: unrelated").replace("name: Pipeline", "name: Unrelated"))
+    page = staff("operator", "operations", "change_workflow", "change_draftstep").get(
+        change(Workflow.objects.get(key="caller"))
+    ).content.decode()
+    choices = page[page.index('name="draft_steps-0-sub_workflow"') :]
+    choices = choices[: choices.index("</select>")]
+    assert ">Pipeline</option>" in choices and ">Shared</option>" in choices
+    assert "Unrelated" not in choices
+
+
+def publish_as(client: Client, workflow: Workflow, **extra: Any) -> Any:
+    data = {
+        "key": workflow.key, "name": workflow.name, "description": workflow.description,
+        "inputs": json.dumps(workflow.inputs), "output": workflow.output,
+        "draft_steps-TOTAL_FORMS": 0, "draft_steps-INITIAL_FORMS": 0,
+        "versions-TOTAL_FORMS": 0, "versions-INITIAL_FORMS": 0,
+        **extra,
+    }
+    return client.post(change(workflow), data)
 
 
 # --- agents: fallback, circuit breaker, concurrency ---------------------------------------------

@@ -13,7 +13,7 @@ from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from orchestration import definitions, transitions
+from orchestration import access, definitions, transitions
 from orchestration.demo_users import DEMO_USERS
 from orchestration.management.commands import load_demo
 from orchestration.models import Agent, Run, StepRun, Workflow, WorkflowVersion
@@ -108,6 +108,20 @@ def test_it_publishes_every_demo_workflow() -> None:
         assert workflow.latest_version is not None, workflow.key
         assert workflow.owner is not None and workflow.owner.username in ("ops", "admin")
         assert workflow.description
+
+
+def test_ops_operates_every_demo_workflow_and_the_approver_sees_the_ones_they_decide_in() -> None:
+    load(quiet=True)
+    users = {u.username: u for u in get_user_model().objects.all()}
+    everything = set(DEMO_WORKFLOWS + PEOPLE_WORKFLOWS)
+    assert set(access.operable_workflows(users["ops"]).values_list("key", flat=True)) == everything
+    assert set(access.operable_workflows(users["admin"]).values_list("key", flat=True)) == everything
+    assert set(access.visible_workflows(users["approver"]).values_list("key", flat=True)) == set(PEOPLE_WORKFLOWS)
+    assert not access.operable_workflows(users["approver"]).exists()
+    # The quarterly review's worker runs are the ops team's too, through the run that calls them.
+    run = transitions.start_run(workflow="quarterly-review", started_by=users["ops"])
+    assert access.can_operate_run(users["ops"], run)
+    assert not access.can_view_run(users["approver"], run)
 
 
 def test_every_simulated_demo_agent_has_a_short_delay_and_a_low_failure_rate() -> None:
