@@ -139,7 +139,10 @@ class RedactSecrets(logging.Filter):
         secrets = values()
         if not secrets:
             return True
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # a malformed record: the handler reports it as a logging error
         cleaned = redact_text(message, secrets)
         if cleaned != message:
             record.msg, record.args = cleaned, ()
