@@ -47,6 +47,8 @@ def problem(path: Any) -> str | None:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         return f"cannot import {module_name!r} ({exc})"
+    except Exception as exc:  # a listed module that is broken: say so rather than crash the caller
+        return f"cannot import {module_name!r} ({type(exc).__name__}: {exc})"
     function = getattr(module, name, None)
     if not callable(function):
         return f"{module_name!r} has no function {name!r}"
@@ -76,8 +78,8 @@ def choices() -> list[str]:
             continue
         try:
             module = importlib.import_module(entry)
-        except ImportError:
-            continue  # a listed module that is not installed offers nothing to choose
+        except Exception:
+            continue  # a listed module that is missing or broken offers nothing to choose
         for name, value in vars(module).items():
             if inspect.isfunction(value) and not name.startswith("_") and value.__module__ == entry:
                 found.add(f"{entry}:{name}")
