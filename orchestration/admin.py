@@ -26,10 +26,12 @@ from django.db.models.functions import Coalesce
 from django.forms.fields import InvalidJSONInput
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 
 from orchestration import access, definitions, transitions
+from orchestration.agents import registry as agent_registry
+from orchestration.agents import secrets as agent_secrets
 from orchestration.models import (
     Agent,
     AgentEvent,
@@ -174,8 +176,61 @@ class AgentHealthInline(ReadOnlyInline):
         return coloured_status(obj.circuit_state, obj.get_circuit_state_display())
 
 
+class AgentForm(forms.ModelForm):
+    """An agent's config is code and secrets on the workers: only what the deployment allows.
+
+    A python agent's function is chosen from BATON_PYTHON_AGENTS (a posted value that is not
+    one of the choices is refused, and the choice replaces any `callable` typed into the
+    config), and the variables its config reads must be allowed by BATON_AGENT_SECRETS.
+    """
+
+    callable = forms.ChoiceField(
+        required=False,
+        label="Python callable",
+        help_text="For python agents: the function to call, from the deployment's BATON_PYTHON_AGENTS.",
+    )
+
+    class Meta:
+        model = Agent
+        # The admin's `fields` decide what is shown; these are the ones it may save.
+        fields = ("name", "kind", "description", "config", "timeout_seconds", "retry", "fallback", "circuit", "max_concurrency", "risk")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["callable"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [("", "—"), *((path, path) for path in agent_registry.choices())]
+        current = (self.instance.config or {}).get("callable") if isinstance(self.instance.config, dict) else None
+        if isinstance(current, str):
+            self.initial.setdefault("callable", current)
+
+    def clean_callable(self) -> str:
+        path: str = self.cleaned_data.get("callable") or ""
+        # The choices come from the registry already; this holds if the registry changed since.
+        reason = agent_registry.problem(path) if path else None
+        if reason is not None:
+            raise forms.ValidationError(reason)
+        return path
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        kind, config = cleaned.get("kind"), cleaned.get("config")
+        if not isinstance(config, dict):
+            return cleaned
+        if kind == "python":
+            path = cleaned.get("callable")
+            if path:
+                cleaned["config"] = config = {**config, "callable": path}
+            elif "callable" not in self.errors:
+                self.add_error("callable", "A python agent needs a callable; choose one.")
+        for problem in agent_secrets.problems(str(kind), config):
+            self.add_error("config", problem)
+        return cleaned
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    form = AgentForm
     list_display = (
         "name",
         "kind",
@@ -194,8 +249,10 @@ class AgentAdmin(admin.ModelAdmin):
     fields = (
         "name",
         "kind",
+        "callable",
         "description",
         "config",
+        "secret_variables",
         "timeout_seconds",
         "retry",
         "fallback",
@@ -203,8 +260,16 @@ class AgentAdmin(admin.ModelAdmin):
         "max_concurrency",
         "events_link",
     )
-    readonly_fields = ("events_link",)
+    readonly_fields = ("secret_variables", "events_link")
     inlines = (AgentHealthInline,)
+
+    @admin.display(description="Secret variables")
+    def secret_variables(self, obj: Agent) -> SafeString:
+        # Whether each variable the config reads is set for this server; never its value.
+        rows = agent_secrets.availability(obj.kind, obj.config) if obj.pk else []
+        if not rows:
+            return format_html("{}", "none")
+        return format_html_join(mark_safe("<br>"), "<code>{}</code>: {}", rows)
 
     @admin.display(description="Simulated", boolean=True, ordering="kind")
     def simulated(self, obj: Agent) -> bool:

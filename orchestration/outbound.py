@@ -4,6 +4,10 @@ An agent must not be a way into the internal network: the host must be on
 BATON_HTTP_ALLOWED_HOSTS, every address it resolves to must be public unless that address (or
 its network) is listed, the connection goes to the address that was checked (no second DNS
 lookup an attacker could answer differently), and redirects are never followed.
+
+An entry may carry a port (`host:port`, `[::1]:port`, `*.suffix:port`, `10.0.0.0/8:port`): it
+then allows that port only. An internal address listed without a port still refuses the ports
+of Baton's own database, broker and web server (see protected_ports).
 """
 
 from __future__ import annotations
@@ -71,50 +75,125 @@ class Response:
 
 
 @dataclass(frozen=True)
+class Entry:
+    """One allow-list entry: `*`, a name, a `*.suffix` or a network, for one port or any."""
+
+    kind: str  # "any", "name", "suffix" or "network"
+    value: str
+    network: IPNetwork | None
+    port: int | None
+
+    def matches_port(self, port: int | None) -> bool:
+        return self.port is None or port is None or self.port == port
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """`host:port`, `[v6]:port`, `*.suffix:port`, `net/len:port`; a bare IPv6 address has no port."""
+    if entry.startswith("["):
+        inner, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"entry {entry!r}: write an IPv6 address with a port as [address]:port")
+        return inner, _port(entry, rest[1:]) if rest else None
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, _port(entry, port)
+    return entry, None
+
+
+def _port(entry: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"entry {entry!r}: {text!r} is not a TCP port")
+    return int(text)
+
+
+@dataclass(frozen=True)
 class AllowList:
-    hostnames: frozenset[str]
-    suffixes: tuple[str, ...]
-    networks: tuple[IPNetwork, ...]
-    any_public: bool
+    entries: tuple[Entry, ...]
 
     @classmethod
     def parse(cls, raw: str | list[str]) -> AllowList:
-        entries = raw.split(",") if isinstance(raw, str) else raw
-        hostnames: set[str] = set()
-        suffixes: list[str] = []
-        networks: list[IPNetwork] = []
-        any_public = False
-        for entry in (e.strip().lower() for e in entries):
-            if not entry:
+        items = raw.split(",") if isinstance(raw, str) else raw
+        entries: list[Entry] = []
+        for item in (e.strip().lower() for e in items):
+            if not item:
                 continue
-            if entry == "*":
-                any_public = True
-            elif entry.startswith("*."):
-                suffixes.append(entry[1:])
+            host, port = _split_port(item)
+            if host == "*":
+                entries.append(Entry("any", host, None, port))
+            elif host.startswith("*."):
+                entries.append(Entry("suffix", host[1:], None, port))
             else:
                 try:
-                    networks.append(ipaddress.ip_network(entry, strict=False))
+                    entries.append(Entry("network", host, ipaddress.ip_network(host, strict=False), port))
                 except ValueError:
-                    hostnames.add(entry)
-        return cls(frozenset(hostnames), tuple(suffixes), tuple(networks), any_public)
+                    entries.append(Entry("name", host, None, port))
+        return cls(tuple(entries))
 
-    def listed_address(self, address: IPAddress) -> bool:
-        return any(address in network for network in self.networks)
-
-    def allows_host(self, host: str) -> bool:
+    def _host_entries(self, host: str) -> list[Entry]:
         host = host.lower()
-        if self.any_public or host in self.hostnames or host.endswith(self.suffixes):
-            return True
         try:
-            return self.listed_address(ipaddress.ip_address(host))
+            address: IPAddress | None = ipaddress.ip_address(host)
         except ValueError:
-            return False
+            address = None
+        return [
+            e
+            for e in self.entries
+            if e.kind == "any"
+            or (e.kind == "name" and host == e.value)
+            or (e.kind == "suffix" and host.endswith(e.value))
+            or (e.network is not None and address is not None and address in e.network)
+        ]
+
+    def allows_host(self, host: str, port: int | None = None) -> bool:
+        """Whether the URL's host (and port, when given) is listed at all."""
+        return any(e.matches_port(port) for e in self._host_entries(host))
+
+    def address_entries(self, address: IPAddress, port: int | None = None) -> list[Entry]:
+        """The network entries that list `address` (for `port`, when given)."""
+        return [e for e in self.entries if e.network is not None and address in e.network and e.matches_port(port)]
+
+    def listed_address(self, address: IPAddress, port: int | None = None) -> bool:
+        return bool(self.address_entries(address, port))
 
 
 def allow_list() -> AllowList:
     # Read at call time, not import time, so tests can change it (settings take it from the
     # workers' environment).
-    return AllowList.parse(getattr(settings, "BATON_HTTP_ALLOWED_HOSTS", ""))
+    try:
+        return AllowList.parse(getattr(settings, "BATON_HTTP_ALLOWED_HOSTS", ""))
+    except ValueError as exc:
+        raise OutboundRefused(f"BATON_HTTP_ALLOWED_HOSTS is wrong: {exc}") from None
+
+
+DEFAULT_PORTS = {"postgresql": 5432, "postgis": 5432, "mysql": 3306, "oracle": 1521}
+
+
+def protected_ports() -> dict[int, str]:
+    """Ports of Baton's own services, refused on internal addresses unless listed with the port.
+
+    Listing `127.0.0.1` for a local model server must not also open the database, the broker
+    and Baton's own admin on the same machine to whoever writes an agent's URL.
+    """
+    ports: dict[int, str] = {}
+    for alias, database in settings.DATABASES.items():
+        vendor = str(database.get("ENGINE", "")).rsplit(".", 1)[-1]
+        port = database.get("PORT") or DEFAULT_PORTS.get(vendor)
+        if port and str(port).isdigit():
+            ports[int(port)] = f"Baton's database (DATABASES[{alias!r}])"
+    redis_url = getattr(settings, "REDIS_URL", None)
+    if redis_url:
+        ports[_url_port(redis_url, 6379)] = "Baton's broker (REDIS_URL)"
+    base_url = getattr(settings, "BATON_BASE_URL", "")
+    if base_url:
+        ports[_url_port(base_url, 443 if base_url.startswith("https:") else 80)] = "Baton's own server (BATON_BASE_URL)"
+    return ports
+
+
+def _url_port(url: str, default: int) -> int:
+    try:
+        return urlsplit(url).port or default
+    except ValueError:
+        return default
 
 
 def is_public(address: IPAddress) -> bool:
@@ -133,20 +212,39 @@ def resolve(url: str) -> Target:
     except ValueError:
         raise OutboundRefused(f"the URL {url!r} has a bad port") from None
     allowed = allow_list()
-    if not allowed.allows_host(host):
+    if not allowed.allows_host(host, port):
+        if allowed.allows_host(host):
+            raise OutboundRefused(
+                f"host {host!r} port {port} is not on BATON_HTTP_ALLOWED_HOSTS (it lists {host!r} for other ports only)"
+            )
         raise OutboundRefused(f"host {host!r} is not on BATON_HTTP_ALLOWED_HOSTS")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise OutboundUnavailable(f"cannot resolve {host!r}: {exc.strerror}") from None
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    protected = protected_ports()
     for address in addresses:
         # Every address must pass, not just the first: a name that resolves to one public and
         # one internal address must not be a way in on the next lookup.
-        if not is_public(address) and not allowed.listed_address(address):
+        if is_public(address):
+            continue
+        entries = allowed.address_entries(address, port)
+        if not entries:
+            if allowed.listed_address(address):
+                raise OutboundRefused(
+                    f"host {host!r} port {port} is not on BATON_HTTP_ALLOWED_HOSTS "
+                    f"({address} is listed for other ports only)"
+                )
             raise OutboundRefused(
                 f"host {host!r} resolves to {address}, a private, loopback or link-local address; "
                 "list that address in BATON_HTTP_ALLOWED_HOSTS to allow it"
+            )
+        if port in protected and all(e.port is None for e in entries):
+            shown = f"[{address}]" if address.version == 6 else str(address)
+            raise OutboundRefused(
+                f"host {host!r} port {port} is refused: it is the port of {protected[port]}; "
+                f"list '{shown}:{port}' in BATON_HTTP_ALLOWED_HOSTS to allow it"
             )
     path = parts.path or "/"
     if parts.query:

@@ -8,7 +8,6 @@ The format is documented in docs/workflow-format.md.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
@@ -18,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from orchestration.agents import registry as agent_registry
+from orchestration.agents import secrets as agent_secrets
 from orchestration.durations import format_duration, parse_duration
 from orchestration.templating import (
     TemplateError,
@@ -186,6 +187,8 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
         _check_http(config, where, problems)
     elif kind == "llm":
         _check_llm(config, where, problems)
+    for problem in agent_secrets.problems(str(kind), config):
+        problems.add(where, problem)
     fallback = raw.get("fallback")
     if fallback is not None and (not isinstance(fallback, str) or fallback == name):
         problems.add(where, "field `fallback` must name another agent")
@@ -276,17 +279,12 @@ def _check_llm(config: dict[str, Any], where: str, problems: Problems) -> None:
 
 
 def _check_callable(path: Any, where: str, problems: Problems) -> None:
-    if not isinstance(path, str) or ":" not in path:
-        problems.add(where, "field `config.callable` must be 'module:function'")
-        return
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        problems.add(where, f"field `config.callable`: cannot import {module_name!r} ({exc})")
-        return
-    if not callable(getattr(module, attr, None)):
-        problems.add(where, f"field `config.callable`: {module_name!r} has no function {attr!r}")
+    # The registry decides before anything is imported: importing a module runs its code.
+    reason = agent_registry.problem(path)
+    if reason == agent_registry.NOT_A_PATH:
+        problems.add(where, f"field `config.callable` {reason}")
+    elif reason is not None:
+        problems.add(where, f"field `config.callable`: {reason}")
 
 
 def _check_simulated(config: dict[str, Any], where: str, problems: Problems) -> None:

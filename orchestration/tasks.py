@@ -29,6 +29,7 @@ from orchestration.agents import (
     idempotency_key,
     invoke,
 )
+from orchestration.agents import secrets as agent_secrets
 from orchestration.durations import format_duration
 from orchestration.guards import load_agent
 from orchestration.models import Agent
@@ -119,6 +120,26 @@ class Outcome:
 
 
 def _run_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event) -> Outcome:
+    # Redacted here, before anything is stored: a remote service may echo a token back in a
+    # successful answer as well as in an error, and outputs are shown to every viewer.
+    return _redacted(_call_agent(agent, claim, stop), agent_secrets.values())
+
+
+def _redacted(outcome: Outcome, secrets: list[str]) -> Outcome:
+    if not secrets:
+        return outcome
+    if outcome.result is not None:
+        outcome.result = AgentResult(
+            output=agent_secrets.redact(outcome.result.output, secrets),
+            usage=agent_secrets.redact(outcome.result.usage, secrets),
+        )
+    outcome.output = agent_secrets.redact(outcome.output, secrets)
+    outcome.message = agent_secrets.redact_text(outcome.message, secrets)
+    outcome.traceback = agent_secrets.redact_text(outcome.traceback, secrets)
+    return outcome
+
+
+def _call_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event) -> Outcome:
     spec = engine.version_step_spec(claim.version_id, claim.step_key)
     timeout = spec.get("timeout") or agent.timeout_seconds
     context = AgentContext(

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+
+# The python agents the tests may call, and the variables their agents may read, on top of the
+# defaults. Set in the environment as well as in settings, so that the worker processes, servers
+# and commands the tests start (which read their settings from the environment) agree.
+TEST_PYTHON_AGENTS = [
+    "tests.agents.basic",
+    "tests.agents.durable",
+    "tests.approvals.conftest",
+    "tests.approvals.test_views_item",
+    "tests.browser.agents",
+]
+TEST_AGENT_SECRETS = ["KEYLESS_TOKEN"]
+
+
+def pytest_configure(config: Any) -> None:
+    for name, extra in (("BATON_PYTHON_AGENTS", TEST_PYTHON_AGENTS), ("BATON_AGENT_SECRETS", TEST_AGENT_SECRETS)):
+        entries = [*getattr(settings, name), *extra]
+        os.environ[name] = ",".join(entries)
+        setattr(settings, name, entries)
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """The `http` agent kind: POST the step input as JSON, the JSON answer is the output.
 
-config: url, method (POST), headers (values may contain ${ENV_NAME}: the secret is read from the
-environment at call time and never stored, shown or logged; a server that echoes it back in an
-error body has it redacted), timeout (duration, default 30s).
+config: url, method (POST), headers (values may contain ${ENV_NAME}, a variable allowed by
+BATON_AGENT_SECRETS: the secret is read from the environment at call time and never stored,
+shown or logged; whatever a server echoes back is redacted), timeout (duration, default 30s).
 Connection errors, timeouts, 429 (honouring Retry-After) and 5xx are transient; any other 4xx,
 a redirect, or a body that is not JSON is permanent.
 """
@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from orchestration import outbound
+from orchestration.agents import secrets as agent_secrets
 from orchestration.agents.base import (
     AgentContext,
     AgentResult,
@@ -25,7 +26,6 @@ from orchestration.agents.base import (
 )
 from orchestration.durations import parse_duration
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -43,24 +43,23 @@ def secret_headers(headers: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
 
         def substitute(match: re.Match[str], header: str = name) -> str:
             variable = match.group(1)
+            if not agent_secrets.allowed(variable):
+                raise PermanentError(f"header {header!r}: {agent_secrets.refusal(variable)}")
             found = os.environ.get(variable)
             if found is None:
                 raise PermanentError(
                     f"header {header!r} needs environment variable {variable}, which is not set"
                 )
-            if len(found) >= 4:  # shorter values are no secret; hiding them would garble messages
+            if len(found) >= agent_secrets.MIN_SECRET_LENGTH:
                 used.append(found)
             return found
 
-        resolved[name] = _ENV_REFERENCE.sub(substitute, text)
+        resolved[name] = agent_secrets.REFERENCE.sub(substitute, text)
     return resolved, used
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    # Longest first, so a secret that contains another is hidden whole.
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        text = text.replace(secret, "[redacted]")
-    return text
+    return agent_secrets.redact_text(text, secrets)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -87,7 +86,11 @@ def timeout_for(config: dict[str, Any], context: AgentContext) -> float:
 def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentResult:
     headers, secrets = secret_headers(config.get("headers") or {})
     try:
-        return _call(config, payload, context, headers)
+        result = _call(config, payload, context, headers)
+        # A service may echo the token back in a successful answer too (an "echo" endpoint, a
+        # debug field): the output is stored and shown, so the secret must not be in it.
+        result.output = agent_secrets.redact(result.output, secrets)
+        return result
     except (PermanentError, TransientError) as exc:
         message = redact(str(exc), secrets)
         detail = redact(getattr(exc, "detail", ""), secrets)

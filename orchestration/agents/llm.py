@@ -6,7 +6,8 @@ The SDK's HTTP requests go through `outbound` (see OutboundTransport), so a mode
 held to the same allow-list, pinned address and no-redirect rule as an http agent.
 
 config: base_url (default: the OPENAI_BASE_URL environment variable), model, api_key_env (the
-name of the environment variable holding the key; default OPENAI_API_KEY), system, prompt (a
+name of the environment variable holding the key, allowed by BATON_AGENT_SECRETS; default
+OPENAI_API_KEY), system, prompt (a
 template over `input`), temperature, max_tokens, response (text | json), context_window,
 prices ({prompt, completion} per 1,000 tokens), timeout.
 """
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 from orchestration import outbound
+from orchestration.agents import secrets as agent_secrets
 from orchestration.agents.base import (
     AgentContext,
     AgentResult,
@@ -46,7 +48,10 @@ def configured(config: dict[str, Any]) -> str | None:
     """None when the agent can be called, otherwise what is missing, for the UI."""
     if not base_url(config):
         return "no base_url and OPENAI_BASE_URL is not set"
-    key_env = config.get("api_key_env", "OPENAI_API_KEY")
+    key_env = config.get("api_key_env", agent_secrets.DEFAULT_API_KEY_ENV)
+    if key_env and not agent_secrets.allowed(key_env):
+        # Checked before whether it is set: that a variable exists is not for the editor to learn.
+        return agent_secrets.refusal(key_env)
     if key_env and not os.environ.get(key_env):
         return f"environment variable {key_env} is not set"
     return None
@@ -140,7 +145,7 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
         raise TransientError(str(exc)) from None
     messages = messages_for(config, payload)
     estimate = check_context_window(config, messages)
-    key_env = config.get("api_key_env", "OPENAI_API_KEY")
+    key_env = config.get("api_key_env", agent_secrets.DEFAULT_API_KEY_ENV)
     api_key = os.environ.get(key_env, "") if key_env else "not-needed"
     timeout = timeout_for(config, context)
     client = openai.OpenAI(
@@ -210,6 +215,8 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
             raise PermanentError(f"the model's answer is not valid JSON ({exc}): {text[:200]!r}") from None
     else:
         output = text
+    if key_env:  # a model (or a proxy in front of it) may repeat the key in its answer
+        output = agent_secrets.redact(output, [api_key])
     return AgentResult(output=output, usage=figures)
 
 

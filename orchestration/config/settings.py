@@ -147,6 +147,17 @@ BATON_CONTINUE_SECONDS = env_float("BATON_CONTINUE_SECONDS", 30.0, minimum=0.0)
 # public host. Private, loopback and link-local addresses need their address listed.
 BATON_HTTP_ALLOWED_HOSTS = env_str("BATON_HTTP_ALLOWED_HOSTS", "")
 
+# What agents may use on the workers; whoever edits an agent chooses only among these (see
+# orchestration/agents/registry.py and secrets.py). Python callables: `module:function`, or
+# `module` for every function defined in it. Variables `${NAME}` and `api_key_env` may read:
+# names or shell patterns (BATON_SECRET_KEY, DATABASE_URL and REDIS_URL never).
+BATON_PYTHON_AGENTS = [
+    e.strip() for e in env_str("BATON_PYTHON_AGENTS", "orchestration.bench_agents:noop").split(",") if e.strip()
+]
+BATON_AGENT_SECRETS = [
+    e.strip() for e in env_str("BATON_AGENT_SECRETS", "BATON_SECRET_*,OPENAI_API_KEY").split(",") if e.strip()
+]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -204,7 +215,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Agents' secret values never reach a log line (see orchestration/agents/secrets.py).
+    "filters": {"redact_secrets": {"()": "orchestration.agents.secrets.RedactSecrets"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]}
+    },
     "loggers": {
         "baton": {"handlers": ["console"], "level": env_str("BATON_LOG_LEVEL", "INFO")},
         "django_q": {"handlers": ["console"], "level": env_str("BATON_Q_LOG_LEVEL", "WARNING")},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from orchestration.agents import AgentResult, PermanentError
@@ -83,3 +85,12 @@ def undo(payload: Any, context: Any) -> Any:
 
 def broken_undo(payload: Any, context: Any) -> Any:
     raise PermanentError("cannot undo: the record is gone")
+
+
+def reveal(payload: Any, context: Any) -> Any:
+    """A careless agent: logs, returns and (with `fail`) raises the value of payload['variable']."""
+    value = os.environ.get(payload["variable"], "")
+    logging.getLogger("baton.tests.reveal").warning("calling the service with token %s", value)
+    if payload.get("fail"):
+        raise PermanentError(f"the service refused token {value}")
+    return {"token": value, value: [value, f"Bearer {value}"]}

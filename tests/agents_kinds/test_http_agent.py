@@ -153,7 +153,7 @@ def test_each_for_each_item_has_its_own_idempotency_key(server: ScriptedServer) 
 
 
 def test_a_secret_header_is_sent_but_never_stored_shown_or_logged(server: ScriptedServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setenv("TEST_SECRET_TOKEN", SECRET)
+    monkeypatch.setenv("BATON_SECRET_TEST_TOKEN", SECRET)
     caplog.set_level(logging.DEBUG)
     # A careless service that echoes the rejected token back in its error bodies.
     server.script(
@@ -161,13 +161,13 @@ def test_a_secret_header_is_sent_but_never_stored_shown_or_logged(server: Script
         Reply(503, {"error": f"token Bearer {SECRET} is rate limited"}),
         Reply(401, {"error": f"token Bearer {SECRET} was revoked"}),
     )
-    install(server, config={"headers": {"Authorization": "Bearer ${TEST_SECRET_TOKEN}"}})
+    install(server, config={"headers": {"Authorization": "Bearer ${BATON_SECRET_TEST_TOKEN}"}})
     with time_machine.travel(timezone.now(), tick=False) as clock:
         run = drive(transitions.start_run(workflow="wf"), clock=clock)
     assert [r.headers["authorization"] for r in server.seen("/hook")] == [f"Bearer {SECRET}"] * 2
     assert run.status == RunStatus.FAILED
     assert "was revoked" in run.error and "[redacted]" in run.error
-    assert Agent.objects.get(name="hook").config["headers"] == {"Authorization": "Bearer ${TEST_SECRET_TOKEN}"}
+    assert Agent.objects.get(name="hook").config["headers"] == {"Authorization": "Bearer ${BATON_SECRET_TEST_TOKEN}"}
     stored = [
         json.dumps(Agent.objects.get(name="hook").config),
         run.error,
@@ -180,13 +180,13 @@ def test_a_secret_header_is_sent_but_never_stored_shown_or_logged(server: Script
 
 
 def test_a_missing_secret_fails_permanently_naming_the_variable(server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TEST_MISSING_TOKEN", raising=False)
-    install(server, config={"headers": {"Authorization": "Bearer ${TEST_MISSING_TOKEN}"}})
+    monkeypatch.delenv("BATON_SECRET_TEST_MISSING", raising=False)
+    install(server, config={"headers": {"Authorization": "Bearer ${BATON_SECRET_TEST_MISSING}"}})
     run = drive(transitions.start_run(workflow="wf"))
     assert run.status == RunStatus.FAILED
     [attempt] = attempts_of(run)
     assert attempt.error_class == ErrorClass.PERMANENT
-    assert "needs environment variable TEST_MISSING_TOKEN, which is not set" in run.error
+    assert "needs environment variable BATON_SECRET_TEST_MISSING, which is not set" in run.error
     assert server.requests == []
 
 
@@ -237,4 +237,21 @@ def test_a_host_off_the_allow_list_fails_permanently_without_a_request(server: S
     run = drive(transitions.start_run(workflow="wf"))
     assert run.status == RunStatus.FAILED
     assert "request refused: host '127.0.0.1' is not on BATON_HTTP_ALLOWED_HOSTS" in run.error
+    assert server.requests == []
+
+
+def test_an_agent_aimed_at_the_broker_port_of_a_listed_loopback_address_fails_and_sends_nothing(
+    server: ScriptedServer, settings: Any
+) -> None:
+    # The attack: 127.0.0.1 is listed for a local service; the URL names Redis instead.
+    port = int(server.httpd.server_address[1])
+    settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    install(server)
+    run = drive(transitions.start_run(workflow="wf"))
+    assert run.status == RunStatus.FAILED
+    [attempt] = attempts_of(run)
+    assert attempt.error_class == ErrorClass.PERMANENT
+    assert (
+        f"request refused: host '127.0.0.1' port {port} is refused: it is the port of Baton's broker (REDIS_URL)"
+    ) in attempt.error
     assert server.requests == []

@@ -27,7 +27,7 @@ NO_JITTER = {"attempts": 3, "backoff": "1s", "max_backoff": "1m", "jitter": Fals
 @pytest.fixture
 def model(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
     settings.BATON_HTTP_ALLOWED_HOSTS = "127.0.0.1"
-    monkeypatch.setenv("TEST_LLM_KEY", KEY)
+    monkeypatch.setenv("BATON_SECRET_TEST_LLM_KEY", KEY)
     with FakeOpenAI() as running:
         yield running
 
@@ -36,7 +36,7 @@ def llm_agent(model: Any, name: str = "writer", **config: Any) -> dict[str, Any]
     return {
         "name": name,
         "kind": "llm",
-        "config": {"base_url": model.base_url, "model": "fake-model", "api_key_env": "TEST_LLM_KEY", **config},
+        "config": {"base_url": model.base_url, "model": "fake-model", "api_key_env": "BATON_SECRET_TEST_LLM_KEY", **config},
         "retry": NO_JITTER,
     }
 
@@ -154,7 +154,7 @@ def test_a_500_is_transient_and_retried(model: FakeOpenAI) -> None:
 
 def test_an_unreachable_model_is_transient(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.BATON_HTTP_ALLOWED_HOSTS = "127.0.0.1"
-    monkeypatch.setenv("TEST_LLM_KEY", KEY)
+    monkeypatch.setenv("BATON_SECRET_TEST_LLM_KEY", KEY)
     with refusing_port() as url:
         install(SimpleNamespace(base_url=f"{url}/v1"))
         run = drive_with_clock(transitions.start_run(workflow="wf"))
@@ -190,11 +190,11 @@ def test_a_401_fails_permanently_without_showing_the_key(model: FakeOpenAI) -> N
 
 
 def test_a_missing_api_key_fails_permanently_naming_the_variable(model: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TEST_LLM_KEY")
+    monkeypatch.delenv("BATON_SECRET_TEST_LLM_KEY")
     install(model)
     run = drive(transitions.start_run(workflow="wf"))
     assert run.status == RunStatus.FAILED
-    assert "the LLM agent is not configured: environment variable TEST_LLM_KEY is not set" in run.error
+    assert "the LLM agent is not configured: environment variable BATON_SECRET_TEST_LLM_KEY is not set" in run.error
     assert model.requests == []
 
 

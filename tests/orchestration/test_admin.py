@@ -563,3 +563,134 @@ def test_the_step_run_page_names_the_agent_a_fallback_replaced(admin_client: Cli
     StepRun.objects.filter(pk=step.pk).update(fallback_from="writer-llm")
     page = admin_client.get(change(step)).content.decode()
     assert "Fallback from" in page and "writer-llm" in page
+
+
+# ---------------------------------------------------------------------------------------------
+# Agents: what an agent may run and read is the deployment's choice, not the editor's
+
+
+@pytest.fixture
+def agent_editor(db: Any) -> Client:
+    """Staff with add/change on agents only: the person who ran `cProfile:run` on the workers."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user("editor", "editor@example.com", "editor-pass-1", is_staff=True)
+    user.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="orchestration", codename__in=["add_agent", "change_agent", "view_agent"])
+    )
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def agent_form(client: Client, url: str, **changes: Any) -> dict[str, Any]:
+    """The agent form as the page shows it, with `changes` applied: what a browser would post."""
+    response = client.get(url)
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    data: dict[str, Any] = {}
+    for name in form.fields:
+        value = form[name].value()
+        data[name] = "" if value is None else value
+    for inline in response.context["inline_admin_formsets"]:
+        management = inline.formset.management_form
+        for name in management.fields:
+            data[f"{inline.formset.prefix}-{name}"] = management[name].value()
+    for name, value in changes.items():
+        data[name] = json.dumps(value) if isinstance(value, dict) else value
+    return data
+
+
+def add_agent_url() -> str:
+    return reverse("admin:orchestration_agent_add")
+
+
+def test_the_agent_form_offers_the_registered_callables_as_choices(agent_editor: Client) -> None:
+    form = agent_editor.get(add_agent_url()).context["adminform"].form
+    offered = [value for value, _ in form.fields["callable"].choices]
+    assert "tests.agents.basic:echo" in offered
+    assert "orchestration.bench_agents:noop" in offered
+    # Only functions defined in a listed module: not what it imports, not private helpers.
+    assert "tests.agents.basic:AgentResult" not in offered and "tests.agents.basic:PermanentError" not in offered
+    assert not [value for value in offered if value.startswith(("cProfile", "os", "subprocess"))]
+
+
+def test_a_forged_post_with_an_unregistered_callable_is_refused_and_nothing_changes(
+    agent_editor: Client, finished_run: Run
+) -> None:
+    echo = Agent.objects.get(name="echo")
+    before = dict(echo.config)
+    response = agent_editor.post(change(echo), agent_form(agent_editor, change(echo), callable="cProfile:run"))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "Select a valid choice. cProfile:run is not one of the available choices." in errors["callable"]
+    echo.refresh_from_db()
+    assert echo.config == before
+
+
+def test_a_forged_post_adding_an_agent_with_an_unregistered_callable_saves_nothing(agent_editor: Client) -> None:
+    data = agent_form(agent_editor, add_agent_url(), name="runner", kind="python", callable="cProfile:run", config={})
+    response = agent_editor.post(add_agent_url(), data)
+    assert response.status_code == 200 and response.context["adminform"].form.errors["callable"]
+    assert not Agent.objects.filter(name="runner").exists()
+
+
+def test_a_callable_typed_into_the_config_is_replaced_by_the_chosen_one(agent_editor: Client, finished_run: Run) -> None:
+    echo = Agent.objects.get(name="echo")
+    data = agent_form(agent_editor, change(echo), callable="tests.agents.basic:upper", config={"callable": "cProfile:run"})
+    response = agent_editor.post(change(echo), data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    echo.refresh_from_db()
+    assert echo.config == {"callable": "tests.agents.basic:upper"}
+
+
+def test_a_python_agent_without_a_callable_is_refused(agent_editor: Client) -> None:
+    data = agent_form(agent_editor, add_agent_url(), name="nothing", kind="python", callable="", config={})
+    response = agent_editor.post(add_agent_url(), data)
+    assert response.context["adminform"].form.errors["callable"] == ["A python agent needs a callable; choose one."]
+    assert not Agent.objects.filter(name="nothing").exists()
+
+
+@pytest.mark.parametrize("variable", ["BATON_SECRET_KEY", "HOME", "DATABASE_URL"])
+def test_an_http_header_reading_a_variable_off_the_allow_list_is_refused(agent_editor: Client, variable: str) -> None:
+    config = {"url": "https://echo.example.com/", "headers": {"Authorization": f"Bearer ${{{variable}}}"}}
+    data = agent_form(agent_editor, add_agent_url(), name="leaky", kind="http", config=config)
+    response = agent_editor.post(add_agent_url(), data)
+    assert response.context["adminform"].form.errors["config"] == [
+        f"field `config.headers.Authorization`: environment variable {variable} may not be read by agents "
+        "(it is not on BATON_AGENT_SECRETS)"
+    ]
+    assert not Agent.objects.filter(name="leaky").exists()
+
+
+def test_an_llm_agent_whose_key_variable_is_off_the_allow_list_is_refused(agent_editor: Client) -> None:
+    config = {"model": "m", "base_url": "https://llm.example.com/v1", "api_key_env": "BATON_SECRET_KEY"}
+    data = agent_form(agent_editor, add_agent_url(), name="keyed", kind="llm", config=config)
+    response = agent_editor.post(add_agent_url(), data)
+    assert "field `config.api_key_env`: environment variable BATON_SECRET_KEY may not be read by agents" in (
+        response.context["adminform"].form.errors["config"][0]
+    )
+
+
+def test_an_http_agent_reading_allowed_variables_saves(agent_editor: Client) -> None:
+    config = {"url": "https://echo.example.com/", "headers": {"Authorization": "Bearer ${BATON_SECRET_CRM}"}}
+    response = agent_editor.post(add_agent_url(), agent_form(agent_editor, add_agent_url(), name="crm", kind="http", config=config))
+    assert response.status_code == 302
+    assert Agent.objects.get(name="crm").config == config
+
+
+def test_the_agent_page_says_which_variables_are_defined_here_and_never_their_values(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATON_SECRET_CRM", "crm-value-4f1e")
+    monkeypatch.delenv("BATON_SECRET_UNSET", raising=False)
+    monkeypatch.setenv("NOT_LISTED", "other-value-77aa")
+    headers = {"Authorization": "Bearer ${BATON_SECRET_CRM}", "X-Other": "${BATON_SECRET_UNSET}", "X-Sneaky": "${NOT_LISTED}"}
+    # Written directly: an agent stored before the allow-list existed, or by a data migration.
+    agent = Agent.objects.create(name="crm", kind="http", config={"url": "https://crm.example.com/", "headers": headers})
+    page = admin_client.get(change(agent)).content.decode()
+    assert "<code>BATON_SECRET_CRM</code>: defined on this server" in page
+    assert "<code>BATON_SECRET_UNSET</code>: not defined on this server" in page
+    assert "<code>NOT_LISTED</code>: not allowed (not on BATON_AGENT_SECRETS)" in page
+    assert "crm-value-4f1e" not in page and "other-value-77aa" not in page

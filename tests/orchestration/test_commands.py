@@ -415,9 +415,9 @@ def test_the_complete_examples_in_the_format_reference_export_as_they_were_impor
 
 def test_a_secret_header_in_the_format_reference_is_stored_and_exported_as_its_variable(tmp_path: Path) -> None:
     run_command("import_workflow", good_doc_files(tmp_path)["customer-lookup.yaml"])
-    assert Agent.objects.get(name="crm").config["headers"]["Authorization"] == "Bearer ${CRM_TOKEN}"
+    assert Agent.objects.get(name="crm").config["headers"]["Authorization"] == "Bearer ${BATON_SECRET_CRM_TOKEN}"
     exported, _ = run_command("export_workflow", "customer-lookup")
-    assert "Bearer ${CRM_TOKEN}" in exported
+    assert "Bearer ${BATON_SECRET_CRM_TOKEN}" in exported
 
 
 def test_the_bad_example_in_the_format_reference_prints_exactly_the_documented_problems(
@@ -475,8 +475,8 @@ def test_the_customer_lookup_in_the_format_reference_falls_back_to_the_replica(
     tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text = Path(doc_files(tmp_path)["customer-lookup.yaml"]).read_text()
-    monkeypatch.setenv("CRM_TOKEN", "crm-secret")
-    monkeypatch.setenv("CRM_REPLICA_TOKEN", "replica-secret")
+    monkeypatch.setenv("BATON_SECRET_CRM_TOKEN", "crm-secret")
+    monkeypatch.setenv("BATON_SECRET_CRM_REPLICA_TOKEN", "replica-secret")
     settings.BATON_HTTP_ALLOWED_HOSTS = "127.0.0.1"
     with ScriptedServer() as server:
         # The same file pointed at a local server, without the waits between tries.
