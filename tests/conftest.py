@@ -15,8 +15,10 @@ from django.contrib.auth.models import Group
 # and commands the tests start (which read their settings from the environment) agree.
 TEST_PYTHON_AGENTS = [
     "tests.agents.basic",
+    "tests.agents.counting",
     "tests.agents.durable",
     "tests.approvals.conftest",
+    "tests.approvals.test_gate_retry",
     "tests.approvals.test_views_item",
     "tests.browser.agents",
 ]
