@@ -38,7 +38,7 @@ from orchestration.models import (
     Workflow,
     WorkflowVersion,
 )
-from orchestration.spec import SpecError, workflow_to_file
+from orchestration.spec import Problems, SpecError, normalise_circuit, normalise_retry, workflow_to_file
 from orchestration.status import AttemptStatus, RunStatus, StepStatus
 
 STATUS_COLOURS: dict[str, str] = {
@@ -145,8 +145,50 @@ class AgentHealthInline(ReadOnlyInline):
         return coloured_status(obj.circuit_state, obj.get_circuit_state_display())
 
 
+class AgentLimitsForm(forms.ModelForm):
+    """The checks a workflow file's agent gets, as field errors (a `null` circuit was a 500)."""
+
+    class Meta:
+        model = Agent
+        fields = ("name", "kind", "description", "config", "timeout_seconds", "retry", "fallback", "circuit", "max_concurrency")
+
+    def _mapping(self, name: str, shape: str) -> dict[str, Any]:
+        value = self.cleaned_data.get(name)
+        if not isinstance(value, dict):
+            raise forms.ValidationError(f"must be a mapping ({shape}); {{}} for none")
+        return value
+
+    def _checked(self, name: str, normalise: Any, shape: str) -> dict[str, Any]:
+        value = self._mapping(name, shape)
+        if not value:
+            return {}  # no circuit breaker, no retry policy of its own
+        problems = Problems()
+        normalised = normalise(value, "agent", problems)
+        if problems.items:
+            raise forms.ValidationError([p.removeprefix("agent: ") for p in problems.items])
+        return normalised or {}
+
+    def clean_circuit(self) -> dict[str, Any]:
+        return self._checked("circuit", normalise_circuit, "failures, window, cooldown")
+
+    def clean_retry(self) -> dict[str, Any]:
+        return self._checked("retry", normalise_retry, "attempts, backoff, max_backoff, jitter")
+
+    def clean_config(self) -> dict[str, Any]:
+        return self._mapping("config", "the settings of the agent's kind")
+
+    def clean_fallback(self) -> str:
+        fallback = self.cleaned_data.get("fallback") or ""
+        if fallback and fallback == self.cleaned_data.get("name", self.instance.name):
+            raise forms.ValidationError("must name another agent, not this one")
+        if fallback and not Agent.objects.filter(name=fallback).exists():
+            raise forms.ValidationError(f"unknown agent {fallback!r}")
+        return fallback
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    form = AgentLimitsForm
     list_display = (
         "name",
         "kind",
