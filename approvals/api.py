@@ -212,12 +212,6 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return _error(request, exc.status_code, str(exc))
 
 
-@api.exception_handler(RecursionError)
-def _too_deep(request: HttpRequest, exc: RecursionError) -> HttpResponse:
-    # json.loads of a body nested thousands of levels deep; a 500 page is no answer to that.
-    return _error(request, 422, "body: nested too deeply", {"body": "nested too deeply"})
-
-
 @api.exception_handler(ValidationError)
 def _invalid_request(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     # ninja's default names fields by location lists; clients get {field: problem} as for
