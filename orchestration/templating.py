@@ -161,13 +161,19 @@ class _Environment(ImmutableSandboxedEnvironment):
         # (The sandbox hands out str.format wrapped; look at the method underneath.)
         method = getattr(__obj, "__wrapped__", __obj)
         owner = getattr(method, "__self__", None)
-        if isinstance(method, types.BuiltinMethodType) and isinstance(owner, (str, list, tuple, bytes)):
-            if any(_is_int(v) and abs(v) > MAX_BUILT_SIZE for v in (*args, *kwargs.values())):
-                raise _too_big(f"calling {method.__name__} with a huge number")
-            if isinstance(owner, str) and method.__name__ in ("format", "format_map"):
+        if isinstance(method, types.BuiltinMethodType) and isinstance(owner, (str, bytes)):
+            name = method.__name__
+            if name in _PADDING_METHODS and any(
+                _is_int(v) and abs(v) > MAX_BUILT_SIZE for v in (*args, *kwargs.values())
+            ):
+                raise _too_big(f"calling {name} with a huge number")
+            if name in ("format", "format_map") and isinstance(owner, str):
                 _check_brace_format(owner)
         return super().call(__context, __obj, *args, **kwargs)
 
+
+# String methods whose numeric argument is the length of what they build.
+_PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 
 _BINOPS: dict[str, Callable[[Any, Any], Any]] = {
     "*": operator.mul,

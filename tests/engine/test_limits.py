@@ -194,3 +194,11 @@ def test_the_bounded_sandbox_still_renders_ordinary_arithmetic_and_text() -> Non
     assert render("{{ '{:>4}'.format(input.n) }}", context) == "   3"
     with pytest.raises(TemplateError, match="lipsum"):
         render("{{ lipsum(10**9) }}", context)
+
+
+def test_large_numbers_may_still_be_formatted_and_passed_to_methods() -> None:
+    # The demo's quarterly pack formats revenue in the millions: only widths are bounded.
+    context = {"input": {"revenue": 4_200_000}}
+    assert render("${{ '{:,}'.format(input.revenue) }}", context) == "$4,200,000"
+    assert render("{{ '%d' % input.revenue }}", context) == "4200000"
+    assert render("{{ 'a-b-c'.split('-', 10**9) }}", context) == ["a", "b", "c"]
