@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from approvals.models import Item
 from orchestration import limits, transitions
 from orchestration.models import Attempt, Run, StepRun
 from orchestration.status import RunStatus, StepStatus
@@ -202,3 +203,15 @@ def test_large_numbers_may_still_be_formatted_and_passed_to_methods() -> None:
     assert render("${{ '{:,}'.format(input.revenue) }}", context) == "$4,200,000"
     assert render("{{ '%d' % input.revenue }}", context) == "4200000"
     assert render("{{ 'a-b-c'.split('-', 10**9) }}", context) == ["a", "b", "c"]
+
+
+def test_a_gated_for_each_longer_than_the_limit_fails_before_asking_anyone(settings: Any) -> None:
+    settings.BATON_MAX_MAP_ITEMS = 5
+    flow(
+        "    - {key: pay, agent: echo, for_each: '{{ input.items }}', gate: {title: Pay them}}",
+        extra="  inputs: {items: {type: list}}",
+    )
+    run = drive(transitions.start_run(workflow="wf", input={"items": list(range(6))}))
+    assert run.status == RunStatus.FAILED
+    assert "`for_each` gave 6 items; step 'pay' may map over at most 5" in head(run, "pay").error
+    assert not Item.objects.exists()
