@@ -30,7 +30,7 @@ from approvals import access, notifications
 from approvals.access import Person
 from approvals.handler import describe_people, reminder_time, resolve_people, step_options
 from approvals.models import Item, ItemEvent, ItemEventKind, ItemKind, ItemStatus, Vote
-from orchestration import engine
+from orchestration import engine, limits
 from orchestration import transitions as runs
 from orchestration.durations import parse_duration
 from orchestration.spec import INPUT_TYPES, check_input_value, value_from_text
@@ -68,6 +68,22 @@ class InvalidInput(ValueError):
     def __init__(self, errors: dict[str, str]) -> None:
         self.errors = errors
         super().__init__("; ".join(f"{name}: {problem}" for name, problem in errors.items()))
+
+
+def _check_text(text: str, name: str) -> None:
+    """Comments and notes: at most limits.MAX_COMMENT_CHARS, nothing that cannot be stored."""
+    try:
+        limits.check_text(text, field=name)
+    except ValueError as exc:
+        raise InvalidInput({name: str(exc).removeprefix(f"{name}: ")}) from None
+
+
+def _check_value(value: Any, name: str) -> None:
+    """Values people type for a step (edited input, supplied output, form fields)."""
+    try:
+        limits.check_json_value(value, field=name, max_bytes=limits.max_input_bytes())
+    except ValueError as exc:
+        raise InvalidInput({name: str(exc).removeprefix(f"{name}: ")}) from None
 
 
 def _at(value: datetime | None) -> str:
@@ -196,6 +212,7 @@ def vote(*, item_id: int, user: Person, decision: str, comment: str = "") -> Ite
         item = _lock(item_id)
         user = _check_allowed(user, item)
         _check_open(item)
+        _check_text(comment, "comment")
         if item.kind not in (ItemKind.APPROVAL, ItemKind.GATE):
             raise InvalidInput(
                 {"decision": f"a {item.get_kind_display().lower()} is not approved or rejected"}
@@ -270,6 +287,11 @@ def clean_form(form: Mapping[str, Any], data: Any) -> dict[str, Any]:
             errors[name] = f"expected {kind}"
             continue
         problem = check_input_value(definition, value) if kind in INPUT_TYPES else f"unknown type {kind!r}"
+        if problem is None:
+            try:
+                limits.check_json_value(value, field=name, max_bytes=limits.max_input_bytes())
+            except ValueError as exc:
+                problem = str(exc).removeprefix(f"{name}: ")
         if problem:
             errors[name] = problem
         else:
@@ -330,6 +352,11 @@ def resolve_exception(
         item = _lock(item_id)
         user = _check_allowed(user, item)
         _check_open(item)
+        _check_text(comment, "comment")
+        if action == "retry" and input is not None:
+            _check_value(input, "input")
+        if action == "skip":
+            _check_value(output, "output")
         if item.kind != ItemKind.EXCEPTION:
             raise InvalidInput({"action": f"a {item.get_kind_display().lower()} is not an exception"})
         if action not in EXCEPTION_ACTIONS:
@@ -395,6 +422,7 @@ def reassign(*, item_id: int, user: Person, to_user: Any, note: str) -> Item:
         item = _lock(item_id)
         user = _check_allowed(user, item)
         _check_open(item)
+        _check_text(note, "note")
         errors: dict[str, str] = {}
         target = _find_user(to_user)
         if target is None:

@@ -487,6 +487,9 @@ def _parse_json(text: str, name: str, errors: dict[str, str]) -> Any:
     except json.JSONDecodeError as exc:
         errors[name] = f"Not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})."
         return None
+    except RecursionError:
+        errors[name] = "Nested too deeply."
+        return None
 
 
 @require_POST

@@ -237,7 +237,7 @@ def start_run(request: HtmxHttpRequest, key: str) -> HttpResponse:
         context = {"workflow": workflow, "version": version, "form": form}
         return render(request, "dashboard/_start_form.html", context, status=422)
     # Without JavaScript the whole page comes back, this workflow's form showing the problem.
-    return render(request, "dashboard/workflows.html", {"cards": _workflow_cards(request, {workflow.pk: form})})
+    return render(request, "dashboard/workflows.html", {"cards": _workflow_cards(request, {workflow.pk: form})}, status=422)
 
 
 # ---------------------------------------------------------------------------------------------

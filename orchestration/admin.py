@@ -45,7 +45,7 @@ from orchestration.models import (
     Workflow,
     WorkflowVersion,
 )
-from orchestration.spec import SpecError, workflow_to_file
+from orchestration.spec import Problems, SpecError, normalise_circuit, normalise_retry, workflow_to_file
 
 # The colours of coloured_status live in static/css/admin.css (baton-status--<status>): the
 # Content-Security-Policy refuses style attributes.
@@ -176,7 +176,48 @@ class AgentHealthInline(ReadOnlyInline):
         return coloured_status(obj.circuit_state, obj.get_circuit_state_display())
 
 
-class AgentForm(forms.ModelForm):
+class AgentLimitsForm(forms.ModelForm):
+    """The checks a workflow file's agent gets, as field errors (a `null` circuit was a 500)."""
+
+    class Meta:
+        model = Agent
+        fields = ("name", "kind", "description", "config", "timeout_seconds", "retry", "fallback", "circuit", "max_concurrency", "risk")
+
+    def _mapping(self, name: str, shape: str) -> dict[str, Any]:
+        value = self.cleaned_data.get(name)
+        if not isinstance(value, dict):
+            raise forms.ValidationError(f"must be a mapping ({shape}); {{}} for none")
+        return value
+
+    def _checked(self, name: str, normalise: Any, shape: str) -> dict[str, Any]:
+        value = self._mapping(name, shape)
+        if not value:
+            return {}  # no circuit breaker, no retry policy of its own
+        problems = Problems()
+        normalised = normalise(value, "agent", problems)
+        if problems.items:
+            raise forms.ValidationError([p.removeprefix("agent: ") for p in problems.items])
+        return normalised or {}
+
+    def clean_circuit(self) -> dict[str, Any]:
+        return self._checked("circuit", normalise_circuit, "failures, window, cooldown")
+
+    def clean_retry(self) -> dict[str, Any]:
+        return self._checked("retry", normalise_retry, "attempts, backoff, max_backoff, jitter")
+
+    def clean_config(self) -> dict[str, Any]:
+        return self._mapping("config", "the settings of the agent's kind")
+
+    def clean_fallback(self) -> str:
+        fallback = self.cleaned_data.get("fallback") or ""
+        if fallback and fallback == self.cleaned_data.get("name", self.instance.name):
+            raise forms.ValidationError("must name another agent, not this one")
+        if fallback and not Agent.objects.filter(name=fallback).exists():
+            raise forms.ValidationError(f"unknown agent {fallback!r}")
+        return fallback
+
+
+class AgentForm(AgentLimitsForm):
     """An agent's config is code and secrets on the workers: only what the deployment allows.
 
     A python agent's function is chosen from BATON_PYTHON_AGENTS (a posted value that is not
@@ -189,11 +230,6 @@ class AgentForm(forms.ModelForm):
         label="Python callable",
         help_text="For python agents: the function to call, from the deployment's BATON_PYTHON_AGENTS.",
     )
-
-    class Meta:
-        model = Agent
-        # The admin's `fields` decide what is shown; these are the ones it may save.
-        fields = ("name", "kind", "description", "config", "timeout_seconds", "retry", "fallback", "circuit", "max_concurrency", "risk")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -13,9 +14,15 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, (int, float)):
-        if value < 0:
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("is too large a number to be a duration") from None
+        if not math.isfinite(seconds):
+            raise ValueError(f"{value!r} is not a duration")
+        if seconds < 0:
             raise ValueError(f"{value!r} is negative")
-        return float(value)
+        return seconds
     if isinstance(value, str):
         match = _PATTERN.match(value)
         if match:

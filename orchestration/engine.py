@@ -18,7 +18,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from orchestration import dispatch, waiting
+from orchestration import dispatch, limits, waiting
 from orchestration.durations import parse_duration
 from orchestration.models import Agent, Attempt, Run, RunEvent, StepKind, StepRun, WorkflowVersion
 from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
@@ -160,6 +160,15 @@ def validate_run_input(spec: dict[str, Any], given: Any) -> dict[str, Any]:
         raise ValueError("input: must be a JSON object")
     schema = spec.get("inputs") or {}
     problems = []
+    limit = limits.max_input_bytes()
+    for name, value in given.items():
+        try:
+            limits.check_json_value(name, field="input name")
+            limits.check_json_value(value, field=f"input `{name}`", max_bytes=limit)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))
     values = dict(given)
     for name in sorted(set(given) - set(schema)):
         if schema:
@@ -176,6 +185,8 @@ def validate_run_input(spec: dict[str, Any], given: Any) -> dict[str, Any]:
             problems.append(f"input `{name}`: {error}")
     if problems:
         raise ValueError("; ".join(problems))
+    # Each field fits; together (defaults included) they must too. The mapping is one level.
+    limits.check_json_value(values, field="input", max_bytes=limit, max_depth=limits.MAX_JSON_DEPTH + 1)
     return values
 
 
@@ -316,7 +327,10 @@ def _start(
             payload = render(step["input"], context)
         else:
             payload = default_input(run, step, context)
+        _check_rendered(payload, "input")
     except TemplateError as exc:
+        # Recorded in the transaction that finished the step before it: that success stands,
+        # and this step fails for good with the template's error.
         head.save()
         fail_step(run, head, f"{exc}", ErrorClass.PERMANENT)
         return
@@ -343,6 +357,25 @@ def _start(
         _start_child(run, step, head)
     elif step["kind"] in (StepKind.APPROVAL, StepKind.MANUAL):
         waiting.open_wait(run=run, step=head, spec=step, context=context, kind=step["kind"])
+
+
+def _check_rendered(value: Any, what: str) -> None:
+    """A rendered value that could not be stored (a NUL, a lone surrogate) fails its step
+    here, instead of failing the whole transaction when the row is saved."""
+    try:
+        limits.check_json_value(value, field=what, max_depth=limits.MAX_JSON_DEPTH * 4)
+    except ValueError as exc:
+        raise TemplateError(str(exc)) from None
+
+
+def _too_many_items(step: dict[str, Any], items: list[Any]) -> str | None:
+    limit = limits.max_map_items()
+    if len(items) <= limit:
+        return None
+    return (
+        f"`for_each` gave {len(items):,} items; step '{step['key']}' may map over at most "
+        f"{limit:,} (BATON_MAX_MAP_ITEMS)"
+    )
 
 
 def start_agent(run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], to_send: list[int]) -> None:
@@ -373,10 +406,18 @@ def _wait_for_gate(run: Run, step: dict[str, Any], head: StepRun, context: dict[
     if step.get("for_each"):
         # The approver sees every item the step is about to act on.
         try:
-            head.input = {"for_each": evaluate(step["for_each"], context)}
+            items = evaluate(step["for_each"], context)
+            if isinstance(items, (tuple, range)):
+                items = list(items)
+            too_many = _too_many_items(step, items) if isinstance(items, list) else None
+            if too_many:
+                raise TemplateError(too_many)
+            _check_rendered(items, "`for_each`")
+            head.input = {"for_each": items}
         except TemplateError as exc:
             head.save()
-            fail_step(run, head, f"`for_each` {exc}", ErrorClass.PERMANENT)
+            message = str(exc) if str(exc).startswith("`for_each`") else f"`for_each` {exc}"
+            fail_step(run, head, message, ErrorClass.PERMANENT)
             return
     head.status = StepStatus.WAITING
     head.waiting_for = "gate"
@@ -455,6 +496,11 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
         head.save()
         fail_step(run, head, f"`for_each` must give a list, got {type(items).__name__}", ErrorClass.PERMANENT)
         return
+    too_many = _too_many_items(step, items)
+    if too_many:
+        head.save()
+        fail_step(run, head, too_many, ErrorClass.PERMANENT)
+        return
     now = timezone.now()
     if not items:
         head.status = StepStatus.SUCCEEDED
@@ -471,6 +517,7 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
         item_context = {**context, "item": item, "index": index}
         try:
             payload = render(step["input"], item_context) if "input" in step else item
+            _check_rendered(payload, "input")
         except TemplateError as exc:
             head.save()
             fail_step(run, head, f"item {index}: {exc}", ErrorClass.PERMANENT)
@@ -496,7 +543,9 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
                 queued_at=now if index < limit else None,
             )
             for index, item, payload in rows
-        ]
+        ],
+        # Bounded statements: SQLite refuses more than 32,766 variables in one.
+        batch_size=limits.BATCH_SIZE,
     )
     if any(row.pk is None for row in created):
         # Backends that do not return ids from bulk_create; re-read them.
@@ -658,18 +707,25 @@ def _escalate(run: Run, step: StepRun, message: str) -> None:
 def fail_run(run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: Any = None) -> None:
     """Stop a run: cancel what has not finished, then undo what has (if it asks), then end."""
     now = timezone.now()
-    stopped = list(
-        StepRun.objects.filter(run=run).exclude(status__in=STEP_FINAL).values_list("pk", flat=True)
+    unfinished = list(
+        StepRun.objects.filter(run=run).exclude(status__in=STEP_FINAL).values_list("pk", "status")
     )
-    StepRun.objects.filter(pk__in=stopped).update(
-        status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None, error_class=ErrorClass.CANCELLED
-    )
-    waiting.close_waits(step_ids=stopped, reason=reason)
-    # Attempts in flight end here too; whatever their workers report later is refused.
-    Attempt.objects.filter(step_run_id__in=stopped, status="running").update(
-        status="failed", finished_at=now, error_class=ErrorClass.CANCELLED, error=f"stopped: {reason}"
-    )
-    for child in Run.objects.filter(parent_step_id__in=stopped, status=RunStatus.RUNNING).select_for_update(no_key=True):
+    stopped = [pk for pk, _ in unfinished]
+    # Only waiting steps have inbox items or child runs.
+    waited = [pk for pk, status in unfinished if status == StepStatus.WAITING]
+    # In batches: a run may have thousands of unfinished items, and one statement naming them
+    # all exceeds SQLite's variable limit (the cancel used to fail with "too many SQL variables").
+    for start in range(0, len(stopped), limits.BATCH_SIZE):
+        batch = stopped[start : start + limits.BATCH_SIZE]
+        StepRun.objects.filter(pk__in=batch).update(
+            status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None, error_class=ErrorClass.CANCELLED
+        )
+        # Attempts in flight end here too; whatever their workers report later is refused.
+        Attempt.objects.filter(step_run_id__in=batch, status="running").update(
+            status="failed", finished_at=now, error_class=ErrorClass.CANCELLED, error=f"stopped: {reason}"
+        )
+    waiting.close_waits(step_ids=waited, reason=reason)
+    for child in Run.objects.filter(parent_step_id__in=waited, status=RunStatus.RUNNING).select_for_update(no_key=True):
         fail_run(child, f"parent run {run.pk} stopped: {reason}", status=RunStatus.CANCELLED, actor=actor)
     if _start_compensations(run, reason, status, actor):
         return

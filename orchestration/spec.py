@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from orchestration import limits
 from orchestration.agents import registry as agent_registry
 from orchestration.agents import secrets as agent_secrets
 from orchestration.durations import format_duration, parse_duration
@@ -112,12 +113,26 @@ AGENT_KINDS_AVAILABLE = {"python", "simulated", "http", "llm"}
 DEFAULT_RETRY = {"attempts": 3, "backoff": 1.0, "max_backoff": 60.0, "jitter": True}
 
 
-_SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
+# fullmatch, never `$`: "adv-newline\n" matched "^...$" and imported a key no URL can reach.
+_SLUG = re.compile(r"[-a-zA-Z0-9_]+")
+# Input and form field names are used as `input.<name>` in templates and as form field names.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_NAME_LENGTH = 100
+
+# Limits of the file format (docs/workflow-format.md, "Limits").
+MAX_FILE_BYTES = 1_000_000  # a workflow file, checked before it is parsed
+MAX_YAML_DEPTH = 64  # nesting of mappings and lists in a file
+MAX_YAML_NODES = 100_000  # values in a file once its aliases (*name) are expanded
+MAX_ITERATIONS = 1_000  # loop.max_iterations
+MAX_DURATION_SECONDS = 366 * 86_400  # timeouts, deadlines, waits, backoffs, circuit windows
 
 
 def _check_slug(value: str, where: str, name: str, problems: Problems) -> None:
-    if not _SLUG.match(value):
-        problems.add(where, f"field `{name}`: {value!r} may hold only letters, digits, '-' and '_'")
+    if not _SLUG.fullmatch(value) or len(value) > MAX_NAME_LENGTH:
+        problems.add(
+            where,
+            f"field `{name}`: {value!r} may hold only letters, digits, '-' and '_' (at most {MAX_NAME_LENGTH})",
+        )
 
 
 class SpecError(Exception):
@@ -140,17 +155,93 @@ class Problems:
             raise SpecError(self.items)
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses, before building any Python object, a file nested deeper than
+    MAX_YAML_DEPTH (PyYAML composes recursively: 100,000 levels end in RecursionError) or one
+    whose aliases expand to more than MAX_YAML_NODES values (a "billion laughs" file is a few
+    hundred bytes and expands to 10^9 strings, which every later walk of the tree visits)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the tree holds with every alias expanded; stops counting past the limit.
+
+    An alias is the same node object in several places, so sizes are memoised per node; a node
+    that contains itself (`&a [*a]`) expands forever and counts as too large.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            sizes[id(node)] = 1
+            continue
+        if children_done:
+            on_path.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_NODES + 1)
+            continue
+        if id(node) in on_path:
+            return MAX_YAML_NODES + 1
+        on_path.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                return MAX_YAML_NODES + 1
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
 def load_text(text: str, *, source: str = "<input>") -> dict[str, Any]:
-    """Parse YAML (JSON is YAML too) into a mapping."""
+    """Parse YAML (JSON is YAML too) into a mapping, within the file format's limits."""
+    if len(text) > MAX_FILE_BYTES:
+        raise SpecError([f"{source}: the file is {len(text):,} characters; at most {MAX_FILE_BYTES:,} are accepted"])
+    loader = _BoundedLoader(text)
     try:
-        document = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node) > MAX_YAML_NODES:
+            raise SpecError(
+                [f"{source}: holds more than {MAX_YAML_NODES:,} values once its aliases (*name) are expanded"]
+            )
+        document = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}, line {mark.line + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError([f"{where}: not valid YAML or JSON ({problem})"]) from None
+    except RecursionError:
+        raise SpecError([f"{source}: nested too deeply"]) from None
+    finally:
+        loader.dispose()
     if not isinstance(document, dict):
         raise SpecError([f"{source}: the file must be a mapping with a `workflow` key"])
+    try:
+        # NUL characters ("\0" in a quoted string) cannot be stored; lone surrogates are no text.
+        limits.check_json_value(document, field=source, max_depth=MAX_YAML_DEPTH + 1)
+    except ValueError as exc:
+        raise SpecError([str(exc)]) from None
     return document
 
 
@@ -212,13 +303,13 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
         "timeout": _duration(raw.get("timeout"), where, "timeout", problems),
         "retry": normalise_retry(raw.get("retry"), where, problems),
         "fallback": fallback or "",
-        "circuit": _normalise_circuit(raw.get("circuit"), where, problems),
+        "circuit": normalise_circuit(raw.get("circuit"), where, problems),
         "max_concurrency": max_concurrency,
     }
     return agent
 
 
-def _normalise_circuit(raw: Any, where: str, problems: Problems) -> dict[str, Any]:
+def normalise_circuit(raw: Any, where: str, problems: Problems) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -292,10 +383,7 @@ def _check_simulated(config: dict[str, Any], where: str, problems: Problems) -> 
     if delay is not None:
         values = delay if isinstance(delay, list) else [delay]
         for value in values:
-            try:
-                parse_duration(value)
-            except ValueError as exc:
-                problems.add(where, f"field `config.delay`: {exc}")
+            _duration(value, where, "config.delay", problems)
     rate = config.get("failure_rate", 0)
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
         problems.add(where, "field `config.failure_rate` must be a number from 0 to 1")
@@ -331,14 +419,21 @@ def normalise_retry(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
     return retry
 
 
-def _duration(raw: Any, where: str, name: str, problems: Problems) -> float | None:
+def _duration(raw: Any, where: str, name: str, problems: Problems, *, positive: bool = False) -> float | None:
     if raw is None:
         return None
     try:
-        return parse_duration(raw)
+        seconds = parse_duration(raw)
     except ValueError as exc:
         problems.add(where, f"field `{name}`: {exc}")
         return None
+    if seconds > MAX_DURATION_SECONDS:
+        problems.add(where, f"field `{name}`: {raw!r} is longer than the maximum of {MAX_DURATION_SECONDS // 86_400} days")
+        return None
+    if positive and seconds <= 0:
+        problems.add(where, f"field `{name}` must be a positive duration (got {raw!r})")
+        return None
+    return seconds
 
 
 def _check_templates(value: Any, where: str, name: str, problems: Problems) -> list[Any]:
@@ -464,6 +559,13 @@ def _normalise_inputs(raw: Any, where: str, problems: Problems) -> dict[str, Any
         return {}
     inputs: dict[str, Any] = {}
     for name, definition in raw.items():
+        if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+            problems.add(
+                where,
+                f"input {name!r}: a name must be letters, digits and '_', not starting with a digit "
+                f"(at most {MAX_NAME_LENGTH})",
+            )
+            continue
         at = f"{where}, input '{name}'"
         if not isinstance(definition, dict):
             problems.add(at, "must be a mapping such as {type: string, required: true}")
@@ -486,6 +588,11 @@ def _normalise_inputs(raw: Any, where: str, problems: Problems) -> dict[str, Any
                 item["enum"] = definition["enum"]
         if "default" in definition:
             error = check_input_value(item, definition["default"])
+            if error is None:
+                try:
+                    limits.check_json_value(definition["default"], field="field `default`", max_bytes=limits.max_input_bytes())
+                except ValueError as exc:
+                    error = str(exc).removeprefix("field `default`: ")
             if error:
                 problems.add(at, f"field `default`: {error}")
             item["default"] = definition["default"]
@@ -533,6 +640,8 @@ def value_from_text(kind: str, raw: Any) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
     return raw
 
 
@@ -658,6 +767,8 @@ def _normalise_step(
     if "fallback" in raw:
         if kind != "agent":
             problems.add(at, "field `fallback` only applies to `agent` steps")
+        elif raw["fallback"] == raw["agent"]:
+            problems.add(at, f"field `fallback` names the step's own agent {raw['agent']!r}; name another agent")
         elif raw["fallback"] not in catalog.agents:
             problems.add(at, f"field `fallback`: unknown agent {raw['fallback']!r}")
         else:
@@ -754,7 +865,7 @@ def _check_manual(options: dict[str, Any], at: str, catalog: Catalog, problems: 
 
 
 def _check_wait(options: dict[str, Any], at: str, problems: Problems) -> None:
-    if not options.get("event") and not options.get("for"):
+    if not options.get("event") and options.get("for") is None:
         problems.add(at, "field `wait` needs `event` (a name to wait for) or `for` (a duration)")
     if options.get("event") and "for" in options:
         problems.add(at, "field `wait`: use `timeout` with `event`; `for` is a plain timer")
@@ -764,7 +875,7 @@ def _check_wait(options: dict[str, Any], at: str, problems: Problems) -> None:
         problems.add(at, f"field `wait.{unknown}` is unknown")
     for name in ("for", "timeout"):
         if name in options:
-            _duration(options[name], at, f"wait.{name}", problems)
+            _duration(options[name], at, f"wait.{name}", problems, positive=True)
 
 
 def _normalise_loop(raw: Any, at: str, problems: Problems) -> dict[str, Any] | None:
@@ -783,6 +894,9 @@ def _normalise_loop(raw: Any, at: str, problems: Problems) -> dict[str, Any] | N
     max_iterations = raw.get("max_iterations")
     if not isinstance(max_iterations, int) or isinstance(max_iterations, bool) or max_iterations < 1:
         problems.add(at, "field `loop.max_iterations` must be a whole number of at least 1")
+        ok = False
+    elif max_iterations > MAX_ITERATIONS:
+        problems.add(at, f"field `loop.max_iterations`: {max_iterations:,} is more than the maximum of {MAX_ITERATIONS:,}")
         ok = False
     on_exhausted = raw.get("on_exhausted", "fail")
     if on_exhausted not in ("fail", "continue"):

@@ -2,16 +2,24 @@
 
 A string that is exactly one `{{ expr }}` keeps the expression's type (a list stays a list);
 any other string is rendered as text. Mappings and lists are rendered value by value.
+
+The sandbox is bounded as well as safe: huge powers, repetitions (`'x' * 10**9`), paddings and
+format widths are refused with a SecurityError before anything is allocated, and any exception
+while rendering becomes a TemplateError, so a bad template fails its own step and nothing else.
 """
 
 from __future__ import annotations
 
+import operator
 import re
+import types
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
@@ -21,12 +29,158 @@ class TemplateError(Exception):
     """A template that does not compile, or fails while rendering."""
 
 
+# The largest string or list a template may build by repetition, padding or formatting, and
+# the largest integer power (in bits). Far above anything a step input needs (run inputs are
+# limited to BATON_MAX_INPUT_BYTES), far below what would stall a worker or exhaust memory.
+MAX_BUILT_SIZE = 1_000_000
+MAX_POWER_BITS = 65_536
+_FORMAT_NUMBER = re.compile(r"%[-+ #0]*(\*|\d+)?(?:\.(\*|\d+))?")
+_BRACE_SPEC = re.compile(r"\{[^{}]*:([^{}]*)\}")
+_DIGITS = re.compile(r"\d+")
+
+
+def _too_big(what: str) -> SecurityError:
+    return SecurityError(f"{what} would be larger than the sandbox allows ({MAX_BUILT_SIZE:,})")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_repeat(sequence: Any, times: Any) -> None:
+    if isinstance(sequence, (str, list, tuple)) and _is_int(times) and len(sequence) * times > MAX_BUILT_SIZE:
+        raise _too_big(f"repeating a {type(sequence).__name__} {times:,} times")
+
+
+def _check_format(template: str, args: Any) -> None:
+    """`'%0999999999d' % 1` and `'%*d' % (10**9, 1)` build huge strings from tiny ones."""
+    values = args if isinstance(args, tuple) else (args,)
+    for match in _FORMAT_NUMBER.finditer(template):
+        for number in match.groups():
+            if number == "*":
+                if any(_is_int(v) and abs(v) > MAX_BUILT_SIZE for v in values):
+                    raise _too_big("a `*` width in a format")
+            elif number and int(number) > MAX_BUILT_SIZE:
+                raise _too_big(f"a format width of {int(number):,}")
+
+
+def _check_brace_format(template: str) -> None:
+    for spec in _BRACE_SPEC.findall(template):
+        for number in _DIGITS.findall(spec):
+            if int(number) > MAX_BUILT_SIZE:
+                raise _too_big(f"a format width of {int(number):,}")
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    if (
+        _is_int(base)
+        and _is_int(exponent)
+        and exponent > 0
+        and abs(base) > 1
+        and exponent * abs(base).bit_length() > MAX_POWER_BITS
+    ):
+        raise SecurityError(f"{base} ** {exponent} is larger than the sandbox allows ({MAX_POWER_BITS:,} bits)")
+
+
+def _bounded_filter(name: str, check: Callable[..., None], original: Callable[..., Any]) -> Callable[..., Any]:
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        check(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    bounded.__name__ = f"bounded_{name}"
+    # Keep @pass_environment / @pass_eval_context markers, so Jinja passes the same arguments.
+    if hasattr(original, "jinja_pass_arg"):
+        bounded.jinja_pass_arg = original.jinja_pass_arg  # type: ignore[attr-defined]
+    return bounded
+
+
+def _width_check(position: int, keyword: str) -> Callable[..., None]:
+    def check(*args: Any, **kwargs: Any) -> None:
+        width: Any = kwargs.get(keyword, args[position] if len(args) > position else None)
+        if _is_int(width) and abs(width) > MAX_BUILT_SIZE:
+            raise _too_big(f"a {keyword} of {width:,}")
+
+    return check
+
+
+def _replace_check(*args: Any, **kwargs: Any) -> None:
+    # replace(eval_ctx, s, old, new, count=None)
+    if len(args) >= 4 and isinstance(args[1], str) and isinstance(args[2], str) and isinstance(args[3], str):
+        text, old, new = args[1], args[2], args[3]
+        if len(text) + (text.count(old) if old else len(text) + 1) * len(new) > MAX_BUILT_SIZE:
+            raise _too_big("the replaced string")
+
+
+def _format_filter_check(*args: Any, **kwargs: Any) -> None:
+    if args and isinstance(args[0], str):
+        _check_format(args[0], tuple(args[1:]) or tuple(kwargs.values()))
+
+
 class _Environment(ImmutableSandboxedEnvironment):
+    # Intercepted operators also stay unfolded at compile time: `'x' * 10**9` in a file would
+    # otherwise be computed by Jinja's optimiser while the file is being checked.
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # lipsum(10**9) generates a billion paragraphs; nothing in a workflow needs it.
+        self.globals.pop("lipsum", None)
+        bounded = {
+            "center": _width_check(1, "width"),
+            "indent": _width_check(1, "width"),
+            "slice": _width_check(1, "slices"),
+            "batch": _width_check(1, "linecount"),
+            "replace": _replace_check,
+            "format": _format_filter_check,
+        }
+        for name, check in bounded.items():
+            self.filters[name] = _bounded_filter(name, check, self.filters[name])
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Workflow data is JSON: `input.items` means the key "items", not dict.items().
         if isinstance(obj, dict) and attribute in obj:
             return obj[attribute]
         return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            _check_repeat(left, right)
+            _check_repeat(right, left)
+        elif operator == "**":
+            _check_power(left, right)
+        elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            if len(left) + len(right) > MAX_BUILT_SIZE:
+                raise _too_big("the concatenation")
+        elif operator == "%" and isinstance(left, str):
+            _check_format(left, right)
+        return _BINOPS[operator](left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        # 'x'.ljust(10**9), '\t'.expandtabs(10**9), '{:>999999999}'.format(1): a method of a
+        # string or list given a huge number builds something huge.
+        # (The sandbox hands out str.format wrapped; look at the method underneath.)
+        method = getattr(__obj, "__wrapped__", __obj)
+        owner = getattr(method, "__self__", None)
+        if isinstance(method, types.BuiltinMethodType) and isinstance(owner, (str, bytes)):
+            name = method.__name__
+            if name in _PADDING_METHODS and any(
+                _is_int(v) and abs(v) > MAX_BUILT_SIZE for v in (*args, *kwargs.values())
+            ):
+                raise _too_big(f"calling {name} with a huge number")
+            if name in ("format", "format_map") and isinstance(owner, str):
+                _check_brace_format(owner)
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+# String methods whose numeric argument is the length of what they build.
+_PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+
+_BINOPS: dict[str, Callable[[Any, Any], Any]] = {
+    "*": operator.mul,
+    "**": operator.pow,
+    "+": operator.add,
+    "%": operator.mod,
+}
 
 
 @lru_cache(maxsize=1)
@@ -73,6 +227,8 @@ def check_expression(text: str) -> nodes.Node:
         return environment().parse("{{ " + source + " }}")
     except TemplateSyntaxError as exc:
         raise TemplateError(f"does not compile: {exc.message}") from None
+    except (RecursionError, MemoryError) as exc:
+        raise TemplateError(f"does not compile: {type(exc).__name__} (nested too deeply or too large)") from None
 
 
 def check_template(value: Any) -> list[nodes.Node]:
@@ -88,6 +244,8 @@ def check_template(value: Any) -> list[nodes.Node]:
                 _compiled_template(text)
         except TemplateSyntaxError as exc:
             raise TemplateError(f"does not compile: {exc.message}") from None
+        except (RecursionError, MemoryError) as exc:
+            raise TemplateError(f"does not compile: {type(exc).__name__} (nested too deeply or too large)") from None
     return trees
 
 
@@ -118,14 +276,23 @@ def referenced_steps(trees: list[nodes.Node]) -> set[str]:
     return found
 
 
+def _failure(source: str, exc: BaseException) -> str:
+    detail = str(exc)[:300] or "no detail"
+    return f"template error in `{source}`: {type(exc).__name__}: {detail}"
+
+
 def evaluate(text: str, context: dict[str, Any]) -> Any:
     source = expression_source(text)
     try:
         result = _compiled_expression(source)(**context)
-    except (UndefinedError, SecurityError, TypeError, ValueError, ZeroDivisionError) as exc:
-        raise TemplateError(f"`{source}`: {exc}") from None
     except TemplateSyntaxError as exc:
         raise TemplateError(f"`{source}` does not compile: {exc.message}") from None
+    except (UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise TemplateError(f"`{source}`: {exc}") from None
+    except Exception as exc:  # noqa: BLE001
+        # OverflowError, RecursionError, MemoryError, LookupError...: whatever a template does
+        # wrong is that template's error, never the transaction's that happens to render it.
+        raise TemplateError(_failure(source, exc)) from None
     if isinstance(result, Undefined):
         # Strict undefined values only raise when used; a bare `{{ input.missing }}` is
         # returned unused, so name it here.
@@ -142,8 +309,12 @@ def render(value: Any, context: dict[str, Any]) -> Any:
             return value
         try:
             return _compiled_template(value).render(**context)
-        except (UndefinedError, SecurityError, TypeError, ValueError, ZeroDivisionError) as exc:
+        except TemplateSyntaxError as exc:
+            raise TemplateError(f"{value!r} does not compile: {exc.message}") from None
+        except (UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise TemplateError(f"{value!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise TemplateError(_failure(repr(value), exc)) from None
     if isinstance(value, dict):
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list):

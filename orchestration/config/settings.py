@@ -70,6 +70,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Before any middleware's view hook reads the body (the CSRF check does).
+    "orchestration.config.middleware.RequestSizeLimitMiddleware",
 ]
 
 ROOT_URLCONF = "orchestration.config.urls"
@@ -142,6 +144,14 @@ BATON_TICK_SECONDS = env_float("BATON_TICK_SECONDS", 0.5, minimum=0.01)
 BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 60.0, minimum=0.1)
 # How long one worker task may go on running the next steps of a sequence itself (0: never).
 BATON_CONTINUE_SECONDS = env_float("BATON_CONTINUE_SECONDS", 30.0, minimum=0.0)
+
+# Limits on what people and programs hand to Baton (docs/workflow-format.md, "Limits"): a
+# run's input as JSON, items per for_each, and a request body (Django refuses bigger bodies
+# before parsing them; the start form and the API answer 413 naming the limit).
+BATON_MAX_INPUT_BYTES = env_int("BATON_MAX_INPUT_BYTES", 262_144, minimum=1024)
+BATON_MAX_MAP_ITEMS = env_int("BATON_MAX_MAP_ITEMS", 10_000, minimum=1)
+BATON_MAX_REQUEST_BYTES = env_int("BATON_MAX_REQUEST_BYTES", 1_048_576, minimum=4096)
+DATA_UPLOAD_MAX_MEMORY_SIZE = BATON_MAX_REQUEST_BYTES
 
 # Hosts http and llm agents may call: names, *.suffix, IP addresses or networks, "*" for any
 # public host. Private, loopback and link-local addresses need their address listed.

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import pytest
 from django.http import QueryDict
+from django.test import Client
+from django.urls import reverse
 
 from dashboard import inputs
+from orchestration.models import Run, WorkflowVersion
+
+START = reverse("dashboard:start", args=["digest"])
 
 SCHEMA = {
     "n": {"type": "integer"},
@@ -64,3 +73,52 @@ def test_a_string_with_line_breaks_gets_a_textarea_so_they_survive() -> None:
     fields = {f.name: f for f in inputs.build_form({"notes": {"type": "string", "default": "one\ntwo"}, "title": {"type": "string", "default": "one line"}}).fields}
     assert fields["notes"].widget == "textarea"
     assert fields["title"].widget == "text"
+
+
+# --- values that cannot be stored, refused through the page -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "problem"),
+    [
+        ("sections", '["\\ud800"]', "contains a lone surrogate"),
+        ("topic", "tides\x00", "contains a NUL character"),
+        ("sections", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("sections", json.dumps([[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]), "nested more than 32 levels deep"),
+    ],
+)
+def test_the_start_form_refuses_a_value_that_cannot_be_stored_with_422_and_the_field_named(
+    ops_client: Client, digest: WorkflowVersion, field: str, text: str, problem: str
+) -> None:
+    data = {"topic": "tides", field: text}
+    for headers in ({}, {"HX-Request": "true"}):
+        response = ops_client.post(START, data, headers=headers)
+        assert response.status_code == 422
+        page = response.content.decode()
+        assert f'<p class="field__error">{field}: ' in page and problem in page
+    assert not Run.objects.exists()
+
+
+def test_the_start_form_refuses_an_input_over_the_size_limit_naming_the_field_and_the_limit(
+    ops_client: Client, digest: WorkflowVersion, settings: Any
+) -> None:
+    settings.BATON_MAX_INPUT_BYTES = 4096
+    response = ops_client.post(START, {"topic": "tides", "sections": json.dumps(list(range(2000)))}, headers={"HX-Request": "true"})
+    assert response.status_code == 422
+    page = response.content.decode()
+    assert "sections: larger than 4,096 bytes as JSON (BATON_MAX_INPUT_BYTES)" in page
+    assert not Run.objects.exists()
+
+
+def test_a_request_body_over_the_limit_is_refused_before_it_is_read_with_413_naming_the_limit(
+    ops_client: Client, digest: WorkflowVersion, settings: Any
+) -> None:
+    # The 2 MB post of a 1,000,000-item list froze the default set-up.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    body = {"topic": "tides", "sections": json.dumps(list(range(5000)))}
+    response = ops_client.post(START, body, headers={"HX-Request": "true"})
+    assert response.status_code == 413
+    assert "at most 10,000 are accepted (BATON_MAX_REQUEST_BYTES)" in response.content.decode()
+    api = ops_client.post("/api/approvals/1/decision", {"comment": "x" * 20_000}, content_type="application/json")
+    assert api.status_code == 413 and "BATON_MAX_REQUEST_BYTES" in api.json()["detail"]
+    assert not Run.objects.exists()

@@ -93,7 +93,7 @@ def test_htmx_is_sent_to_the_new_run_with_a_client_redirect(ops_client: Client, 
 def test_a_missing_required_input_is_named_and_nothing_is_started(ops_client: Client, digest: WorkflowVersion) -> None:
     response = ops_client.post(START, {"count": "4"})
     page = response.content.decode()
-    assert response.status_code == 200
+    assert response.status_code == 422  # refused, with the page showing why
     assert "The run was not started." in page
     assert "topic: required" in page
     assert '<p class="field__error">topic: required</p>' in page

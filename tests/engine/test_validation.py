@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -220,3 +221,123 @@ def test_it_lists_an_unknown_owner_with_the_other_problems(existing: None) -> No
 def test_it_rejects_a_wait_for_an_event_with_a_plain_timer(existing: None) -> None:
     message = rejected(workflow("    - {key: a, wait: {event: go, for: 5m}}"))
     assert "step 'a': field `wait`: use `timeout` with `event`" in message
+
+
+# --- limits of the file format (docs/workflow-format.md, "Limits") --------------------------
+
+
+def test_it_rejects_a_key_with_a_trailing_newline(existing: None) -> None:
+    # `^...$` let "adv-newline\n" through; the workflow then could not be opened by URL.
+    message = rejected(AGENTS + 'workflow:\n  key: "adv-newline\\n"\n  name: x\n  steps:\n    - {key: a, agent: echo}\n')
+    assert "field `key`: 'adv-newline\\n' may hold only letters, digits" in message
+    message = rejected(workflow('    - {key: "a\\n", agent: echo}'))
+    assert "field `key`: 'a\\n' may hold only letters, digits" in message
+
+
+@pytest.mark.parametrize("name", ["bad\x00name", "<b>x</b>", "1st", "with space", "dash-ed", "x\n"])
+def test_it_rejects_input_names_that_are_not_identifiers(existing: None, name: str) -> None:
+    # As admin publishes a draft: the document as data, not through the YAML loader.
+    document = load_text(workflow("    - {key: a, agent: echo}"))
+    document["workflow"]["inputs"] = {name: {"type": "string"}}
+    before = counts()
+    with pytest.raises(SpecError) as caught:
+        definitions.import_document(document)
+    assert counts() == before
+    assert f"input {name!r}: a name must be letters, digits and '_', not starting with a digit" in str(caught.value)
+
+
+def test_it_rejects_a_wait_of_zero_saying_it_must_be_positive(existing: None) -> None:
+    message = rejected(workflow("    - {key: a, wait: {for: 0}}"))
+    assert "step 'a': field `wait.for` must be a positive duration (got 0)" in message
+    assert "needs `event`" not in message
+    message = rejected(workflow("    - {key: a, wait: {for: 0s}}"))
+    assert "field `wait.for` must be a positive duration" in message
+
+
+@pytest.mark.parametrize(
+    ("step", "field"),
+    [
+        ("{key: a, agent: echo, timeout: 400d}", "timeout"),
+        ("{key: a, wait: {for: 53w}}", "wait.for"),
+        ("{key: a, wait: {event: go, timeout: 99999999999}}", "wait.timeout"),
+        ("{key: a, approval: {title: t, deadline: 367d}}", "approval.deadline"),
+        ("{key: a, manual: {title: t, deadline: 9999w}}", "manual.deadline"),
+        ("{key: a, agent: echo, retry: {backoff: 1000d}}", "retry.backoff"),
+    ],
+)
+def test_it_rejects_durations_beyond_the_maximum(existing: None, step: str, field: str) -> None:
+    message = rejected(workflow(f"    - {step}"))
+    assert f"step 'a': field `{field}`:" in message and "longer than the maximum of 366 days" in message
+
+
+def test_it_rejects_an_infinite_duration(existing: None) -> None:
+    with pytest.raises(SpecError, match="inf is not a finite number"):
+        load_text(workflow("    - {key: a, agent: echo, timeout: .inf}"))
+    message = rejected(workflow("    - {key: a, agent: echo, timeout: 1e400}"))
+    assert "field `timeout`: '1e400' is not a duration" in message
+
+
+def test_it_rejects_more_than_a_thousand_loop_iterations(existing: None) -> None:
+    loop = "loop: {back_to: a, until: 'true', max_iterations: 1001}"
+    message = rejected(workflow(f"    - {{key: a, agent: echo, {loop}}}"))
+    assert "field `loop.max_iterations`: 1,001 is more than the maximum of 1,000" in message
+
+
+def test_it_rejects_a_step_fallback_naming_its_own_agent(existing: None) -> None:
+    message = rejected(workflow("    - {key: a, agent: echo, fallback: echo}"))
+    assert "step 'a': field `fallback` names the step's own agent 'echo'; name another agent" in message
+
+
+def test_it_rejects_an_agent_fallback_naming_itself(existing: None) -> None:
+    message = rejected("agents:\n  - {name: loopy, kind: python, config: {callable: 'tests.agents.basic:echo'}, fallback: loopy}\n")
+    assert "agent 'loopy': field `fallback` must name another agent" in message
+
+
+def test_it_refuses_a_billion_laughs_file_quickly() -> None:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, 10):
+        previous = f"*a{level - 1}"
+        lines.append(f"a{level}: &a{level} [{', '.join([previous] * 9)}]")
+    text = "\n".join(lines) + "\nworkflow: *a9\n"
+    started = time.monotonic()
+    with pytest.raises(SpecError) as caught:
+        load_text(text, source="laughs.yaml")
+    assert time.monotonic() - started < 2
+    assert "laughs.yaml: holds more than 100,000 values once its aliases (*name) are expanded" in str(caught.value)
+
+
+def test_it_refuses_a_recursive_alias() -> None:
+    with pytest.raises(SpecError, match="aliases"):
+        load_text("workflow: &w [*w]\n", source="loop.yaml")
+
+
+def test_small_aliases_are_still_allowed() -> None:
+    document = load_text("retry: &r {attempts: 2}\nworkflow: {a: *r, b: *r}\n")
+    assert document["workflow"] == {"a": {"attempts": 2}, "b": {"attempts": 2}}
+
+
+@pytest.mark.parametrize("opening", ["[", "{a: ", "- "])
+def test_it_refuses_a_file_nested_100000_deep_with_a_clear_message(opening: str) -> None:
+    # Flow style 100,000 deep; block style ("-" under "-") 200 deep.
+    text = "".join(" " * i + "-\n" for i in range(200)) if opening == "- " else opening * 100_000
+    with pytest.raises(SpecError) as caught:
+        load_text(text, source="deep.yaml")
+    assert "deep.yaml" in str(caught.value) and "nested more than 64 levels deep" in str(caught.value)
+
+
+def test_it_refuses_a_file_larger_than_the_limit_before_parsing_it() -> None:
+    with pytest.raises(SpecError, match=r"big.yaml: the file is 1,000,001 characters; at most 1,000,000"):
+        load_text("#" * 1_000_001, source="big.yaml")
+
+
+def test_it_refuses_a_nul_character_in_a_file() -> None:
+    with pytest.raises(SpecError, match="NUL character"):
+        load_text('workflow: {key: "a\\0b"}\n', source="nul.yaml")
+
+
+def test_a_huge_constant_template_is_checked_without_being_computed(db: Any) -> None:
+    # Jinja folds constants while compiling: `'x' * 10**9` took 16 s and a MemoryError.
+    text = workflow("    - {key: a, agent: echo, input: {big: \"{{ 'x' * 10**9 }}\"}}")
+    started = time.monotonic()
+    definitions.import_document(load_text(text))
+    assert time.monotonic() - started < 2

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -496,3 +497,44 @@ def test_the_customer_lookup_in_the_format_reference_falls_back_to_the_replica(
     assert crm[0].body == {"email": "ada@example.com"}
     step = run.steps.get(step_key="lookup")
     assert (step.agent_name, step.fallback_from) == ("crm-replica", "crm")
+
+
+# --- import_workflow within limits ---------------------------------------------------------------
+
+
+def _laughs() -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 10)]
+    return "\n".join(lines) + "\nworkflow: {key: laughs, name: x, steps: *a9}\n"
+
+
+def test_checking_a_billion_laughs_file_is_refused_at_once(tmp_path: Path) -> None:
+    # It ran past 120 s at 5.5 GB.
+    path = write(tmp_path, "laughs.yaml", _laughs())
+    started = time.monotonic()
+    err, _ = failing_import("--check", path)
+    assert time.monotonic() - started < 5
+    assert err.strip() == f"{path}: holds more than 100,000 values once its aliases (*name) are expanded"
+
+
+def test_checking_a_file_nested_100000_deep_prints_one_clear_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "deep.yaml", "workflow: " + "[" * 100_000)
+    err, _ = failing_import("--check", path)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "nested more than 64 levels deep" in err
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "big.yaml", "# padding\n" * 100_001)
+    err, _ = failing_import("--check", path)
+    assert err.strip() == f"{path}: the file is 1,000,010 bytes; at most 1,000,000 are accepted"
+
+
+def test_checking_a_file_with_a_huge_constant_template_is_quick(tmp_path: Path) -> None:
+    # Jinja folded `'x' * 10**9` while compiling: 16 s and a MemoryError at --check.
+    text = PIPELINE.replace('"{{ input.topic }}"', "\"{{ 'x' * 10**9 }}\"")
+    path = write(tmp_path, "big-constant.yaml", text)
+    started = time.monotonic()
+    out, _ = run_command("import_workflow", "--check", path)
+    assert time.monotonic() - started < 5
+    assert out.strip() == f"{path}: OK"

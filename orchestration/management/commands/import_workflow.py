@@ -15,7 +15,7 @@ from django.db import transaction
 
 from orchestration import definitions
 from orchestration.models import WorkflowVersion
-from orchestration.spec import SpecError, load_text
+from orchestration.spec import MAX_FILE_BYTES, SpecError, load_text
 
 
 class Command(BaseCommand):
@@ -51,6 +51,10 @@ class Command(BaseCommand):
 
     def _import(self, name: str, *, check: bool) -> str:
         try:
+            size = Path(name).stat().st_size
+            if size > MAX_FILE_BYTES:
+                # Refused before reading, let alone parsing, it.
+                raise SpecError([f"the file is {size:,} bytes; at most {MAX_FILE_BYTES:,} are accepted"])
             text = Path(name).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecError([f"cannot read the file ({exc})"]) from None
