@@ -696,26 +696,6 @@ def test_the_agent_page_says_which_variables_are_defined_here_and_never_their_va
     assert "crm-value-4f1e" not in page and "other-value-77aa" not in page
 
 
-def _agent_form(agent: Agent, **changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "name": agent.name,
-        "kind": agent.kind,
-        "description": agent.description,
-        "config": json.dumps(agent.config),
-        "timeout_seconds": "",
-        "retry": json.dumps(agent.retry),
-        "fallback": agent.fallback,
-        "circuit": json.dumps(agent.circuit),
-        "max_concurrency": "",
-        "health-TOTAL_FORMS": 0,
-        "health-INITIAL_FORMS": 0,
-        "health-MIN_NUM_FORMS": 0,
-        "health-MAX_NUM_FORMS": 1,
-    }
-    data.update(changes)
-    return data
-
-
 @pytest.mark.parametrize(
     ("changes", "field", "problem"),
     [
@@ -733,7 +713,7 @@ def test_a_bad_agent_edit_in_admin_is_a_field_error_and_changes_nothing(
 ) -> None:
     agent = Agent.objects.get(name="echo")
     before = (agent.circuit, agent.retry, agent.fallback, agent.config)
-    response = admin_client.post(change(agent), _agent_form(agent, **changes))
+    response = admin_client.post(change(agent), agent_form(admin_client, change(agent), **changes))
     assert response.status_code == 200  # the form again, not a 500 or a redirect
     errors = response.context["adminform"].form.errors
     assert field in errors, errors
@@ -744,7 +724,7 @@ def test_a_bad_agent_edit_in_admin_is_a_field_error_and_changes_nothing(
 
 def test_an_agent_edit_in_admin_keeps_an_empty_circuit_empty(admin_client: Client, finished_run: Run) -> None:
     agent = Agent.objects.get(name="echo")
-    response = admin_client.post(change(agent), _agent_form(agent, circuit="{}", description="edited"))
+    response = admin_client.post(change(agent), agent_form(admin_client, change(agent), circuit="{}", description="edited"))
     assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""
     agent.refresh_from_db()
     assert agent.description == "edited" and agent.circuit == {}
