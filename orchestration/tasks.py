@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from orchestration import engine, transitions
+from orchestration import engine, limits, transitions
 from orchestration.agents import (
     AgentContext,
     AgentResult,
@@ -243,9 +243,17 @@ def execute_steps(step_run_ids: list[int]) -> None:
 
 def _json_safe(value: Any) -> Any:
     try:
-        return json.loads(json.dumps(value))
+        safe = json.loads(json.dumps(value))
     except (TypeError, ValueError) as exc:
         raise PermanentError(f"the agent's output is not JSON-serialisable: {exc}") from None
+    # What the database would refuse (a NUL on PostgreSQL, a lone surrogate on SQLite, NaN)
+    # must fail this attempt here: refused inside the transaction that records the success, it
+    # would roll that back and the agent would run again each time its lease ran out.
+    try:
+        limits.check_json_value(safe, field="the agent's output")
+    except ValueError as exc:
+        raise PermanentError(str(exc)) from None
+    return safe
 
 
 def _one_line(exc: BaseException) -> str:

@@ -63,6 +63,11 @@ def not_json(payload: Any, context: Any) -> Any:
     return {"value": object()}
 
 
+def unstorable(payload: Any, context: Any) -> Any:
+    """Valid JSON no database keeps: a NUL (PostgreSQL), a lone surrogate (SQLite), NaN."""
+    return {"nul": "a\x00b", "surrogate": "\ud800", "nan": float("nan")}[payload]
+
+
 def always_down(payload: Any, context: Any) -> Any:
     raise ConnectionError("the service is down")
 

@@ -27,6 +27,7 @@ agents:
   - {name: context, kind: python, config: {callable: "tests.agents.basic:describe_context"}}
   - {name: counter, kind: python, config: {callable: "tests.agents.basic:count_words"}}
   - {name: not-json, kind: python, config: {callable: "tests.agents.basic:not_json"}}
+  - {name: unstorable, kind: python, config: {callable: "tests.agents.basic:unstorable"}}
 """
 
 
@@ -334,6 +335,16 @@ def test_an_output_that_is_not_json_fails_the_step_permanently() -> None:
     run = drive(transitions.start_run(workflow="wf"))
     assert run.status == RunStatus.FAILED
     assert "not JSON-serialisable" in run.error
+
+
+@pytest.mark.parametrize("kind", ["nul", "surrogate", "nan"])
+def test_an_output_the_database_cannot_store_fails_the_step_once_and_keeps_the_step_before(kind: str) -> None:
+    flow(f"    - {{key: a, agent: echo, input: {kind}}}\n    - {{key: b, agent: unstorable, after: [a], input: '{{{{ steps.a.output }}}}'}}")
+    run = drive(transitions.start_run(workflow="wf"))
+    assert run.status == RunStatus.FAILED
+    assert "the agent's output" in run.error
+    assert (head(run, "a").status, head(run, "a").attempts) == (StepStatus.SUCCEEDED, 1)
+    assert (head(run, "b").status, head(run, "b").attempts) == (StepStatus.FAILED, 1)
 
 
 def test_agent_results_carry_usage_onto_the_step_and_the_attempt() -> None:
