@@ -241,6 +241,13 @@ def test_starting_a_run_with_input_that_is_not_json_says_so() -> None:
         run_command("start_run", "pipeline", "--input", "{topic: tides}")
 
 
+def test_starting_a_run_with_input_nested_100000_deep_says_so_in_one_line() -> None:
+    load_workflow(PIPELINE)
+    with pytest.raises(CommandError, match="--input: nested more than 32 levels deep"):
+        run_command("start_run", "pipeline", "--input", '{"topic": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert not Run.objects.exists()
+
+
 def test_starting_a_run_of_an_unknown_workflow_names_it() -> None:
     with pytest.raises(CommandError, match="workflow 'nope' does not exist"):
         run_command("start_run", "nope")

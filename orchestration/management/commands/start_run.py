@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 
 from django.core.management.base import BaseCommand, CommandError
 
-from orchestration import transitions
+from orchestration import limits, transitions
 from orchestration.models import Run, StepRun
 from orchestration.status import RunStatus
 
@@ -72,9 +72,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, key: str, input: str, wait: bool, timeout: float, **options: Any) -> None:
         try:
-            values = json.loads(input)
+            values = limits.load_json(input, field="--input")
         except json.JSONDecodeError as exc:
             raise CommandError(f"--input is not valid JSON: {exc}") from None
+        except ValueError as exc:  # nested too deep to read
+            raise CommandError(str(exc)) from None
         try:
             run = transitions.start_run(workflow=key, input=values, trigger="command")
         except (ValueError, LookupError) as exc:
