@@ -61,6 +61,49 @@ def _each(rows: Any, action: Callable[..., Any]) -> int:
     return done
 
 
+# When this ticker first saw a queued step's message missing from the broker (step id -> time).
+_absent_since: dict[int, datetime] = {}
+
+
+def resend_lost(now: datetime, *, older_than: float | None = None, absent_for: float | None = None) -> int:
+    """Send again the messages of queued steps that no worker will ever receive.
+
+    A step queued long ago is usually not lost at all: its message waits in the broker behind
+    others (a backlog), and re-sending it only makes the queue longer. So a message counts as
+    lost only when it is not in the broker's queue, and has been missing for a while as seen
+    by this ticker: a cluster's pusher holds a few messages it has taken until a worker of
+    that cluster is free, and those are missing from the broker without being lost.
+    """
+    requeue = settings.BATON_REQUEUE_AFTER_SECONDS
+    older_than = requeue if older_than is None else older_than
+    absent_for = requeue / 2 if absent_for is None else absent_for
+    # Watch a step from half-way to its requeue age, so that one missing all along is sent
+    # again at about BATON_REQUEUE_AFTER_SECONDS, as before.
+    watch_from = now - timedelta(seconds=max(older_than - absent_for, 0.0))
+    stale = now - timedelta(seconds=older_than)
+    candidates = list(
+        StepRun.objects.filter(status=StepStatus.QUEUED, queued_at__lt=watch_from).values_list("pk", "queued_at")[:BATCH]
+    )
+    if not candidates:
+        _absent_since.clear()
+        return 0
+    present = dispatch.queued_step_ids()
+    lost = []
+    for pk, queued_at in candidates:
+        if present is not None and pk in present:
+            _absent_since.pop(pk, None)  # waiting behind others: not lost
+            continue
+        since = _absent_since.setdefault(pk, now)
+        if queued_at is not None and queued_at < stale and (now - since).total_seconds() >= absent_for:
+            lost.append((pk, queued_at))
+    for pk in set(_absent_since) - {pk for pk, _ in candidates}:
+        del _absent_since[pk]
+    done = _each(lost, lambda pk, queued_at: transitions.resend_lost_message(step_run_id=pk, queued_at=queued_at))
+    for pk, _ in lost:
+        _absent_since.pop(pk, None)
+    return done
+
+
 def tick(now: datetime | None = None) -> TickReport:
     now = now or timezone.now()
     report = TickReport()
@@ -77,11 +120,7 @@ def tick(now: datetime | None = None) -> TickReport:
             step_run_id=pk, token=token, attempt=attempts, run_id=run_id
         ),
     )
-    stale = now - timedelta(seconds=settings.BATON_REQUEUE_AFTER_SECONDS)
-    report.resent = _each(
-        steps.filter(status=StepStatus.QUEUED, queued_at__lt=stale).values_list("pk", "queued_at")[:BATCH],
-        lambda pk, queued_at: transitions.resend_lost_message(step_run_id=pk, queued_at=queued_at),
-    )
+    report.resent = resend_lost(now)
     report.woken = _each(
         steps.filter(status=StepStatus.WAITING, kind=StepKind.WAIT, wake_at__lte=now).values_list("pk", flat=True)[:BATCH],
         lambda pk: transitions.wake_timer(step_run_id=pk),
