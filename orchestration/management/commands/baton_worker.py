@@ -26,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 logger = logging.getLogger("baton.worker")
@@ -111,6 +111,9 @@ class Generation:
         # A stop flag of its own: a replaced cluster drains while its successor works.
         self.stop_flag = context.Event()
         tasks.share_stop_flag(self.stop_flag)
+        # A connection open in this process must not be inherited by the forked cluster:
+        # the first child to close it would close it for us too (PostgreSQL).
+        connections.close_all()
         self.cluster = Cluster()  # its constructor installs signal handlers; ours replace them
         self.cluster.start()
         self.sentinel_pid = self.cluster.sentinel.pid
