@@ -65,24 +65,33 @@ def _each(rows: Any, action: Callable[..., Any]) -> int:
 _absent_since: dict[int, datetime] = {}
 
 
+_last_scan: datetime | None = None
+
+
 def resend_lost(now: datetime, *, older_than: float | None = None, absent_for: float | None = None) -> int:
     """Send again the messages of queued steps that no worker will ever receive.
 
     A step queued long ago is usually not lost at all: its message waits in the broker behind
     others (a backlog), and re-sending it only makes the queue longer. So a message counts as
-    lost only when it is not in the broker's queue, and has been missing for a while as seen
-    by this ticker: a cluster's pusher holds a few messages it has taken until a worker of
-    that cluster is free, and those are missing from the broker without being lost.
+    lost only when it is missing from the broker's queue and has been missing for
+    BATON_REQUEUE_AFTER_SECONDS, as seen by this ticker: a cluster's pusher holds a message or
+    two it has taken until one of its workers is free, and those are missing from the broker
+    for a while without being lost.
     """
+    global _last_scan
     requeue = settings.BATON_REQUEUE_AFTER_SECONDS
     older_than = requeue if older_than is None else older_than
-    absent_for = requeue / 2 if absent_for is None else absent_for
-    # Watch a step from half-way to its requeue age, so that one missing all along is sent
-    # again at about BATON_REQUEUE_AFTER_SECONDS, as before.
-    watch_from = now - timedelta(seconds=max(older_than - absent_for, 0.0))
+    absent_for = requeue if absent_for is None else absent_for
+    # Reading the broker's queue costs more than the other sweeps: a tenth of the requeue
+    # time between looks is plenty.
+    if absent_for and _last_scan is not None and _last_scan <= now < _last_scan + timedelta(seconds=requeue / 10):
+        return 0
+    _last_scan = now
     stale = now - timedelta(seconds=older_than)
+    # Every queued step is watched from the start, oldest first, so that a message lost on
+    # its way is noticed missing at once and sent again BATON_REQUEUE_AFTER_SECONDS later.
     candidates = list(
-        StepRun.objects.filter(status=StepStatus.QUEUED, queued_at__lt=watch_from).values_list("pk", "queued_at")[:BATCH]
+        StepRun.objects.filter(status=StepStatus.QUEUED).order_by("queued_at").values_list("pk", "queued_at")[:BATCH]
     )
     if not candidates:
         _absent_since.clear()
