@@ -105,27 +105,23 @@ class _Front:
         return self.inner.enqueue(package)
 
 
-def queued_step_ids(limit: int = 20000) -> set[int] | None:
+def queued_step_ids(limit: int = 20000) -> set[int]:
     """The step ids that have a message waiting in the broker (a chunk names all of its items).
 
-    None when the broker cannot be read (then every stale step counts as lost, as before).
-    Messages already taken by a cluster's pusher and waiting inside that cluster are not
-    in the broker any more; the ticker allows for them (see ticker.resend_lost).
+    Messages already taken by a cluster's pusher and waiting inside that cluster are not in
+    the broker any more; the ticker allows for them (see ticker.resend_lost). Raises what the
+    broker raises when it is unavailable.
     """
     from django_q.signing import SignedPackage
 
     current = broker()
-    try:
-        connection: Any = getattr(current, "connection", None)
-        if hasattr(connection, "lrange"):
-            packages = list(connection.lrange(current.list_key, 0, limit - 1))
-        else:
-            # A locked row was taken by a cluster's pusher: it is in that cluster now, not here.
-            rows = current.get_connection().filter(key=current.list_key, lock__lte=timezone.now())
-            packages = list(rows.values_list("payload", flat=True)[:limit])
-    except Exception:
-        logger.exception("could not read the broker's queue")
-        return None
+    connection: Any = getattr(current, "connection", None)
+    if hasattr(connection, "lrange"):
+        packages = list(connection.lrange(current.list_key, 0, limit - 1))
+    else:
+        # A locked row was taken by a cluster's pusher: it is in that cluster now, not here.
+        rows = current.get_connection().filter(key=current.list_key, lock__lte=timezone.now())
+        packages = list(rows.values_list("payload", flat=True)[:limit])
     ids: set[int] = set()
     for package in packages:
         try:

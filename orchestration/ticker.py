@@ -99,7 +99,7 @@ def resend_lost(now: datetime, *, older_than: float | None = None, absent_for: f
     present = dispatch.queued_step_ids()
     lost = []
     for pk, queued_at in candidates:
-        if present is not None and pk in present:
+        if pk in present:
             _absent_since.pop(pk, None)  # waiting behind others: not lost
             continue
         since = _absent_since.setdefault(pk, now)
@@ -129,7 +129,12 @@ def tick(now: datetime | None = None) -> TickReport:
             step_run_id=pk, token=token, attempt=attempts, run_id=run_id
         ),
     )
-    report.resent = resend_lost(now)
+    broker_error: Exception | None = None
+    try:
+        report.resent = resend_lost(now)
+    except Exception as exc:
+        # The broker is away: the other sweeps still run, and the caller hears of it once.
+        broker_error = exc
     report.woken = _each(
         steps.filter(status=StepStatus.WAITING, kind=StepKind.WAIT, wake_at__lte=now).values_list("pk", flat=True)[:BATCH],
         lambda pk: transitions.wake_timer(step_run_id=pk),
@@ -157,4 +162,6 @@ def tick(now: datetime | None = None) -> TickReport:
             logger.exception("ticker: sweep %s failed", getattr(sweep, "__name__", sweep))
     if report:
         logger.info("tick: %s", report)
+    if broker_error is not None:
+        raise broker_error
     return report

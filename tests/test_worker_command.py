@@ -75,15 +75,23 @@ def queue_workers(cluster: WorkerCluster) -> list[int]:
     assert cluster.process is not None
     sentinels = _children(cluster.process.pid)
     assert len(sentinels) == 1, sentinels
-    children = sorted(_children(sentinels[0]), key=lambda pid: int(_stat(pid)[19]))
-    return children[: cluster.workers]
+    started = {}
+    for pid in _children(sentinels[0]):
+        try:
+            started[pid] = int(_stat(pid)[19])
+        except (OSError, IndexError):
+            continue  # it has just exited
+    return sorted(started, key=started.__getitem__)[: cluster.workers]
 
 
 def queue_reader(cluster: WorkerCluster) -> int | None:
     """The idle worker that holds the task queue's read lock, blocked reading its pipe."""
     for pid in queue_workers(cluster):
-        if "pipe" in Path(f"/proc/{pid}/wchan").read_text():
-            return pid
+        try:
+            if "pipe" in Path(f"/proc/{pid}/wchan").read_text():
+                return pid
+        except OSError:
+            continue
     return None
 
 
@@ -164,3 +172,23 @@ def test_a_step_still_running_when_the_drain_ends_is_released_to_another_worker(
     step.refresh_from_db()
     assert step.attempts == 2
     assert not RunEvent.objects.filter(run=run, message__contains="probably killed").exists()
+
+
+def test_it_stops_on_sigterm_even_when_no_worker_can_read_the_task_queue() -> None:
+    # Restarting is turned off here: the stop itself must not wait for the stuck queue.
+    cluster = WorkerCluster(workers=2, env={"BATON_STUCK_SECONDS": "600"}).start()
+    assert cluster.process is not None
+    try:
+        reader = wait_for(lambda: queue_reader(cluster), timeout=10, message="an idle worker reading the task queue")
+        os.kill(reader, signal.SIGKILL)
+        sentinel = _children(cluster.process.pid)[0]
+        # Two workers, the monitor and the pusher again: the sentinel reincarnated the dead one.
+        wait_for(lambda: len(_children(sentinel)) == 4 and reader not in _children(sentinel), timeout=10, message="its reincarnation")
+        cluster.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = cluster.process.wait(timeout=30)
+    finally:
+        cluster.stop()
+    assert code == 0, cluster.log()
+    assert time.monotonic() - started < 8, cluster.log()
+    wait_for(lambda: not group_left(cluster.process.pid), timeout=3, message=f"no process left\n{cluster.log()}")
