@@ -87,7 +87,8 @@ def test_a_task_message_lost_by_the_broker_is_sent_again() -> None:
     wait_for(lambda: broker.queue_size() >= 1, timeout=10, message="the message to reach the broker")
     broker.purge_queue()  # ... and is lost, as a Redis broker loses a message in flight
     assert broker.queue_size() == 0
-    with WorkerCluster(workers=1) as cluster:
+    # Lost on purpose: a short requeue time, whatever the default for test clusters.
+    with WorkerCluster(workers=1, env={"BATON_REQUEUE_AFTER_SECONDS": "1"}) as cluster:
         run = wait_for(lambda: finished(run), timeout=60, message=f"the ticker to re-send\n{cluster.log()}")
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert RunEvent.objects.filter(run=run, kind=EventKind.MESSAGE_RESENT).exists()

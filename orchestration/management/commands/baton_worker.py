@@ -235,7 +235,7 @@ class Command(BaseCommand):
                         )
                 except Exception:
                     current.stuck_since = None  # the database is away: the ticker says so below
-                if replace:
+                if replace and not stopping.is_set():  # a sentinel signalled with us is not a fault
                     self.say(f"RESTARTING THE CLUSTER: {replace}", error=True)
                     retiring.append((self._retire(current), time.monotonic() + settings.BATON_DRAIN_SECONDS))
                     current = Generation()
