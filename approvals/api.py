@@ -2,14 +2,19 @@
 
 Every write goes through approvals.transitions, exactly like the inbox pages, and its errors
 map to status codes in one place (the exception handlers below): NotAllowed 403, a missing
-item 404, AlreadyDecided 409, InvalidInput 422.
+item 404, AlreadyDecided 409, InvalidInput 422, a database that is away 503, anything else
+500; every answer under /api/ is JSON, unknown paths and methods included.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypedDict
 
+from django.db import InterfaceError, OperationalError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema, Status
@@ -37,6 +42,8 @@ api = NinjaAPI(
 )
 
 MAX_ITEMS = 500
+
+logger = logging.getLogger("baton.api")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +229,51 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         # A body that is not JSON is a bad body like any other: 422, naming it.
         return _error(request, 422, "body: not valid JSON", {"body": "not valid JSON"})
     return _error(request, exc.status_code, str(exc))
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    # A database restart: the client may simply try again. Logged by whoever watches the
+    # database; one line here, not a traceback per request.
+    logger.warning("api: database unavailable for %s %s: %s", request.method, request.path, str(exc).strip().splitlines()[:1])
+    response = _error(request, 503, "The database is unavailable at the moment; try again shortly.")
+    response["Retry-After"] = "5"
+    return response
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    # API clients parse JSON: never Django's HTML error page, whatever went wrong.
+    logger.exception("api: %s %s failed", request.method, request.path)
+    return _error(request, 500, "Internal server error.")
+
+
+def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Any other path under /api/ (mounted after the API's own URLs)."""
+    return _error(request, 404, f"No API endpoint at {request.path}.")
+
+
+def urls() -> tuple[list[Any], str, str]:
+    """api.urls, answering a method an endpoint does not take with JSON too (ninja's own
+    answer is plain text)."""
+    patterns, app_name, namespace = api.urls
+    for pattern in patterns:
+        pattern.callback = _json_method_not_allowed(pattern.callback)
+    return patterns, app_name, namespace
+
+
+def _json_method_not_allowed(view: Any) -> Callable[..., HttpResponse]:
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        if response.status_code == 405 and not response.get("Content-Type", "").startswith("application/json"):
+            allowed = response.get("Allow", "")
+            response = _error(request, 405, f"{request.method} is not allowed here; allowed: {allowed}.")
+            response["Allow"] = allowed
+        return response
+
+    return wrapped
 
 
 @api.exception_handler(ValidationError)

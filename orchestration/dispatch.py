@@ -11,8 +11,10 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
+from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 logger = logging.getLogger("baton.dispatch")
 
@@ -65,7 +67,8 @@ def send_steps_on_commit(step_run_ids: Iterable[int]) -> None:
         transaction.on_commit(partial(send_steps, ids))
 
 
-def send_steps(step_run_ids: list[int]) -> None:
+def send_steps(step_run_ids: list[int], *, first: bool = False) -> None:
+    """One message per step; `first` puts them at the head of the queue (see _Front)."""
     from django_q.tasks import async_task
 
     for step_run_id in step_run_ids:
@@ -73,13 +76,71 @@ def send_steps(step_run_ids: list[int]) -> None:
             async_task(
                 "orchestration.tasks.execute_step",
                 step_run_id,
-                broker=broker(),
+                broker=_Front(broker()) if first else broker(),
                 task_name=f"step-{step_run_id}",
             )
         except Exception:
             # The step stays queued in our table; the ticker re-sends it after
             # BATON_REQUEUE_AFTER_SECONDS, so a broker outage delays work but loses none.
             logger.exception("could not send step %s to the broker", step_run_id)
+
+
+def send_steps_first_on_commit(step_run_ids: Iterable[int]) -> None:
+    """For recovered work (a retry, a step taken back from a lost worker or a stopping one):
+    it goes to the head of the queue instead of waiting behind a backlog of fresh work."""
+    ids = list(step_run_ids)
+    if ids:
+        transaction.on_commit(partial(send_steps, ids, first=True))
+
+
+class _Front:
+    """A broker whose enqueue puts the message at the head of the queue.
+
+    django-q2's Redis broker pushes on the right and pops on the left, so LPUSH is the head.
+    The ORM broker has no order to jump (its dequeue takes any unlocked row; SQLite and
+    PostgreSQL hand back the oldest in practice), so there the message simply joins the queue.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.list_key = inner.list_key
+
+    def enqueue(self, package: str) -> Any:
+        connection: Any = getattr(self.inner, "connection", None)
+        if hasattr(connection, "lpush"):
+            return connection.lpush(self.inner.list_key, package)
+        return self.inner.enqueue(package)
+
+
+def queued_step_ids(limit: int = 20000) -> set[int]:
+    """The step ids that have a message waiting in the broker (a chunk names all of its items).
+
+    Messages already taken by a cluster's pusher and waiting inside that cluster are not in
+    the broker any more; the ticker allows for them (see ticker.resend_lost). Raises what the
+    broker raises when it is unavailable.
+    """
+    from django_q.signing import SignedPackage
+
+    current = broker()
+    connection: Any = getattr(current, "connection", None)
+    if hasattr(connection, "lrange"):
+        packages = list(connection.lrange(current.list_key, 0, limit - 1))
+    else:
+        # A locked row was taken by a cluster's pusher: it is in that cluster now, not here.
+        rows = current.get_connection().filter(key=current.list_key, lock__lte=timezone.now())
+        packages = list(rows.values_list("payload", flat=True)[:limit])
+    ids: set[int] = set()
+    for package in packages:
+        try:
+            task = SignedPackage.loads(package)
+        except Exception:
+            continue
+        for arg in task.get("args") or ():
+            if isinstance(arg, int):
+                ids.add(arg)
+            elif isinstance(arg, list):
+                ids.update(a for a in arg if isinstance(a, int))
+    return ids
 
 
 def send_chunks_on_commit(step_run_ids: list[int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,16 +11,17 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, IntegrityError, InterfaceError, connection
 from django.utils import timezone
 
-from orchestration import engine, limits, transitions
+from orchestration import dispatch, engine, limits, transitions
 from orchestration.agents import (
     AgentContext,
     AgentResult,
@@ -36,6 +38,8 @@ from orchestration.models import Agent
 from orchestration.status import ErrorClass
 
 logger = logging.getLogger("baton.tasks")
+
+T = TypeVar("T")
 
 
 def worker_label() -> str:
@@ -71,12 +75,37 @@ def deadline(seconds: float | None, label: str) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
 
 
+# Set when this worker process is asked to stop (SIGTERM from a service manager, or the
+# drain of `baton_worker`): take no new step, finish the ones in hand. `baton_worker` replaces
+# it, before forking its cluster, by a process-shared event, so that setting it in the
+# command's process reaches every worker at once; a plain threading.Event serves in-process
+# callers (tests, `drive`).
+_stop_flag: Any = threading.Event()
+
+
+def share_stop_flag(event: Any) -> None:
+    """Use `event` (a multiprocessing.Event created before the cluster forks) as the stop flag."""
+    global _stop_flag
+    _stop_flag = event
+
+
+def stop_taking_steps(signum: int = 0, frame: Any = None) -> None:
+    """Also a signal handler: a worker process signalled to stop drains instead of dying."""
+    _stop_flag.set()
+
+
+def stopping() -> bool:
+    return bool(_stop_flag.is_set())
+
+
 class Heartbeat:
     """Renews the leases of the steps a worker holds, from a background thread.
 
     When the worker process dies the renewals stop, the leases run out, and the ticker gives
     the steps to other workers. When a renewal finds the steps no longer held (the run was
-    cancelled) it sets `stop`, which agents see as context.should_stop().
+    cancelled, or the lease was given away) it sets `stop`, which agents see as
+    context.should_stop(). An error (the database restarting) is not the end of the claim:
+    the next beat tries again, sooner than usual, until a renewal answers either way.
     """
 
     def __init__(self, step_run_ids: list[int], token: str):
@@ -96,17 +125,76 @@ class Heartbeat:
 
     def _beat(self) -> None:
         used_db = False
+        failing_since: float | None = None
+        interval = settings.BATON_HEARTBEAT_SECONDS
         try:
-            while not self.stopped.wait(settings.BATON_HEARTBEAT_SECONDS):
+            while not self.stopped.wait(interval):
                 used_db = True
-                if not transitions.renew_lease(step_run_ids=self.step_run_ids, token=self.token):
+                try:
+                    held = transitions.renew_lease(step_run_ids=self.step_run_ids, token=self.token)
+                except Exception as exc:
+                    # One line when renewals start failing and one when they work again, not one
+                    # per beat: a database restart must not flood the log.
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                        logger.error(
+                            "heartbeat: could not renew the lease of steps %s (%s); retrying",
+                            self.step_run_ids[:5],
+                            _one_line(exc),
+                        )
+                    # A broken connection stays broken: open a new one at the next try.
+                    _close_connection()
+                    # The lease is running out meanwhile: try again well before it does.
+                    interval = min(settings.BATON_HEARTBEAT_SECONDS, max(settings.BATON_LEASE_SECONDS / 10, 0.05))
+                    continue
+                if failing_since is not None:
+                    logger.warning(
+                        "heartbeat: lease renewals of steps %s work again after %.1f s",
+                        self.step_run_ids[:5],
+                        time.monotonic() - failing_since,
+                    )
+                    failing_since = None
+                    interval = settings.BATON_HEARTBEAT_SECONDS
+                if not held:
                     self.stop.set()
                     return
-        except Exception:
-            logger.exception("heartbeat for steps %s failed", self.step_run_ids[:5])
         finally:
             if used_db:
-                connection.close()
+                _close_connection()
+
+
+def _close_connection() -> None:
+    with contextlib.suppress(Exception):
+        connection.close()
+
+
+def _with_database(action: Callable[[], T], *, what: str, give_up: threading.Event | None = None) -> T:
+    """Run `action` (one transition), riding out a database that is briefly away.
+
+    A result recorded after an agent ran for minutes must not be lost to a restart of the
+    database that happened meanwhile (the worker's connection is then dead): reconnect and try
+    again for up to BATON_DB_RETRY_SECONDS. Transitions are compare-and-set on the claim, so a
+    try that did commit before the error is refused the second time, never applied twice.
+    """
+    deadline = time.monotonic() + settings.BATON_DB_RETRY_SECONDS
+    delay = 0.1
+    failing = False
+    while True:
+        try:
+            result = action()
+        except (DatabaseError, InterfaceError) as exc:
+            if isinstance(exc, IntegrityError) or time.monotonic() > deadline or (give_up and give_up.is_set()):
+                raise
+            if not failing:
+                failing = True
+                logger.error("%s: database unavailable (%s); retrying", what, _one_line(exc))
+            _close_connection()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        if failing:
+            logger.warning("%s: database available again", what)
+        return result
 
 
 @dataclass
@@ -173,19 +261,29 @@ def _call_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event) -
 
 
 def _record_failure(claim: transitions.Claim, outcome: Outcome) -> None:
-    transitions.record_failure(
-        claim=claim,
-        error_class=outcome.error_class,
-        message=outcome.message,
-        traceback=outcome.traceback,
-        retry_after=outcome.retry_after,
+    _with_database(
+        lambda: transitions.record_failure(
+            claim=claim,
+            error_class=outcome.error_class,
+            message=outcome.message,
+            traceback=outcome.traceback,
+            retry_after=outcome.retry_after,
+        ),
+        what=f"recording the failure of step {claim.step_run_id}",
     )
 
 
 def execute_step(step_run_id: int) -> None:
     # django-q2's worker closes stale database connections around every task.
+    if stopping():
+        # This worker is draining: the message goes back to the broker for another worker
+        # (the step is still queued, nobody claimed it).
+        dispatch.send_steps([step_run_id], first=True)
+        return
     worker = worker_label()
-    claim = transitions.claim_step(step_run_id=step_run_id, worker=worker)
+    claim = _with_database(
+        lambda: transitions.claim_step(step_run_id=step_run_id, worker=worker), what=f"claiming step {step_run_id}"
+    )
     started = time.monotonic()
     while claim is not None:  # None: a duplicate message, or the step was cancelled meanwhile
         agent = load_agent(claim.agent_name)
@@ -200,11 +298,18 @@ def execute_step(step_run_id: int) -> None:
         usage = outcome.result.usage
         # A worker goes on with the next step of a sequence (record_success_and_take_next) for
         # at most BATON_CONTINUE_SECONDS per task, well inside django-q2's task timeout; then
-        # the broker hands the next step to whichever worker is free.
-        if time.monotonic() - started >= settings.BATON_CONTINUE_SECONDS:
-            transitions.record_success(claim=claim, output=outcome.output, usage=usage)
+        # the broker hands the next step to whichever worker is free. A stopping worker takes
+        # no next step: it is queued for another worker as usual.
+        if stopping() or time.monotonic() - started >= settings.BATON_CONTINUE_SECONDS:
+            _with_database(
+                partial(transitions.record_success, claim=claim, output=outcome.output, usage=usage),
+                what=f"recording the result of step {claim.step_run_id}",
+            )
             return
-        claim = transitions.record_success_and_take_next(claim=claim, output=outcome.output, usage=usage, worker=worker)
+        claim = _with_database(
+            partial(transitions.record_success_and_take_next, claim=claim, output=outcome.output, usage=usage, worker=worker),
+            what=f"recording the result of step {claim.step_run_id}",
+        )
 
 
 def execute_steps(step_run_ids: list[int]) -> None:
@@ -227,8 +332,13 @@ def execute_steps(step_run_ids: list[int]) -> None:
         for claim in claims:
             # Cancelled (or the map failed, here or on another worker): what is left is no
             # longer ours. The heartbeat notices only at its next beat, so look before each
-            # item; an item-by-primary-key read is cheap next to any agent call.
-            if heartbeat.stop.is_set() or not transitions.still_held(step_run_id=claim.step_run_id, token=claim.token):
+            # item; an item-by-primary-key read is cheap next to any agent call. Stopping:
+            # baton_worker releases the items left once this worker process has exited.
+            if (
+                heartbeat.stop.is_set()
+                or stopping()
+                or not transitions.still_held(step_run_id=claim.step_run_id, token=claim.token)
+            ):
                 break
             started = timezone.now()
             outcome = _run_agent(agent, claim, heartbeat.stop)

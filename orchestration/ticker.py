@@ -61,6 +61,58 @@ def _each(rows: Any, action: Callable[..., Any]) -> int:
     return done
 
 
+# When this ticker first saw a queued step's message missing from the broker (step id -> time).
+_absent_since: dict[int, datetime] = {}
+
+
+_last_scan: datetime | None = None
+
+
+def resend_lost(now: datetime, *, older_than: float | None = None, absent_for: float | None = None) -> int:
+    """Send again the messages of queued steps that no worker will ever receive.
+
+    A step queued long ago is usually not lost at all: its message waits in the broker behind
+    others (a backlog), and re-sending it only makes the queue longer. So a message counts as
+    lost only when it is missing from the broker's queue and has been missing for
+    BATON_REQUEUE_AFTER_SECONDS, as seen by this ticker: a cluster's pusher holds a message or
+    two it has taken until one of its workers is free, and those are missing from the broker
+    for a while without being lost.
+    """
+    global _last_scan
+    requeue = settings.BATON_REQUEUE_AFTER_SECONDS
+    older_than = requeue if older_than is None else older_than
+    absent_for = requeue if absent_for is None else absent_for
+    # Reading the broker's queue costs more than the other sweeps: a tenth of the requeue
+    # time between looks is plenty.
+    if absent_for and _last_scan is not None and _last_scan <= now < _last_scan + timedelta(seconds=requeue / 10):
+        return 0
+    _last_scan = now
+    stale = now - timedelta(seconds=older_than)
+    # Every queued step is watched from the start, oldest first, so that a message lost on
+    # its way is noticed missing at once and sent again BATON_REQUEUE_AFTER_SECONDS later.
+    candidates = list(
+        StepRun.objects.filter(status=StepStatus.QUEUED).order_by("queued_at").values_list("pk", "queued_at")[:BATCH]
+    )
+    if not candidates:
+        _absent_since.clear()
+        return 0
+    present = dispatch.queued_step_ids()
+    lost = []
+    for pk, queued_at in candidates:
+        if pk in present:
+            _absent_since.pop(pk, None)  # waiting behind others: not lost
+            continue
+        since = _absent_since.setdefault(pk, now)
+        if queued_at is not None and queued_at < stale and (now - since).total_seconds() >= absent_for:
+            lost.append((pk, queued_at))
+    for pk in set(_absent_since) - {pk for pk, _ in candidates}:
+        del _absent_since[pk]
+    done = _each(lost, lambda pk, queued_at: transitions.resend_lost_message(step_run_id=pk, queued_at=queued_at))
+    for pk, _ in lost:
+        _absent_since.pop(pk, None)
+    return done
+
+
 def tick(now: datetime | None = None) -> TickReport:
     now = now or timezone.now()
     report = TickReport()
@@ -77,11 +129,12 @@ def tick(now: datetime | None = None) -> TickReport:
             step_run_id=pk, token=token, attempt=attempts, run_id=run_id
         ),
     )
-    stale = now - timedelta(seconds=settings.BATON_REQUEUE_AFTER_SECONDS)
-    report.resent = _each(
-        steps.filter(status=StepStatus.QUEUED, queued_at__lt=stale).values_list("pk", "queued_at")[:BATCH],
-        lambda pk, queued_at: transitions.resend_lost_message(step_run_id=pk, queued_at=queued_at),
-    )
+    broker_error: Exception | None = None
+    try:
+        report.resent = resend_lost(now)
+    except Exception as exc:
+        # The broker is away: the other sweeps still run, and the caller hears of it once.
+        broker_error = exc
     report.woken = _each(
         steps.filter(status=StepStatus.WAITING, kind=StepKind.WAIT, wake_at__lte=now).values_list("pk", flat=True)[:BATCH],
         lambda pk: transitions.wake_timer(step_run_id=pk),
@@ -109,4 +162,6 @@ def tick(now: datetime | None = None) -> TickReport:
             logger.exception("ticker: sweep %s failed", getattr(sweep, "__name__", sweep))
     if report:
         logger.info("tick: %s", report)
+    if broker_error is not None:
+        raise broker_error
     return report

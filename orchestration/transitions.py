@@ -702,7 +702,9 @@ def queue_due_retry(*, step_run_id: int) -> bool:
             pk=step_run_id, status=StepStatus.RETRYING, next_attempt_at__lte=now
         ).update(status=StepStatus.QUEUED, queued_at=now)
         if won:
-            dispatch.send_steps_on_commit([step_run_id])
+            # A retry (of a failed attempt or one lost with its worker) has waited its backoff
+            # already: it goes to the head of the queue, not behind a backlog of fresh steps.
+            dispatch.send_steps_first_on_commit([step_run_id])
     return bool(won)
 
 
@@ -720,5 +722,60 @@ def resend_lost_message(*, step_run_id: int, queued_at: Any) -> bool:
         if won:
             step = StepRun.objects.select_related("run").get(pk=step_run_id)
             engine.event(step.run, EventKind.MESSAGE_RESENT, step=step, message="no worker took the step; message sent again")
-            dispatch.send_steps_on_commit([step_run_id])
+            dispatch.send_steps_first_on_commit([step_run_id])
     return bool(won)
+
+
+def release_steps(*, step_run_ids: list[int], workers: list[str], why: str) -> int:
+    """Give back steps a stopping worker holds but will not finish: queued again at once for
+    another worker, without waiting for the lease to run out. The interrupted attempt is
+    recorded as failed (lost), but the step is not failed or delayed for it.
+
+    Only steps whose current attempt belongs to one of `workers` (processes that have exited)
+    are taken back; compare-and-set on the claim token makes a release racing a result harmless.
+    """
+    now = timezone.now()
+    released = 0
+    held = list(
+        StepRun.objects.filter(pk__in=step_run_ids, status=StepStatus.RUNNING).values_list("pk", "run_id", "claim_token", "attempts")
+    )
+    for pk, run_id, token, attempts in held:
+        with engine.change():
+            run = _lock_run(run_id)
+            worker = Attempt.objects.filter(step_run_id=pk, number=attempts, worker__in=workers).values_list("worker", flat=True).first()
+            if worker is None:
+                continue
+            step = StepRun.objects.filter(pk=pk, status=StepStatus.RUNNING, claim_token=token).first()
+            if step is None:
+                continue
+            Attempt.objects.filter(step_run=step, number=attempts).update(
+                status=AttemptStatus.FAILED, finished_at=now, error_class=ErrorClass.LOST, error=why[:2000]
+            )
+            step.status = StepStatus.QUEUED
+            step.queued_at = now
+            step.claim_token = ""
+            step.lease_expires_at = None
+            step.save(update_fields=["status", "queued_at", "claim_token", "lease_expires_at"])
+            engine.event(
+                run,
+                EventKind.STEP_QUEUED,
+                step=step,
+                from_status=StepStatus.RUNNING,
+                to_status=StepStatus.QUEUED,
+                message=f"released by {worker}: {why}; queued for another worker",
+            )
+            dispatch.send_steps_first_on_commit([pk])
+            released += 1
+    return released
+
+
+def steps_held_by(*, workers: list[str]) -> list[int]:
+    """Running steps whose current attempt belongs to one of these worker processes."""
+    return list(
+        StepRun.objects.filter(
+            status=StepStatus.RUNNING,
+            attempt_rows__worker__in=workers,
+            attempt_rows__status=AttemptStatus.RUNNING,
+            attempt_rows__number=F("attempts"),
+        ).values_list("pk", flat=True).distinct()
+    )

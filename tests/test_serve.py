@@ -19,6 +19,8 @@ from django.core.management import CommandError, call_command
 
 from orchestration import transitions
 from orchestration.management.commands.serve import child_environment, demo_logins, url_for
+from orchestration.models import StepRun
+from orchestration.status import StepStatus
 from tests.support import ROOT, database_url, load_workflow, wait_for
 
 
@@ -183,3 +185,28 @@ def test_it_reads_the_demo_logins_from_the_demo_module() -> None:
 
     assert logins is not None
     assert {name for name, _, _ in logins} >= {"admin", "ops", "approver"}
+
+
+@pytest.mark.cluster
+def test_sigterm_stops_a_busy_worker_and_daphne_as_cleanly_as_ctrl_c(serve: Serve) -> None:
+    steps = ", ".join(
+        f"{{key: s{i}, agent: nap, input: {{seconds: 1}}{', after: [s%d]' % (i - 1) if i > 1 else ''}}}" for i in range(1, 9)
+    )
+    load_workflow(
+        'agents: [{name: nap, kind: python, config: {callable: "tests.agents.durable:nap"}}]\n'
+        f"workflow: {{key: busy, name: Busy, steps: [{steps}]}}"
+    )
+    run = transitions.start_run(workflow="busy")
+    wait_for(lambda: StepRun.objects.filter(run=run, status=StepStatus.RUNNING).exists(), timeout=30, message="a step to start")
+
+    serve.process.send_signal(signal.SIGTERM)  # what systemd and docker send
+    started = time.monotonic()
+
+    assert serve.wait() == 0, serve.log()
+    # The worker finished the step in hand and went no further: no kill, no giving up.
+    assert time.monotonic() - started < 8, serve.log()
+    assert "did not stop in time" not in serve.log()
+    assert "exiting anyway" not in serve.log()
+    assert "baton worker stopped" in serve.log()
+    assert "Baton stopped." in serve.log()
+    assert serve.children_left() == []

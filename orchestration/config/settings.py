@@ -144,6 +144,14 @@ BATON_TICK_SECONDS = env_float("BATON_TICK_SECONDS", 0.5, minimum=0.01)
 BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 60.0, minimum=0.1)
 # How long one worker task may go on running the next steps of a sequence itself (0: never).
 BATON_CONTINUE_SECONDS = env_float("BATON_CONTINUE_SECONDS", 30.0, minimum=0.0)
+# On SIGTERM a worker takes no new step and has this long to finish the ones in hand; what is
+# still running then is released to other workers and its processes are killed.
+BATON_DRAIN_SECONDS = env_float("BATON_DRAIN_SECONDS", 20.0, minimum=0.0)
+# How long a worker retries recording a result while the database is unavailable.
+BATON_DB_RETRY_SECONDS = env_float("BATON_DB_RETRY_SECONDS", 60.0, minimum=0.0)
+# A cluster whose idle workers have not read the task queue for this long is restarted (a
+# worker killed while reading it keeps the queue's lock for ever).
+BATON_STUCK_SECONDS = env_float("BATON_STUCK_SECONDS", 10.0, minimum=0.5)
 
 # Limits on what people and programs hand to Baton (docs/workflow-format.md, "Limits"): a
 # run's input as JSON, items per for_each, and a request body (Django refuses bigger bodies

@@ -21,3 +21,9 @@ def block_on_first_attempt(payload: Any, context: Any) -> Any:
 
 def who_am_i(payload: Any, context: Any) -> Any:
     return {"pid": os.getpid(), "attempt": context.attempt}
+
+
+def nap(payload: Any, context: Any) -> Any:
+    """Sleeps payload['seconds'] whatever happens (an agent that cannot be interrupted)."""
+    time.sleep(float((payload or {}).get("seconds", 1)))
+    return {"pid": os.getpid(), "attempt": context.attempt}

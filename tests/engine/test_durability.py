@@ -89,6 +89,7 @@ def test_a_task_message_lost_by_the_broker_is_sent_again() -> None:
     wait_for(lambda: broker.queue_size() >= 1, timeout=10, message="the message to reach the broker")
     broker.purge_queue()  # ... and is lost, as a Redis broker loses a message in flight
     assert broker.queue_size() == 0
+    # Lost on purpose: a short requeue time, whatever the default for test clusters.
     with WorkerCluster(workers=1, env={"BATON_REQUEUE_AFTER_SECONDS": "1"}) as cluster:
         run = wait_for(lambda: finished(run), timeout=60, message=f"the ticker to re-send\n{cluster.log()}")
     assert run.status == RunStatus.SUCCEEDED, run.error
@@ -108,3 +109,52 @@ def test_a_duplicate_message_runs_the_step_once(settings: Any) -> None:
     assert step.status == StepStatus.SUCCEEDED
     assert step.attempts == 1
     assert Attempt.objects.filter(step_run=step).count() == 1
+
+
+FAN = """
+  - {name: nap, kind: python, config: {callable: "tests.agents.durable:nap"}}
+"""
+
+
+def test_a_backlog_is_not_mistaken_for_lost_messages() -> None:
+    # 60 items for one worker: most messages wait in the broker far longer than the requeue
+    # time, and none of them is lost.
+    load_workflow(
+        AGENTS
+        + FAN
+        + 'workflow: {key: backlog, name: Backlog, steps: [{key: fan, agent: nap, for_each: "{{ range(60) | list }}", input: {seconds: 0.05}}]}'
+    )
+    with WorkerCluster(workers=1, env={"BATON_REQUEUE_AFTER_SECONDS": "1"}) as cluster:
+        run = transitions.start_run(workflow="backlog")
+        run = wait_for(lambda: finished(run), timeout=90, message=f"the backlog to drain\n{cluster.log()}")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    took = (run.finished_at - run.created_at).total_seconds()
+    assert took > 2, f"no backlog to speak of ({took:.1f} s): the test proves nothing"
+    assert not RunEvent.objects.filter(run=run, kind=EventKind.MESSAGE_RESENT).exists()
+
+
+def test_a_killed_steps_retry_goes_ahead_of_a_backlog(tmp_path: Path) -> None:
+    if not os.environ.get("REDIS_URL"):
+        pytest.skip("the ORM broker has no head of the queue to put a retry at")
+    marker = tmp_path / "victim.pid"
+    load_workflow(AGENTS + FAN + f'workflow: {{key: victim-first, name: Victim, steps: [{{key: slow, agent: blocker, input: {{marker: "{marker}"}}}}]}}')
+    load_workflow(
+        AGENTS
+        + FAN
+        + 'workflow: {key: big-fan, name: Big fan, steps: [{key: fan, agent: nap, for_each: "{{ range(120) | list }}", input: {seconds: 0.1}}]}'
+    )
+    with WorkerCluster(workers=2, env={"BATON_REQUEUE_AFTER_SECONDS": "600"}) as cluster:
+        victim_run = transitions.start_run(workflow="victim-first")
+        victim = int(wait_for(lambda: marker.exists() and marker.read_text(), timeout=30, message="attempt 1 to start"))
+        backlog = transitions.start_run(workflow="big-fan")
+        os.kill(victim, signal.SIGKILL)
+        victim_run = wait_for(lambda: finished(victim_run), timeout=120, message=f"the retry\n{cluster.log()}")
+        backlog = wait_for(lambda: finished(backlog), timeout=120, message=f"the backlog\n{cluster.log()}")
+    assert victim_run.status == RunStatus.SUCCEEDED, victim_run.error
+    assert backlog.status == RunStatus.SUCCEEDED, backlog.error
+    retry = Attempt.objects.get(step_run__run=victim_run, number=2)
+    fan_started = sorted(Attempt.objects.filter(step_run__run=backlog).values_list("started_at", flat=True))
+    assert len(fan_started) == 120
+    # The retry ran as soon as its lease had run out, not after the items queued before it.
+    waited_behind = sum(1 for started in fan_started if started < retry.started_at)
+    assert waited_behind < 80, f"the retry started after {waited_behind} of the 120 items queued before it"

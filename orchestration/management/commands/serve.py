@@ -25,7 +25,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 # How long each child may take to stop after SIGTERM before it and its process group are
-# killed. The worker finishes the task in hand and stops its django-q2 cluster in this time.
+# killed. The worker finishes the steps in hand within BATON_DRAIN_SECONDS and then releases
+# what is left; it gets that long plus this margin.
 STOP_TIMEOUT_SECONDS = 15.0
 # How long daphne may take to accept connections before we print the URL anyway.
 READY_TIMEOUT_SECONDS = 30.0
@@ -50,10 +51,13 @@ def _die_with_parent() -> None:
 class Child:
     """One supervised process, started as the leader of its own process group."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, *, stop_timeout: float = STOP_TIMEOUT_SECONDS
+    ) -> None:
         self.name = name
         self.argv = argv
         self.env = env
+        self.stop_timeout = stop_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -177,7 +181,12 @@ class Command(BaseCommand):
         env = child_environment(host, port)
         children = [
             Child("daphne", [python, "-m", "daphne", "-b", host, "-p", str(port), asgi_app], env),
-            Child("worker", [python, str(settings.BASE_DIR / "manage.py"), "baton_worker"], env),
+            Child(
+                "worker",
+                [python, str(settings.BASE_DIR / "manage.py"), "baton_worker"],
+                env,
+                stop_timeout=settings.BATON_DRAIN_SECONDS + STOP_TIMEOUT_SECONDS,
+            ),
         ]
         try:
             for child in children:
@@ -244,11 +253,10 @@ class Command(BaseCommand):
         self.stdout.flush()
         for child in running:
             child.terminate()
-        # One deadline for both: they stop in parallel, so a slow worker doesn't add its wait
-        # to daphne's.
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        # They stop in parallel, so a slow worker doesn't add its wait to daphne's.
+        started = time.monotonic()
         seen_before = len(signals_seen)
-        while any(c.returncode() is None for c in running) and time.monotonic() < deadline:
+        while any(c.returncode() is None and time.monotonic() < started + c.stop_timeout for c in running):
             if len(signals_seen) > seen_before:
                 # Another Ctrl-C while stopping means "now": don't make the user wait 15 s.
                 break
