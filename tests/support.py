@@ -167,3 +167,11 @@ class WorkerCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def naps_in_sequence(count: int, *, seconds: float = 1) -> str:
+    """Steps s1 … s<count> of the `nap` agent, each after the one before, as a flow-style list body."""
+    return ", ".join(
+        f"{{key: s{i}, agent: nap, input: {{seconds: {seconds}}}" + (f", after: [s{i - 1}]" if i > 1 else "") + "}"
+        for i in range(1, count + 1)
+    )

@@ -21,7 +21,7 @@ from orchestration import transitions
 from orchestration.management.commands.serve import child_environment, demo_logins, url_for
 from orchestration.models import StepRun
 from orchestration.status import StepStatus
-from tests.support import ROOT, database_url, load_workflow, wait_for
+from tests.support import ROOT, database_url, load_workflow, naps_in_sequence, wait_for
 
 
 def free_port() -> int:
@@ -189,9 +189,7 @@ def test_it_reads_the_demo_logins_from_the_demo_module() -> None:
 
 @pytest.mark.cluster
 def test_sigterm_stops_a_busy_worker_and_daphne_as_cleanly_as_ctrl_c(serve: Serve) -> None:
-    steps = ", ".join(
-        f"{{key: s{i}, agent: nap, input: {{seconds: 1}}{', after: [s%d]' % (i - 1) if i > 1 else ''}}}" for i in range(1, 9)
-    )
+    steps = naps_in_sequence(8)
     load_workflow(
         'agents: [{name: nap, kind: python, config: {callable: "tests.agents.durable:nap"}}]\n'
         f"workflow: {{key: busy, name: Busy, steps: [{steps}]}}"
