@@ -1,7 +1,10 @@
 """Admin: API tokens (created here, shown once), and inbox items and their history, read-only.
 
 Items are decided in the inbox or through the API, which go through approvals.transitions;
-the admin only looks, so it can never skip a lock or an audit row.
+the admin only looks, so it can never skip a lock or an audit row. Staff who are not
+superusers see in the admin only the items approvals.access lets them see anywhere else, and
+no tokens at all: a token acts as its user, so whoever may add one for another user (or read
+who holds which) could act as them; superusers manage tokens (or `manage.py create_api_token`).
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from approvals import access
 from approvals.auth import set_new_key
 from approvals.models import ApiToken, Item, ItemEvent, Vote
 from orchestration.admin import ReadOnlyAdmin, ReadOnlyInline
@@ -24,6 +29,26 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_filter = ("user",)
     search_fields = ("user__username", "name", "prefix")
     readonly_fields = ("prefix_shown", "created_at", "last_used_at")
+
+    # Superusers only, whatever permissions a staff user was given: see the module's docstring.
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:
+        queryset = super().get_queryset(request)
+        return queryset if self.has_module_permission(request) else queryset.none()
 
     @admin.display(description="Token starts with")
     def prefix_shown(self, obj: ApiToken) -> str:
@@ -65,8 +90,25 @@ class ItemEventInline(ReadOnlyInline):
     show_change_link = False
 
 
+class VisibleItemsOnly(admin.ModelAdmin):
+    """Limits the changelist and change pages to the items approvals.access shows this user.
+
+    `item_path` is the way from this model to the item ("" for Item itself). An object outside
+    the queryset is "not found" to Django's admin, so a guessed URL reveals nothing either.
+    """
+
+    item_path = ""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        lookup = f"{self.item_path}__in" if self.item_path else "pk__in"
+        return queryset.filter(**{lookup: access.visible_items(request.user).values("pk")})
+
+
 @admin.register(Item)
-class ItemAdmin(ReadOnlyAdmin):
+class ItemAdmin(ReadOnlyAdmin, VisibleItemsOnly):
     list_display = ("id", "kind", "status", "title", "run", "deadline", "decided_by", "decided_at")
     list_filter = ("kind", "status", "risk")
     search_fields = ("title", "run__workflow__key")
@@ -106,7 +148,8 @@ class ItemAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ItemEvent)
-class ItemEventAdmin(ReadOnlyAdmin):
+class ItemEventAdmin(ReadOnlyAdmin, VisibleItemsOnly):
+    item_path = "item"
     list_display = ("created_at", "item", "kind", "actor", "note")
     list_filter = ("kind",)
     list_select_related = ("item", "actor")

@@ -2,8 +2,9 @@
 
 Every write goes through approvals.transitions, exactly like the inbox pages, and its errors
 map to status codes in one place (the exception handlers below): NotAllowed 403, a missing
-item 404, AlreadyDecided 409, InvalidInput 422, a database that is away 503, anything else
-500; every answer under /api/ is JSON, unknown paths and methods included.
+item (or one the caller may not see) 404, AlreadyDecided 409, InvalidInput 422, a database
+that is away 503, anything else 500; every answer under /api/ is JSON, unknown paths and
+methods included.
 """
 
 from __future__ import annotations
@@ -317,14 +318,20 @@ def list_items(request: HttpRequest, status: str = ItemStatus.PENDING, limit: in
     return Status(200, [item_payload(item) for item in _with_related(items)[:limit]])
 
 
-@api.get("/approvals/{item_id}", response={200: ItemOut, 403: ErrorOut, 404: ErrorOut}, tags=["approvals"])
+def _visible(request: HttpRequest, item_id: int) -> Item:
+    """The item if this caller may see it; otherwise Item.DoesNotExist, answered 404.
+
+    Someone else's item is "no such item", exactly like one that does not exist: a 403 would
+    confirm that the id is taken, and its reason (who it was reassigned to) would say more.
+    Whoever sees the item gets the transitions' 403 with its reason when they may not act.
+    """
+    return _with_related(access.visible_items(request.auth)).get(pk=item_id)  # type: ignore[attr-defined]
+
+
+@api.get("/approvals/{item_id}", response={200: ItemOut, 404: ErrorOut}, tags=["approvals"])
 def get_item(request: HttpRequest, item_id: int) -> Any:
-    item = Item.objects.filter(pk=item_id).first()
-    if item is None:
-        return Status(404, {"detail": "No such item."})
-    if not access.can_view(request.auth, item):  # type: ignore[attr-defined]
-        return Status(403, {"detail": "This item is not assigned to you."})
-    return Status(200, item_payload(_with_related(Item.objects.filter(pk=item_id)).get()))
+    """The item, if it is yours to see (404 otherwise, as for an id that does not exist)."""
+    return Status(200, item_payload(_visible(request, item_id)))
 
 
 @api.post(
@@ -336,6 +343,7 @@ def get_item(request: HttpRequest, item_id: int) -> Any:
 def decide(request: HttpRequest, item_id: int, payload: DecisionIn) -> Any:
     """`{"decision": "approve" | "reject", "comment": "..."}`; rejecting needs a comment.
     409 when someone decided first (or the item expired or was cancelled): says who and when."""
+    _visible(request, item_id)
     transitions.vote(item_id=item_id, user=request.auth, decision=payload.decision, comment=payload.comment)  # type: ignore[attr-defined]
     return Status(200, item_payload(_with_related(Item.objects.filter(pk=item_id)).get()))
 
@@ -351,6 +359,7 @@ def resolve(request: HttpRequest, item_id: int, payload: ResolveIn) -> Any:
     A retry with an `input` other than the one the step failed on runs it with that input; a
     gated or high-risk step then waits at a new gate that shows it. The run's starter may not
     resolve its exceptions unless the workflow allows self-approval (403)."""
+    _visible(request, item_id)
     transitions.resolve_exception(
         item_id=item_id,
         user=request.auth,  # type: ignore[attr-defined]
@@ -373,6 +382,7 @@ def reassign(request: HttpRequest, item_id: int, payload: ReassignIn) -> Any:
     assignees, members of its groups, its escalation targets or an admin); anyone else is 422
     naming `to_user`, and nothing changes."""
     user = request.auth  # type: ignore[attr-defined]
+    _visible(request, item_id)
     transitions.reassign(item_id=item_id, user=user, to_user=payload.to_user, note=payload.note)
     # The caller handed it on but still sees it (access.can_view), so the answer is the item.
     return Status(200, item_payload(_with_related(Item.objects.filter(pk=item_id)).get()))

@@ -32,6 +32,7 @@ from django_htmx.middleware import HtmxDetails
 from approvals import access, transitions
 from approvals.models import Item, ItemKind, ItemStatus, Vote
 from dashboard import graph, inputs
+from orchestration import access as run_access
 from orchestration.models import StepKind, StepRun, Workflow
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ class Row:
     notice: str = ""
     errors: dict[str, str] | None = None
     comment: str = ""
+    # Whether this person may open the run (orchestration.access): an assignee who may not
+    # sees "run #N" without a link to a page that would only answer 403.
+    sees_run: bool = False
 
     @property
     def votes(self) -> bool:
@@ -129,7 +133,11 @@ def _rows(items: list[Item], user: Any) -> list[Row]:
             approvals[item_id] = approvals.get(item_id, 0) + 1
         if user_id == user.pk:
             mine[item_id] = decision
-    return [Row(item=i, approvals=approvals.get(i.pk, 0), my_vote=mine.get(i.pk, "")) for i in items]
+    runs = run_access.visible_among(user, (i.run_id for i in items))
+    return [
+        Row(item=i, approvals=approvals.get(i.pk, 0), my_vote=mine.get(i.pk, ""), sees_run=i.run_id in runs)
+        for i in items
+    ]
 
 
 def _pending(user: Any) -> QuerySet[Item]:
@@ -221,10 +229,13 @@ def decided(request: HtmxHttpRequest) -> HttpResponse:
     filters = request.GET.copy()
     filters.pop("page", None)
     counts = _tab_counts(user)
+    items = list(page.object_list)
     context = {
         "tab": "decided",
         "page": page,
-        "items": list(page.object_list),
+        "items": items,
+        # The runs among these the person may open; the others are named without a link.
+        "visible_runs": run_access.visible_among(user, (i.run_id for i in items)),
         "counts": counts,
         "exceptions_tab": _shows_exceptions_tab(user, counts),
         "kinds": ItemKind.choices,
@@ -273,6 +284,17 @@ def _ancestors(steps: list[dict[str, Any]], key: str) -> set[str]:
     return found
 
 
+def _only_steps(spec: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    """The spec cut down to these steps, with arrows among them only (graph.build draws a
+    loop only when the step it goes back to is drawn)."""
+    steps = [
+        {**step, "after": [d for d in step.get("after", []) if d in keys]}
+        for step in spec.get("steps", [])
+        if step["key"] in keys
+    ]
+    return {**spec, "steps": steps}
+
+
 def next_waiting(user: Any, after: Item) -> Item | None:
     """The item after this one in the inbox order (nearest deadline first), else the first.
 
@@ -319,6 +341,7 @@ def _item_context(request: HtmxHttpRequest, item: Item, state: PanelState | None
     step_key = item.step_run.step_key
     step_spec = next((s for s in steps if s["key"] == step_key), {})
     before = _ancestors(steps, step_key)
+    sees_run = run_access.can_view_run(user, run)
     votes = list(item.votes.select_related("user"))
     my_vote = next((v for v in votes if v.user_id == user.pk), None)
     can_decide = item.is_open and access.can_decide(user, item)
@@ -341,7 +364,10 @@ def _item_context(request: HtmxHttpRequest, item: Item, state: PanelState | None
         # An approval's or task's input is, unless the step names one, just the earlier steps'
         # outputs, which "Steps that led here" shows already.
         "shows_action": item.kind == ItemKind.GATE or "input" in step_spec,
-        "graph": graph.build(spec, heads),
+        "sees_run": sees_run,
+        # Someone who sees the item but not the run sees the steps that led here and this one,
+        # not what the rest of the run did (or will do) before or after the decision.
+        "graph": graph.build(spec if sees_run else _only_steps(spec, before | {step_key}), heads),
         "leading": [heads[s["key"]] for s in steps if s["key"] in before and s["key"] in heads],
         "votes": votes,
         "approvals": sum(1 for v in votes if v.decision == "approve"),
@@ -404,6 +430,7 @@ def _respond(request: HtmxHttpRequest, item_id: int, state: PanelState, status: 
             item=item,
             approvals=counted.approvals,
             my_vote=counted.my_vote,
+            sees_run=counted.sees_run,
             notice=state.notice,
             errors=state.errors,
             comment=(state.values or {}).get("comment", "") if state.errors else "",

@@ -14,6 +14,7 @@ DEMO_USERS: list[tuple[str, str, str]] = [
     ("admin", "admin-demo", "superuser: edits workflows and agents in Django admin"),
     ("ops", "ops-demo", "operations lead: starts, watches and cancels the demo's runs"),
     ("approver", "approver-demo", "approver: decides in the approvals inbox, sees those runs"),
+    ("finance", "finance-demo", "finance lead: owns the refund workflow and resolves its failed steps"),
 ]
 
 DEMO_GROUPS: list[str] = ["operations", "legal", "editors", "support"]
@@ -25,6 +26,10 @@ DEMO_MEMBERSHIPS: dict[str, list[str]] = {
     "admin": [],
     "ops": ["operations"],
     "approver": ["legal", "editors", "support"],
+    # Owns the refund workflow (which sees and operates its runs): a step that fails for good
+    # becomes an exception item for its owner, and ops, who starts the refunds, may not resolve
+    # exceptions of runs they started (the self-approval rule, approvals/access.py).
+    "finance": [],
 }
 
 

@@ -92,13 +92,53 @@ def test_an_approval_by_api_returns_the_item_and_the_run_goes_on(
     assert drive(waiting).status == RunStatus.SUCCEEDED
 
 
-def test_an_outsider_gets_403(client: Client, people: dict[str, Any], waiting: Any) -> None:
+def test_someone_elses_item_is_404_at_every_endpoint_like_one_that_does_not_exist(
+    client: Client, people: dict[str, Any], waiting: Any
+) -> None:
     item = item_for(waiting, "review")
-    response = decide(client, item.pk, {"decision": "approve"}, bearer(people["outsider"]))
-    assert response.status_code == 403
+    headers = bearer(people["outsider"])
+    answers = [
+        client.get(f"/api/approvals/{item.pk}", headers=headers),
+        decide(client, item.pk, {"decision": "approve"}, headers),
+        client.post(
+            f"/api/approvals/{item.pk}/resolve", {"action": "abort"}, content_type="application/json", headers=headers
+        ),
+        client.post(
+            f"/api/approvals/{item.pk}/reassign",
+            {"to_user": "carol"},
+            content_type="application/json",
+            headers=headers,
+        ),
+    ]
+    missing = client.get("/api/approvals/999999", headers=headers).json()
+    for response in answers:
+        assert response.status_code == 404, response.content
+        assert response.json() == missing  # nothing tells a taken id from a free one
+        assert "Publish" not in response.content.decode() and "legal" not in response.content.decode()
+    item.refresh_from_db()
+    assert item.status == ItemStatus.PENDING and not item.events.filter(kind="reassigned").exists()
+    assert client.get("/api/approvals?status=all", headers=headers).json() == []
+
+
+def test_a_former_assignee_who_never_acted_gets_404_not_who_has_it_now(
+    client: Client, people: dict[str, Any], waiting: Any
+) -> None:
+    item = item_for(waiting, "review")
+    dave = people["dave"]
+    dave.groups.add(*people["carol"].groups.all())  # in legal, as the item was opened for
+    transitions.reassign(item_id=item.pk, user=people["approver"], to_user="carol", note="yours")
+    response = decide(client, item.pk, {"decision": "approve"}, bearer(dave))
+    assert response.status_code == 404 and "carol" not in response.content.decode()
+
+
+def test_someone_who_sees_the_item_but_may_not_decide_it_gets_403_with_the_reason(
+    client: Client, people: dict[str, Any], waiting: Any
+) -> None:
+    item = item_for(waiting, "review")
+    response = decide(client, item.pk, {"decision": "approve"}, bearer(people["ops"]))  # started the run
+    assert response.status_code == 403 and "started this run" in response.json()["detail"]
     item.refresh_from_db()
     assert item.status == ItemStatus.PENDING
-    assert client.get(f"/api/approvals/{item.pk}", headers=bearer(people["outsider"])).status_code == 403
 
 
 def test_a_missing_item_is_404(client: Client, people: dict[str, Any], waiting: Any) -> None:
@@ -168,6 +208,14 @@ def test_a_token_of_an_inactive_user_is_401(client: Client, people: dict[str, An
     people["approver"].is_active = False
     people["approver"].save()
     assert client.get("/api/approvals", headers=headers).status_code == 401
+
+
+def test_a_token_of_a_deleted_user_is_401(client: Client, people: dict[str, Any], waiting: Any) -> None:
+    headers = bearer(people["carol"])
+    assert client.get("/api/approvals", headers=headers).status_code == 200
+    people["carol"].delete()
+    assert client.get("/api/approvals", headers=headers).status_code == 401
+    assert decide(client, item_for(waiting, "review").pk, {"decision": "approve"}, headers).status_code == 401
 
 
 def test_only_the_tokens_hash_and_prefix_are_stored_and_its_use_is_noted(

@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from approvals import transitions
+from approvals import access, transitions
 from approvals.models import Item
 from orchestration import transitions as runs
 from orchestration.models import Agent, Run
@@ -65,6 +65,31 @@ def test_the_refund_is_gated_as_a_high_risk_action(demo: dict[str, Any]) -> None
     transitions.vote(item_id=gate.pk, user=demo["approver"], decision="reject", comment="duplicate request")
     run = drive(run)
     assert run.status == RunStatus.FAILED and "duplicate request" in run.error
+
+
+def test_a_refund_that_fails_for_good_is_resolved_by_the_workflows_owner_not_its_starter(
+    demo: dict[str, Any],
+) -> None:
+    issuer = Agent.objects.get(name="refund-issuer")
+    issuer.config = {**issuer.config, "failure_rate": 1}
+    issuer.retry = {"attempts": 1}
+    issuer.save(update_fields=["config", "retry"])
+    run = drive(runs.start_run(workflow="approval-refund", started_by=demo["ops"]))
+    transitions.vote(item_id=waiting_item(run).pk, user=demo["approver"], decision="approve")
+    run = drive(run)
+    exception = waiting_item(run)
+    assert exception.kind == "exception"
+    # ops started the run, so may not resolve it; a demo login other than admin can.
+    assert not access.can_decide(demo["ops"], exception)
+    deciders = [u for name, u in demo.items() if name != "admin" and access.can_decide(u, exception)]
+    assert deciders == [demo["finance"]]
+    assert exception in access.decidable_items(demo["finance"])
+    # Paid by hand: the owner skips the step with the output later steps need.
+    paid = {"refund_id": "RF-MANUAL-1", "order": "A-1042", "amount": 129.5, "currency": "EUR", "status": "paid"}
+    transitions.resolve_exception(item_id=exception.pk, user=demo["finance"], action="skip", output=paid)
+    run = drive(run)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.output["refund_id"] == "RF-MANUAL-1"
 
 
 def test_the_address_correction_is_a_manual_task_for_support(demo: dict[str, Any]) -> None:

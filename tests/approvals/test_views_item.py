@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import time_machine
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -169,6 +170,11 @@ def test_the_page_shows_what_is_asked_the_steps_that_led_here_the_graph_and_the_
     approver_client: Client, ops: Any
 ) -> None:
     item = article(ops, "the northern lights")
+    # A viewer of the workflow too, so the page draws the whole run (test_run_access.py has
+    # the assignee who is not).
+    readers = Group.objects.create(name="readers")
+    item.run.workflow.viewer_groups.add(readers)
+    get_user_model().objects.get(username="approver").groups.add(readers)
 
     page = page_of(approver_client, item)
 

@@ -97,6 +97,8 @@ def test_it_creates_the_demo_users_with_their_documented_passwords() -> None:
     assert ops.has_perm("orchestration.view_run") and ops.has_perm("orchestration.view_workflow")
     assert not ops.has_perm("orchestration.change_workflow")
     assert not approver.is_staff
+    finance = get_user_model().objects.get(username="finance")
+    assert not finance.is_staff and Workflow.objects.get(key="approval-refund").owner == finance
     assert set(ops.groups.values_list("name", flat=True)) == {"operations"}
     assert set(approver.groups.values_list("name", flat=True)) == {"legal", "editors", "support"}
 
@@ -106,7 +108,7 @@ def test_it_publishes_every_demo_workflow() -> None:
     assert set(Workflow.objects.values_list("key", flat=True)) == set(DEMO_WORKFLOWS + PEOPLE_WORKFLOWS)
     for workflow in Workflow.objects.all():
         assert workflow.latest_version is not None, workflow.key
-        assert workflow.owner is not None and workflow.owner.username in ("ops", "admin")
+        assert workflow.owner is not None and workflow.owner.username in ("ops", "admin", "finance")
         assert workflow.description
 
 
