@@ -7,6 +7,7 @@ both start the step that joins them.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -359,6 +360,72 @@ def _start(
         waiting.open_wait(run=run, step=head, spec=step, context=context, kind=step["kind"])
 
 
+def _insert_items(head: StepRun, rows: list[tuple[int, Any, Any]], *, limit: int, now: Any) -> None:
+    """Write a map's item rows (index, item, input): the first `limit` queued, the rest pending.
+
+    bulk_create prepares every field of every row in Python (some 30 fields x 10,000 items,
+    3.4 s of a write-locked transaction on SQLite). Here the columns that are the same for
+    every item are prepared once; only the index, item, input, status and queued_at vary.
+    Each batch of BATCH_SIZE rows is one call: an executemany on SQLite, one statement whose
+    rows arrive as a single JSON document on PostgreSQL.
+    """
+    connection = transaction.get_connection()
+    fields = [f for f in StepRun._meta.concrete_fields if not f.primary_key]
+    varying = ("map_index", "input", "item", "status", "queued_at")
+    fixed = [f for f in fields if f.attname not in varying]
+    model = StepRun(
+        run_id=head.run_id,
+        step_key=head.step_key,
+        iteration=head.iteration,
+        parent_id=head.pk,
+        kind=head.kind,
+        agent_name=head.agent_name,
+    )
+    constant = [f.get_db_prep_save(f.pre_save(model, True), connection) for f in fixed]
+    by_name = {f.attname: f for f in fields}
+    queued_at = by_name["queued_at"].get_db_prep_save(now, connection)
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in [*fixed, *(by_name[name] for name in varying)])
+    insert = f"INSERT INTO {quote(StepRun._meta.db_table)} ({columns}) "
+    batches = [rows[start : start + limits.BATCH_SIZE] for start in range(0, len(rows), limits.BATCH_SIZE)]
+    queued, pending = StepStatus.QUEUED.value, StepStatus.PENDING.value
+    with connection.cursor() as cursor:
+        if connection.vendor != "postgresql":
+            # sqlite3 runs executemany in C: one short statement per row, never near a
+            # build's variable limit.
+            json_input, json_item = by_name["input"], by_name["item"]
+            sql = insert + f"VALUES ({', '.join(['%s'] * (len(fixed) + len(varying)))})"
+            for batch in batches:
+                cursor.executemany(
+                    sql,
+                    [
+                        [
+                            *constant,
+                            index,
+                            json_input.get_db_prep_save(payload, connection),
+                            json_item.get_db_prep_save(item, connection),
+                            queued if index < limit else pending,
+                            queued_at if index < limit else None,
+                        ]
+                        for index, item, payload in batch
+                    ],
+                )
+            return
+        # PostgreSQL: a row per statement costs a parse and plan each, and thousands of
+        # placeholders cost the driver more than the rows; one JSON parameter carries a batch.
+        # (A JSON null input or item becomes SQL NULL, as a JSONField stores None.)
+        casts = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in fixed)
+        sql = insert + (
+            f"SELECT {casts}, x.map_index, x.input, x.item, "
+            "CASE WHEN x.map_index < %s THEN %s ELSE %s END, "
+            "CASE WHEN x.map_index < %s THEN %s::timestamptz END "
+            "FROM jsonb_to_recordset(%s::jsonb) AS x(map_index integer, input jsonb, item jsonb)"
+        )
+        for batch in batches:
+            document = json.dumps([{"map_index": i, "input": payload, "item": item} for i, item, payload in batch])
+            cursor.execute(sql, [*constant, limit, queued, pending, limit, queued_at, document])
+
+
 def _check_rendered(value: Any, what: str) -> None:
     """A rendered value that could not be stored (a NUL, a lone surrogate) fails its step
     here, instead of failing the whole transaction when the row is saved."""
@@ -512,11 +579,10 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
         after_success(run, head)
         return
     limit = step.get("concurrency") or len(items)
-    rows = []
+    rows: list[tuple[int, Any, Any]] = []
     for index, item in enumerate(items):
-        item_context = {**context, "item": item, "index": index}
         try:
-            payload = render(step["input"], item_context) if "input" in step else item
+            payload = render(step["input"], {**context, "item": item, "index": index}) if "input" in step else item
             _check_rendered(payload, "input")
         except TemplateError as exc:
             head.save()
@@ -527,30 +593,10 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
     head.items_total = len(items)
     head.save()
     event(run, EventKind.STEP_STARTED, step=head, to_status=head.status, message=f"mapping over {len(items)} items")
-    created = StepRun.objects.bulk_create(
-        [
-            StepRun(
-                run=run,
-                step_key=head.step_key,
-                iteration=head.iteration,
-                map_index=index,
-                parent=head,
-                kind=head.kind,
-                agent_name=head.agent_name,
-                input=payload,
-                item=item,
-                status=StepStatus.QUEUED if index < limit else StepStatus.PENDING,
-                queued_at=now if index < limit else None,
-            )
-            for index, item, payload in rows
-        ],
-        # Bounded statements: SQLite refuses more than 32,766 variables in one.
-        batch_size=limits.BATCH_SIZE,
+    _insert_items(head, rows, limit=limit, now=now)
+    queued = list(
+        StepRun.objects.filter(parent=head, status=StepStatus.QUEUED).order_by("map_index").values_list("pk", flat=True)
     )
-    if any(row.pk is None for row in created):
-        # Backends that do not return ids from bulk_create; re-read them.
-        created = list(StepRun.objects.filter(parent=head).order_by("map_index"))
-    queued = [row.pk for row in created if row.status == StepStatus.QUEUED]
     limited = Agent.objects.filter(name=head.agent_name, max_concurrency__isnull=False).exists()
     # Chunks would hold slots of a limited agent while their items wait their turn in the
     # worker, so such items (and steps with their own `concurrency`) go one per message.

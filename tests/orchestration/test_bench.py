@@ -17,11 +17,13 @@ from orchestration.models import Run, Workflow
 from tests.support import ROOT, database_url
 
 HTTP_ROW = "20 steps against a local HTTP agent answering in 50 ms, 4 workers"
+MAP_ROW = "1,000-item for_each, start and cancel"
 BENCHMARKS = (
     "django-q2 no-op task (floor)",
     "10-step sequential workflow",
     "100-item for_each, 4 workers",
     HTTP_ROW,
+    MAP_ROW,
 )
 # Every row of `bench --quick`, in order: a row that disappears, is renamed or moves fails.
 ROWS = [
@@ -38,6 +40,9 @@ ROWS = [
     (HTTP_ROW, "ideal: 20 x 50 ms / 4 workers"),
     (HTTP_ROW, "wall / ideal"),
     (HTTP_ROW, "  one call as the agent timed it, median"),
+    (MAP_ROW, "start: longest transaction"),
+    (MAP_ROW, "  start_run call, items sent to the broker"),
+    (MAP_ROW, "cancel: longest transaction"),
     ("every bench run", "messages re-sent"),
 ]
 VALUE = re.compile(r"(\d+(?:\.\d+)?) ?(ms|s|steps/s|x|messages)")
@@ -168,6 +173,18 @@ class TestBench:
         assert rows["  one call as the agent timed it, median"]["value"] >= 50
         assert [line for line in bench.stdout.splitlines() if "wall / ideal" in line][0].endswith("x  -")
 
+    def test_a_map_start_and_its_cancel_hold_the_database_briefly(self, bench: Outcome) -> None:
+        rows = {
+            row["measure"]: row
+            for row in json.loads(bench.stdout.strip().splitlines()[-1])["rows"]
+            if row["benchmark"] == MAP_ROW
+        }
+        for measure in ("start: longest transaction", "cancel: longest transaction"):
+            assert rows[measure]["target"] == "<= 1.00 s"
+            assert 0 < rows[measure]["value"] <= 1.0, rows[measure]
+        # The call also sends the items' messages after its commit, so it takes longer.
+        assert rows["  start_run call, items sent to the broker"]["value"] >= rows["start: longest transaction"]["value"]
+
     def test_it_needed_no_message_to_be_re_sent(self, bench: Outcome) -> None:
         rows = json.loads(bench.stdout.strip().splitlines()[-1])["rows"]
         resent = next(row for row in rows if row["measure"] == "messages re-sent")
@@ -191,7 +208,7 @@ class TestBench:
 
     def test_it_deletes_its_runs_but_keeps_its_workflows(self, bench: Outcome) -> None:
         assert bench.runs_left == 0
-        assert bench.workflows == ["bench-fanout-100", "bench-http-20", "bench-sequential-10"]
+        assert bench.workflows == ["bench-fanout-100", "bench-http-20", "bench-mapstart-1000", "bench-sequential-10"]
 
 
 def test_a_re_sent_message_is_marked_missed_and_fails_the_bench() -> None:
@@ -200,7 +217,21 @@ def test_a_re_sent_message_is_marked_missed_and_fails_the_bench() -> None:
     bench = Bench(QUICK, progress=None)
     floor, chain = [1.0, 2.0], {name: [1.0] for name in ("wall", "median", "p95", "engine", "broker")}
     fan, calls = {"throughput": 10.0, "wall": 1.0}, {"wall": 1.0, "ideal": 0.5, "call": 50.0}
-    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, 3)}
+    start = {"start": 0.2, "call": 0.5, "cancel": 0.1}
+    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, start, 3)}
     assert (rows["messages re-sent"]["value"], rows["messages re-sent"]["status"]) == (3, "MISSED")
-    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, 0)}
+    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, start, 0)}
     assert rows["messages re-sent"]["status"] == "ok"
+
+
+def test_a_map_start_or_cancel_holding_the_database_over_a_second_is_marked_missed() -> None:
+    from orchestration.management.commands.bench import QUICK, Bench
+
+    bench = Bench(QUICK, progress=None)
+    floor, chain = [1.0, 2.0], {name: [1.0] for name in ("wall", "median", "p95", "engine", "broker")}
+    fan, calls = {"throughput": 10.0, "wall": 1.0}, {"wall": 1.0, "ideal": 0.5, "call": 50.0}
+    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, {"start": 3.4, "call": 6.0, "cancel": 0.2}, 0)}
+    start, cancel = rows["start: longest transaction"], rows["cancel: longest transaction"]
+    assert (start["target"], start["status"]) == ("<= 1.00 s", "MISSED")
+    assert (cancel["target"], cancel["status"]) == ("<= 1.00 s", "ok")
+    assert rows["  start_run call, items sent to the broker"]["target"] == "-"

@@ -7,7 +7,9 @@ Four measurements, printed as one table:
    handoff (the next step's claim minus the previous step's finished_at);
 3. a for_each of no-op items on four workers: items per second;
 4. a for_each of `http` agent calls to a local server that takes 50 ms to answer, on four
-   workers: wall time against the ideal (every worker busy all the time).
+   workers: wall time against the ideal (every worker busy all the time);
+5. the start and the cancel of a 10,000-item for_each: the longest transaction each holds
+   (on SQLite, how long every other writer may have to wait).
 
 A last row counts the task messages the ticker had to re-send during all of it: a fault-free
 bench needs none, so any is marked MISSED and the command fails.
@@ -36,7 +38,7 @@ from typing import Any, TypedDict
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -64,10 +66,11 @@ class Sizes:
     steps: int
     items: int
     http_steps: int
+    map_items: int
 
 
-FULL = Sizes(round_trips=50, steps=40, items=1000, http_steps=100)
-QUICK = Sizes(round_trips=10, steps=10, items=100, http_steps=20)
+FULL = Sizes(round_trips=50, steps=40, items=1000, http_steps=100, map_items=10_000)
+QUICK = Sizes(round_trips=10, steps=10, items=100, http_steps=20, map_items=1_000)
 
 
 class Row(TypedDict):
@@ -93,6 +96,9 @@ class Target:
 
 # On every backend: no message of a fault-free run may need the lost-message sweep.
 RESENT_TARGET = Target(0, at_most=True)
+# On every backend: a map start or cancel never holds the database for long (on SQLite its
+# transaction holds the only write lock; every other write waits for it).
+TRANSACTION_TARGET = Target(1.0, at_most=True)
 
 
 def targets(database: str, broker: str) -> dict[str, Target]:
@@ -111,7 +117,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--quick",
             action="store_true",
-            help="Small sizes (10 round trips, 10 steps, 100 items, 20 HTTP calls).",
+            help="Small sizes (10 round trips, 10 steps, 100 items, 20 HTTP calls, a 1,000-item map start).",
         )
         parser.add_argument("--json", action="store_true", help="Also print the rows as one line of JSON.")
         parser.add_argument(
@@ -191,6 +197,7 @@ class Bench:
     def run(self, *, keep: bool) -> list[Row]:
         sequential = install(sequential_document(self.sizes.steps))
         fanout = install(fanout_document(self.sizes.items))
+        mapstart = install(mapstart_document(self.sizes.map_items))
         locked: list[str] = []
         try:
             with tempfile.TemporaryDirectory(prefix="baton-bench-") as scratch:
@@ -206,6 +213,7 @@ class Bench:
                     fan = self.fanout(fanout)
                     # The server's port is new each time, so the agent is updated each time.
                     calls = self.http_calls(install(http_document(self.sizes.http_steps, server.url)), server)
+                    start = self.map_start(mapstart)
                 locked += workers.lines_with("database is locked")
             # Every figure above assumes no message was lost: a step that had to wait for the
             # ticker's re-send sweep is a fault (a step nobody sent), never part of the cost.
@@ -224,7 +232,7 @@ class Bench:
             self.notes.append(
                 f"WARNING: the ticker re-sent {resent} task message(s); a fault-free run must need none."
             )
-        return self.rows(floor, chain, fan, calls, resent)
+        return self.rows(floor, chain, fan, calls, start, resent)
 
     def floor(self, scratch: Path) -> list[float]:
         """Plain django-q2 tasks, one at a time: enqueue until the task function runs (ms)."""
@@ -305,6 +313,26 @@ class Bench:
             "call": statistics.median(calls) if calls else math.nan,
         }
 
+    def map_start(self, key: str) -> dict[str, float]:
+        """Start a big for_each and cancel it at once, timing the transactions of each (s).
+
+        The workers are running, so they contend for the database as they would in use, and
+        they take (and drop) the messages of the cancelled items, which empties the queue.
+        """
+        items = self.sizes.map_items
+        self.say(f"{key}: start and cancel a {items:,}-item map on {FANOUT_WORKERS} workers")
+        began = time.perf_counter()
+        with transaction_clock() as starting:
+            run = transitions.start_run(workflow=key, trigger="bench")
+        call = time.perf_counter() - began
+        self.run_ids.append(run.pk)
+        with transaction_clock() as cancelling:
+            transitions.cancel_run(run_id=run.pk, reason="cancelled by manage.py bench")
+        wait_for(lambda: dispatch.broker().queue_size() == 0, timeout=120, interval=0.05, what="the queue to empty")
+        if StepRun.objects.filter(run=run, map_index__isnull=False).count() != items:
+            raise CommandError(f"run {run.pk} of {key} did not create its {items:,} items")
+        return {"start": max(starting), "call": call, "cancel": max(cancelling)}
+
     def start_and_wait(self, key: str, *, timeout: float) -> Run:
         run = transitions.start_run(workflow=key, trigger="bench")
         self.run_ids.append(run.pk)
@@ -326,6 +354,7 @@ class Bench:
         chain: dict[str, list[float]],
         fan: dict[str, float],
         calls: dict[str, float],
+        start: dict[str, float],
         resent: int,
     ) -> list[Row]:
         goals = targets(self.database, self.broker)
@@ -338,6 +367,7 @@ class Bench:
             f"{http_steps} steps against a local HTTP agent answering in {delay_ms} ms, "
             f"{FANOUT_WORKERS} workers"
         )
+        fifth = f"{self.sizes.map_items:,}-item for_each, start and cancel"
         table = [
             row(first, f"enqueue -> running, median of {len(floor)}", statistics.median(floor), "ms"),
             row(first, "enqueue -> running, p95", percentile(floor, 95), "ms"),
@@ -366,6 +396,9 @@ class Bench:
             ),
             row(fourth, "wall / ideal", calls["wall"] / calls["ideal"], "x"),
             row(fourth, "  one call as the agent timed it, median", calls["call"], "ms"),
+            row(fifth, "start: longest transaction", start["start"], "s", TRANSACTION_TARGET),
+            row(fifth, "  start_run call, items sent to the broker", start["call"], "s"),
+            row(fifth, "cancel: longest transaction", start["cancel"], "s", TRANSACTION_TARGET),
             row("every bench run", "messages re-sent", resent, "messages", RESENT_TARGET),
         ]
         return table
@@ -511,6 +544,19 @@ def fanout_document(items: int) -> dict[str, Any]:
     }
 
 
+def mapstart_document(items: int) -> dict[str, Any]:
+    return {
+        "agents": [bench_agent()],
+        "workflow": {
+            "key": f"bench-mapstart-{items}",
+            "name": f"Bench: start and cancel a for_each over {items} no-op items",
+            "description": "Created by manage.py bench to measure how long a big map start holds the database.",
+            # Each item renders its own input, as most maps do.
+            "steps": [{"key": "items", "agent": AGENT, "for_each": f"range({items})", "input": {"n": "{{ item }}"}}],
+        },
+    }
+
+
 def http_document(steps: int, url: str) -> dict[str, Any]:
     agent = {
         "name": HTTP_AGENT,
@@ -539,6 +585,42 @@ def http_document(steps: int, url: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
+
+
+@contextmanager
+def transaction_clock() -> Iterator[list[float]]:
+    """Seconds each outermost transaction of this thread's connection stayed open, from its
+    BEGIN to the end of its commit (or rollback); on-commit hooks run after and do not count.
+
+    On SQLite a writing transaction holds the database's only write lock until it ends, so
+    the longest of these is the longest any other writer may have had to wait.
+    """
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    durations: list[float] = []
+    opened: list[float] = []
+    real_set_autocommit, real_commit, real_rollback = wrapper.set_autocommit, wrapper.commit, wrapper.rollback
+
+    def set_autocommit(autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False) -> None:
+        real_set_autocommit(autocommit, force_begin_transaction_with_broken_autocommit)
+        if not autocommit:
+            # After BEGIN: on SQLite (IMMEDIATE) that is when the write lock was granted.
+            opened.append(time.perf_counter())
+
+    def ended(real: Any) -> Any:
+        def end() -> None:
+            real()
+            if opened:
+                durations.append(time.perf_counter() - opened.pop())
+
+        return end
+
+    wrapper.set_autocommit = set_autocommit  # type: ignore[method-assign]
+    wrapper.commit = ended(real_commit)  # type: ignore[method-assign]
+    wrapper.rollback = ended(real_rollback)  # type: ignore[method-assign]
+    try:
+        yield durations
+    finally:
+        del wrapper.set_autocommit, wrapper.commit, wrapper.rollback
 
 
 def wait_for(predicate: Any, *, timeout: float, what: str, interval: float = 0.001) -> Any:
