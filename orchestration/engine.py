@@ -705,15 +705,9 @@ def _cancel_open_items(run: Run, parent: StepRun, reason: str) -> None:
     Workers holding some of them (a chunk) look before each item, see it cancelled and stop;
     whatever they report for an item already started is refused, as after a cancel.
     """
-    now = timezone.now()
-    Attempt.objects.filter(step_run__parent=parent, status=AttemptStatus.RUNNING).update(
-        status=AttemptStatus.FAILED, finished_at=now, error_class=ErrorClass.CANCELLED, error=f"stopped: {reason}"
-    )
-    cancelled = (
-        StepRun.objects.filter(parent=parent)
-        .exclude(status__in=STEP_FINAL)
-        .update(status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None, error_class=ErrorClass.CANCELLED)
-    )
+    open_items = list(StepRun.objects.filter(parent=parent).exclude(status__in=STEP_FINAL).values_list("pk", flat=True))
+    _cancel_steps(open_items, reason=reason)
+    cancelled = len(open_items)
     if cancelled:
         event(
             run,
@@ -750,6 +744,22 @@ def _escalate(run: Run, step: StepRun, message: str) -> None:
     )
 
 
+def _cancel_steps(step_ids: list[int], *, reason: str, now: Any = None) -> None:
+    """Cancel these steps and end their attempts in flight; whatever their workers report later
+    is refused. In batches: a run may have thousands of unfinished items, and one statement
+    naming them all exceeds SQLite's variable limit (a cancel used to fail with "too many SQL
+    variables")."""
+    now = now or timezone.now()
+    for start in range(0, len(step_ids), limits.BATCH_SIZE):
+        batch = step_ids[start : start + limits.BATCH_SIZE]
+        StepRun.objects.filter(pk__in=batch).update(
+            status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None, error_class=ErrorClass.CANCELLED
+        )
+        Attempt.objects.filter(step_run_id__in=batch, status=AttemptStatus.RUNNING).update(
+            status=AttemptStatus.FAILED, finished_at=now, error_class=ErrorClass.CANCELLED, error=f"stopped: {reason}"
+        )
+
+
 def fail_run(run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: Any = None) -> None:
     """Stop a run: cancel what has not finished, then undo what has (if it asks), then end."""
     now = timezone.now()
@@ -759,17 +769,7 @@ def fail_run(run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: An
     stopped = [pk for pk, _ in unfinished]
     # Only waiting steps have inbox items or child runs.
     waited = [pk for pk, status in unfinished if status == StepStatus.WAITING]
-    # In batches: a run may have thousands of unfinished items, and one statement naming them
-    # all exceeds SQLite's variable limit (the cancel used to fail with "too many SQL variables").
-    for start in range(0, len(stopped), limits.BATCH_SIZE):
-        batch = stopped[start : start + limits.BATCH_SIZE]
-        StepRun.objects.filter(pk__in=batch).update(
-            status=StepStatus.CANCELLED, finished_at=now, lease_expires_at=None, error_class=ErrorClass.CANCELLED
-        )
-        # Attempts in flight end here too; whatever their workers report later is refused.
-        Attempt.objects.filter(step_run_id__in=batch, status="running").update(
-            status="failed", finished_at=now, error_class=ErrorClass.CANCELLED, error=f"stopped: {reason}"
-        )
+    _cancel_steps(stopped, reason=reason, now=now)
     waiting.close_waits(step_ids=waited, reason=reason)
     for child in Run.objects.filter(parent_step_id__in=waited, status=RunStatus.RUNNING).select_for_update(no_key=True):
         fail_run(child, f"parent run {run.pk} stopped: {reason}", status=RunStatus.CANCELLED, actor=actor)
