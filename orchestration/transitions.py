@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -769,13 +769,17 @@ def release_steps(*, step_run_ids: list[int], workers: list[str], why: str) -> i
     return released
 
 
+def attempts_in_hand(*, workers: list[str]) -> QuerySet[Attempt]:
+    """The running attempts of these worker processes that are their step's current one (a
+    cancelled step's attempt may stay "running" for ever)."""
+    return Attempt.objects.filter(
+        status=AttemptStatus.RUNNING,
+        worker__in=workers,
+        step_run__status=StepStatus.RUNNING,
+        number=F("step_run__attempts"),
+    )
+
+
 def steps_held_by(*, workers: list[str]) -> list[int]:
     """Running steps whose current attempt belongs to one of these worker processes."""
-    return list(
-        StepRun.objects.filter(
-            status=StepStatus.RUNNING,
-            attempt_rows__worker__in=workers,
-            attempt_rows__status=AttemptStatus.RUNNING,
-            attempt_rows__number=F("attempts"),
-        ).values_list("pk", flat=True).distinct()
-    )
+    return list(attempts_in_hand(workers=workers).values_list("step_run_id", flat=True).distinct())

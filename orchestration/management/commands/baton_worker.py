@@ -380,22 +380,11 @@ class Command(BaseCommand):
 
 def _holders(labels: list[str]) -> list[str]:
     """Which of these worker labels hold a running attempt."""
-    from django.db.models import F
-
-    from orchestration.models import Attempt
-    from orchestration.status import AttemptStatus, StepStatus
+    from orchestration import transitions
 
     if not labels:
         return []
-    # The step's current attempt only: a cancelled step's attempt may stay "running" for ever.
-    return list(
-        Attempt.objects.filter(
-            status=AttemptStatus.RUNNING,
-            worker__in=labels,
-            step_run__status=StepStatus.RUNNING,
-            number=F("step_run__attempts"),
-        ).values_list("worker", flat=True)
-    )
+    return list(transitions.attempts_in_hand(workers=labels).values_list("worker", flat=True))
 
 
 def _one_line(exc: BaseException) -> str:
