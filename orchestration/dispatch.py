@@ -1,7 +1,8 @@
-"""Side effects that leave the database: task messages to django-q2 workers.
+"""Side effects that leave the database: task messages to django-q2 workers, and the one
+look back at the broker (which steps still have a message waiting, for the ticker).
 
-Everything here runs after the transaction that decided it has committed, so a worker never
-sees a step that is not in the database yet.
+Every send runs after the transaction that decided it has committed, so a worker never sees a
+step that is not in the database yet.
 """
 
 from __future__ import annotations
