@@ -17,10 +17,11 @@ from django.utils import timezone
 
 from approvals import notifications
 from approvals.models import Item, ItemEvent, ItemEventKind, ItemKind, ItemStatus
-from orchestration import engine
 from orchestration.durations import parse_duration
-from orchestration.guards import load_agent
+from orchestration.specs import load_agent, spec_for
+from orchestration.status import Risk
 from orchestration.templating import TemplateError, render
+from orchestration.work import Work
 
 
 def step_options(spec: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def _text(template: Any, context: dict[str, Any], problems: list[str]) -> str:
 class PeopleHandler:
     """Registered with orchestration.waiting in ApprovalsConfig.ready()."""
 
-    def open(self, *, run: Any, step: Any, spec: dict[str, Any], context: dict[str, Any], kind: str) -> None:
+    def open(self, work: Work, *, run: Any, step: Any, spec: dict[str, Any], context: dict[str, Any], kind: str) -> None:
         now = timezone.now()
         options = step_options(spec, kind)
         problems: list[str] = []
@@ -144,8 +145,8 @@ class PeopleHandler:
             form=(options.get("form") or {}) if kind == ItemKind.MANUAL else {},
             required=options.get("required", 1) if kind in (ItemKind.APPROVAL, ItemKind.GATE) else 1,
             requested_by_id=run.started_by_id,
-            allow_self_approval=bool(engine.spec_for(run).get("allow_self_approval", False)),
-            risk=agent.risk if agent else "low",
+            allow_self_approval=bool(spec_for(run).get("allow_self_approval", False)),
+            risk=agent.risk if agent else Risk.LOW,
             deadline=deadline,
             remind_at=reminder_time(now, deadline, options.get("remind_before")),
             on_timeout=on_timeout,
@@ -165,9 +166,10 @@ class PeopleHandler:
                 "deadline": deadline.isoformat() if deadline else None,
             },
         )
+        work.items.add(item.pk)
         notifications.send_on_commit(notifications.notify_assigned, item.pk)
 
-    def close(self, *, step_ids: list[int], reason: str) -> None:
+    def close(self, work: Work, *, step_ids: list[int], reason: str) -> None:
         # Called by the engine under the run's lock, and every item transition takes that lock
         # first, so nothing decides these items between the read and the update.
         now = timezone.now()
@@ -184,3 +186,4 @@ class PeopleHandler:
         ItemEvent.objects.bulk_create(
             [ItemEvent(item_id=pk, kind=ItemEventKind.CANCELLED, note=reason) for pk in ids]
         )
+        work.items.update(ids)

@@ -30,10 +30,11 @@ from approvals import access, notifications
 from approvals.access import Person
 from approvals.handler import describe_people, reminder_time, resolve_people, step_options
 from approvals.models import Item, ItemEvent, ItemEventKind, ItemKind, ItemStatus, Vote
-from orchestration import engine, limits
+from orchestration import limits
 from orchestration import transitions as runs
 from orchestration.durations import parse_duration
 from orchestration.spec import INPUT_TYPES, check_input_value, value_from_text
+from orchestration.specs import step_spec
 from orchestration.status import StepStatus
 
 if TYPE_CHECKING:
@@ -362,7 +363,7 @@ def resolve_exception(
         if action not in EXCEPTION_ACTIONS:
             raise InvalidInput({"action": "must be 'retry', 'skip' or 'abort'"})
         edited = action == "retry" and input is not None
-        if edited and (item.step_run.items_total or engine.step_spec(item.run, item.step_run.step_key).get("for_each")):
+        if edited and (item.step_run.items_total or step_spec(item.run, item.step_run.step_key).get("for_each")):
             # A map's retry reruns its failed items with the inputs they were given (and, if
             # gated, approved); a new head input would change nothing they do.
             raise InvalidInput({"input": "a for_each step's items keep their own inputs; retry it without editing"})
@@ -534,7 +535,7 @@ def _escalate(item: Item, now: datetime) -> bool:
     users, groups = resolve_people(item.escalate_to)
     if not users and not groups:
         return False  # nobody to escalate to: the final timeout action applies
-    options = step_options(engine.step_spec(item.run, item.step_run.step_key), item.kind)
+    options = step_options(step_spec(item.run, item.step_run.step_key), item.kind)
     if options.get("deadline"):
         seconds = parse_duration(options["deadline"])
     else:

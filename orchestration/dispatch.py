@@ -1,21 +1,23 @@
-"""Side effects that leave the database: task messages to django-q2 workers, and the one
-look back at the broker (which steps still have a message waiting, for the ticker).
+"""The leaf that talks to django-q2: task messages to workers, and the one look back at the
+broker (which steps still have a message waiting, for the ticker).
 
-Every send runs after the transaction that decided it has committed, so a worker never sees a
-step that is not in the database yet.
+Nothing here decides or writes our tables. orchestration.transitions.apply calls the senders
+after the transaction that decided the sends has committed, so a worker never sees a step
+that is not in the database yet.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
-from functools import partial
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+
+from orchestration import limits
 
 logger = logging.getLogger("baton.dispatch")
 
@@ -33,41 +35,6 @@ def broker():  # type: ignore[no-untyped-def]
     return _broker
 
 
-_keep = threading.local()
-
-
-@contextmanager
-def keeping_the_next_step() -> Iterator[list[int]]:
-    """While active, a single step queued by the engine is kept for the calling worker
-    instead of being sent: it runs it next, without a round trip through the broker.
-
-    Only the first lone step is kept; anything else is sent as usual.
-
-    Open it inside the transaction that records the worker's own step, and close it before
-    that transaction commits: on-commit callbacks (a finished child run resuming its parent)
-    run after the slot is gone, so what they queue goes to the broker. A step kept in a slot
-    that nobody claims any more would wait for the ticker's lost-message sweep.
-    """
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("keeping_the_next_step() belongs inside the transaction that records the step")
-    kept: list[int] = []
-    _keep.slot = kept
-    try:
-        yield kept
-    finally:
-        _keep.slot = None
-
-
-def send_steps_on_commit(step_run_ids: Iterable[int]) -> None:
-    ids = list(step_run_ids)
-    slot = getattr(_keep, "slot", None)
-    if slot is not None and not slot and len(ids) == 1:
-        slot.append(ids[0])
-        return
-    if ids:
-        transaction.on_commit(partial(send_steps, ids))
-
-
 def _send_all(messages: list[Any], send: Callable[[Any], None], failed: Callable[[Any], None]) -> None:
     """Send each message; one that fails is logged and the rest still go.
 
@@ -81,11 +48,9 @@ def _send_all(messages: list[Any], send: Callable[[Any], None], failed: Callable
     from django_q.brokers.orm import ORM
     from django_q.conf import Conf
 
-    from orchestration.limits import BATCH_SIZE
-
     orm = isinstance(broker(), ORM)
-    for start in range(0, len(messages), BATCH_SIZE):
-        batch = messages[start : start + BATCH_SIZE]
+    for start in range(0, len(messages), limits.BATCH_SIZE):
+        batch = messages[start : start + limits.BATCH_SIZE]
         try:
             with transaction.atomic(using=Conf.ORM) if orm and len(batch) > 1 else nullcontext():
                 for message in batch:
@@ -118,14 +83,6 @@ def send_steps(step_run_ids: list[int], *, first: bool = False) -> None:
         logger.exception("could not send step %s to the broker", step_run_id)
 
     _send_all(step_run_ids, send, failed)
-
-
-def send_steps_first_on_commit(step_run_ids: Iterable[int]) -> None:
-    """For recovered work (a retry, a step taken back from a lost worker or a stopping one):
-    it goes to the head of the queue instead of waiting behind a backlog of fresh work."""
-    ids = list(step_run_ids)
-    if ids:
-        transaction.on_commit(partial(send_steps, ids, first=True))
 
 
 class _Front:
@@ -178,20 +135,17 @@ def queued_step_ids(limit: int = 20000) -> set[int]:
     return ids
 
 
-def send_chunks_on_commit(step_run_ids: list[int]) -> None:
+def send_mapped(step_run_ids: list[int]) -> None:
     """for_each items in chunks, so a large fan-out of short steps is not one message each.
 
     Chunks stay small enough that every worker gets several (no loss of parallelism for slow
     agents): about eight per worker of this deployment, at most MAX_CHUNK items each.
     """
-    from django.conf import settings
-
     size = max(1, min(MAX_CHUNK, len(step_run_ids) // (settings.WORKERS * 8)))
     if size == 1:
-        send_steps_on_commit(step_run_ids)
+        send_steps(step_run_ids)
         return
-    chunks = [step_run_ids[i : i + size] for i in range(0, len(step_run_ids), size)]
-    transaction.on_commit(partial(send_step_chunks, chunks))
+    send_step_chunks([step_run_ids[i : i + size] for i in range(0, len(step_run_ids), size)])
 
 
 def send_step_chunks(chunks: list[list[int]]) -> None:
@@ -209,16 +163,3 @@ def send_step_chunks(chunks: list[list[int]]) -> None:
         logger.exception("could not send steps %s..%s to the broker", chunk[0], chunk[-1])
 
     _send_all(chunks, send, failed)
-
-
-def notify_parent_on_commit(run_id: int) -> None:
-    def notify() -> None:
-        from orchestration import transitions
-
-        try:
-            transitions.finish_child_run(child_run_id=run_id)
-        except Exception:
-            # The ticker finds finished children whose parent step still waits.
-            logger.exception("could not resume the parent of run %s", run_id)
-
-    transaction.on_commit(notify)

@@ -1,152 +1,48 @@
 """The one place that decides what runs next.
 
-Every function here runs inside a transaction that holds the run's row lock (taken by
-orchestration.transitions), so two workers finishing parallel steps at the same moment cannot
-both start the step that joins them.
+Every function here runs inside a transition's transaction (orchestration.transitions), which
+holds the run's row lock, so two workers finishing parallel steps at the same moment cannot
+both start the step that joins them. The engine records the state it decides (step and run
+rows) in that transaction and puts everything else in the unit of work it is handed: the
+events, the steps to send to workers, the ended child runs whose parents resume, and the one
+step a worker continues with. It never talks to the broker; the transition applies the unit
+of work after commit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from datetime import timedelta
-from functools import lru_cache
+import random
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from orchestration import dispatch, limits, waiting
+from orchestration import guards, limits, waiting
 from orchestration.durations import parse_duration
-from orchestration.models import Agent, Attempt, Run, RunEvent, StepKind, StepRun, WorkflowVersion
+from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow
 from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
+from orchestration.specs import UNDO, load_agent, loop_waits, spec_for, step_spec
 from orchestration.status import (
     STEP_FINAL,
     AttemptStatus,
     ErrorClass,
     EventKind,
+    Risk,
     RunStatus,
     StepStatus,
+    WaitingFor,
 )
 from orchestration.templating import TemplateError, evaluate, render
+from orchestration.work import Work
 
 logger = logging.getLogger("baton.engine")
 
 
 class StepFailed(Exception):
     """A step cannot start (bad template, bad for_each value...): it fails for good."""
-
-
-@lru_cache(maxsize=512)
-def _spec(version_id: int) -> dict[str, Any]:
-    # Versions are immutable, so a process may keep their specs for as long as it lives.
-    return WorkflowVersion.objects.values_list("spec", flat=True).get(pk=version_id)
-
-
-def spec_for(run: Run) -> dict[str, Any]:
-    return _spec(run.version_id)
-
-
-@lru_cache(maxsize=512)
-def loop_waits(version_id: int) -> dict[str, tuple[str, ...]]:
-    """For each step outside a loop that comes after one of the loop's body steps: the loop's
-    judging step (the one with `loop:`), which it waits for besides its `after`.
-
-    So such a step starts once the loop has finished and sees the final round of the body,
-    whatever the timing; without this it would start after the first round, or after
-    whichever round had finished when its slowest other dependency did.
-    """
-    spec = _spec(version_id)
-    bodies = {s["key"]: loop_body(spec, s["loop"]["back_to"], s["key"]) for s in spec["steps"] if s.get("loop")}
-    waits: dict[str, tuple[str, ...]] = {}
-    for step in spec["steps"]:
-        judges = tuple(
-            judge
-            for judge, body in bodies.items()
-            if step["key"] not in body and judge not in step["after"] and body.intersection(step["after"])
-        )
-        if judges:
-            waits[step["key"]] = judges
-    return waits
-
-
-UNDO = ".undo"  # suffix of a compensation step's key; '.' never appears in a step key
-
-
-def step_spec(run: Run, key: str) -> dict[str, Any]:
-    return version_step_spec(run.version_id, key)
-
-
-def version_step_spec(version_id: int, key: str) -> dict[str, Any]:
-    original = key.removesuffix(UNDO)
-    for step in _spec(version_id)["steps"]:
-        if step["key"] == original:
-            if key == original:
-                return step
-            # A compensation runs like an agent step of its own.
-            compensate = step["compensate"]
-            return {
-                "key": key,
-                "kind": StepKind.COMPENSATION,
-                "agent": compensate["agent"],
-                "after": [],
-                "retry": compensate.get("retry"),
-                "timeout": step.get("timeout"),
-            }
-    raise KeyError(key)
-
-
-_pending = threading.local()
-
-
-@contextmanager
-def change() -> Iterator[None]:
-    """The transaction of one state change. Its events are written in one INSERT just before
-    commit: the log stays complete (same transaction) at a fraction of the round trips."""
-    if getattr(_pending, "events", None) is not None:
-        with transaction.atomic():  # nested in another change: the outer one writes the events
-            yield
-        return
-    with transaction.atomic():
-        _pending.events = []
-        try:
-            yield
-            if _pending.events:
-                RunEvent.objects.bulk_create(_pending.events)
-        finally:
-            _pending.events = None
-
-
-def event(
-    run: Run,
-    kind: str,
-    *,
-    step: StepRun | None = None,
-    from_status: str = "",
-    to_status: str = "",
-    message: str = "",
-    data: dict[str, Any] | None = None,
-    actor: Any = None,
-) -> RunEvent:
-    row = RunEvent(
-        run=run,
-        step_run=step,
-        kind=kind,
-        from_status=from_status,
-        to_status=to_status,
-        message=message,
-        data=data or {},
-        actor=actor if actor is not None and getattr(actor, "is_authenticated", False) else None,
-    )
-    pending = getattr(_pending, "events", None)
-    if pending is None:
-        row.save()
-    else:
-        pending.append(row)
-    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +155,7 @@ def retry_policy(agent_retry: dict[str, Any] | None, step: dict[str, Any]) -> di
 # Advancing
 
 
-def advance(run: Run) -> None:
+def advance(work: Work, run: Run) -> None:
     """Start every step whose dependencies are met; finish the run when nothing is left."""
     if run.status != RunStatus.RUNNING:
         return
@@ -286,9 +182,9 @@ def advance(run: Run) -> None:
                 continue
             head = head or StepRun(run=run, step_key=step["key"], kind=step["kind"])
             if deps and all(dep.status == StepStatus.SKIPPED for dep in deps if dep):
-                _skip(run, head, "every step it comes after was skipped")
+                _skip(work, run, head, "every step it comes after was skipped")
             else:
-                _start(run, step, head, to_send, rows)
+                _start(work, run, step, head, to_send, rows)
             progressed = True
             if head.status in STEP_FINAL:
                 # Starting it finished it (a false `when`, an empty for_each, a bad template),
@@ -297,30 +193,30 @@ def advance(run: Run) -> None:
                 current = heads(run, rows)
                 break
             current[step["key"]] = head
-    dispatch.send_steps_on_commit(to_send)
+    _queue(work, run, to_send)
     if run.status == RunStatus.RUNNING and all(
         current.get(s["key"]) is not None and current[s["key"]].status in STEP_FINAL
         for s in spec["steps"]
     ):
-        finish_run(run, current)
+        finish_run(work, run, current)
 
 
-def _skip(run: Run, head: StepRun, reason: str) -> None:
+def _skip(work: Work, run: Run, head: StepRun, reason: str) -> None:
     head.status = StepStatus.SKIPPED
     head.finished_at = timezone.now()
     head.error = ""
     head.save()
-    event(run, EventKind.STEP_SKIPPED, step=head, to_status=head.status, message=reason)
+    work.event(run, EventKind.STEP_SKIPPED, step=head, to_status=head.status, message=reason)
 
 
 def _start(
-    run: Run, step: dict[str, Any], head: StepRun, to_send: list[int], rows: list[StepRun] | None = None
+    work: Work, run: Run, step: dict[str, Any], head: StepRun, to_send: list[int], rows: list[StepRun] | None = None
 ) -> None:
     now = timezone.now()
     context = template_context(run, iteration=head.iteration, rows=rows)
     try:
         if step.get("when") and not evaluate(step["when"], context):
-            _skip(run, head, f"`when` was false: {step['when']}")
+            _skip(work, run, head, f"`when` was false: {step['when']}")
             return
         if step.get("for_each"):
             payload = None  # each item renders its own input
@@ -333,31 +229,33 @@ def _start(
         # Recorded in the transaction that finished the step before it: that success stands,
         # and this step fails for good with the template's error.
         head.save()
-        fail_step(run, head, f"{exc}", ErrorClass.PERMANENT)
+        fail_step(work, run, head, f"{exc}", ErrorClass.PERMANENT)
         return
     head.input = payload
     if step["kind"] == StepKind.AGENT:
         head.agent_name = step["agent"]
         if needs_gate(step):
-            _wait_for_gate(run, step, head, context)
+            _wait_for_gate(work, run, step, head, context)
             return
-        start_agent(run, step, head, context, to_send)
+        _start_agent(work, run, step, head, context, to_send)
         return
     head.status = StepStatus.WAITING
     head.started_at = now
-    head.waiting_for = step["kind"]
     if step["kind"] == StepKind.WAIT:
         wait = step["wait"]
-        head.waiting_for = "event" if wait.get("event") else "timer"
+        head.waiting_for = WaitingFor.EVENT if wait.get("event") else WaitingFor.TIMER
         limit = wait.get("for") or wait.get("timeout")
         if limit is not None:
             head.wake_at = now + timedelta(seconds=parse_duration(limit))
+    else:
+        # A person (approval, manual) or a sub-workflow run: the kind says which.
+        head.waiting_for = WaitingFor(step["kind"])
     head.save()
-    event(run, EventKind.STEP_WAITING, step=head, to_status=head.status, message=_waiting_for(step))
+    work.event(run, EventKind.STEP_WAITING, step=head, to_status=head.status, message=_waiting_for(step))
     if step["kind"] == StepKind.WORKFLOW:
-        _start_child(run, step, head)
+        _start_child(work, run, step, head)
     elif step["kind"] in (StepKind.APPROVAL, StepKind.MANUAL):
-        waiting.open_wait(run=run, step=head, spec=step, context=context, kind=step["kind"])
+        waiting.open_wait(work, run=run, step=head, spec=step, context=context, kind=step["kind"])
 
 
 def _insert_items(head: StepRun, rows: list[tuple[int, Any, Any]], *, limit: int, now: Any) -> None:
@@ -445,17 +343,42 @@ def _too_many_items(step: dict[str, Any], items: list[Any]) -> str | None:
     )
 
 
-def start_agent(run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], to_send: list[int]) -> None:
+def start_agent(work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any]) -> None:
+    """Queue an agent step (or start its map) now: its gate, if any, has been passed."""
+    to_send: list[int] = []
+    _start_agent(work, run, step, head, context, to_send)
+    _queue(work, run, to_send)
+
+
+def _queue(work: Work, run: Run, step_ids: list[int]) -> None:
+    """Send steps this run has just queued, or keep a lone one for the calling worker.
+
+    A worker that records its own step's success may run the next step itself with no round
+    trip through the broker (work.continue_for_run says which run). Only a lone step of that
+    same run is kept, once: steps of other runs (a slot freed for a throttled step) and
+    several at once (a fan-out, for other workers to share) always go to the broker.
+    """
+    if not step_ids:
+        return
+    if len(step_ids) == 1 and work.continue_for_run == run.pk and work.continue_with is None:
+        work.continue_with = step_ids[0]
+        return
+    work.send.extend(step_ids)
+
+
+def _start_agent(
+    work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], to_send: list[int]
+) -> None:
     now = timezone.now()
     if step.get("for_each"):
         head.started_at = now
-        _start_map(run, step, head, context, to_send)
+        _start_map(work, run, step, head, context, to_send)
         return
     # started_at is set when a worker claims the step; queued_at says when it was sent.
     head.status = StepStatus.QUEUED
     head.queued_at = now
     head.save()
-    event(run, EventKind.STEP_QUEUED, step=head, to_status=head.status)
+    work.event(run, EventKind.STEP_QUEUED, step=head, to_status=head.status)
     to_send.append(head.pk)
 
 
@@ -463,13 +386,11 @@ def needs_gate(step: dict[str, Any]) -> bool:
     """A `gate:` on the step, or a high-risk agent: nothing runs without approval of the action."""
     if step.get("gate") is not None:
         return True
-    from orchestration.guards import load_agent
-
     agent = load_agent(step["agent"])
-    return agent is not None and agent.risk == "high"
+    return agent is not None and agent.risk == Risk.HIGH
 
 
-def _wait_for_gate(run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any]) -> None:
+def _wait_for_gate(work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any]) -> None:
     if step.get("for_each"):
         # The approver sees every item the step is about to act on.
         try:
@@ -484,25 +405,25 @@ def _wait_for_gate(run: Run, step: dict[str, Any], head: StepRun, context: dict[
         except TemplateError as exc:
             head.save()
             message = str(exc) if str(exc).startswith("`for_each`") else f"`for_each` {exc}"
-            fail_step(run, head, message, ErrorClass.PERMANENT)
+            fail_step(work, run, head, message, ErrorClass.PERMANENT)
             return
     head.status = StepStatus.WAITING
-    head.waiting_for = "gate"
+    head.waiting_for = WaitingFor.GATE
     head.started_at = timezone.now()
     head.save()
-    event(
+    work.event(
         run,
         EventKind.STEP_GATED,
         step=head,
         to_status=head.status,
         message=f"agent {step['agent']} waits for approval of this exact action",
     )
-    waiting.open_wait(run=run, step=head, spec=step, context=context, kind="gate")
+    waiting.open_wait(work, run=run, step=head, spec=step, context=context, kind=WaitingFor.GATE)
 
 
-def gate_again(run: Run, step: dict[str, Any], head: StepRun) -> None:
+def gate_again(work: Work, run: Run, step: dict[str, Any], head: StepRun) -> None:
     """Put an agent step back behind its gate (an owner's retry with an input nobody approved)."""
-    _wait_for_gate(run, step, head, template_context(run, iteration=head.iteration))
+    _wait_for_gate(work, run, step, head, template_context(run, iteration=head.iteration))
 
 
 def _waiting_for(step: dict[str, Any]) -> str:
@@ -517,18 +438,16 @@ def _waiting_for(step: dict[str, Any]) -> str:
     return f"waiting for a person ({kind})"
 
 
-def _start_child(run: Run, step: dict[str, Any], head: StepRun) -> None:
-    from orchestration.models import Workflow
-
+def _start_child(work: Work, run: Run, step: dict[str, Any], head: StepRun) -> None:
     workflow = Workflow.objects.filter(key=step["workflow"]).first()
     version = workflow.latest_version if workflow else None
     if workflow is None or version is None:
-        fail_step(run, head, f"sub-workflow '{step['workflow']}' has no published version", ErrorClass.PERMANENT)
+        fail_step(work, run, head, f"sub-workflow '{step['workflow']}' has no published version", ErrorClass.PERMANENT)
         return
     try:
         child_input = validate_run_input(version.spec, head.input)
     except ValueError as exc:
-        fail_step(run, head, f"sub-workflow '{step['workflow']}' {exc}", ErrorClass.PERMANENT)
+        fail_step(work, run, head, f"sub-workflow '{step['workflow']}' {exc}", ErrorClass.PERMANENT)
         return
     child = Run.objects.create(
         workflow=workflow,
@@ -538,35 +457,37 @@ def _start_child(run: Run, step: dict[str, Any], head: StepRun) -> None:
         trigger="parent",
         parent_step=head,
     )
-    event(child, EventKind.RUN_STARTED, to_status=child.status, message=f"started by run {run.pk}, step '{head.step_key}'")
-    advance(child)
+    work.event(child, EventKind.RUN_STARTED, to_status=child.status, message=f"started by run {run.pk}, step '{head.step_key}'")
+    advance(work, child)
 
 
-def restart_child(run: Run, step: dict[str, Any], head: StepRun) -> None:
+def restart_child(work: Work, run: Run, step: dict[str, Any], head: StepRun) -> None:
     """Run a sub-workflow step again (an owner's retry): a new child run."""
     head.status = StepStatus.WAITING
-    head.waiting_for = "workflow"
+    head.waiting_for = WaitingFor.WORKFLOW
     head.save()
-    _start_child(run, step, head)
+    _start_child(work, run, step, head)
 
 
-def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], to_send: list[int]) -> None:
+def _start_map(
+    work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], to_send: list[int]
+) -> None:
     try:
         items = evaluate(step["for_each"], context)
     except TemplateError as exc:
         head.save()
-        fail_step(run, head, f"`for_each` {exc}", ErrorClass.PERMANENT)
+        fail_step(work, run, head, f"`for_each` {exc}", ErrorClass.PERMANENT)
         return
     if isinstance(items, (tuple, range)):
         items = list(items)
     if not isinstance(items, list):
         head.save()
-        fail_step(run, head, f"`for_each` must give a list, got {type(items).__name__}", ErrorClass.PERMANENT)
+        fail_step(work, run, head, f"`for_each` must give a list, got {type(items).__name__}", ErrorClass.PERMANENT)
         return
     too_many = _too_many_items(step, items)
     if too_many:
         head.save()
-        fail_step(run, head, too_many, ErrorClass.PERMANENT)
+        fail_step(work, run, head, too_many, ErrorClass.PERMANENT)
         return
     now = timezone.now()
     if not items:
@@ -575,8 +496,8 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
         head.items_total = 0
         head.finished_at = now
         head.save()
-        event(run, EventKind.STEP_SUCCEEDED, step=head, to_status=head.status, message="for_each over an empty list")
-        after_success(run, head)
+        work.event(run, EventKind.STEP_SUCCEEDED, step=head, to_status=head.status, message="for_each over an empty list")
+        after_success(work, run, head)
         return
     limit = step.get("concurrency") or len(items)
     rows: list[tuple[int, Any, Any]] = []
@@ -586,13 +507,13 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
             _check_rendered(payload, "input")
         except TemplateError as exc:
             head.save()
-            fail_step(run, head, f"item {index}: {exc}", ErrorClass.PERMANENT)
+            fail_step(work, run, head, f"item {index}: {exc}", ErrorClass.PERMANENT)
             return
         rows.append((index, item, payload))
     head.status = StepStatus.RUNNING
     head.items_total = len(items)
     head.save()
-    event(run, EventKind.STEP_STARTED, step=head, to_status=head.status, message=f"mapping over {len(items)} items")
+    work.event(run, EventKind.STEP_STARTED, step=head, to_status=head.status, message=f"mapping over {len(items)} items")
     _insert_items(head, rows, limit=limit, now=now)
     queued = list(
         StepRun.objects.filter(parent=head, status=StepStatus.QUEUED).order_by("map_index").values_list("pk", flat=True)
@@ -602,21 +523,21 @@ def _start_map(run: Run, step: dict[str, Any], head: StepRun, context: dict[str,
     # worker, so such items (and steps with their own `concurrency`) go one per message.
     if step.get("concurrency") or limited:
         to_send.extend(queued)
-    else:
-        dispatch.send_chunks_on_commit(queued)
+    elif queued:
+        work.send_mapped.append(queued)
 
 
 # ---------------------------------------------------------------------------------------------
 # After a step finishes
 
 
-def after_success(run: Run, head: StepRun) -> None:
+def after_success(work: Work, run: Run, head: StepRun) -> None:
     """A head row has just succeeded: apply its loop, then advance.
 
     `head` may be a partial row (pk, step_key, iteration, kind): read it in full before saving.
     """
     if head.kind == StepKind.COMPENSATION:
-        next_compensation(run)
+        next_compensation(work, run)
         return
     step = step_spec(run, head.step_key)
     loop = step.get("loop")
@@ -625,13 +546,13 @@ def after_success(run: Run, head: StepRun) -> None:
         try:
             done = bool(evaluate(loop["until"], context))
         except TemplateError as exc:
-            fail_step(run, StepRun.objects.get(pk=head.pk), f"`loop.until` {exc}", ErrorClass.PERMANENT)
+            fail_step(work, run, StepRun.objects.get(pk=head.pk), f"`loop.until` {exc}", ErrorClass.PERMANENT)
             return
         if not done:
             if head.iteration < loop["max_iterations"]:
-                _loop_back(run, step, head, loop)
+                _loop_back(work, run, step, head, loop)
             elif loop["on_exhausted"] == "fail":
-                fail_step(
+                fail_step(work,
                     run,
                     StepRun.objects.get(pk=head.pk),
                     f"loop back to '{loop['back_to']}' ran {loop['max_iterations']} times "
@@ -639,10 +560,10 @@ def after_success(run: Run, head: StepRun) -> None:
                     ErrorClass.PERMANENT,
                 )
                 return
-    advance(run)
+    advance(work, run)
 
 
-def _loop_back(run: Run, step: dict[str, Any], head: StepRun, loop: dict[str, Any]) -> None:
+def _loop_back(work: Work, run: Run, step: dict[str, Any], head: StepRun, loop: dict[str, Any]) -> None:
     spec = spec_for(run)
     body = loop_body(spec, loop["back_to"], step["key"])
     next_iteration = head.iteration + 1
@@ -653,7 +574,7 @@ def _loop_back(run: Run, step: dict[str, Any], head: StepRun, loop: dict[str, An
             if s["key"] in body
         ]
     )
-    event(
+    work.event(
         run,
         EventKind.STEP_LOOPED,
         step=head,
@@ -662,13 +583,9 @@ def _loop_back(run: Run, step: dict[str, Any], head: StepRun, loop: dict[str, An
     )
 
 
-def fail_step(
-    run: Run,
-    step: StepRun,
-    message: str,
-    error_class: str,
-) -> None:
-    """A step failed for good: an item fails its map, a head fails its run."""
+def fail_step(work: Work, run: Run, step: StepRun, message: str, error_class: str, *, escalate: bool = True) -> None:
+    """A step failed for good: an item fails its map, a head fails its run (or, with
+    `on_failure: escalate`, waits for the workflow owner; never a refused gate: escalate=False)."""
     before = step.status
     step.status = StepStatus.FAILED
     step.error = message
@@ -676,30 +593,30 @@ def fail_step(
     step.finished_at = timezone.now()
     step.lease_expires_at = None
     step.save()
-    event(run, EventKind.STEP_FAILED, step=step, from_status=before, to_status=step.status, message=message)
+    work.event(run, EventKind.STEP_FAILED, step=step, from_status=before, to_status=step.status, message=message)
     if step.kind == StepKind.COMPENSATION:
         # Loud, not swallowed: the run's final error names it, the log says it at ERROR level,
         # and the remaining compensations still run.
         logger.error("run %s: compensation '%s' failed: %s", run.pk, step.step_key, message)
-        event(run, EventKind.COMPENSATION_FAILED, step=step, message=message)
-        next_compensation(run)
+        work.event(run, EventKind.COMPENSATION_FAILED, step=step, message=message)
+        next_compensation(work, run)
         return
     if step.parent_id is not None:
         parent = StepRun.objects.get(pk=step.parent_id)
-        if parent.status not in STEP_FINAL and parent.waiting_for != "exception":
+        if parent.status not in STEP_FINAL and parent.waiting_for != WaitingFor.EXCEPTION:
             # The map has failed: none of its other items may start any more, whether the
             # run then fails or the step is escalated (an owner's retry re-queues them).
-            _cancel_open_items(run, parent, f"item {step.map_index} failed")
-            fail_step(run, parent, f"item {step.map_index} failed: {message}", error_class)
+            _cancel_open_items(work, run, parent, f"item {step.map_index} failed")
+            fail_step(work, run, parent, f"item {step.map_index} failed: {message}", error_class)
         return
-    if _escalates(run, step):
-        _escalate(run, step, message)
+    if escalate and _escalates(run, step):
+        _escalate(work, run, step, message)
         return
     agent = f" (agent {step.agent_name})" if step.agent_name else ""
-    fail_run(run, f"Step '{step.step_key}'{agent} failed: {message}")
+    fail_run(work, run, f"Step '{step.step_key}'{agent} failed: {message}")
 
 
-def _cancel_open_items(run: Run, parent: StepRun, reason: str) -> None:
+def _cancel_open_items(work: Work, run: Run, parent: StepRun, reason: str) -> None:
     """Cancel a map's unfinished items, in the transaction that fails the map.
 
     Workers holding some of them (a chunk) look before each item, see it cancelled and stop;
@@ -709,7 +626,7 @@ def _cancel_open_items(run: Run, parent: StepRun, reason: str) -> None:
     _cancel_steps(open_items, reason=reason)
     cancelled = len(open_items)
     if cancelled:
-        event(
+        work.event(
             run,
             EventKind.STEP_CANCELLED,
             step=parent,
@@ -719,19 +636,19 @@ def _cancel_open_items(run: Run, parent: StepRun, reason: str) -> None:
 
 
 def _escalates(run: Run, step: StepRun) -> bool:
-    if step.kind not in (StepKind.AGENT, StepKind.WORKFLOW) or step.waiting_for == "gate-refused":
+    if step.kind not in (StepKind.AGENT, StepKind.WORKFLOW):
         return False
     spec = spec_for(run)
     own = step_spec(run, step.step_key).get("on_failure")
     return own == "escalate" or (own is None and spec.get("on_failure") == "escalate")
 
 
-def _escalate(run: Run, step: StepRun, message: str) -> None:
+def _escalate(work: Work, run: Run, step: StepRun, message: str) -> None:
     """Instead of failing the run, the step waits for the workflow owner to decide."""
     step.status = StepStatus.WAITING
-    step.waiting_for = "exception"
+    step.waiting_for = WaitingFor.EXCEPTION
     step.save(update_fields=["status", "waiting_for"])
-    event(
+    work.event(
         run,
         EventKind.STEP_ESCALATED,
         step=step,
@@ -740,7 +657,7 @@ def _escalate(run: Run, step: StepRun, message: str) -> None:
         message=f"failed for good ({message}); the workflow owner decides: retry, skip or abort",
     )
     waiting.open_wait(
-        run=run, step=step, spec=step_spec(run, step.step_key), context=template_context(run), kind="exception"
+        work, run=run, step=step, spec=step_spec(run, step.step_key), context=template_context(run), kind=WaitingFor.EXCEPTION
     )
 
 
@@ -760,37 +677,48 @@ def _cancel_steps(step_ids: list[int], *, reason: str, now: Any = None) -> None:
         )
 
 
-def fail_run(run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: Any = None) -> None:
+def fail_run(work: Work, run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: Any = None) -> None:
     """Stop a run: cancel what has not finished, then undo what has (if it asks), then end."""
     now = timezone.now()
     unfinished = list(
-        StepRun.objects.filter(run=run).exclude(status__in=STEP_FINAL).values_list("pk", "status")
+        StepRun.objects.filter(run=run)
+        .exclude(status__in=STEP_FINAL)
+        .values_list("pk", "status", "map_index", "step_key", "iteration", "kind")
     )
-    stopped = [pk for pk, _ in unfinished]
+    stopped = [row[0] for row in unfinished]
     # Only waiting steps have inbox items or child runs.
-    waited = [pk for pk, status in unfinished if status == StepStatus.WAITING]
+    waited = [row[0] for row in unfinished if row[1] == StepStatus.WAITING]
     _cancel_steps(stopped, reason=reason, now=now)
-    waiting.close_waits(step_ids=waited, reason=reason)
+    items = 0
+    for pk, before, map_index, key, iteration, kind in unfinished:
+        if map_index is not None:
+            items += 1  # a map's items are counted on the run's event, not one event each
+            continue
+        head = StepRun(pk=pk, run_id=run.pk, step_key=key, iteration=iteration, kind=kind)
+        work.event(
+            run, EventKind.STEP_CANCELLED, step=head, from_status=before, to_status=StepStatus.CANCELLED, message=reason, actor=actor
+        )
+    waiting.close_waits(work, step_ids=waited, reason=reason)
     for child in Run.objects.filter(parent_step_id__in=waited, status=RunStatus.RUNNING).select_for_update(no_key=True):
-        fail_run(child, f"parent run {run.pk} stopped: {reason}", status=RunStatus.CANCELLED, actor=actor)
-    if _start_compensations(run, reason, status, actor):
+        fail_run(work, child, f"parent run {run.pk} stopped: {reason}", status=RunStatus.CANCELLED, actor=actor)
+    if _start_compensations(work, run, reason, status, actor):
         return
-    _end_run(run, status, reason, actor=actor, data={"cancelled_steps": len(stopped)})
+    _end_run(work, run, status, reason, actor=actor, data={"cancelled_steps": len(stopped), "cancelled_items": items})
 
 
-def _end_run(run: Run, status: str, reason: str, *, actor: Any = None, data: dict[str, Any] | None = None) -> None:
+def _end_run(work: Work, run: Run, status: str, reason: str, *, actor: Any = None, data: dict[str, Any] | None = None) -> None:
     before = run.status
     run.status = status
     run.error = reason
     run.finished_at = timezone.now()
     run.save(update_fields=["status", "error", "finished_at"])
     kind = EventKind.RUN_CANCELLED if status == RunStatus.CANCELLED else EventKind.RUN_FAILED
-    event(run, kind, from_status=before, to_status=status, message=reason, data=data or {}, actor=actor)
+    work.event(run, kind, from_status=before, to_status=status, message=reason, data=data or {}, actor=actor)
     if run.parent_step_id:
-        dispatch.notify_parent_on_commit(run.pk)
+        work.child_runs_ended.append(run.pk)
 
 
-def _start_compensations(run: Run, reason: str, status: str, actor: Any) -> bool:
+def _start_compensations(work: Work, run: Run, reason: str, status: str, actor: Any) -> bool:
     """Saga: queue the compensations of completed steps, newest completion first.
 
     Returns False when there is nothing to undo (or the workflow does not undo on cancel).
@@ -836,7 +764,7 @@ def _start_compensations(run: Run, reason: str, status: str, actor: Any) -> bool
     run.error = reason
     run.ends_as = status
     run.save(update_fields=["status", "error", "ends_as"])
-    event(
+    work.event(
         run,
         EventKind.COMPENSATION_STARTED,
         from_status=before,
@@ -844,11 +772,11 @@ def _start_compensations(run: Run, reason: str, status: str, actor: Any) -> bool
         message=f"{reason}; undoing {len(rows)} completed step(s), newest first",
         actor=actor,
     )
-    next_compensation(run)
+    next_compensation(work, run)
     return True
 
 
-def next_compensation(run: Run) -> None:
+def next_compensation(work: Work, run: Run) -> None:
     """Queue the next compensation, or end the run when every one has finished."""
     pending = StepRun.objects.filter(run=run, kind=StepKind.COMPENSATION).exclude(status__in=STEP_FINAL)
     upcoming = pending.filter(status=StepStatus.PENDING).order_by("id").first()
@@ -856,13 +784,13 @@ def next_compensation(run: Run) -> None:
         return  # one is still running or retrying
     if upcoming is not None:
         if upcoming.error:  # its input could not be rendered: it fails without running
-            fail_step(run, upcoming, upcoming.error, ErrorClass.PERMANENT)
+            fail_step(work, run, upcoming, upcoming.error, ErrorClass.PERMANENT)
             return
         upcoming.status = StepStatus.QUEUED
         upcoming.queued_at = timezone.now()
         upcoming.save(update_fields=["status", "queued_at"])
-        event(run, EventKind.STEP_QUEUED, step=upcoming, to_status=upcoming.status, message="compensation")
-        sends([upcoming.pk])
+        work.event(run, EventKind.STEP_QUEUED, step=upcoming, to_status=upcoming.status, message="compensation")
+        _queue(work, run, [upcoming.pk])
         return
     outcomes = []
     for row in StepRun.objects.filter(run=run, kind=StepKind.COMPENSATION).order_by("id"):
@@ -871,10 +799,10 @@ def next_compensation(run: Run) -> None:
         else:
             outcomes.append(f"{row.step_key} FAILED ({row.error})")
     reason = f"{run.error.rstrip('.')}. Compensations: {'; '.join(outcomes)}."
-    _end_run(run, run.ends_as or RunStatus.FAILED, reason)
+    _end_run(work, run, run.ends_as or RunStatus.FAILED, reason)
 
 
-def finish_run(run: Run, current: dict[str, StepRun]) -> None:
+def finish_run(work: Work, run: Run, current: dict[str, StepRun]) -> None:
     spec = spec_for(run)
     context = template_context(run)
     try:
@@ -886,36 +814,198 @@ def finish_run(run: Run, current: dict[str, StepRun]) -> None:
                 s["key"]: current[s["key"]].output for s in spec["steps"] if s["key"] not in needed
             }
     except TemplateError as exc:
-        fail_run(run, f"The workflow's `output` {exc}")
+        fail_run(work, run, f"The workflow's `output` {exc}")
         return
     run.status = RunStatus.SUCCEEDED
     run.output = output
     run.finished_at = timezone.now()
     run.save(update_fields=["status", "output", "finished_at"])
-    event(run, EventKind.RUN_SUCCEEDED, from_status=RunStatus.RUNNING, to_status=run.status)
+    work.event(run, EventKind.RUN_SUCCEEDED, from_status=RunStatus.RUNNING, to_status=run.status)
     if run.parent_step_id:
-        dispatch.notify_parent_on_commit(run.pk)
+        work.child_runs_ended.append(run.pk)
 
 
-def release_next_items(run: Run, parent: StepRun, count: int = 1) -> list[int]:
-    """Move held-back for_each items to queued (a `concurrency` slot came free)."""
+def release_next_items(work: Work, run: Run, parent: StepRun, count: int = 1) -> None:
+    """Queue held-back for_each items (`concurrency` slots came free), lowest index first."""
     if not step_spec(run, parent.step_key).get("concurrency"):
-        return []  # every item was queued at the start; none is held back
+        return  # every item was queued at the start; none is held back
     ids = list(
         StepRun.objects.filter(parent=parent, status=StepStatus.PENDING)
         .order_by("map_index")
-        .values_list("pk", flat=True)[:count]
+        .values_list("pk", "map_index")[:count]
     )
-    if ids:
-        StepRun.objects.filter(pk__in=ids, status=StepStatus.PENDING).update(
-            status=StepStatus.QUEUED, queued_at=timezone.now()
+    if not ids:
+        return
+    StepRun.objects.filter(pk__in=[pk for pk, _ in ids], status=StepStatus.PENDING).update(
+        status=StepStatus.QUEUED, queued_at=timezone.now()
+    )
+    for pk, index in ids:
+        work.event(
+            run,
+            EventKind.STEP_QUEUED,
+            step=StepRun(pk=pk, run_id=run.pk, parent_id=parent.pk),
+            from_status=StepStatus.PENDING,
+            to_status=StepStatus.QUEUED,
+            message=f"item {index}: a `concurrency` slot came free",
         )
-    return ids
+    _queue(work, run, [pk for pk, _ in ids])
 
 
 def collect_items(parent: StepRun) -> list[Any]:
     return list(parent.items.order_by("map_index").values_list("output", flat=True))
 
 
-def sends(ids: Iterable[int]) -> None:
-    dispatch.send_steps_on_commit(ids)
+
+# ---------------------------------------------------------------------------------------------
+# After a failed attempt, and steps the guards would not let run
+
+
+def after_failure(
+    work: Work,
+    run: Run,
+    step: StepRun,
+    *,
+    error_class: str,
+    message: str,
+    retry_after: float | None,
+    now: datetime,
+) -> None:
+    """A failed attempt of a claimed step (already recorded): retry it later by its policy,
+    hand it to a fallback agent, or fail it for good.
+
+    A server's Retry-After (retry_after seconds) is honoured: the next attempt waits at
+    least that long, whatever the backoff says.
+    """
+    agent = load_agent(step.agent_name)
+    policy = retry_policy(agent.retry if agent else None, step_spec(run, step.step_key))
+    tried = guards.attempts_with_current_agent(step)
+    if error_class == ErrorClass.PERMANENT or tried >= policy["attempts"]:
+        tries = f" after {tried} attempts" if tried > 1 else ""
+        fallback = guards.fallback_for(run, step, agent)
+        if fallback is not None:
+            _switch_to_fallback(work, run, step, fallback, f"{message}{tries}")
+            return
+        fail_step(work, run, step, f"{message}{tries}", error_class)
+        return
+    delay = max(backoff_seconds(policy, step.attempts), retry_after or 0.0)
+    step.status = StepStatus.RETRYING
+    step.next_attempt_at = now + timedelta(seconds=delay)
+    step.error = message
+    step.error_class = error_class
+    step.lease_expires_at = None
+    step.save(update_fields=["status", "next_attempt_at", "error", "error_class", "lease_expires_at"])
+    work.event(
+        run,
+        EventKind.STEP_RETRYING,
+        step=step,
+        from_status=StepStatus.RUNNING,
+        to_status=step.status,
+        message=f"{error_class}: {message}; attempt {step.attempts + 1} in {delay:.1f}s",
+        data={"next_attempt_at": step.next_attempt_at.isoformat(), "delay": delay},
+    )
+
+
+def backoff_seconds(policy: dict[str, Any], attempts_so_far: int) -> float:
+    """Exponential backoff capped at max_backoff; with jitter, "full jitter" (0..cap)."""
+    ceiling = min(float(policy["max_backoff"]), float(policy["backoff"]) * 2 ** (attempts_so_far - 1))
+    if policy.get("jitter"):
+        return random.uniform(0, ceiling)
+    return ceiling
+
+
+def _switch_to_fallback(work: Work, run: Run, step: StepRun, fallback: str, why: str) -> None:
+    failed_agent = step.agent_name
+    step.fallback_from = step.fallback_from or failed_agent
+    step.agent_name = fallback
+    step.status = StepStatus.QUEUED
+    step.queued_at = timezone.now()
+    step.error = why
+    step.lease_expires_at = None
+    step.claim_token = ""
+    step.save(update_fields=["fallback_from", "agent_name", "status", "queued_at", "error", "lease_expires_at", "claim_token"])
+    work.event(
+        run,
+        EventKind.STEP_FALLBACK,
+        step=step,
+        from_status=StepStatus.RUNNING,
+        to_status=StepStatus.QUEUED,
+        message=f"agent {failed_agent} failed for good ({why}); fallback agent {fallback} takes over",
+        data={"from": failed_agent, "to": fallback},
+    )
+    work.send.append(step.pk)
+
+
+def divert(work: Work, refused: guards.Refused) -> None:
+    """A claimed step whose agent's circuit is open: its fallback takes over, or it retries
+    once the circuit may let it through. Either way the claim is undone (it never ran)."""
+    step, agent, reason, until = refused.step, refused.agent, refused.reason, refused.until
+    fallback = guards.fallback_for(step.run, step, agent)
+    if fallback is not None:
+        if guards.put_back(
+            step,
+            status=StepStatus.QUEUED,
+            agent_name=fallback,
+            fallback_from=step.fallback_from or step.agent_name,
+            queued_at=timezone.now(),
+            error=reason,
+            error_class=ErrorClass.CIRCUIT_OPEN,
+        ):
+            work.event(
+                step.run,
+                EventKind.STEP_FALLBACK,
+                step=step,
+                from_status=StepStatus.RUNNING,
+                to_status=StepStatus.QUEUED,
+                message=f"{reason}: fallback agent {fallback} takes over",
+                data={"from": agent.name, "to": fallback},
+            )
+            work.send.append(step.pk)
+        return
+    if guards.put_back(
+        step,
+        status=StepStatus.RETRYING,
+        next_attempt_at=until,
+        error=reason,
+        error_class=ErrorClass.CIRCUIT_OPEN,
+    ):
+        work.event(
+            step.run,
+            EventKind.STEP_RETRYING,
+            step=step,
+            from_status=StepStatus.RUNNING,
+            to_status=StepStatus.RETRYING,
+            message=f"{reason}; no fallback, waiting until {until:%H:%M:%S}",
+            data={"next_attempt_at": until.isoformat(), "delay": max(0.0, (until - timezone.now()).total_seconds())},
+        )
+
+
+def release_throttled(work: Work, agent: Agent) -> int:
+    """Queue throttled steps of the agent for the slots now free, first come first served.
+
+    They belong to any run, so they always go through the broker (never to the worker whose
+    step freed the slot: that worker continues with its own run)."""
+    free = guards.free_slots(agent)
+    if free <= 0:
+        return 0
+    rows = list(
+        StepRun.objects.filter(agent_name=agent.name, status=StepStatus.THROTTLED)
+        .select_related("run")
+        .order_by("queued_at", "id")[:free]
+    )
+    if not rows:
+        return 0
+    now = timezone.now()
+    StepRun.objects.filter(pk__in=[row.pk for row in rows], status=StepStatus.THROTTLED).update(
+        status=StepStatus.QUEUED, queued_at=now
+    )
+    for row in rows:
+        work.event(
+            row.run,
+            EventKind.STEP_QUEUED,
+            step=row,
+            from_status=StepStatus.THROTTLED,
+            to_status=StepStatus.QUEUED,
+            message=f"a slot of agent {agent.name} came free",
+        )
+    work.send.extend(row.pk for row in rows)
+    return len(rows)

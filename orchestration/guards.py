@@ -1,23 +1,24 @@
-"""Per-agent guards: circuit breaker, max_concurrency and fallback; what an approved gate covers.
+"""Admission guards: an agent's circuit breaker and max_concurrency, which agent a step may
+fall back to, and what an approved gate covers.
 
-Called only by orchestration.transitions, inside its transactions. An agent's AgentHealth row is
-the lock that serialises claims against that agent (taken with no run lock held, so the order
-"run, then agent" used when recording outcomes never inverts).
+Called inside the transactions of orchestration.transitions (through the engine or directly).
+The guards say whether a claimed step may run now and update an agent's health; what happens
+to a step that may not (a fallback, a later retry) is the engine's decision. An agent's
+AgentHealth row is the lock that serialises claims against that agent (taken with no run lock
+held, so the order "run, then agent" used when recording outcomes never inverts).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import F
-from django.utils import timezone
+from django.db.models import F, QuerySet
 
-from orchestration import engine
 from orchestration.models import (
     Agent,
     AgentEvent,
@@ -29,31 +30,14 @@ from orchestration.models import (
     StepKind,
     StepRun,
 )
-from orchestration.status import ErrorClass, EventKind, StepStatus
-
-# Agents are read live, so an edit in the admin applies to the next attempt; a process keeps
-# what it read for this long to spare a query per step on hot paths.
-AGENT_CACHE_SECONDS = 2.0
-_agents: dict[str, tuple[float, Agent | None]] = {}
+from orchestration.specs import load_agent, step_spec
+from orchestration.status import AttemptStatus, ErrorClass, EventKind, Risk, StepStatus
+from orchestration.work import Work
 
 # Failures that say the agent's service is unwell (a 4xx for bad input does not).
 HEALTH_FAILURES = (ErrorClass.TRANSIENT, ErrorClass.TIMEOUT, ErrorClass.LOST)
 # While a half-open circuit's trial runs, other steps look again this soon.
 TRIAL_WAIT = timedelta(seconds=1)
-
-
-def load_agent(name: str) -> Agent | None:
-    now = time.monotonic()
-    cached = _agents.get(name)
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    agent = Agent.objects.filter(name=name).first()
-    _agents[name] = (now + AGENT_CACHE_SECONDS, agent)
-    return agent
-
-
-def forget_agents() -> None:
-    _agents.clear()
 
 
 def _guarded(agent: Agent | None) -> bool:
@@ -69,17 +53,28 @@ def _lock_health(agent: Agent) -> AgentHealth:
 # At claim time
 
 
-def gate(steps: list[StepRun], now: datetime) -> tuple[list[StepRun], list[int]]:
+@dataclass(frozen=True)
+class Refused:
+    """A claimed step whose agent's circuit is open: it may not run before `until`."""
+
+    step: StepRun
+    agent: Agent
+    reason: str
+    until: datetime
+
+
+def gate(work: Work, steps: list[StepRun], now: datetime) -> tuple[list[StepRun], list[Refused]]:
     """Of steps just claimed (RUNNING, with their claim token), those that may run now.
 
-    The others are put back: throttled (agent at max_concurrency), sent to their fallback or
-    told to retry later (circuit open). Returns (allowed, step ids to send to workers).
+    A step whose agent is at max_concurrency is put back, throttled, to wait for a slot.
+    A step whose agent's circuit is open is returned as refused, still claimed: the engine
+    decides where it goes (its fallback, or a retry once the circuit may let it through).
     """
     by_agent: dict[str, list[StepRun]] = defaultdict(list)
     for step in steps:
         by_agent[step.agent_name].append(step)
     allowed: list[StepRun] = []
-    to_send: list[int] = []
+    refused: list[Refused] = []
     for name, group in by_agent.items():
         agent = load_agent(name)
         if agent is None or not _guarded(agent):
@@ -87,30 +82,29 @@ def gate(steps: list[StepRun], now: datetime) -> tuple[list[StepRun], list[int]]
             continue
         health = _lock_health(agent)
         if agent.circuit:
-            group = _apply_circuit(agent, health, group, now, to_send)
+            group = _apply_circuit(agent, health, group, now, refused)
         if agent.max_concurrency:
-            group = _apply_concurrency(agent, group)
+            group = _apply_concurrency(work, agent, group)
         allowed.extend(group)
-    return allowed, to_send
+    return allowed, refused
 
 
 def _apply_circuit(
-    agent: Agent, health: AgentHealth, group: list[StepRun], now: datetime, to_send: list[int]
+    agent: Agent, health: AgentHealth, group: list[StepRun], now: datetime, refused: list[Refused]
 ) -> list[StepRun]:
     if health.circuit_state == CircuitState.CLOSED:
         return group
     if health.circuit_state == CircuitState.OPEN and health.reopens_at and now < health.reopens_at:
-        for step in group:
-            _divert(step, agent, f"circuit of agent {agent.name} is open", health.reopens_at, to_send)
+        refused.extend(Refused(step, agent, f"circuit of agent {agent.name} is open", health.reopens_at) for step in group)
         return []
+    half_open = f"circuit of agent {agent.name} is half-open; its trial is running"
     trial_running = (
         health.circuit_state == CircuitState.HALF_OPEN
         and health.trial_step_id is not None
         and StepRun.objects.filter(pk=health.trial_step_id, status=StepStatus.RUNNING).exists()
     )
     if trial_running:
-        for step in group:
-            _divert(step, agent, f"circuit of agent {agent.name} is half-open; its trial is running", now + TRIAL_WAIT, to_send)
+        refused.extend(Refused(step, agent, half_open, now + TRIAL_WAIT) for step in group)
         return []
     # The cooldown is over (or the last trial vanished): exactly one trial goes through.
     trial, rest = group[0], group[1:]
@@ -118,21 +112,19 @@ def _apply_circuit(
         _set_circuit(health, CircuitState.HALF_OPEN, "cooldown over: one trial call", now)
     health.trial_step = trial
     health.save(update_fields=["trial_step", "updated_at"])
-    for step in rest:
-        _divert(step, agent, f"circuit of agent {agent.name} is half-open; its trial is running", now + TRIAL_WAIT, to_send)
+    refused.extend(Refused(step, agent, half_open, now + TRIAL_WAIT) for step in rest)
     return [trial]
 
 
-def _apply_concurrency(agent: Agent, group: list[StepRun]) -> list[StepRun]:
+def _apply_concurrency(work: Work, agent: Agent, group: list[StepRun]) -> list[StepRun]:
     assert agent.max_concurrency is not None
     # Under the AgentHealth lock, every other claim of this agent has committed or waits, so
     # this count is exact.
     running = in_flight(agent.name).exclude(pk__in=[s.pk for s in group]).count()
     free = max(0, agent.max_concurrency - running)
     for step in group[free:]:
-        won = _put_back(step, status=StepStatus.THROTTLED)
-        if won:
-            engine.event(
+        if put_back(step, status=StepStatus.THROTTLED):
+            work.event(
                 step.run,
                 EventKind.STEP_THROTTLED,
                 step=step,
@@ -143,59 +135,19 @@ def _apply_concurrency(agent: Agent, group: list[StepRun]) -> list[StepRun]:
     return group[:free]
 
 
-def in_flight(agent_name: str) -> Any:
+def in_flight(agent_name: str) -> QuerySet[StepRun]:
     # Claimed steps only: a for_each head is "running" too but never holds a slot.
     return StepRun.objects.filter(agent_name=agent_name, status=StepStatus.RUNNING).exclude(claim_token="")
 
 
-def _put_back(step: StepRun, **changes: Any) -> bool:
-    """Undo a claim that must not run (no attempt was recorded for it)."""
+def put_back(step: StepRun, **changes: Any) -> bool:
+    """Undo a claim that must not run (no attempt was recorded for it); compare-and-set on
+    the claim token, so False means the step is no longer this claim's."""
     return bool(
         StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING, claim_token=step.claim_token).update(
             attempts=F("attempts") - 1, claim_token="", lease_expires_at=None, **changes
         )
     )
-
-
-def _divert(step: StepRun, agent: Agent, reason: str, until: datetime, to_send: list[int]) -> None:
-    fallback = fallback_for(step.run, step, agent)
-    if fallback is not None:
-        if _put_back(
-            step,
-            status=StepStatus.QUEUED,
-            agent_name=fallback,
-            fallback_from=step.fallback_from or step.agent_name,
-            queued_at=timezone.now(),
-            error=reason,
-            error_class=ErrorClass.CIRCUIT_OPEN,
-        ):
-            engine.event(
-                step.run,
-                EventKind.STEP_FALLBACK,
-                step=step,
-                from_status=StepStatus.RUNNING,
-                to_status=StepStatus.QUEUED,
-                message=f"{reason}: fallback agent {fallback} takes over",
-                data={"from": agent.name, "to": fallback},
-            )
-            to_send.append(step.pk)
-        return
-    if _put_back(
-        step,
-        status=StepStatus.RETRYING,
-        next_attempt_at=until,
-        error=reason,
-        error_class=ErrorClass.CIRCUIT_OPEN,
-    ):
-        engine.event(
-            step.run,
-            EventKind.STEP_RETRYING,
-            step=step,
-            from_status=StepStatus.RUNNING,
-            to_status=StepStatus.RETRYING,
-            message=f"{reason}; no fallback, waiting until {until:%H:%M:%S}",
-            data={"next_attempt_at": until.isoformat(), "delay": max(0.0, (until - timezone.now()).total_seconds())},
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +187,7 @@ def fallback_for(run: Run, step: StepRun, agent: Agent | None) -> str | None:
     """The agent to try next for this step, or None. Each agent is tried once per step."""
     if step.kind == StepKind.COMPENSATION:
         return None
-    spec = engine.step_spec(run, step.step_key)
+    spec = step_spec(run, step.step_key)
     if step.agent_name == spec.get("agent") and spec.get("fallback"):
         candidate = spec["fallback"]
     else:
@@ -247,7 +199,7 @@ def fallback_for(run: Run, step: StepRun, agent: Agent | None) -> str | None:
     fallback = load_agent(candidate) if candidate not in tried else None
     if fallback is None:
         return None
-    if fallback.risk == "high" and not gate_covers(step, step.input):
+    if fallback.risk == Risk.HIGH and not gate_covers(step, step.input):
         # A high-risk agent runs only after approval of its exact input: a failing low-risk
         # agent's fallback is no way round the gate. (A step whose gate approved this input may
         # fall back: the approvers saw the step, its input and its declared fallback.)
@@ -264,12 +216,12 @@ def attempts_with_current_agent(step: StepRun) -> int:
 # After an attempt
 
 
-def record_outcome(agent_name: str, *, succeeded: bool, error_class: str = "", now: datetime | None = None) -> list[int]:
-    """Update the agent's circuit after an attempt; returns throttled steps to send now."""
+def record_outcome(agent_name: str, *, succeeded: bool, now: datetime, error_class: str = "") -> Agent | None:
+    """Update the agent's circuit after an attempt. Returns the agent when it has a
+    max_concurrency (a slot came free: the engine releases throttled steps), else None."""
     agent = load_agent(agent_name)
     if agent is None or not _guarded(agent):
-        return []
-    now = now or timezone.now()
+        return None
     if agent.circuit:
         health = _lock_health(agent)
         if succeeded:
@@ -277,7 +229,7 @@ def record_outcome(agent_name: str, *, succeeded: bool, error_class: str = "", n
                 _set_circuit(health, CircuitState.CLOSED, "a call succeeded", now)
         elif error_class in HEALTH_FAILURES:
             _count_failure(agent, health, now)
-    return release_throttled(agent)
+    return agent if agent.max_concurrency else None
 
 
 def _count_failure(agent: Agent, health: AgentHealth, now: datetime) -> None:
@@ -292,7 +244,7 @@ def _count_failure(agent: Agent, health: AgentHealth, now: datetime) -> None:
         since = health.counting_since
     failures = Attempt.objects.filter(
         agent_name=agent.name,
-        status="failed",
+        status=AttemptStatus.FAILED,
         error_class__in=HEALTH_FAILURES,
         finished_at__gte=since,
     ).count()
@@ -322,24 +274,11 @@ def _set_circuit(health: AgentHealth, state: str, reason: str, now: datetime, *,
     AgentEvent.objects.create(agent=health.agent, from_state=before, to_state=state, message=reason)
 
 
-def release_throttled(agent: Agent) -> list[int]:
-    """Queue throttled steps of the agent for the slots now free, first come first served."""
+def free_slots(agent: Agent) -> int:
+    """How many more steps of this agent may run now (0 for an agent without a limit)."""
     if not agent.max_concurrency:
-        return []
-    free = agent.max_concurrency - in_flight(agent.name).count()
-    if free <= 0:
-        return []
-    ids = list(
-        StepRun.objects.filter(agent_name=agent.name, status=StepStatus.THROTTLED)
-        .order_by("queued_at", "id")
-        .values_list("pk", flat=True)[:free]
-    )
-    if not ids:
-        return []
-    StepRun.objects.filter(pk__in=ids, status=StepStatus.THROTTLED).update(
-        status=StepStatus.QUEUED, queued_at=timezone.now()
-    )
-    return ids
+        return 0
+    return max(0, agent.max_concurrency - in_flight(agent.name).count())
 
 
 def throttled_agents() -> list[Agent]:

@@ -19,8 +19,10 @@ from orchestration.status import (
     AttemptStatus,
     ErrorClass,
     EventKind,
+    Risk,
     RunStatus,
     StepStatus,
+    WaitingFor,
 )
 
 
@@ -58,9 +60,7 @@ class Agent(models.Model):
     # At most this many attempts in flight across all workers and runs (a provider's limit).
     max_concurrency = models.PositiveIntegerField(null=True, blank=True)
     # High-risk agents never act without an approval of the exact action (a gate).
-    risk = models.CharField(
-        max_length=10, choices=[("low", "Low"), ("medium", "Medium"), ("high", "High")], default="low"
-    )
+    risk = models.CharField(max_length=10, choices=Risk.choices, default=Risk.LOW)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -259,7 +259,7 @@ class StepRun(models.Model):
     # Set when a fallback agent took over: the agent that failed or whose circuit was open.
     fallback_from = models.CharField(max_length=100, blank=True)
     # What a waiting step waits for: approval, manual, gate, exception, event, timer, workflow.
-    waiting_for = models.CharField(max_length=20, blank=True)
+    waiting_for = models.CharField(max_length=20, choices=WaitingFor.choices, blank=True)
     # Attempts before this number belong to an earlier round (before an owner's retry).
     attempts_base = models.PositiveIntegerField(default=0)
     # for_each bookkeeping on the head row.

@@ -78,3 +78,25 @@ class EventKind(models.TextChoices):
     COMPENSATION_STARTED = "run.compensating", "Compensating"
     COMPENSATION_FAILED = "compensation.failed", "Compensation failed"
     MESSAGE_RESENT = "message.resent", "Task message re-sent"
+
+
+class WaitingFor(models.TextChoices):
+    """What a WAITING step waits for (StepRun.waiting_for); empty when it waits for nothing."""
+
+    APPROVAL = "approval", "a person's approval"
+    MANUAL = "manual", "a person's manual task"
+    # An agent step whose action needs approval of its exact input before it runs.
+    GATE = "gate", "approval of its action"
+    # A step that failed for good, escalated to the workflow owner (retry, skip or abort).
+    EXCEPTION = "exception", "the workflow owner's decision"
+    EVENT = "event", "an event"
+    TIMER = "timer", "a timer"
+    WORKFLOW = "workflow", "a sub-workflow run"
+
+
+class Risk(models.TextChoices):
+    """An agent's risk. A high-risk agent never acts without approval of the exact action."""
+
+    LOW = "low", "Low"
+    MEDIUM = "medium", "Medium"
+    HIGH = "high", "High"

@@ -15,10 +15,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
-from orchestration import dispatch, guards, transitions
+from orchestration import dispatch, transitions
 from orchestration.models import Run, StepKind, StepRun
 from orchestration.status import RUN_FINAL, StepStatus
 
@@ -147,12 +146,9 @@ def tick(now: datetime | None = None) -> TickReport:
     )
     # Throttled steps are released when a slot frees; this catches a release that was missed
     # (a cancelled run's steps, a worker that died holding a slot).
-    for agent in guards.throttled_agents():
+    for agent in transitions.throttled_agents():
         try:
-            with transaction.atomic():
-                ids = guards.release_throttled(agent)
-                dispatch.send_steps_on_commit(ids)
-            report.released += len(ids)
+            report.released += transitions.release_throttled(agent=agent)
         except Exception:
             logger.exception("ticker: releasing throttled steps of %s failed", agent.name)
     for sweep in SWEEPS:

@@ -1,25 +1,32 @@
 """Every change to a run's state goes through a function here.
 
 Views, the API, management commands, django-q2 tasks and the ticker all call these. Each one
-checks the state it starts from (compare-and-set), runs in one transaction holding the run's
-row lock, appends RunEvent rows, and leaves messages to workers until after commit.
+opens one unit of work (`change()`): a transaction that holds the run's row lock, checks the
+state it starts from (compare-and-set), lets the engine and the guards decide and record, and
+writes the change's RunEvent rows. After commit, `apply` alone does what the change asked of
+the world: messages to workers, parent runs to resume, the hooks other apps registered.
 """
 
 from __future__ import annotations
 
-import random
+import logging
 import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from orchestration import dispatch, engine, guards
-from orchestration.models import Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
+from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
+from orchestration.specs import step_spec
 from orchestration.status import (
     RUN_FINAL,
     STEP_FINAL,
@@ -28,11 +35,75 @@ from orchestration.status import (
     EventKind,
     RunStatus,
     StepStatus,
+    WaitingFor,
 )
+from orchestration.work import Work
+
+logger = logging.getLogger("baton.transitions")
 
 
 class InvalidTransition(Exception):
     """The object is not in a state that allows this change; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The unit of work
+
+
+@contextmanager
+def change(work: Work | None = None) -> Iterator[Work]:
+    """The transaction of one state change and its unit of work.
+
+    Given the unit of work of an enclosing change, this joins it: the outermost change writes
+    the events and applies the effects, once. Otherwise the events are written just before
+    commit, and `apply` runs once the outermost transaction has committed (at once when there
+    is none around this one), so nobody hears of a change that could still roll back.
+    """
+    if work is not None:
+        with transaction.atomic():
+            yield work
+        return
+    work = Work()
+    with transaction.atomic():
+        yield work
+        work.write_events()
+        transaction.on_commit(partial(apply, work))
+
+
+# What other apps do after a change commits (the live push), registered in AppConfig.ready so
+# that this module never imports them. Each is given the committed unit of work.
+AFTER_COMMIT: list[Callable[[Work], None]] = []
+
+
+def register_after_commit(hook: Callable[[Work], None]) -> None:
+    if hook not in AFTER_COMMIT:
+        AFTER_COMMIT.append(hook)
+
+
+def apply(work: Work) -> None:
+    """Do what a committed change asked of the world; each effect is tried on its own.
+
+    A message that cannot be sent is not lost: its step stays queued in our table and the
+    ticker re-sends it. A parent that cannot be resumed now is found by the ticker too.
+    """
+    if work.send_first:
+        # Recovered work (a due retry, a step taken back from a lost or stopping worker) goes
+        # to the head of the queue instead of waiting behind a backlog of fresh work.
+        dispatch.send_steps(work.send_first, first=True)
+    if work.send:
+        dispatch.send_steps(work.send)
+    for items in work.send_mapped:
+        dispatch.send_mapped(items)
+    for child_run_id in work.child_runs_ended:
+        try:
+            finish_child_run(child_run_id=child_run_id)
+        except Exception:
+            logger.exception("could not resume the parent of run %s", child_run_id)
+    for hook in AFTER_COMMIT:
+        try:
+            hook(work)
+        except Exception:
+            logger.exception("after-commit hook %s failed", getattr(hook, "__name__", hook))
 
 
 def lock_run(run_id: int) -> Run:
@@ -77,7 +148,7 @@ def start_run(
     if version is None:
         raise LookupError(f"workflow '{workflow.key}' has no published version")
     values = engine.validate_run_input(version.spec, input)
-    with engine.change():
+    with change() as work:
         run = Run.objects.create(
             workflow=workflow,
             version=version,
@@ -85,13 +156,13 @@ def start_run(
             started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
             trigger=trigger,
         )
-        engine.event(run, EventKind.RUN_STARTED, to_status=run.status, actor=started_by, message=f"version {version.number}, trigger {trigger}")
-        engine.advance(run)
+        work.event(run, EventKind.RUN_STARTED, to_status=run.status, actor=started_by, message=f"version {version.number}, trigger {trigger}")
+        engine.advance(work, run)
     return run
 
 
 def cancel_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
-    with engine.change():
+    with change() as work:
         try:
             run = _lock_run(run_id)
         except Run.DoesNotExist:
@@ -101,7 +172,7 @@ def cancel_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
         if run.status == RunStatus.COMPENSATING:
             raise InvalidTransition(f"run {run_id} is undoing its completed steps; it ends when they finish")
         who = getattr(actor, "username", None) or "an operator"
-        engine.fail_run(run, reason or f"cancelled by {who}", status=RunStatus.CANCELLED, actor=actor)
+        engine.fail_run(work, run, reason or f"cancelled by {who}", status=RunStatus.CANCELLED, actor=actor)
     return run
 
 
@@ -138,40 +209,45 @@ def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
 
 def claim_steps(*, step_run_ids: list[int], worker: str) -> list[Claim]:
     """Take every still-queued step of a list in one transaction (a chunk of for_each items)."""
+    with change() as work:
+        return _claim(work, step_run_ids, worker)
+
+
+def _claim(work: Work, step_run_ids: list[int], worker: str) -> list[Claim]:
     now = timezone.now()
     token = secrets.token_hex(16)
     lease = timedelta(seconds=settings.BATON_LEASE_SECONDS)
-    with engine.change():
-        won = StepRun.objects.filter(pk__in=step_run_ids, status=StepStatus.QUEUED).update(
-            status=StepStatus.RUNNING,
-            attempts=F("attempts") + 1,
-            claim_token=token,
-            lease_expires_at=now + lease,
-            started_at=Coalesce(F("started_at"), now),
-            next_attempt_at=None,
+    won = StepRun.objects.filter(pk__in=step_run_ids, status=StepStatus.QUEUED).update(
+        status=StepStatus.RUNNING,
+        attempts=F("attempts") + 1,
+        claim_token=token,
+        lease_expires_at=now + lease,
+        started_at=Coalesce(F("started_at"), now),
+        next_attempt_at=None,
+    )
+    if not won:
+        return []
+    claimed = list(
+        StepRun.objects.filter(pk__in=step_run_ids, claim_token=token).select_related("run").order_by("id")
+    )
+    steps, refused = guards.gate(work, claimed, now)
+    for refusal in refused:
+        engine.divert(work, refusal)
+    Attempt.objects.bulk_create(
+        [
+            Attempt(step_run=step, number=step.attempts, worker=worker, agent_name=step.agent_name, started_at=now)
+            for step in steps
+        ]
+    )
+    for step in steps:
+        work.event(
+            step.run,
+            EventKind.STEP_STARTED,
+            step=step,
+            from_status=StepStatus.QUEUED,
+            to_status=StepStatus.RUNNING,
+            message=f"attempt {step.attempts} on {worker}",
         )
-        if not won:
-            return []
-        claimed = list(
-            StepRun.objects.filter(pk__in=step_run_ids, claim_token=token).select_related("run").order_by("id")
-        )
-        steps, to_send = guards.gate(claimed, now)
-        dispatch.send_steps_on_commit(to_send)
-        Attempt.objects.bulk_create(
-            [
-                Attempt(step_run=step, number=step.attempts, worker=worker, agent_name=step.agent_name, started_at=now)
-                for step in steps
-            ]
-        )
-        for step in steps:
-            engine.event(
-                step.run,
-                EventKind.STEP_STARTED,
-                step=step,
-                from_status=StepStatus.QUEUED,
-                to_status=StepStatus.RUNNING,
-                message=f"attempt {step.attempts} on {worker}",
-            )
     return [
         Claim(
             step_run_id=step.pk,
@@ -217,65 +293,58 @@ class Success:
 
 def record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None = None) -> bool:
     """Store a worker's result; False (and nothing written) if the claim is no longer valid."""
-    return _record_success(claim=claim, output=output, usage=usage)
+    with change() as work:
+        return _record_success(work, claim, output, usage)
 
 
 def record_success_and_take_next(
     *, claim: Claim, output: Any, usage: dict[str, Any] | None = None, worker: str
 ) -> Claim | None:
-    """Store a result and, when it queued exactly one step, claim that step for this worker
-    in the same transaction: the worker runs it next with no broker round trip.
+    """Store a result and, when the engine picks this run's next step for this worker, claim
+    it in the same transaction: the worker runs it next with no broker round trip.
 
     Durable as any claim: the step is RUNNING under this worker's lease, so if the worker dies
     before running it the lease runs out and the ticker gives it to another worker.
     """
-    with engine.change():
-        # The slot is open only while this worker's own step is recorded, and closed before
-        # commit: a step queued by an on-commit callback (a finished child run resuming its
-        # parent) is sent to the broker, not dropped into a slot nobody reads any more.
-        with dispatch.keeping_the_next_step() as kept:
-            recorded = _record_success(claim=claim, output=output, usage=usage)
-        if not recorded or not kept:
+    with change() as work:
+        work.continue_for_run = claim.run_id
+        if not _record_success(work, claim, output, usage) or work.continue_with is None:
             return None
-        claims = claim_steps(step_run_ids=kept, worker=worker)
-        if not claims:
-            # The claim was refused (a guarded agent throttled or diverted it, and the guard
-            # sent what it had to): nothing to run here.
-            return None
-    return claims[0]
+        # Refused when a guard throttled or diverted it (and the guard did what it had to).
+        claims = _claim(work, [work.continue_with], worker)
+    return claims[0] if claims else None
 
 
-def _record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None) -> bool:
+def _record_success(work: Work, claim: Claim, output: Any, usage: dict[str, Any] | None) -> bool:
     now = timezone.now()
-    with engine.change():
-        run = _lock_run(claim.run_id)
-        won = StepRun.objects.filter(
-            pk=claim.step_run_id, status=StepStatus.RUNNING, claim_token=claim.token
-        ).update(
-            status=StepStatus.SUCCEEDED,
-            output=output,
-            usage=usage or {},
-            error="",
-            error_class="",
-            finished_at=now,
-            lease_expires_at=None,
-        )
-        if not won:
-            # A late or duplicate delivery: the lease expired and another attempt owns the
-            # step, or the run was cancelled. Its result must not count.
-            return False
-        Attempt.objects.filter(step_run_id=claim.step_run_id, number=claim.attempt).update(
-            status=AttemptStatus.SUCCEEDED, finished_at=now, usage=usage or {}
-        )
-        dispatch.send_steps_on_commit(guards.record_outcome(claim.agent_name, succeeded=True, now=now))
-        if claim.parent_id is not None:
-            # A for_each item: what follows needs only its parent, so skip re-reading the row.
-            item = StepRun(pk=claim.step_run_id, run_id=claim.run_id, parent_id=claim.parent_id)
-            engine.event(run, EventKind.STEP_SUCCEEDED, step=item, from_status=StepStatus.RUNNING, to_status=StepStatus.SUCCEEDED)
-            _items_succeeded(run, claim.parent_id, 1)
-            return True
-        # What follows needs only these fields; re-reading the row would cost a round trip on
-        # the handoff path (after_success reads the full row itself if the step must fail).
+    run = _lock_run(claim.run_id)
+    won = StepRun.objects.filter(
+        pk=claim.step_run_id, status=StepStatus.RUNNING, claim_token=claim.token
+    ).update(
+        status=StepStatus.SUCCEEDED,
+        output=output,
+        usage=usage or {},
+        error="",
+        error_class="",
+        finished_at=now,
+        lease_expires_at=None,
+    )
+    if not won:
+        # A late or duplicate delivery: the lease expired and another attempt owns the
+        # step, or the run was cancelled. Its result must not count.
+        return False
+    Attempt.objects.filter(step_run_id=claim.step_run_id, number=claim.attempt).update(
+        status=AttemptStatus.SUCCEEDED, finished_at=now, usage=usage or {}
+    )
+    limited = guards.record_outcome(claim.agent_name, succeeded=True, now=now)
+    if claim.parent_id is not None:
+        # A for_each item: what follows needs only its parent, so skip re-reading the row.
+        item = StepRun(pk=claim.step_run_id, run_id=claim.run_id, parent_id=claim.parent_id)
+        work.event(run, EventKind.STEP_SUCCEEDED, step=item, from_status=StepStatus.RUNNING, to_status=StepStatus.SUCCEEDED)
+        _items_succeeded(work, run, claim.parent_id, 1)
+    else:
+        # What follows needs only these fields; re-reading the row would cost a round trip
+        # on the handoff path (after_success reads the full row itself if the step must fail).
         step = StepRun(
             pk=claim.step_run_id,
             run_id=claim.run_id,
@@ -286,8 +355,12 @@ def _record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None) 
             status=StepStatus.SUCCEEDED,
             output=output,
         )
-        engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.RUNNING, to_status=step.status)
-        engine.after_success(run, step)
+        work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.RUNNING, to_status=step.status)
+        engine.after_success(work, run, step)
+    if limited is not None:
+        # After this run's own next step was chosen: a freed slot goes to whoever waited
+        # longest for it, through the broker.
+        engine.release_throttled(work, limited)
     return True
 
 
@@ -301,7 +374,7 @@ def record_item_successes(*, successes: list[Success]) -> int:
         return 0
     first = successes[0].claim
     assert first.parent_id is not None and all(s.claim.parent_id == first.parent_id for s in successes)
-    with engine.change():
+    with change() as work:
         run = _lock_run(first.run_id)
         # Under the run lock nothing else can move these rows out of RUNNING: every transition
         # that could (cancel, lease expiry, failure) takes the same lock.
@@ -344,15 +417,17 @@ def record_item_successes(*, successes: list[Success]) -> int:
                 attempt.usage = s.usage or {}
                 changed.append(attempt)
         Attempt.objects.bulk_update(changed, ["status", "started_at", "finished_at", "usage"])
-        dispatch.send_steps_on_commit(guards.record_outcome(first.agent_name, succeeded=True))
+        limited = guards.record_outcome(first.agent_name, succeeded=True, now=timezone.now())
         for s in kept:
             item = StepRun(pk=s.claim.step_run_id, run_id=s.claim.run_id, parent_id=s.claim.parent_id)
-            engine.event(run, EventKind.STEP_SUCCEEDED, step=item, from_status=StepStatus.RUNNING, to_status=StepStatus.SUCCEEDED)
-        _items_succeeded(run, first.parent_id, len(kept))
+            work.event(run, EventKind.STEP_SUCCEEDED, step=item, from_status=StepStatus.RUNNING, to_status=StepStatus.SUCCEEDED)
+        _items_succeeded(work, run, first.parent_id, len(kept))
+        if limited is not None:
+            engine.release_throttled(work, limited)
     return len(kept)
 
 
-def _items_succeeded(run: Run, parent_id: int, count: int) -> None:
+def _items_succeeded(work: Work, run: Run, parent_id: int, count: int) -> None:
     StepRun.objects.filter(pk=parent_id).update(items_done=F("items_done") + count)
     parent = StepRun.objects.get(pk=parent_id)
     if parent.status in STEP_FINAL:
@@ -362,10 +437,10 @@ def _items_succeeded(run: Run, parent_id: int, count: int) -> None:
         parent.output = engine.collect_items(parent)
         parent.finished_at = timezone.now()
         parent.save(update_fields=["status", "output", "finished_at"])
-        engine.event(run, EventKind.STEP_SUCCEEDED, step=parent, from_status=StepStatus.RUNNING, to_status=parent.status, message=f"all {parent.items_total} items done")
-        engine.after_success(run, parent)
+        work.event(run, EventKind.STEP_SUCCEEDED, step=parent, from_status=StepStatus.RUNNING, to_status=parent.status, message=f"all {parent.items_total} items done")
+        engine.after_success(work, run, parent)
     else:
-        engine.sends(engine.release_next_items(run, parent, count))
+        engine.release_next_items(work, run, parent, count)
 
 
 def record_failure(
@@ -377,13 +452,10 @@ def record_failure(
     usage: dict[str, Any] | None = None,
     retry_after: float | None = None,
 ) -> bool:
-    """A failed attempt: retry later by the step's policy, or fail the step for good.
-
-    A server's Retry-After (retry_after seconds) is honoured: the next attempt waits at
-    least that long, whatever the backoff says.
-    """
+    """A failed attempt: the engine retries the step later by its policy, hands it to a
+    fallback or fails it for good. False (nothing written) if the claim is no longer valid."""
     now = timezone.now()
-    with engine.change():
+    with change() as work:
         run = _lock_run(claim.run_id)
         step = StepRun.objects.filter(
             pk=claim.step_run_id, status=StepStatus.RUNNING, claim_token=claim.token
@@ -398,67 +470,11 @@ def record_failure(
             traceback=traceback[-20000:],
             usage=usage or {},
         )
-        dispatch.send_steps_on_commit(
-            guards.record_outcome(step.agent_name, succeeded=False, error_class=error_class, now=now)
-        )
-        agent = guards.load_agent(step.agent_name)
-        policy = engine.retry_policy(agent.retry if agent else None, engine.step_spec(run, step.step_key))
-        tried = guards.attempts_with_current_agent(step)
-        if error_class == ErrorClass.PERMANENT or tried >= policy["attempts"]:
-            tries = f" after {tried} attempts" if tried > 1 else ""
-            fallback = guards.fallback_for(run, step, agent)
-            if fallback is not None:
-                _switch_to_fallback(run, step, fallback, f"{message}{tries}")
-                return True
-            engine.fail_step(run, step, f"{message}{tries}", error_class)
-            return True
-        delay = max(backoff_seconds(policy, step.attempts), retry_after or 0.0)
-        step.status = StepStatus.RETRYING
-        step.next_attempt_at = now + timedelta(seconds=delay)
-        step.error = message
-        step.error_class = error_class
-        step.lease_expires_at = None
-        step.save(update_fields=["status", "next_attempt_at", "error", "error_class", "lease_expires_at"])
-        engine.event(
-            run,
-            EventKind.STEP_RETRYING,
-            step=step,
-            from_status=StepStatus.RUNNING,
-            to_status=step.status,
-            message=f"{error_class}: {message}; attempt {step.attempts + 1} in {delay:.1f}s",
-            data={"next_attempt_at": step.next_attempt_at.isoformat(), "delay": delay},
-        )
+        limited = guards.record_outcome(step.agent_name, succeeded=False, error_class=error_class, now=now)
+        engine.after_failure(work, run, step, error_class=error_class, message=message, retry_after=retry_after, now=now)
+        if limited is not None:
+            engine.release_throttled(work, limited)
     return True
-
-
-def _switch_to_fallback(run: Run, step: StepRun, fallback: str, why: str) -> None:
-    failed_agent = step.agent_name
-    step.fallback_from = step.fallback_from or failed_agent
-    step.agent_name = fallback
-    step.status = StepStatus.QUEUED
-    step.queued_at = timezone.now()
-    step.error = why
-    step.lease_expires_at = None
-    step.claim_token = ""
-    step.save(update_fields=["fallback_from", "agent_name", "status", "queued_at", "error", "lease_expires_at", "claim_token"])
-    engine.event(
-        run,
-        EventKind.STEP_FALLBACK,
-        step=step,
-        from_status=StepStatus.RUNNING,
-        to_status=StepStatus.QUEUED,
-        message=f"agent {failed_agent} failed for good ({why}); fallback agent {fallback} takes over",
-        data={"from": failed_agent, "to": fallback},
-    )
-    dispatch.send_steps_on_commit([step.pk])
-
-
-def backoff_seconds(policy: dict[str, Any], attempts_so_far: int) -> float:
-    """Exponential backoff capped at max_backoff; with jitter, "full jitter" (0..cap)."""
-    ceiling = min(float(policy["max_backoff"]), float(policy["backoff"]) * 2 ** (attempts_so_far - 1))
-    if policy.get("jitter"):
-        return random.uniform(0, ceiling)
-    return ceiling
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,7 +492,7 @@ def resolve_waiting_step(
 ) -> StepRun:
     """Finish a step that waits (approval, manual task, event, timer, child run)."""
     step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
-    with engine.change():
+    with change() as work:
         run = _lock_run(step_run.run_id)
         step = StepRun.objects.get(pk=step_run_id)
         if step.status != StepStatus.WAITING:
@@ -484,15 +500,15 @@ def resolve_waiting_step(
         if expected_kind and step.kind != expected_kind:
             raise InvalidTransition(f"step '{step.step_key}' is a {step.kind} step, not {expected_kind}")
         if failed:
-            engine.fail_step(run, step, error or "failed", ErrorClass.PERMANENT)
+            engine.fail_step(work, run, step, error or "failed", ErrorClass.PERMANENT)
             return step
         step.status = StepStatus.SUCCEEDED
         step.output = output
         step.finished_at = timezone.now()
         step.wake_at = None
         step.save(update_fields=["status", "output", "finished_at", "wake_at"])
-        engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor)
-        engine.after_success(run, step)
+        work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor)
+        engine.after_success(work, run, step)
     return step
 
 
@@ -508,12 +524,12 @@ def _waiting_step(run: Run, step_run_id: int, waiting_for: str) -> StepRun:
 def release_gate(*, step_run_id: int, actor: Any = None, note: str = "") -> StepRun:
     """The gate's approvers approved the exact action: the agent step runs now."""
     step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
-    with engine.change():
+    with change() as work:
         run = _lock_run(step_run.run_id)
-        step = _waiting_step(run, step_run_id, "gate")
+        step = _waiting_step(run, step_run_id, WaitingFor.GATE)
         step.waiting_for = ""
         # What was approved, so that a later retry with another input cannot run under it.
-        engine.event(
+        work.event(
             run,
             EventKind.STEP_RELEASED,
             step=step,
@@ -522,41 +538,38 @@ def release_gate(*, step_run_id: int, actor: Any = None, note: str = "") -> Step
             message=note or "approved",
             data={"input_sha256": guards.action_digest(step.input)},
         )
-        to_send: list[int] = []
-        spec = engine.step_spec(run, step.step_key)
-        engine.start_agent(run, spec, step, engine.template_context(run, iteration=step.iteration), to_send)
-        dispatch.send_steps_on_commit(to_send)
+        spec = step_spec(run, step.step_key)
+        engine.start_agent(work, run, spec, step, engine.template_context(run, iteration=step.iteration))
     return step
 
 
 def refuse_gate(*, step_run_id: int, actor: Any = None, reason: str) -> StepRun:
     """The gate was rejected (or timed out): the action never runs and the step fails."""
     step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
-    with engine.change():
+    with change() as work:
         run = _lock_run(step_run.run_id)
-        step = _waiting_step(run, step_run_id, "gate")
+        step = _waiting_step(run, step_run_id, WaitingFor.GATE)
         # A refused action is a decision, not an accident: it is not escalated as an exception.
-        step.waiting_for = "gate-refused"
-        engine.fail_step(run, step, reason, ErrorClass.PERMANENT)
+        engine.fail_step(work, run, step, reason, ErrorClass.PERMANENT, escalate=False)
     return step
 
 
 def retry_escalated_step(*, step_run_id: int, actor: Any = None, input: Any = None, edit_input: bool = False) -> StepRun:
     """The owner retries a step that failed for good, optionally with edited input."""
     step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
-    with engine.change():
+    with change() as work:
         run = _lock_run(step_run.run_id)
-        step = _waiting_step(run, step_run_id, "exception")
-        spec = engine.step_spec(run, step.step_key)
+        step = _waiting_step(run, step_run_id, WaitingFor.EXCEPTION)
+        spec = step_spec(run, step.step_key)
         step.waiting_for = ""
         step.error = ""
         step.error_class = ""
         if edit_input:
             step.input = input
-        engine.event(run, EventKind.STEP_QUEUED, step=step, from_status=StepStatus.WAITING, actor=actor, message="retried by the owner" + (" with edited input" if edit_input else ""))
+        work.event(run, EventKind.STEP_QUEUED, step=step, from_status=StepStatus.WAITING, actor=actor, message="retried by the owner" + (" with edited input" if edit_input else ""))
         if step.kind == StepKind.WORKFLOW:
             step.save()
-            engine.restart_child(run, spec, step)
+            engine.restart_child(work, run, spec, step)
             return step
         if step.items_total:
             # A map: only the items that failed run again.
@@ -566,7 +579,7 @@ def retry_escalated_step(*, step_run_id: int, actor: Any = None, input: Any = No
             )
             step.status = StepStatus.RUNNING
             step.save()
-            dispatch.send_steps_on_commit(failed)
+            work.send.extend(failed)
             return step
         step.agent_name = spec["agent"]
         step.fallback_from = ""
@@ -575,39 +588,39 @@ def retry_escalated_step(*, step_run_id: int, actor: Any = None, input: Any = No
         if engine.needs_gate(spec) and not guards.gate_covers(step, step.input):
             # A gated or high-risk action runs only with an approval of its exact input: an
             # edited input (or one never approved) goes back to the gate, which shows it.
-            engine.gate_again(run, spec, step)
+            engine.gate_again(work, run, spec, step)
             return step
         step.status = StepStatus.QUEUED
         step.queued_at = timezone.now()
         step.save()
-        dispatch.send_steps_on_commit([step.pk])
+        work.send.append(step.pk)
     return step
 
 
 def skip_escalated_step(*, step_run_id: int, actor: Any = None, output: Any = None) -> StepRun:
     """The owner skips a failed step, supplying the output later steps will see."""
     step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
-    with engine.change():
+    with change() as work:
         run = _lock_run(step_run.run_id)
-        step = _waiting_step(run, step_run_id, "exception")
+        step = _waiting_step(run, step_run_id, WaitingFor.EXCEPTION)
         step.waiting_for = ""
         step.status = StepStatus.SUCCEEDED
         step.output = output
         step.finished_at = timezone.now()
         step.save()
-        engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor, message="skipped by the owner, who supplied its output")
-        engine.after_success(run, step)
+        work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor, message="skipped by the owner, who supplied its output")
+        engine.after_success(work, run, step)
     return step
 
 
 def abort_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
     """The owner gives up on a run (from an exception item): it fails, compensating if it can."""
-    with engine.change():
+    with change() as work:
         run = _lock_run(run_id)
         if run.status != RunStatus.RUNNING:
             raise InvalidTransition(f"run {run_id} is {run.status}")
         who = getattr(actor, "username", None) or "the owner"
-        engine.fail_run(run, reason or f"aborted by {who}", actor=actor)
+        engine.fail_run(work, run, reason or f"aborted by {who}", actor=actor)
     return run
 
 
@@ -617,7 +630,7 @@ def signal_event(*, run_id: int, event_name: str, payload: Any = None, actor: An
     resolved = 0
     for step in waiting:
         run = Run.objects.get(pk=run_id)
-        wait = engine.step_spec(run, step.step_key).get("wait", {})
+        wait = step_spec(run, step.step_key).get("wait", {})
         if wait.get("event") == event_name:
             try:
                 resolve_waiting_step(step_run_id=step.pk, output={"event": event_name, "payload": payload}, actor=actor)
@@ -629,21 +642,21 @@ def signal_event(*, run_id: int, event_name: str, payload: Any = None, actor: An
 
 def wake_timer(*, step_run_id: int) -> bool:
     step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
-    with engine.change():
+    with change() as work:
         run = _lock_run(step_run.run_id)
         step = StepRun.objects.get(pk=step_run_id)
         if step.status != StepStatus.WAITING or step.wake_at is None or step.wake_at > timezone.now():
             return False
-        wait = engine.step_spec(run, step.step_key).get("wait", {})
+        wait = step_spec(run, step.step_key).get("wait", {})
         if wait.get("event"):
-            engine.fail_step(run, step, f"event '{wait['event']}' did not arrive within {wait.get('timeout')}", ErrorClass.TIMEOUT)
+            engine.fail_step(work, run, step, f"event '{wait['event']}' did not arrive within {wait.get('timeout')}", ErrorClass.TIMEOUT)
             return True
         step.status = StepStatus.SUCCEEDED
         step.output = {"waited": wait.get("for")}
         step.finished_at = timezone.now()
         step.save(update_fields=["status", "output", "finished_at"])
-        engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, message="timer elapsed")
-        engine.after_success(run, step)
+        work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, message="timer elapsed")
+        engine.after_success(work, run, step)
     return True
 
 
@@ -653,7 +666,7 @@ def finish_child_run(*, child_run_id: int) -> bool:
     if child.parent_step_id is None or child.status not in RUN_FINAL:
         return False
     parent_step = StepRun.objects.only("run_id").get(pk=child.parent_step_id)
-    with engine.change():
+    with change() as work:
         run = _lock_run(parent_step.run_id)
         step = StepRun.objects.get(pk=child.parent_step_id)
         child = Run.objects.get(pk=child_run_id)
@@ -664,10 +677,10 @@ def finish_child_run(*, child_run_id: int) -> bool:
             step.output = child.output
             step.finished_at = timezone.now()
             step.save(update_fields=["status", "output", "finished_at"])
-            engine.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, message=f"sub-workflow run {child.pk} succeeded")
-            engine.after_success(run, step)
+            work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, message=f"sub-workflow run {child.pk} succeeded")
+            engine.after_success(work, run, step)
         else:
-            engine.fail_step(run, step, f"sub-workflow run {child.pk} {child.status}: {child.error}", ErrorClass.PERMANENT)
+            engine.fail_step(work, run, step, f"sub-workflow run {child.pk} {child.status}: {child.error}", ErrorClass.PERMANENT)
     return True
 
 
@@ -697,14 +710,23 @@ def expire_lease(*, step_run_id: int, token: str, attempt: int, run_id: int) -> 
 
 def queue_due_retry(*, step_run_id: int) -> bool:
     now = timezone.now()
-    with engine.change():
+    with change() as work:
         won = StepRun.objects.filter(
             pk=step_run_id, status=StepStatus.RETRYING, next_attempt_at__lte=now
         ).update(status=StepStatus.QUEUED, queued_at=now)
         if won:
+            step = StepRun.objects.select_related("run").get(pk=step_run_id)
+            work.event(
+                step.run,
+                EventKind.STEP_QUEUED,
+                step=step,
+                from_status=StepStatus.RETRYING,
+                to_status=StepStatus.QUEUED,
+                message=f"attempt {step.attempts + 1}: its retry is due",
+            )
             # A retry (of a failed attempt or one lost with its worker) has waited its backoff
             # already: it goes to the head of the queue, not behind a backlog of fresh steps.
-            dispatch.send_steps_first_on_commit([step_run_id])
+            work.send_first.append(step_run_id)
     return bool(won)
 
 
@@ -715,14 +737,14 @@ def resend_lost_message(*, step_run_id: int, queued_at: Any) -> bool:
     that does arrive later is refused by claim_step.
     """
     now = timezone.now()
-    with engine.change():
+    with change() as work:
         won = StepRun.objects.filter(
             pk=step_run_id, status=StepStatus.QUEUED, queued_at=queued_at
         ).update(queued_at=now)
         if won:
             step = StepRun.objects.select_related("run").get(pk=step_run_id)
-            engine.event(step.run, EventKind.MESSAGE_RESENT, step=step, message="no worker took the step; message sent again")
-            dispatch.send_steps_first_on_commit([step_run_id])
+            work.event(step.run, EventKind.MESSAGE_RESENT, step=step, message="no worker took the step; message sent again")
+            work.send_first.append(step_run_id)
     return bool(won)
 
 
@@ -740,7 +762,7 @@ def release_steps(*, step_run_ids: list[int], workers: list[str], why: str) -> i
         StepRun.objects.filter(pk__in=step_run_ids, status=StepStatus.RUNNING).values_list("pk", "run_id", "claim_token", "attempts")
     )
     for pk, run_id, token, attempts in held:
-        with engine.change():
+        with change() as work:
             run = _lock_run(run_id)
             worker = Attempt.objects.filter(step_run_id=pk, number=attempts, worker__in=workers).values_list("worker", flat=True).first()
             if worker is None:
@@ -756,7 +778,7 @@ def release_steps(*, step_run_ids: list[int], workers: list[str], why: str) -> i
             step.claim_token = ""
             step.lease_expires_at = None
             step.save(update_fields=["status", "queued_at", "claim_token", "lease_expires_at"])
-            engine.event(
+            work.event(
                 run,
                 EventKind.STEP_QUEUED,
                 step=step,
@@ -764,9 +786,20 @@ def release_steps(*, step_run_ids: list[int], workers: list[str], why: str) -> i
                 to_status=StepStatus.QUEUED,
                 message=f"released by {worker}: {why}; queued for another worker",
             )
-            dispatch.send_steps_first_on_commit([pk])
+            work.send_first.append(pk)
             released += 1
     return released
+
+
+def release_throttled(*, agent: Agent) -> int:
+    """Queue the agent's throttled steps for its free slots: the ticker's catch for a release
+    that was missed (a cancelled run's steps, a worker that died holding a slot)."""
+    with change() as work:
+        return engine.release_throttled(work, agent)
+
+
+def throttled_agents() -> list[Agent]:
+    return guards.throttled_agents()
 
 
 def attempts_in_hand(*, workers: list[str]) -> QuerySet[Attempt]:

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from orchestration.work import Work
+
 
 class PeopleHandler(Protocol):
-    def open(self, *, run: Any, step: Any, spec: dict[str, Any], context: dict[str, Any], kind: str) -> None:
-        """Create the inbox item for a step that now waits (inside the engine's transaction).
+    def open(self, work: Work, *, run: Any, step: Any, spec: dict[str, Any], context: dict[str, Any], kind: str) -> None:
+        """Create the inbox item for a step that now waits (inside the engine's transaction),
+        and note it in the unit of work.
 
         kind is "approval", "manual", "gate" (an agent step waiting for approval of its exact
         input) or "exception" (a step that failed for good, escalated to the workflow owner).
         """
 
-    def close(self, *, step_ids: list[int], reason: str) -> None:
+    def close(self, work: Work, *, step_ids: list[int], reason: str) -> None:
         """The steps stopped waiting for another reason (run cancelled or failed)."""
 
 
@@ -29,12 +32,12 @@ def register(handler: PeopleHandler) -> None:
     _handler = handler
 
 
-def open_wait(*, run: Any, step: Any, spec: dict[str, Any], context: dict[str, Any], kind: str) -> None:
+def open_wait(work: Work, *, run: Any, step: Any, spec: dict[str, Any], context: dict[str, Any], kind: str) -> None:
     if _handler is None:
         raise RuntimeError("no handler for steps that wait for people: is the approvals app installed?")
-    _handler.open(run=run, step=step, spec=spec, context=context, kind=kind)
+    _handler.open(work, run=run, step=step, spec=spec, context=context, kind=kind)
 
 
-def close_waits(*, step_ids: list[int], reason: str) -> None:
+def close_waits(work: Work, *, step_ids: list[int], reason: str) -> None:
     if _handler is not None and step_ids:
-        _handler.close(step_ids=step_ids, reason=reason)
+        _handler.close(work, step_ids=step_ids, reason=reason)

@@ -58,12 +58,12 @@ def outsider(db: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _forget_cached_specs() -> Any:
     # The engine caches immutable version specs by id; test databases reuse ids.
-    from orchestration.engine import _spec, loop_waits
+    from orchestration.specs import loop_waits, version_spec
 
-    _spec.cache_clear()
+    version_spec.cache_clear()
     loop_waits.cache_clear()
     yield
-    _spec.cache_clear()
+    version_spec.cache_clear()
     loop_waits.cache_clear()
 
 
@@ -76,7 +76,7 @@ def _fast_passwords(settings: Any) -> None:
 @pytest.fixture(autouse=True)
 def _forget_cached_agents() -> Any:
     # Workers keep agents for a moment; tests recreate them under the same names.
-    from orchestration.guards import forget_agents
+    from orchestration.specs import forget_agents
 
     forget_agents()
     yield

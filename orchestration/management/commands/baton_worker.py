@@ -39,11 +39,11 @@ _registry: Any = None
 
 def _worker_started(sender: Any = None, proc_name: str = "", **kwargs: Any) -> None:
     """django-q2's post_spawn, run inside each new worker process."""
-    from orchestration import tasks
+    from orchestration import runtime
 
     # A worker signalled directly (a service manager signals the whole process group) drains
     # like the rest of the cluster instead of dying in the middle of a step.
-    signal.signal(signal.SIGTERM, tasks.stop_taking_steps)
+    signal.signal(signal.SIGTERM, runtime.stop_taking_steps)
     if _registry is None:
         return
     with _registry.get_lock():
@@ -105,12 +105,12 @@ class Generation:
     def __init__(self) -> None:
         from django_q.cluster import Cluster
 
-        from orchestration import tasks
+        from orchestration import runtime
 
         context = multiprocessing.get_context("fork")
         # A stop flag of its own: a replaced cluster drains while its successor works.
         self.stop_flag = context.Event()
-        tasks.share_stop_flag(self.stop_flag)
+        runtime.share_stop_flag(self.stop_flag)
         # A connection open in this process must not be inherited by the forked cluster:
         # the first child to close it would close it for us too (PostgreSQL).
         connections.close_all()
