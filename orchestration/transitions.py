@@ -86,24 +86,23 @@ def apply(work: Work) -> None:
     A message that cannot be sent is not lost: its step stays queued in our table and the
     ticker re-sends it. A parent that cannot be resumed now is found by the ticker too.
     """
-    if work.send_first:
-        # Recovered work (a due retry, a step taken back from a lost or stopping worker) goes
-        # to the head of the queue instead of waiting behind a backlog of fresh work.
-        dispatch.send_steps(work.send_first, first=True)
-    if work.send:
-        dispatch.send_steps(work.send)
-    for items in work.send_mapped:
-        dispatch.send_mapped(items)
-    for child_run_id in work.child_runs_ended:
+    # Recovered work (a due retry, a step taken back from a lost or stopping worker) goes to
+    # the head of the queue instead of waiting behind a backlog of fresh work.
+    effects: list[tuple[str, Callable[[], Any]]] = [
+        ("sending recovered steps", partial(dispatch.send_steps, work.send_first, first=True)),
+        ("sending steps", partial(dispatch.send_steps, work.send)),
+    ]
+    effects += [("sending map items", partial(dispatch.send_mapped, items)) for items in work.send_mapped]
+    effects += [
+        (f"resuming the parent of run {child}", partial(finish_child_run, child_run_id=child))
+        for child in work.child_runs_ended
+    ]
+    effects += [(f"after-commit hook {getattr(hook, '__name__', hook)}", partial(hook, work)) for hook in AFTER_COMMIT]
+    for what, effect in effects:
         try:
-            finish_child_run(child_run_id=child_run_id)
+            effect()
         except Exception:
-            logger.exception("could not resume the parent of run %s", child_run_id)
-    for hook in AFTER_COMMIT:
-        try:
-            hook(work)
-        except Exception:
-            logger.exception("after-commit hook %s failed", getattr(hook, "__name__", hook))
+            logger.exception("after commit: %s failed", what)
 
 
 def lock_run(run_id: int) -> Run:

@@ -1,0 +1,162 @@
+"""One unit of work per state change: the engine picks the step a worker continues with, every
+step's status change is in the run's timeline, and effects reach the world only after commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import time_machine
+from django.db import transaction
+from django.utils import timezone
+
+from orchestration import dispatch, transitions
+from orchestration.models import Run, RunEvent, StepRun
+from orchestration.status import EventKind, RunStatus, StepStatus
+from orchestration.tasks import execute_step
+from orchestration.ticker import tick
+from orchestration.work import Work
+from tests.support import drive, load_workflow
+
+pytestmark = pytest.mark.django_db
+
+AGENTS = """
+agents:
+  - {name: echo, kind: python, config: {callable: "tests.agents.basic:echo"}}
+  - {name: limited, kind: python, config: {callable: "tests.agents.basic:echo"}, max_concurrency: 1}
+  - {name: flaky, kind: python, config: {callable: "tests.agents.basic:flaky"}, retry: {attempts: 3, backoff: 1s, jitter: false}}
+"""
+
+
+def flow(steps: str, *, key: str = "wf") -> None:
+    load_workflow(AGENTS + f"workflow:\n  key: {key}\n  name: {key}\n  steps:\n{steps}\n")
+
+
+def head(run: Run, key: str) -> StepRun:
+    return StepRun.objects.get(run=run, step_key=key, map_index__isnull=True)
+
+
+@pytest.fixture
+def empty_broker() -> Iterator[Any]:
+    broker = dispatch.broker()
+    broker.purge_queue()
+    yield broker
+    broker.purge_queue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_that_finishes_a_step_continues_with_its_own_run_and_a_freed_slot_goes_to_the_broker(
+    empty_broker: Any,
+) -> None:
+    flow("    - {key: a, agent: limited, input: 1}\n    - {key: b, agent: echo, after: [a], input: 2}")
+    first, second = transitions.start_run(workflow="wf"), transitions.start_run(workflow="wf")
+    claim = transitions.claim_step(step_run_id=head(first, "a").pk, worker="w1")
+    assert claim is not None
+    assert transitions.claim_step(step_run_id=head(second, "a").pk, worker="w2") is None
+    assert head(second, "a").status == StepStatus.THROTTLED, "run 2's `a` waits for the one slot"
+    empty_broker.purge_queue()
+
+    taken = transitions.record_success_and_take_next(claim=claim, output=1, worker="w1")
+
+    assert taken is not None and taken.step_run_id == head(first, "b").pk, "w1 goes on with run 1's `b`"
+    assert head(first, "b").status == StepStatus.RUNNING
+    assert head(second, "a").status == StepStatus.QUEUED, "the freed slot went to run 2's `a`"
+    assert dispatch.queued_step_ids() == {head(second, "a").pk}, "... whose message is in the broker"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_continues_with_nothing_when_its_run_queues_several_steps(empty_broker: Any) -> None:
+    flow(
+        "    - {key: a, agent: echo, input: 1}\n"
+        "    - {key: b, agent: echo, after: [a], input: 2}\n"
+        "    - {key: c, agent: echo, after: [a], input: 3}"
+    )
+    run = transitions.start_run(workflow="wf")
+    claim = transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1")
+    assert claim is not None
+    empty_broker.purge_queue()
+    assert transitions.record_success_and_take_next(claim=claim, output=1, worker="w1") is None
+    assert dispatch.queued_step_ids() == {head(run, "b").pk, head(run, "c").pk}, "a fan-out is for every worker"
+
+
+def status_paths(run: Run) -> dict[int, list[str]]:
+    """Each step's statuses as its events tell them, from the status it was created in."""
+    paths: dict[int, list[str]] = {}
+    for event in RunEvent.objects.filter(run=run, step_run__isnull=False).order_by("id"):
+        if not event.to_status:
+            continue
+        path = paths.setdefault(event.step_run_id, [event.from_status] if event.from_status else [])
+        assert not event.from_status or not path or path[-1] == event.from_status, (
+            f"{event.kind} of step {event.step_run_id} starts from {event.from_status}, but its "
+            f"last recorded status is {path[-1]}: a move in between has no event"
+        )
+        path.append(event.to_status)
+    return paths
+
+
+def test_every_status_change_of_every_step_is_in_the_timeline() -> None:
+    flow(
+        "    - {key: shaky, agent: flaky, input: {succeed_on: 2}}\n"
+        "    - {key: fan, agent: limited, after: [shaky], for_each: '[1, 2, 3, 4]', concurrency: 2}"
+    )
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        run = transitions.start_run(workflow="wf")
+        execute_step(head(run, "shaky").pk)  # its first attempt fails: it retries in 1 s
+        clock.shift(2)
+        tick()
+        execute_step(head(run, "shaky").pk)  # the retry succeeds: the map starts, two at a time
+        first, second = StepRun.objects.filter(run=run, status=StepStatus.QUEUED).order_by("map_index")
+        claim = transitions.claim_step(step_run_id=first.pk, worker="w1")
+        assert claim is not None
+        assert transitions.claim_step(step_run_id=second.pk, worker="w2") is None, "`limited` has one slot"
+        transitions.record_success(claim=claim, output=1)
+        run = drive(run, clock=clock)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+
+    paths = status_paths(run)
+    steps = list(StepRun.objects.filter(run=run))
+    for step in steps:
+        assert paths[step.pk][-1] == step.status, f"step {step.step_key}[{step.map_index}] ends {step.status}"
+    assert paths[head(run, "shaky").pk] == ["queued", "running", "retrying", "queued", "running", "succeeded"]
+    items = [s for s in steps if s.map_index is not None]
+    moves = {tuple(paths[item.pk][i : i + 2]) for item in items for i in range(len(paths[item.pk]) - 1)}
+    assert ("pending", "queued") in moves, "items held back by `concurrency` are let in with an event"
+    assert ("running", "throttled") in moves and ("throttled", "queued") in moves, "the one slot throttled an item"
+
+
+def test_a_cancelled_run_records_the_cancel_of_each_of_its_unfinished_steps() -> None:
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: echo, input: 2}")
+    run = transitions.start_run(workflow="wf")
+    transitions.cancel_run(run_id=run.pk, reason="not needed")
+    cancelled = RunEvent.objects.filter(run=run, kind=EventKind.STEP_CANCELLED)
+    assert sorted(cancelled.values_list("step_run__step_key", "from_status", "to_status")) == [
+        ("a", "queued", "cancelled"),
+        ("b", "queued", "cancelled"),
+    ]
+
+
+def test_nothing_is_sent_for_a_change_that_rolls_back(django_capture_on_commit_callbacks: Any) -> None:
+    flow("    - {key: a, agent: echo, input: 1}")
+    with django_capture_on_commit_callbacks() as callbacks, pytest.raises(RuntimeError), transaction.atomic():
+        transitions.start_run(workflow="wf")
+        raise RuntimeError("the caller's transaction fails after the run was started")
+    assert callbacks == []
+    assert not Run.objects.exists()
+
+
+def test_a_change_that_joins_another_writes_nothing_until_the_outer_one_ends(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    flow("    - {key: a, agent: echo, input: 1}")
+    run = transitions.start_run(workflow="wf")
+    before = RunEvent.objects.filter(run=run).count()
+    with django_capture_on_commit_callbacks() as callbacks, transitions.change() as outer:
+        outer.event(run, EventKind.STEP_LOOPED, message="outer")
+        with transitions.change(outer) as inner:
+            assert inner is outer
+            inner.event(run, EventKind.STEP_LOOPED, message="inner")
+        assert RunEvent.objects.filter(run=run).count() == before, "events are written once, at the end"
+    assert RunEvent.objects.filter(run=run).count() == before + 2
+    applied = [c for c in callbacks if getattr(c, "func", None) is transitions.apply]
+    assert len(applied) == 1 and isinstance(applied[0].args[0], Work)
