@@ -24,7 +24,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.shortcuts import get_object_or_404
 
-from approvals.models import Item, ItemEvent, ItemEventKind, ItemKind, ItemStatus
+from approvals.models import Decision, Item, ItemEvent, ItemEventKind, ItemKind, ItemStatus
 from orchestration.status import StepStatus
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def is_assigned(user: Person, item: Item) -> bool:
 def _retries_of_step(user_id: Any, step_run_id: Any) -> QuerySet[Item]:
     """Exception items of this step that this user resolved with a retry."""
     return Item.objects.filter(
-        step_run_id=step_run_id, kind=ItemKind.EXCEPTION, decision="retry", decided_by_id=user_id
+        step_run_id=step_run_id, kind=ItemKind.EXCEPTION, decision=Decision.RETRY, decided_by_id=user_id
     )
 
 

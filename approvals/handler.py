@@ -16,7 +16,16 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from approvals import notifications
-from approvals.models import Item, ItemEvent, ItemEventKind, ItemKind, ItemStatus
+from approvals.models import (
+    Decision,
+    Item,
+    ItemEvent,
+    ItemEventKind,
+    ItemKind,
+    ItemStatus,
+    OnReject,
+    OnTimeout,
+)
 from orchestration.durations import parse_duration
 from orchestration.specs import load_agent, spec_for
 from orchestration.status import Risk
@@ -93,10 +102,10 @@ class PeopleHandler:
                 _text(options.get("title"), context, problems)
                 or f"Run {agent_name} for step '{step.step_key}'?"
             )
-            risk = agent.risk if agent else "low"
+            risk = agent.risk if agent else Risk.LOW
             details = f"Agent {agent_name} ({risk} risk) waits for approval of exactly this action."
             retried = (
-                Item.objects.filter(step_run=step, kind=ItemKind.EXCEPTION, decision="retry")
+                Item.objects.filter(step_run=step, kind=ItemKind.EXCEPTION, decision=Decision.RETRY)
                 .select_related("decided_by")
                 .order_by("-id")
                 .first()
@@ -131,9 +140,9 @@ class PeopleHandler:
             users = [owner]
         deadline = duration_after(now, options.get("deadline"))
         if kind == ItemKind.MANUAL:
-            on_timeout = options.get("on_timeout", "escalate" if options.get("escalate_to") else "fail")
+            on_timeout = options.get("on_timeout", OnTimeout.ESCALATE if options.get("escalate_to") else OnTimeout.FAIL)
         else:
-            on_timeout = options.get("on_timeout", "reject")
+            on_timeout = options.get("on_timeout", OnTimeout.REJECT)
         item = Item.objects.create(
             kind=kind,
             step_run=step,
@@ -151,7 +160,7 @@ class PeopleHandler:
             remind_at=reminder_time(now, deadline, options.get("remind_before")),
             on_timeout=on_timeout,
             escalate_to=options.get("escalate_to") or {},
-            on_reject=options.get("on_reject", "fail"),
+            on_reject=options.get("on_reject", OnReject.FAIL),
         )
         item.users.set(users)
         item.groups.set(groups)

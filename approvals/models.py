@@ -12,6 +12,7 @@ from django.db import models
 from django.db.models import Q
 
 from orchestration.models import AppendOnly
+from orchestration.status import Risk
 
 
 class ItemKind(models.TextChoices):
@@ -32,6 +33,36 @@ class ItemStatus(models.TextChoices):
 
 
 ITEM_OPEN = frozenset({ItemStatus.PENDING})
+
+
+class Decision(models.TextChoices):
+    """What closed an item (Item.decision), and a person's vote (Vote.decision: approve or reject)."""
+
+    APPROVE = "approve", "Approve"
+    REJECT = "reject", "Reject"
+    SUBMIT = "submit", "Submit"  # a manual task's form
+    RETRY = "retry", "Retry"  # an exception's three ways out: retry, skip, abort
+    SKIP = "skip", "Skip"
+    ABORT = "abort", "Abort"
+    TIMEOUT = "timeout", "Timed out"
+
+
+VOTES = [(d.value, d.label) for d in (Decision.APPROVE, Decision.REJECT)]
+
+
+class OnTimeout(models.TextChoices):
+    """What an item's deadline does (approvals and gates: reject, approve, escalate; manual
+    tasks: fail, escalate)."""
+
+    REJECT = "reject", "Reject"
+    APPROVE = "approve", "Approve"
+    ESCALATE = "escalate", "Escalate"
+    FAIL = "fail", "Fail the step"
+
+
+class OnReject(models.TextChoices):
+    FAIL = "fail", "Fail the step"
+    CONTINUE = "continue", "Continue the run"
 
 
 class Item(models.Model):
@@ -56,15 +87,15 @@ class Item(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, related_name="+", on_delete=models.SET_NULL
     )
     allow_self_approval = models.BooleanField(default=False)
-    risk = models.CharField(max_length=10, default="low")
+    risk = models.CharField(max_length=10, choices=Risk.choices, default=Risk.LOW)
     deadline = models.DateTimeField(null=True, blank=True)
     remind_at = models.DateTimeField(null=True, blank=True)
     reminded_at = models.DateTimeField(null=True, blank=True)
-    on_timeout = models.CharField(max_length=20, default="reject")  # reject | approve | escalate | fail
+    on_timeout = models.CharField(max_length=20, choices=OnTimeout.choices, default=OnTimeout.REJECT)
     escalate_to = models.JSONField(default=dict, blank=True)  # {users: [...], groups: [...]}
     escalations = models.PositiveIntegerField(default=0)
-    on_reject = models.CharField(max_length=20, default="fail")  # fail | continue
-    decision = models.CharField(max_length=20, blank=True)  # approve | reject | submit | retry | skip | abort | timeout
+    on_reject = models.CharField(max_length=20, choices=OnReject.choices, default=OnReject.FAIL)
+    decision = models.CharField(max_length=20, choices=Decision.choices, blank=True)
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, related_name="+", on_delete=models.SET_NULL
     )
@@ -99,7 +130,7 @@ class Vote(models.Model):
 
     item = models.ForeignKey(Item, related_name="votes", on_delete=models.CASCADE)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, related_name="+", on_delete=models.CASCADE)
-    decision = models.CharField(max_length=20)  # approve | reject
+    decision = models.CharField(max_length=20, choices=VOTES)
     comment = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

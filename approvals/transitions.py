@@ -29,7 +29,17 @@ from django.utils import timezone
 from approvals import access, notifications
 from approvals.access import Person
 from approvals.handler import describe_people, reminder_time, resolve_people, step_options
-from approvals.models import Item, ItemEvent, ItemEventKind, ItemKind, ItemStatus, Vote
+from approvals.models import (
+    Decision,
+    Item,
+    ItemEvent,
+    ItemEventKind,
+    ItemKind,
+    ItemStatus,
+    OnReject,
+    OnTimeout,
+    Vote,
+)
 from orchestration import limits
 from orchestration import transitions as runs
 from orchestration.durations import parse_duration
@@ -42,9 +52,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("baton.approvals")
 
-DECISIONS = ("approve", "reject")
-PAST = {"approve": "approved", "reject": "rejected"}
-EXCEPTION_ACTIONS = ("retry", "skip", "abort")
+DECISIONS = (Decision.APPROVE, Decision.REJECT)
+PAST: dict[str, str] = {Decision.APPROVE: "approved", Decision.REJECT: "rejected"}
+EXCEPTION_ACTIONS = (Decision.RETRY, Decision.SKIP, Decision.ABORT)
 BATCH = 200
 
 
@@ -176,12 +186,12 @@ def _resume_decision(item: Item, *, outcome: str, by: User | None, comment: str,
     # A timeout has no decider: its comment says what happened.
     why = comment if by is None else f"{PAST[outcome]} by {_name(by)}" + (f": {comment}" if comment else "")
     if item.kind == ItemKind.GATE:
-        if outcome == "approve":
+        if outcome == Decision.APPROVE:
             runs.release_gate(step_run_id=item.step_run_id, actor=by, note=why)
         else:
             runs.refuse_gate(step_run_id=item.step_run_id, actor=by, reason=why)
         return
-    if outcome == "reject" and item.on_reject != "continue":
+    if outcome == Decision.REJECT and item.on_reject != OnReject.CONTINUE:
         runs.resolve_waiting_step(
             step_run_id=item.step_run_id, failed=True, error=why, actor=by, expected_kind=ItemKind.APPROVAL
         )
@@ -220,7 +230,7 @@ def vote(*, item_id: int, user: Person, decision: str, comment: str = "") -> Ite
             )
         if decision not in DECISIONS:
             raise InvalidInput({"decision": "must be 'approve' or 'reject'"})
-        if decision == "reject" and not comment:
+        if decision == Decision.REJECT and not comment:
             raise InvalidInput({"comment": "say why you reject it"})
         earlier = Vote.objects.filter(item=item, user=user).first()
         if earlier is not None:
@@ -231,7 +241,7 @@ def vote(*, item_id: int, user: Person, decision: str, comment: str = "") -> Ite
                 f"you already voted to {earlier.decision} at {_at(earlier.created_at)}; a vote cannot be changed",
             )
         Vote.objects.create(item=item, user=user, decision=decision, comment=comment)
-        approvals = Vote.objects.filter(item=item, decision="approve").count()
+        approvals = Vote.objects.filter(item=item, decision=Decision.APPROVE).count()
         _event(
             item,
             ItemEventKind.VOTED,
@@ -239,8 +249,8 @@ def vote(*, item_id: int, user: Person, decision: str, comment: str = "") -> Ite
             note=f"{PAST[decision]}" + (f": {comment}" if comment else ""),
             data={"decision": decision, "approvals": approvals, "required": item.required},
         )
-        if decision == "reject" or approvals >= item.required:
-            status = ItemStatus.APPROVED if decision == "approve" else ItemStatus.REJECTED
+        if decision == Decision.REJECT or approvals >= item.required:
+            status = ItemStatus.APPROVED if decision == Decision.APPROVE else ItemStatus.REJECTED
             _close(item, status=status, decision=decision, by=user, comment=comment, now=now)
             _event(
                 item,
@@ -315,7 +325,7 @@ def submit_manual(*, item_id: int, user: Person, data: Any) -> Item:
         _close(
             item,
             status=ItemStatus.SUBMITTED,
-            decision="submit",
+            decision=Decision.SUBMIT,
             by=user,
             comment="",
             now=now,
@@ -354,15 +364,15 @@ def resolve_exception(
         user = _check_allowed(user, item)
         _check_open(item)
         _check_text(comment, "comment")
-        if action == "retry" and input is not None:
+        if action == Decision.RETRY and input is not None:
             _check_value(input, "input")
-        if action == "skip":
+        if action == Decision.SKIP:
             _check_value(output, "output")
         if item.kind != ItemKind.EXCEPTION:
             raise InvalidInput({"action": f"a {item.get_kind_display().lower()} is not an exception"})
         if action not in EXCEPTION_ACTIONS:
             raise InvalidInput({"action": "must be 'retry', 'skip' or 'abort'"})
-        edited = action == "retry" and input is not None
+        edited = action == Decision.RETRY and input is not None
         if edited and (item.step_run.items_total or step_spec(item.run, item.step_run.step_key).get("for_each")):
             # A map's retry reruns its failed items with the inputs they were given (and, if
             # gated, approved); a new head input would change nothing they do.
@@ -370,11 +380,12 @@ def resolve_exception(
         # The item is closed before the engine moves: aborting cancels the run's waiting steps,
         # and their pending items with them, which must not include this one.
         _close(item, status=ItemStatus.RESOLVED, decision=action, by=user, comment=comment, now=now)
-        what = {
-            "retry": "retried" + (" with edited input" if edited else ""),
-            "skip": "skipped",
-            "abort": "aborted the run",
-        }[action]
+        done: dict[str, str] = {
+            Decision.RETRY: "retried" + (" with edited input" if edited else ""),
+            Decision.SKIP: "skipped",
+            Decision.ABORT: "aborted the run",
+        }
+        what = done[action]
         _event(
             item,
             ItemEventKind.RESOLVED,
@@ -382,11 +393,11 @@ def resolve_exception(
             note=f"{what} by {_name(user)}" + (f": {comment}" if comment else ""),
             data={"action": action, "edited_input": edited},
         )
-        if action == "retry":
+        if action == Decision.RETRY:
             runs.retry_escalated_step(
                 step_run_id=item.step_run_id, actor=user, input=input, edit_input=edited
             )
-        elif action == "skip":
+        elif action == Decision.SKIP:
             runs.skip_escalated_step(step_run_id=item.step_run_id, actor=user, output=output)
         else:
             reason = comment or f"aborted by {_name(user)} after step '{item.step_run.step_key}' failed"
@@ -525,7 +536,7 @@ def expire_item(*, item_id: int, now: datetime) -> bool:
             )
             _event(item, ItemEventKind.CANCELLED, note="the step no longer waits")
             return True
-        if item.on_timeout == "escalate" and item.escalations == 0 and _escalate(item, now):
+        if item.on_timeout == OnTimeout.ESCALATE and item.escalations == 0 and _escalate(item, now):
             return True
         _time_out(item, now)
     return True
@@ -572,17 +583,18 @@ def _escalate(item: Item, now: datetime) -> bool:
 
 
 def _time_out(item: Item, now: datetime) -> None:
+    outcome: str
     if item.kind == ItemKind.MANUAL:
-        outcome = "fail"
+        outcome = OnTimeout.FAIL
         text = "not done before its deadline; the step fails"
-    elif item.on_timeout == "approve":
-        outcome = "approve"
+    elif item.on_timeout == OnTimeout.APPROVE:
+        outcome = Decision.APPROVE
         text = "no decision before the deadline; approved on timeout"
     else:
-        outcome = "reject"
+        outcome = Decision.REJECT
         text = "no decision before the deadline; rejected on timeout"
     deadline = item.deadline
-    _close(item, status=ItemStatus.EXPIRED, decision="timeout", by=None, comment=text, now=now)
+    _close(item, status=ItemStatus.EXPIRED, decision=Decision.TIMEOUT, by=None, comment=text, now=now)
     _event(
         item,
         ItemEventKind.EXPIRED,
@@ -590,7 +602,7 @@ def _time_out(item: Item, now: datetime) -> None:
         data={"deadline": _iso(deadline), "outcome": outcome},
     )
     _event(item, ItemEventKind.DECIDED, note=text, data={"decision": outcome, "timeout": True})
-    if outcome == "fail":
+    if outcome == OnTimeout.FAIL:
         runs.resolve_waiting_step(
             step_run_id=item.step_run_id,
             failed=True,
