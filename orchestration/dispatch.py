@@ -21,11 +21,11 @@ from orchestration import limits
 
 logger = logging.getLogger("baton.dispatch")
 
-_broker = None
+_broker: Any = None
 MAX_CHUNK = 25
 
 
-def broker():  # type: ignore[no-untyped-def]
+def broker() -> Any:
     # django-q2 opens a new connection per get_broker(); one per process is plenty.
     global _broker
     if _broker is None:

@@ -907,7 +907,7 @@ def after_failure(
 
 def backoff_seconds(policy: dict[str, Any], attempts_so_far: int) -> float:
     """Exponential backoff capped at max_backoff; with jitter, "full jitter" (0..cap)."""
-    ceiling = min(float(policy["max_backoff"]), float(policy["backoff"]) * 2 ** (attempts_so_far - 1))
+    ceiling: float = min(float(policy["max_backoff"]), float(policy["backoff"]) * 2 ** (attempts_so_far - 1))
     if policy.get("jitter"):
         return random.uniform(0, ceiling)
     return ceiling

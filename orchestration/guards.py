@@ -189,7 +189,7 @@ def fallback_for(run: Run, step: StepRun, agent: Agent | None) -> str | None:
         return None
     spec = step_spec(run, step.step_key)
     if step.agent_name == spec.get("agent") and spec.get("fallback"):
-        candidate = spec["fallback"]
+        candidate = str(spec["fallback"])
     else:
         candidate = agent.fallback if agent is not None else ""
     if not candidate:
