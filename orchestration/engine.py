@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from orchestration import guards, limits, waiting
@@ -854,6 +855,65 @@ def release_next_items(work: Work, run: Run, parent: StepRun, count: int = 1) ->
 def collect_items(parent: StepRun) -> list[Any]:
     return list(parent.items.order_by("map_index").values_list("output", flat=True))
 
+
+
+def retry_escalated(work: Work, run: Run, step: StepRun, *, input: Any, why: str, actor: Any) -> None:
+    """Run an escalated step again (the owner's retry), with the given input.
+
+    A sub-workflow step starts a new child run; a map runs again only its failed (and
+    cancelled) items; an agent step goes back to its own agent, and back to its gate when
+    the action needs approval of an input nobody approved.
+    """
+    spec = step_spec(run, step.step_key)
+    step.waiting_for = ""
+    step.error = ""
+    step.error_class = ""
+    step.input = input
+
+    def retried(to_status: str, message: str = why) -> None:
+        work.event(
+            run, EventKind.STEP_QUEUED, step=step, from_status=StepStatus.WAITING, to_status=to_status, message=message, actor=actor
+        )
+
+    if step.kind == StepKind.WORKFLOW:
+        retried(StepStatus.WAITING)
+        step.save()
+        restart_child(work, run, spec, step)
+        return
+    if step.items_total:
+        again = list(
+            StepRun.objects.filter(parent=step, status__in=[StepStatus.FAILED, StepStatus.CANCELLED]).values_list(
+                "pk", "status", "map_index"
+            )
+        )
+        StepRun.objects.filter(pk__in=[pk for pk, _, _ in again]).update(
+            status=StepStatus.QUEUED, queued_at=timezone.now(), error="", error_class="", attempts_base=F("attempts")
+        )
+        step.status = StepStatus.RUNNING
+        step.save()
+        retried(step.status, f"{why}: its {len(again)} failed item(s) run again")
+        for pk, before, index in again:
+            item = StepRun(pk=pk, run_id=run.pk, parent_id=step.pk)
+            work.event(
+                run, EventKind.STEP_QUEUED, step=item, from_status=before, to_status=StepStatus.QUEUED, message=f"item {index}: {why}", actor=actor
+            )
+        work.send.extend(pk for pk, _, _ in again)
+        return
+    step.agent_name = spec["agent"]
+    step.fallback_from = ""
+    step.attempts_base = step.attempts
+    step.claim_token = ""
+    if needs_gate(spec) and not guards.gate_covers(step, step.input):
+        # A gated or high-risk action runs only with an approval of its exact input: an
+        # edited input (or one never approved) goes back to the gate, which shows it.
+        retried(StepStatus.WAITING)
+        gate_again(work, run, spec, step)
+        return
+    step.status = StepStatus.QUEUED
+    step.queued_at = timezone.now()
+    step.save()
+    retried(step.status)
+    work.send.append(step.pk)
 
 
 # ---------------------------------------------------------------------------------------------

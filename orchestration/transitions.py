@@ -88,10 +88,11 @@ def apply(work: Work) -> None:
     """
     # Recovered work (a due retry, a step taken back from a lost or stopping worker) goes to
     # the head of the queue instead of waiting behind a backlog of fresh work.
-    effects: list[tuple[str, Callable[[], Any]]] = [
-        ("sending recovered steps", partial(dispatch.send_steps, work.send_first, first=True)),
-        ("sending steps", partial(dispatch.send_steps, work.send)),
-    ]
+    effects: list[tuple[str, Callable[[], Any]]] = []
+    if work.send_first:
+        effects.append(("sending recovered steps", partial(dispatch.send_steps, work.send_first, first=True)))
+    if work.send:
+        effects.append(("sending steps", partial(dispatch.send_steps, work.send)))
     effects += [("sending map items", partial(dispatch.send_mapped, items)) for items in work.send_mapped]
     effects += [
         (f"resuming the parent of run {child}", partial(finish_child_run, child_run_id=child))
@@ -559,40 +560,10 @@ def retry_escalated_step(*, step_run_id: int, actor: Any = None, input: Any = No
     with change() as work:
         run = _lock_run(step_run.run_id)
         step = _waiting_step(run, step_run_id, WaitingFor.EXCEPTION)
-        spec = step_spec(run, step.step_key)
-        step.waiting_for = ""
-        step.error = ""
-        step.error_class = ""
-        if edit_input:
-            step.input = input
-        work.event(run, EventKind.STEP_QUEUED, step=step, from_status=StepStatus.WAITING, actor=actor, message="retried by the owner" + (" with edited input" if edit_input else ""))
-        if step.kind == StepKind.WORKFLOW:
-            step.save()
-            engine.restart_child(work, run, spec, step)
-            return step
-        if step.items_total:
-            # A map: only the items that failed run again.
-            failed = list(StepRun.objects.filter(parent=step, status__in=[StepStatus.FAILED, StepStatus.CANCELLED]).values_list("pk", flat=True))
-            StepRun.objects.filter(pk__in=failed).update(
-                status=StepStatus.QUEUED, queued_at=timezone.now(), error="", error_class="", attempts_base=F("attempts")
-            )
-            step.status = StepStatus.RUNNING
-            step.save()
-            work.send.extend(failed)
-            return step
-        step.agent_name = spec["agent"]
-        step.fallback_from = ""
-        step.attempts_base = step.attempts
-        step.claim_token = ""
-        if engine.needs_gate(spec) and not guards.gate_covers(step, step.input):
-            # A gated or high-risk action runs only with an approval of its exact input: an
-            # edited input (or one never approved) goes back to the gate, which shows it.
-            engine.gate_again(work, run, spec, step)
-            return step
-        step.status = StepStatus.QUEUED
-        step.queued_at = timezone.now()
-        step.save()
-        work.send.append(step.pk)
+        edited = " with edited input" if edit_input else ""
+        engine.retry_escalated(
+            work, run, step, input=input if edit_input else step.input, why=f"retried by the owner{edited}", actor=actor
+        )
     return step
 
 
