@@ -136,7 +136,7 @@ class Generation:
         return [f"{host}:{pid}" for pid in self.known]
 
     def sentinel_alive(self) -> bool:
-        return self.cluster.sentinel.is_alive()
+        return bool(self.cluster.sentinel.is_alive())
 
     def is_stuck(self) -> bool:
         """True when, for BATON_STUCK_SECONDS, an idle worker waited for the task queue's lock
