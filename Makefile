@@ -31,7 +31,7 @@ REDIS_URL_TEST := redis://127.0.0.1:$(REDIS_PORT)/0
 help:
 	@echo "make run     install, migrate, load the demo and serve on http://$(HOST):$(PORT)/"
 	@echo "make test    the full suite on SQLite + ORM broker, then on PostgreSQL + Redis"
-	@echo "make lint    ruff + mypy"
+	@echo "make lint    ruff, mypy (strict) and the import contracts"
 	@echo "make bench   the benchmark command"
 	@echo "make clean   remove the SQLite database files and var/"
 
@@ -128,9 +128,11 @@ test: $(STAMP)
 	echo "== summary: SQLite + ORM broker: $$sqlite; PostgreSQL + Redis: $$pg =="
 	[ "$$sqlite" = passed ] && { [ "$$pg" = passed ] || [ "$${pg#SKIPPED}" != "$$pg" ]; }
 
+# mypy is strict (pyproject.toml); lint-imports checks the layers of the core ([tool.importlinter]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check orchestration dashboard approvals
 	$(VENV)/bin/mypy orchestration dashboard approvals
+	$(VENV)/bin/lint-imports --no-logo
 
 bench: $(STAMP)
 	$(PY) manage.py bench

@@ -9,10 +9,10 @@ who holds which) could act as them; superusers manage tokens (or `manage.py crea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
 from approvals import access
@@ -20,9 +20,11 @@ from approvals.auth import set_new_key
 from approvals.models import ApiToken, Item, ItemEvent, Vote
 from orchestration.admin import ReadOnlyAdmin, ReadOnlyInline
 
+M = TypeVar("M", bound=Model)
+
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
     """Add a token to see it once; delete it to revoke it. The key itself is never stored."""
 
     list_display = ("prefix_shown", "user", "name", "created_at", "last_used_at")
@@ -76,21 +78,21 @@ class ApiTokenAdmin(admin.ModelAdmin):
         )
 
 
-class VoteInline(ReadOnlyInline):
+class VoteInline(ReadOnlyInline[Vote, Item]):
     model = Vote
     fields = ("user", "decision", "comment", "created_at")
     readonly_fields = fields
     show_change_link = False
 
 
-class ItemEventInline(ReadOnlyInline):
+class ItemEventInline(ReadOnlyInline[ItemEvent, Item]):
     model = ItemEvent
     fields = ("created_at", "kind", "actor", "note")
     readonly_fields = fields
     show_change_link = False
 
 
-class VisibleItemsOnly(admin.ModelAdmin):
+class VisibleItemsOnly(admin.ModelAdmin[M]):
     """Limits the changelist and change pages to the items approvals.access shows this user.
 
     `item_path` is the way from this model to the item ("" for Item itself). An object outside
@@ -99,7 +101,7 @@ class VisibleItemsOnly(admin.ModelAdmin):
 
     item_path = ""
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[M]:
         queryset = super().get_queryset(request)
         if request.user.is_superuser:
             return queryset
@@ -108,7 +110,7 @@ class VisibleItemsOnly(admin.ModelAdmin):
 
 
 @admin.register(Item)
-class ItemAdmin(ReadOnlyAdmin, VisibleItemsOnly):
+class ItemAdmin(ReadOnlyAdmin[Item], VisibleItemsOnly[Item]):
     list_display = ("id", "kind", "status", "title", "run", "deadline", "decided_by", "decided_at")
     list_filter = ("kind", "status", "risk")
     search_fields = ("title", "run__workflow__key")
@@ -148,7 +150,7 @@ class ItemAdmin(ReadOnlyAdmin, VisibleItemsOnly):
 
 
 @admin.register(ItemEvent)
-class ItemEventAdmin(ReadOnlyAdmin, VisibleItemsOnly):
+class ItemEventAdmin(ReadOnlyAdmin[ItemEvent], VisibleItemsOnly[ItemEvent]):
     item_path = "item"
     list_display = ("created_at", "item", "kind", "actor", "note")
     list_filter = ("kind",)

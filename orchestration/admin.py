@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from django import forms
@@ -46,6 +46,10 @@ from orchestration.models import (
     WorkflowVersion,
 )
 from orchestration.spec import Problems, SpecError, normalise_circuit, normalise_retry, workflow_to_file
+
+# The model a shared base class administers, or the model of an inline and of its parent.
+M = TypeVar("M", bound=models.Model)
+P = TypeVar("P", bound=models.Model)
 
 # The colours of coloured_status live in static/css/admin.css (baton-status--<status>): the
 # Content-Security-Policy refuses style attributes.
@@ -88,7 +92,7 @@ def seconds_label(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(admin.ModelAdmin[M]):
     """History is looked at, never edited: no add, change or delete, whoever asks."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -101,7 +105,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class ReadOnlyInline(admin.TabularInline):
+class ReadOnlyInline(admin.TabularInline[M, P]):
     extra = 0
     can_delete = False
     show_change_link = True
@@ -116,7 +120,7 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-class VisibleOnly(admin.ModelAdmin):
+class VisibleOnly(admin.ModelAdmin[M]):
     """Limits the changelist, change pages and actions to what orchestration.access shows.
 
     `workflow_path` or `run_path` names the way from this model to the workflow or the run
@@ -127,7 +131,7 @@ class VisibleOnly(admin.ModelAdmin):
     workflow_path: str | None = None
     run_path: str | None = None
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[M]:
         queryset = super().get_queryset(request)
         user = request.user
         if user.is_superuser:
@@ -161,7 +165,7 @@ def _operable_workflow_choices(request: HttpRequest, db_field: Any, kwargs: dict
 # Definitions
 
 
-class AgentHealthInline(ReadOnlyInline):
+class AgentHealthInline(ReadOnlyInline[AgentHealth, Agent]):
     """The agent's circuit breaker as the engine last left it (no row yet: closed)."""
 
     model = AgentHealth
@@ -176,7 +180,7 @@ class AgentHealthInline(ReadOnlyInline):
         return coloured_status(obj.circuit_state, obj.get_circuit_state_display())
 
 
-class AgentLimitsForm(forms.ModelForm):
+class AgentLimitsForm(forms.ModelForm[Agent]):
     """The checks a workflow file's agent gets, as field errors (a `null` circuit was a 500)."""
 
     class Meta:
@@ -265,7 +269,7 @@ class AgentForm(AgentLimitsForm):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(admin.ModelAdmin[Agent]):
     form = AgentForm
     list_display = (
         "name",
@@ -327,7 +331,7 @@ class AgentAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{} events</a>', url, obj.events.count())
 
 
-class DraftStepInline(admin.StackedInline):
+class DraftStepInline(admin.StackedInline[DraftStep, Workflow]):
     model = DraftStep
     # DraftStep has two keys to Workflow (its own workflow and a sub-workflow it calls).
     fk_name = "workflow"
@@ -347,7 +351,7 @@ class DraftStepInline(admin.StackedInline):
     )
 
 
-class VersionInline(ReadOnlyInline):
+class VersionInline(ReadOnlyInline[WorkflowVersion, Workflow]):
     model = WorkflowVersion
     fields = ("number", "published_at", "published_by", "note")
     readonly_fields = fields
@@ -356,7 +360,7 @@ class VersionInline(ReadOnlyInline):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(VisibleOnly):
+class WorkflowAdmin(VisibleOnly[Workflow]):
     list_display = ("key", "name", "owner", "latest_version_number", "runs_count", "updated_at")
     list_select_related = ("owner",)
     search_fields = ("key", "name", "description")
@@ -417,7 +421,7 @@ class WorkflowAdmin(VisibleOnly):
 
     @admin.display(description="Runs", ordering="runs_total")
     def runs_count(self, obj: Any) -> int:
-        return obj.runs_total
+        return int(obj.runs_total)
 
     @admin.action(description="Publish the drafts of the selected workflows", permissions=["change"])
     def publish_selected(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
@@ -458,7 +462,7 @@ class WorkflowAdmin(VisibleOnly):
 
 
 @admin.register(DraftStep)
-class DraftStepAdmin(VisibleOnly):
+class DraftStepAdmin(VisibleOnly[DraftStep]):
     """Steps are normally edited inline on their workflow; this list helps find them."""
 
     list_display = ("key", "workflow", "position", "kind", "agent", "sub_workflow", "after")
@@ -483,7 +487,7 @@ class DraftStepAdmin(VisibleOnly):
 
 
 @admin.register(WorkflowVersion)
-class WorkflowVersionAdmin(ReadOnlyAdmin, VisibleOnly):
+class WorkflowVersionAdmin(ReadOnlyAdmin[WorkflowVersion], VisibleOnly[WorkflowVersion]):
     list_display = ("__str__", "workflow", "number", "published_by", "published_at", "note")
     list_select_related = ("workflow", "published_by")
     # Only workflows the reader sees: the plain filter would list every workflow's name.
@@ -522,7 +526,7 @@ class ExecutionDisplays:
         return pretty_json(obj.output)
 
 
-class StepRunInline(ReadOnlyInline):
+class StepRunInline(ReadOnlyInline[StepRun, Run]):
     model = StepRun
     fk_name = "run"
     fields = (
@@ -546,7 +550,7 @@ class StepRunInline(ReadOnlyInline):
 
 
 @admin.register(Run)
-class RunAdmin(ExecutionDisplays, ReadOnlyAdmin, VisibleOnly):
+class RunAdmin(ExecutionDisplays, ReadOnlyAdmin[Run], VisibleOnly[Run]):
     list_display = (
         "id",
         "status_label",
@@ -617,7 +621,7 @@ class RunAdmin(ExecutionDisplays, ReadOnlyAdmin, VisibleOnly):
             self.message_user(request, f"Cancelled {cancelled} run(s).", messages.SUCCESS)
 
 
-class AttemptInline(ReadOnlyInline):
+class AttemptInline(ReadOnlyInline[Attempt, StepRun]):
     model = Attempt
     fields = ("number", "status", "worker", "agent_name", "error_class", "error", "started_at", "finished_at")
     readonly_fields = fields
@@ -625,7 +629,7 @@ class AttemptInline(ReadOnlyInline):
 
 
 @admin.register(StepRun)
-class StepRunAdmin(ExecutionDisplays, ReadOnlyAdmin, VisibleOnly):
+class StepRunAdmin(ExecutionDisplays, ReadOnlyAdmin[StepRun], VisibleOnly[StepRun]):
     list_display = (
         "id",
         "run",
@@ -674,7 +678,7 @@ class StepRunAdmin(ExecutionDisplays, ReadOnlyAdmin, VisibleOnly):
 
 
 @admin.register(Attempt)
-class AttemptAdmin(ReadOnlyAdmin, VisibleOnly):
+class AttemptAdmin(ReadOnlyAdmin[Attempt], VisibleOnly[Attempt]):
     list_display = (
         "id",
         "step_run",
@@ -710,7 +714,7 @@ class AttemptAdmin(ReadOnlyAdmin, VisibleOnly):
 
 
 @admin.register(RunEvent)
-class RunEventAdmin(ReadOnlyAdmin, VisibleOnly):
+class RunEventAdmin(ReadOnlyAdmin[RunEvent], VisibleOnly[RunEvent]):
     """The append-only log: nobody, not even a superuser, may change or delete a row here."""
 
     list_display = ("created_at", "run", "step_run", "kind", "transition", "actor", "message")
@@ -733,7 +737,7 @@ class RunEventAdmin(ReadOnlyAdmin, VisibleOnly):
 
 
 @admin.register(AgentHealth)
-class AgentHealthAdmin(ReadOnlyAdmin):
+class AgentHealthAdmin(ReadOnlyAdmin[AgentHealth]):
     list_display = ("agent", "circuit_label", "opened_at", "reopens_at", "trial_step", "updated_at")
     list_filter = ("circuit_state",)
     list_select_related = ("agent", "trial_step")
@@ -747,7 +751,7 @@ class AgentHealthAdmin(ReadOnlyAdmin):
 
 
 @admin.register(AgentEvent)
-class AgentEventAdmin(ReadOnlyAdmin):
+class AgentEventAdmin(ReadOnlyAdmin[AgentEvent]):
     """Append-only, like run events: nobody may change or delete a row here."""
 
     list_display = ("created_at", "agent", "transition", "message")

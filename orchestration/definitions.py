@@ -7,7 +7,7 @@ nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -15,8 +15,12 @@ from django.db import transaction
 
 from orchestration.models import Agent, DraftStep, StepKind, Workflow, WorkflowVersion
 from orchestration.spec import (
+    AgentSpec,
     Catalog,
+    RiskLevel,
     SpecError,
+    StepSpec,
+    WorkflowSpec,
     children_of,
     dump_document,
     normalise_workflow,
@@ -41,7 +45,7 @@ def current_catalog() -> Catalog:
     )
 
 
-def check_document(document: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def check_document(document: dict[str, Any]) -> tuple[list[AgentSpec], WorkflowSpec | None]:
     """Validate a parsed file against the database without writing anything."""
     return validate_document(document, current_catalog())
 
@@ -59,7 +63,7 @@ def import_document(
     return saved_agents, version
 
 
-def _save_agent(agent: dict[str, Any]) -> Agent:
+def _save_agent(agent: AgentSpec) -> Agent:
     row, _ = Agent.objects.update_or_create(
         name=agent["name"],
         defaults={
@@ -77,7 +81,7 @@ def _save_agent(agent: dict[str, Any]) -> Agent:
     return row
 
 
-def _save_draft(spec: dict[str, Any]) -> Workflow:
+def _save_draft(spec: WorkflowSpec) -> Workflow:
     owner = None
     if spec.get("owner"):
         owner = get_user_model().objects.get(username=spec["owner"])
@@ -122,7 +126,7 @@ def _output_text(output: Any) -> str:
 def _draft_step(
     workflow: Workflow,
     position: int,
-    step: dict[str, Any],
+    step: StepSpec,
     agents: dict[str, Agent],
     children: dict[str, Workflow],
 ) -> DraftStep:
@@ -220,7 +224,7 @@ def publish_draft(workflow: Workflow, *, user: Any = None, note: str = "") -> Wo
 
 
 def _publish(
-    workflow: Workflow, spec: dict[str, Any], *, user: Any, note: str
+    workflow: Workflow, spec: WorkflowSpec, *, user: Any, note: str
 ) -> WorkflowVersion:
     # Lock the workflow row so two publishers cannot both take the same number.
     Workflow.objects.select_for_update(no_key=True).filter(pk=workflow.pk).first()
@@ -236,7 +240,8 @@ def _publish(
     )
 
 
-def agent_spec(agent: Agent) -> dict[str, Any]:
+def agent_spec(agent: Agent) -> AgentSpec:
+    """The agent row in the shape `normalise_agent` gives it."""
     return {
         "name": agent.name,
         "kind": agent.kind,
@@ -247,7 +252,7 @@ def agent_spec(agent: Agent) -> dict[str, Any]:
         "fallback": agent.fallback,
         "circuit": agent.circuit,
         "max_concurrency": agent.max_concurrency,
-        "risk": agent.risk,
+        "risk": cast(RiskLevel, agent.risk),  # the field's choices are the same three
     }
 
 

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple, NotRequired, Required, TypedDict, cast
 
 import yaml
 
@@ -28,7 +28,8 @@ from orchestration.templating import (
     referenced_steps,
 )
 
-STEP_KINDS = ("agent", "workflow", "approval", "manual", "wait")
+StepKindName = Literal["agent", "workflow", "approval", "manual", "wait"]
+STEP_KINDS: tuple[StepKindName, ...] = ("agent", "workflow", "approval", "manual", "wait")
 STEP_FIELDS = {
     "key",
     "name",
@@ -110,7 +111,7 @@ RETRY_FIELDS = {"attempts", "backoff", "max_backoff", "jitter"}
 LOOP_FIELDS = {"back_to", "until", "max_iterations", "on_exhausted"}
 WAIT_FIELDS = {"event", "for", "timeout"}
 AGENT_KINDS_AVAILABLE = {"python", "simulated", "http", "llm"}
-DEFAULT_RETRY = {"attempts": 3, "backoff": 1.0, "max_backoff": 60.0, "jitter": True}
+DEFAULT_RETRY: RetrySpec = {"attempts": 3, "backoff": 1.0, "max_backoff": 60.0, "jitter": True}
 
 
 # fullmatch, never `$`: "adv-newline\n" matched "^...$" and imported a key no URL can reach.
@@ -125,6 +126,167 @@ MAX_YAML_DEPTH = 64  # nesting of mappings and lists in a file
 MAX_YAML_NODES = 100_000  # values in a file once its aliases (*name) are expanded
 MAX_ITERATIONS = 1_000  # loop.max_iterations
 MAX_DURATION_SECONDS = 366 * 86_400  # timeouts, deadlines, waits, backoffs, circuit windows
+
+
+# ---------------------------------------------------------------------------------------------
+# The normalised spec: what `normalise_workflow` returns and a WorkflowVersion.spec holds
+# (WorkflowSpec), and what `normalise_agent` returns (AgentSpec). A key is NotRequired here
+# exactly when the normaliser may leave it out; the rest are always there. The options of
+# approvals, manual tasks, gates and waits keep the file's values (templates, and durations as
+# written, read when the step runs), so their types are what the validation lets through.
+
+# A duration as a file writes it ("30s", "2m", 90); `parse_duration` reads it.
+Duration = str | int | float
+
+
+class RetrySpec(TypedDict, total=False):
+    """Only the keys the file sets; DEFAULT_RETRY fills the rest when a step runs."""
+
+    attempts: int
+    backoff: float  # seconds
+    max_backoff: float  # seconds
+    jitter: bool
+
+
+class CircuitSpec(TypedDict, total=False):
+    """Empty when the agent has no circuit breaker; otherwise all three keys."""
+
+    failures: int
+    window: float | None  # seconds
+    cooldown: float | None  # seconds
+
+
+RiskLevel = Literal["low", "medium", "high"]
+
+
+class AgentSpec(TypedDict):
+    name: str
+    kind: str  # one of AGENT_KINDS_AVAILABLE
+    risk: RiskLevel
+    description: str
+    config: dict[str, Any]  # the kind's settings, checked by _check_<kind>
+    timeout: float | None  # seconds
+    retry: RetrySpec | None
+    fallback: str  # "" for none
+    circuit: CircuitSpec
+    max_concurrency: int | None
+
+
+class InputSpec(TypedDict):
+    """One workflow input or manual-task form field."""
+
+    type: Literal["string", "integer", "number", "boolean", "list", "object"]
+    required: NotRequired[Literal[True]]
+    description: NotRequired[str]
+    enum: NotRequired[list[Any]]
+    default: NotRequired[Any]
+
+
+class PeopleSpec(TypedDict, total=False):
+    users: list[str]
+    groups: list[str]
+
+
+class AccessSpec(TypedDict, total=False):
+    """Group names, sorted; a list that would be empty is left out."""
+
+    viewers: list[str]
+    operators: list[str]
+
+
+class DecisionSpec(TypedDict, total=False):
+    """What an approval and a gate share (DECISION_FIELDS)."""
+
+    approvers: PeopleSpec
+    required: int  # approvals needed
+    deadline: Duration
+    remind_before: Duration
+    on_timeout: Literal["reject", "approve", "escalate"]
+    escalate_to: PeopleSpec  # there when on_timeout is "escalate"
+
+
+class GateSpec(DecisionSpec, total=False):
+    """An agent step's `gate`: a decision before the agent runs."""
+
+    title: str
+
+
+class ApprovalSpec(DecisionSpec, total=False):
+    """An `approval` step's options."""
+
+    title: Required[str]
+    details: Any  # a template
+    on_reject: Literal["fail", "continue"]
+
+
+class ManualSpec(TypedDict, total=False):
+    """A `manual` step's options."""
+
+    title: Required[str]
+    instructions: Any  # a template
+    assignees: PeopleSpec
+    form: dict[str, Any]  # as in the file; it validates as `inputs` do (InputSpec)
+    deadline: Duration
+    remind_before: Duration
+    on_timeout: Literal["fail", "escalate"]
+    escalate_to: PeopleSpec
+
+
+# `for` is a keyword, hence the functional form. `event` or `for` is there; `timeout` only with `event`.
+WaitSpec = TypedDict("WaitSpec", {"event": str, "for": Duration, "timeout": Duration}, total=False)
+
+
+class LoopSpec(TypedDict):
+    back_to: str
+    until: str  # an expression
+    max_iterations: int
+    on_exhausted: Literal["fail", "continue"]
+
+
+class CompensateSpec(TypedDict):
+    agent: str
+    input: NotRequired[Any]  # a template
+    retry: NotRequired[RetrySpec | None]
+
+
+class StepSpec(TypedDict):
+    """One step. Exactly one of agent/workflow/approval/manual/wait is there, named by `kind`."""
+
+    key: str
+    kind: StepKindName
+    name: NotRequired[str]
+    description: NotRequired[str]
+    agent: NotRequired[str]
+    workflow: NotRequired[str]
+    approval: NotRequired[ApprovalSpec]
+    manual: NotRequired[ManualSpec]
+    wait: NotRequired[WaitSpec]
+    after: list[str]  # step keys, without repeats, in the file's order
+    input: NotRequired[Any]  # a template
+    when: NotRequired[str]  # an expression
+    for_each: NotRequired[str]  # an expression; agent steps only
+    concurrency: NotRequired[int]  # only with for_each
+    loop: NotRequired[LoopSpec]
+    gate: NotRequired[GateSpec]  # agent steps only
+    on_failure: NotRequired[Literal["fail", "escalate"]]
+    fallback: NotRequired[str]  # an agent name; agent steps only
+    compensate: NotRequired[CompensateSpec]
+    timeout: NotRequired[float | None]  # seconds
+    retry: NotRequired[RetrySpec | None]
+
+
+class WorkflowSpec(TypedDict):
+    key: str
+    name: str
+    description: str
+    owner: str | None  # a username
+    inputs: dict[str, InputSpec]
+    output: Any  # a template; None: each last step's output, by key
+    steps: list[StepSpec]
+    on_cancel: Literal["nothing", "compensate"]
+    on_failure: Literal["fail", "escalate"]
+    allow_self_approval: bool
+    access: NotRequired[AccessSpec]  # only when given, so older specs compare equal
 
 
 def _check_slug(value: str, where: str, name: str, problems: Problems) -> None:
@@ -169,7 +331,8 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                mark = self.peek_event().start_mark
+                # types-PyYAML leaves peek_event unannotated.
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise yaml.composer.ComposerError(
                     None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark
                 )
@@ -249,7 +412,7 @@ def load_text(text: str, *, source: str = "<input>") -> dict[str, Any]:
 # Agents
 
 
-def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] | None:
+def normalise_agent(raw: Any, where: str, problems: Problems) -> AgentSpec | None:
     if not isinstance(raw, dict):
         problems.add(where, "must be a mapping with at least `name` and `kind`")
         return None
@@ -294,9 +457,10 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
     if risk not in ("low", "medium", "high"):
         problems.add(where, f"field `risk`: {risk!r} is not 'low', 'medium' or 'high'")
         risk = "low"
-    agent: dict[str, Any] = {
+    agent: AgentSpec = {
         "name": name,
-        "kind": kind,
+        # A kind outside AGENT_KINDS_AVAILABLE is a problem above, and then no one uses the agent.
+        "kind": cast(str, kind),
         "risk": risk,
         "description": str(raw.get("description", "") or ""),
         "config": config,
@@ -309,7 +473,7 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
     return agent
 
 
-def normalise_circuit(raw: Any, where: str, problems: Problems) -> dict[str, Any]:
+def normalise_circuit(raw: Any, where: str, problems: Problems) -> CircuitSpec:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -391,7 +555,7 @@ def _check_simulated(config: dict[str, Any], where: str, problems: Problems) -> 
         _check_templates(config["output"], where, "config.output", problems)
 
 
-def normalise_retry(raw: Any, where: str, problems: Problems) -> dict[str, Any] | None:
+def normalise_retry(raw: Any, where: str, problems: Problems) -> RetrySpec | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -399,7 +563,7 @@ def normalise_retry(raw: Any, where: str, problems: Problems) -> dict[str, Any] 
         return None
     for unknown in sorted(set(raw) - RETRY_FIELDS):
         problems.add(where, f"field `retry.{unknown}` is unknown")
-    retry: dict[str, Any] = {}
+    retry: RetrySpec = {}
     if "attempts" in raw:
         attempts = raw["attempts"]
         if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
@@ -458,7 +622,7 @@ class Catalog:
     groups: set[str] | None = None  # group names approvers may name (None: not checked)
 
 
-def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
+def normalise_workflow(raw: Any, catalog: Catalog) -> WorkflowSpec:
     problems = Problems()
     if not isinstance(raw, dict):
         raise SpecError(["workflow: must be a mapping with `key`, `name` and `steps`"])
@@ -477,19 +641,25 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
     if not isinstance(raw_steps, list) or not raw_steps:
         problems.add(where, "field `steps` must be a non-empty list")
         raw_steps = []
-    steps: list[dict[str, Any]] = []
+    steps: list[StepSpec] = []
+    # Template references by step key, checked against the graph once every step is known.
+    refs: dict[str, list[str]] = {}
+    undo_refs: dict[str, list[str]] = {}
     seen: set[str] = set()
     # A step may name this very workflow; that is reported as recursion, not as unknown.
     local = Catalog(agents=catalog.agents, workflows={**catalog.workflows, key: set()}, users=catalog.users, groups=catalog.groups)
     for index, raw_step in enumerate(raw_steps):
-        step = _normalise_step(raw_step, index, where, local, problems)
-        if step is None:
+        parsed = _normalise_step(raw_step, index, where, local, problems)
+        if parsed is None:
             continue
+        step = parsed.step
         if step["key"] in seen:
             problems.add(f"{where}, step '{step['key']}'", "duplicate key")
             continue
         seen.add(step["key"])
         steps.append(step)
+        refs[step["key"]] = parsed.refs
+        undo_refs[step["key"]] = parsed.undo_refs
     on_failure = raw.get("on_failure", "fail")
     if on_failure not in ("fail", "escalate"):
         problems.add(where, f"field `on_failure`: {on_failure!r} is not 'fail' or 'escalate'")
@@ -500,7 +670,7 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
     if on_cancel not in ("nothing", "compensate"):
         problems.add(where, f"field `on_cancel`: {on_cancel!r} is not 'nothing' or 'compensate'")
     access = _normalise_access(raw.get("access"), where, catalog, problems)
-    spec: dict[str, Any] = {
+    spec: WorkflowSpec = {
         "key": key,
         "name": str(name),
         "on_cancel": on_cancel,
@@ -519,13 +689,13 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> dict[str, Any]:
         trees = _check_templates(spec["output"], where, "output", problems)
         for missing in sorted(referenced_steps(trees) - seen):
             problems.add(where, f"field `output` refers to unknown step '{missing}'")
-    _check_graph(spec, where, problems)
+    _check_graph(spec, refs, undo_refs, where, problems)
     _check_recursion(spec, catalog, where, problems)
     problems.raise_if_any()
     return spec
 
 
-def _normalise_access(raw: Any, where: str, catalog: Catalog, problems: Problems) -> dict[str, list[str]]:
+def _normalise_access(raw: Any, where: str, catalog: Catalog, problems: Problems) -> AccessSpec:
     """`access: {viewers: [group, ...], operators: [group, ...]}`; empty lists are dropped."""
     if raw is None:
         return {}
@@ -534,7 +704,7 @@ def _normalise_access(raw: Any, where: str, catalog: Catalog, problems: Problems
         return {}
     for unknown in sorted(set(raw) - ACCESS_FIELDS, key=str):
         problems.add(where, f"field `access.{unknown}` is unknown (use `viewers` or `operators`)")
-    access: dict[str, list[str]] = {}
+    access: AccessSpec = {}
     for name in ("viewers", "operators"):
         groups = raw.get(name)
         if groups is None:
@@ -551,13 +721,13 @@ def _normalise_access(raw: Any, where: str, catalog: Catalog, problems: Problems
     return access
 
 
-def _normalise_inputs(raw: Any, where: str, problems: Problems) -> dict[str, Any]:
+def _normalise_inputs(raw: Any, where: str, problems: Problems) -> dict[str, InputSpec]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         problems.add(where, "field `inputs` must be a mapping of name to {type, required, default}")
         return {}
-    inputs: dict[str, Any] = {}
+    inputs: dict[str, InputSpec] = {}
     for name, definition in raw.items():
         if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
             problems.add(
@@ -576,7 +746,7 @@ def _normalise_inputs(raw: Any, where: str, problems: Problems) -> dict[str, Any
         if kind not in INPUT_TYPES:
             problems.add(at, f"field `type`: {kind!r} is not one of {sorted(INPUT_TYPES)}")
             continue
-        item: dict[str, Any] = {"type": kind}
+        item: InputSpec = {"type": kind}
         if definition.get("required"):
             item["required"] = True
         if definition.get("description"):
@@ -657,9 +827,15 @@ def check_input_value(definition: Mapping[str, Any], value: Any) -> str | None:
     return None
 
 
+class _ParsedStep(NamedTuple):
+    step: StepSpec
+    refs: list[str]  # steps its templates read
+    undo_refs: list[str]  # steps its compensation's input reads
+
+
 def _normalise_step(
     raw: Any, index: int, where: str, catalog: Catalog, problems: Problems
-) -> dict[str, Any] | None:
+) -> _ParsedStep | None:
     if not isinstance(raw, dict):
         problems.add(f"{where}, step #{index + 1}", "must be a mapping with a `key`")
         return None
@@ -677,7 +853,8 @@ def _normalise_step(
         problems.add(at, f"must have exactly one of `agent`, `workflow`, `approval`, `manual`, `wait` (has {said})")
         return None
     kind = kinds[0]
-    step: dict[str, Any] = {"key": key, "kind": kind}
+    # `after` comes below, so that the keys keep the order versions have always been stored in.
+    step = cast(StepSpec, {"key": key, "kind": kind})
     for optional in ("name", "description"):
         if raw.get(optional):
             step[optional] = str(raw[optional])
@@ -698,8 +875,10 @@ def _normalise_step(
             problems.add(at, f"field `{kind}` must be a mapping")
             options = {}
         kind_trees = _check_templates(options, at, kind, problems)
+        # The checks above and below vouch for the shapes the casts name.
         if kind == "wait":
             _check_wait(options, at, problems)
+            step["wait"] = cast(WaitSpec, options)
         elif kind == "approval":
             _check_decision(options, at, "approval", APPROVAL_FIELDS, catalog, problems)
             on_reject = options.get("on_reject", "fail")
@@ -707,9 +886,10 @@ def _normalise_step(
                 problems.add(at, f"field `approval.on_reject`: {on_reject!r} is not 'fail' or 'continue'")
             if not isinstance(options.get("title"), str) or not options.get("title"):
                 problems.add(at, "field `approval.title` is required")
+            step["approval"] = cast(ApprovalSpec, options)
         elif kind == "manual":
             _check_manual(options, at, catalog, problems)
-        step[kind] = options
+            step["manual"] = cast(ManualSpec, options)
     after = raw.get("after", [])
     if isinstance(after, str):
         after = [after]
@@ -758,7 +938,7 @@ def _normalise_step(
         else:
             _check_decision(gate, at, "gate", GATE_FIELDS, catalog, problems)
             trees += _check_templates(gate, at, "gate", problems)
-            step["gate"] = gate
+            step["gate"] = cast(GateSpec, gate)
     if "on_failure" in raw:
         if raw["on_failure"] not in ("fail", "escalate"):
             problems.add(at, f"field `on_failure`: {raw['on_failure']!r} is not 'fail' or 'escalate'")
@@ -773,21 +953,21 @@ def _normalise_step(
             problems.add(at, f"field `fallback`: unknown agent {raw['fallback']!r}")
         else:
             step["fallback"] = raw["fallback"]
+    undo_refs: list[str] = []
     if "compensate" in raw:
         compensate = _normalise_compensate(raw["compensate"], at, catalog, problems)
         if compensate is not None:
             step["compensate"] = compensate
             undo_trees = _check_templates(compensate.get("input"), at, "compensate.input", problems)
-            step["_undo_refs"] = sorted(referenced_steps(undo_trees))
+            undo_refs = sorted(referenced_steps(undo_trees))
     if "timeout" in raw:
         step["timeout"] = _duration(raw["timeout"], at, "timeout", problems)
     if "retry" in raw:
         step["retry"] = normalise_retry(raw["retry"], at, problems)
-    step["_refs"] = sorted(referenced_steps(trees + kind_trees))
-    return step
+    return _ParsedStep(step, sorted(referenced_steps(trees + kind_trees)), undo_refs)
 
 
-def _normalise_compensate(raw: Any, at: str, catalog: Catalog, problems: Problems) -> dict[str, Any] | None:
+def _normalise_compensate(raw: Any, at: str, catalog: Catalog, problems: Problems) -> CompensateSpec | None:
     if not isinstance(raw, dict) or "agent" not in raw:
         problems.add(at, "field `compensate` must be a mapping with `agent` (and optionally `input`, `retry`)")
         return None
@@ -795,7 +975,7 @@ def _normalise_compensate(raw: Any, at: str, catalog: Catalog, problems: Problem
         problems.add(at, f"field `compensate.{unknown}` is unknown")
     if raw["agent"] not in catalog.agents:
         problems.add(at, f"field `compensate.agent`: unknown agent {raw['agent']!r}")
-    compensate: dict[str, Any] = {"agent": raw["agent"]}
+    compensate: CompensateSpec = {"agent": raw["agent"]}
     if "input" in raw:
         compensate["input"] = raw["input"]
     if raw.get("retry") is not None:
@@ -878,7 +1058,7 @@ def _check_wait(options: dict[str, Any], at: str, problems: Problems) -> None:
             _duration(options[name], at, f"wait.{name}", problems, positive=True)
 
 
-def _normalise_loop(raw: Any, at: str, problems: Problems) -> dict[str, Any] | None:
+def _normalise_loop(raw: Any, at: str, problems: Problems) -> LoopSpec | None:
     if not isinstance(raw, dict):
         problems.add(at, "field `loop` must be a mapping with back_to, until, max_iterations")
         return None
@@ -904,15 +1084,22 @@ def _normalise_loop(raw: Any, at: str, problems: Problems) -> dict[str, Any] | N
         ok = False
     if not ok:
         return None
-    return {
+    loop: LoopSpec = {
         "back_to": raw["back_to"],
         "until": raw["until"],
-        "max_iterations": max_iterations,
+        "max_iterations": raw["max_iterations"],
         "on_exhausted": on_exhausted,
     }
+    return loop
 
 
-def _check_graph(spec: dict[str, Any], where: str, problems: Problems) -> None:
+def _check_graph(
+    spec: WorkflowSpec,
+    refs: Mapping[str, list[str]],
+    undo_refs: Mapping[str, list[str]],
+    where: str,
+    problems: Problems,
+) -> None:
     steps = {s["key"]: s for s in spec["steps"]}
     for step in spec["steps"]:
         at = f"{where}, step '{step['key']}'"
@@ -921,9 +1108,6 @@ def _check_graph(spec: dict[str, Any], where: str, problems: Problems) -> None:
                 problems.add(at, f"field `after` names missing step '{dependency}'")
             elif dependency == step["key"]:
                 problems.add(at, "field `after` names the step itself")
-    refs = {s["key"]: s.pop("_refs", []) for s in spec["steps"]}
-    # A compensation runs after its step, so it may also read the step's own output.
-    undo_refs = {s["key"]: s.pop("_undo_refs", []) for s in spec["steps"]}
     cycle = find_cycle({k: [d for d in s["after"] if d in steps] for k, s in steps.items()})
     if cycle:
         path = " -> ".join(cycle)
@@ -954,6 +1138,7 @@ def _check_graph(spec: dict[str, Any], where: str, problems: Problems) -> None:
         at = f"{where}, step '{key}'"
         ancestors = _closure(key, after) - {key}
         loops = set().union(*(b for b in bodies.values() if key in b))
+        # A compensation runs after its step, so it may also read the step's own output.
         for ref in undo_refs.get(key, []):
             if ref not in steps:
                 problems.add(at, f"field `compensate.input` refers to unknown step '{ref}'")
@@ -1022,7 +1207,7 @@ def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str] | None:
     return None
 
 
-def _check_recursion(spec: dict[str, Any], catalog: Catalog, where: str, problems: Problems) -> None:
+def _check_recursion(spec: WorkflowSpec, catalog: Catalog, where: str, problems: Problems) -> None:
     graph = {k: set(v) for k, v in catalog.workflows.items()}
     graph[spec["key"]] = {s["workflow"] for s in spec["steps"] if s["kind"] == "workflow"}
     cycle = find_cycle(graph)
@@ -1039,11 +1224,11 @@ def children_of(spec: Mapping[str, Any]) -> set[str]:
 # The whole document, and writing it back
 
 
-def validate_document(document: dict[str, Any], catalog: Catalog) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def validate_document(document: dict[str, Any], catalog: Catalog) -> tuple[list[AgentSpec], WorkflowSpec | None]:
     problems = Problems()
     for unknown in sorted(set(document) - DOCUMENT_FIELDS):
         problems.add("file", f"unknown top-level field `{unknown}`")
-    agents: list[dict[str, Any]] = []
+    agents: list[AgentSpec] = []
     raw_agents = document.get("agents") or []
     if not isinstance(raw_agents, list):
         problems.add("file", "field `agents` must be a list")

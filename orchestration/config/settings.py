@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
 from orchestration.config.env import (
@@ -23,6 +24,10 @@ from orchestration.config.env import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+# Lets the admin write `admin.ModelAdmin[Run]` and `forms.ModelForm[Agent]`: Django's generic
+# classes get a no-op __class_getitem__ (their type arguments are for mypy only).
+django_stubs_ext.monkeypatch()
 
 # One switch for a deployment reached over HTTPS: it refuses to start without a secret key and
 # named hosts, and turns on secure cookies and HSTS (see "Production" below).
