@@ -34,8 +34,11 @@ ROWS = [
     ("10-step sequential workflow", "step-to-step handoff, p95"),
     ("10-step sequential workflow", "  finished -> next queued, median"),
     ("10-step sequential workflow", "  queued -> claimed, median"),
+    ("10-step sequential workflow", "SQL statements per hand-off (in-process), median"),
+    ("10-step sequential workflow", "  the hand-off's transaction (in-process), median"),
     ("100-item for_each, 4 workers", "throughput, map start -> finish"),
     ("100-item for_each, 4 workers", "total wall time"),
+    ("100-item for_each, 4 workers", "SQL statements per item (in-process)"),
     (HTTP_ROW, "wall time, map start -> finish, median of 3 runs"),
     (HTTP_ROW, "ideal: 20 x 50 ms / 4 workers"),
     (HTTP_ROW, "wall / ideal"),
@@ -45,7 +48,7 @@ ROWS = [
     (MAP_ROW, "cancel: longest transaction"),
     ("every bench run", "messages re-sent"),
 ]
-VALUE = re.compile(r"(\d+(?:\.\d+)?) ?(ms|s|steps/s|x|messages)")
+VALUE = re.compile(r"(\d+(?:\.\d+)?) ?(ms|s|steps/s|x|messages|statements)")
 
 
 @dataclass
@@ -141,6 +144,15 @@ class TestBench:
         handoff = next(row for row in rows if row.measure == "step-to-step handoff, median")
         assert handoff.target.endswith((" ok", " MISSED")), handoff
 
+    def test_it_counts_the_statements_of_a_hand_off_and_of_a_map_item(self, bench: Outcome) -> None:
+        rows = {row.measure: row for row in table(bench.stdout)}
+        handoff = rows["SQL statements per hand-off (in-process), median"]
+        item = rows["SQL statements per item (in-process)"]
+        # A hand-off records one step and claims the next: a lock, two updates, an insert at least.
+        assert handoff.value >= 4, handoff
+        # Items are claimed and recorded a chunk at a time, so each costs less than a hand-off.
+        assert 0 < item.value < handoff.value, item
+
     def test_the_table_and_the_json_tell_the_same_numbers(self, bench: Outcome) -> None:
         document = json.loads(bench.stdout.strip().splitlines()[-1])
         for printed, row in zip(table(bench.stdout), document["rows"], strict=True):
@@ -211,6 +223,10 @@ class TestBench:
         assert bench.workflows == ["bench-fanout-100", "bench-http-20", "bench-mapstart-1000", "bench-sequential-10"]
 
 
+# What the in-process run counted, for the tests that build rows from made-up figures.
+COUNTED = {"handoff": 7.0, "handoff_ms": 2.0, "item": 0.5}
+
+
 def test_a_re_sent_message_is_marked_missed_and_fails_the_bench() -> None:
     from orchestration.management.commands.bench import QUICK, Bench
 
@@ -218,9 +234,9 @@ def test_a_re_sent_message_is_marked_missed_and_fails_the_bench() -> None:
     floor, chain = [1.0, 2.0], {name: [1.0] for name in ("wall", "median", "p95", "engine", "broker")}
     fan, calls = {"throughput": 10.0, "wall": 1.0}, {"wall": 1.0, "ideal": 0.5, "call": 50.0}
     start = {"start": 0.2, "call": 0.5, "cancel": 0.1}
-    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, start, 3)}
+    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, start, 3, COUNTED)}
     assert (rows["messages re-sent"]["value"], rows["messages re-sent"]["status"]) == (3, "MISSED")
-    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, start, 0)}
+    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, start, 0, COUNTED)}
     assert rows["messages re-sent"]["status"] == "ok"
 
 
@@ -230,7 +246,8 @@ def test_a_map_start_or_cancel_holding_the_database_over_a_second_is_marked_miss
     bench = Bench(QUICK, progress=None)
     floor, chain = [1.0, 2.0], {name: [1.0] for name in ("wall", "median", "p95", "engine", "broker")}
     fan, calls = {"throughput": 10.0, "wall": 1.0}, {"wall": 1.0, "ideal": 0.5, "call": 50.0}
-    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, {"start": 3.4, "call": 6.0, "cancel": 0.2}, 0)}
+    timed = {"start": 3.4, "call": 6.0, "cancel": 0.2}
+    rows = {row["measure"]: row for row in bench.rows(floor, chain, fan, calls, timed, 0, COUNTED)}
     start, cancel = rows["start: longest transaction"], rows["cancel: longest transaction"]
     assert (start["target"], start["status"]) == ("<= 1.00 s", "MISSED")
     assert (cancel["target"], cancel["status"]) == ("<= 1.00 s", "ok")
