@@ -22,7 +22,8 @@ from orchestration import limits
 logger = logging.getLogger("baton.dispatch")
 
 _broker: Any = None
-MAX_CHUNK = 25
+MAX_CHUNK = 50
+CHUNKS_PER_WORKER = 4
 
 
 def broker() -> Any:
@@ -139,9 +140,11 @@ def send_mapped(step_run_ids: list[int]) -> None:
     """for_each items in chunks, so a large fan-out of short steps is not one message each.
 
     Chunks stay small enough that every worker gets several (no loss of parallelism for slow
-    agents): about eight per worker of this deployment, at most MAX_CHUNK items each.
+    agents): about CHUNKS_PER_WORKER per worker of this deployment, at most MAX_CHUNK items
+    each. Bigger chunks pay less bookkeeping per item (one claim and one record each); 100
+    items gained nothing over 50 in the bench.
     """
-    size = max(1, min(MAX_CHUNK, len(step_run_ids) // (settings.WORKERS * 8)))
+    size = max(1, min(MAX_CHUNK, len(step_run_ids) // (settings.WORKERS * CHUNKS_PER_WORKER)))
     if size == 1:
         send_steps(step_run_ids)
         return

@@ -320,6 +320,10 @@ def run_step(step_run_id: int) -> None:
         )
 
 
+# How stale the last look at a chunk's claim may be before the next item starts.
+LOOK_SECONDS = 0.01
+
+
 def run_items(step_run_ids: list[int]) -> None:
     """A chunk of for_each items of one map step, run one after another by this worker.
 
@@ -336,20 +340,24 @@ def run_items(step_run_ids: list[int]) -> None:
             _record_failure(claim, Outcome(None, error_class=ErrorClass.PERMANENT, message=f"agent '{claim.agent_name}' no longer exists"))
         return
     successes: list[transitions.Success] = []
+    secrets = agent_secrets.values()  # read once per chunk: it scans the environment
+    looked = -LOOK_SECONDS
     with Heartbeat([c.step_run_id for c in claims], claims[0].token) as heartbeat:
         for claim in claims:
             # Cancelled (or the map failed, here or on another worker): what is left is no
-            # longer ours. The heartbeat notices only at its next beat, so look before each
-            # item; an item-by-primary-key read is cheap next to any agent call. Stopping:
-            # baton_worker releases the items left once this worker process has exited.
-            if (
-                heartbeat.stop.is_set()
-                or stopping()
-                or not transitions.still_held(step_run_id=claim.step_run_id, token=claim.token)
-            ):
+            # longer ours. The heartbeat notices only at its next beat, so look before an
+            # item, unless the last look is less than LOOK_SECONDS old: a cancel committed
+            # since then is the same race as one committed just after a look, and whatever
+            # is reported for a cancelled item is refused anyway. Stopping: baton_worker
+            # releases the items left once this worker process has exited.
+            if heartbeat.stop.is_set() or stopping():
                 break
+            if time.monotonic() - looked >= LOOK_SECONDS:
+                if not transitions.still_held(step_run_id=claim.step_run_id, token=claim.token):
+                    break
+                looked = time.monotonic()
             started = timezone.now()
-            outcome = _run_agent(agent, claim, heartbeat.stop)
+            outcome = _redacted(_call_agent(agent, claim, heartbeat.stop), secrets)
             if outcome.result is None:
                 _record_failure(claim, outcome)
                 continue

@@ -24,7 +24,7 @@ from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from orchestration import dispatch, engine, guards
+from orchestration import dispatch, engine, guards, rows
 from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
 from orchestration.specs import step_spec
 from orchestration.status import (
@@ -386,37 +386,37 @@ def record_item_successes(*, successes: list[Success]) -> int:
         kept = [s for s in successes if s.claim.step_run_id in valid]
         if not kept:
             return 0
-        StepRun.objects.bulk_update(
-            [
-                StepRun(
-                    pk=s.claim.step_run_id,
-                    status=StepStatus.SUCCEEDED,
-                    output=s.output,
-                    usage=s.usage or {},
-                    started_at=s.started_at,
-                    finished_at=s.finished_at,
-                    lease_expires_at=None,
-                    error="",
-                    error_class="",
-                )
+        rows.update_rows(
+            StepRun,
+            key=["id"],
+            rows=[
+                {
+                    "id": s.claim.step_run_id,
+                    "output": s.output,
+                    "usage": s.usage or {},
+                    "started_at": s.started_at,
+                    "finished_at": s.finished_at,
+                }
                 for s in kept
             ],
-            ["status", "output", "usage", "started_at", "finished_at", "lease_expires_at", "error", "error_class"],
+            constant={"status": StepStatus.SUCCEEDED, "lease_expires_at": None, "error": "", "error_class": ""},
         )
-        attempts = {
-            (a.step_run_id, a.number): a
-            for a in Attempt.objects.filter(step_run_id__in=valid, status=AttemptStatus.RUNNING)
-        }
-        changed = []
-        for s in kept:
-            attempt = attempts.get((s.claim.step_run_id, s.claim.attempt))
-            if attempt is not None:
-                attempt.status = AttemptStatus.SUCCEEDED
-                attempt.started_at = s.started_at
-                attempt.finished_at = s.finished_at
-                attempt.usage = s.usage or {}
-                changed.append(attempt)
-        Attempt.objects.bulk_update(changed, ["status", "started_at", "finished_at", "usage"])
+        rows.update_rows(
+            Attempt,
+            key=["step_run_id", "number"],
+            rows=[
+                {
+                    "step_run_id": s.claim.step_run_id,
+                    "number": s.claim.attempt,
+                    "usage": s.usage or {},
+                    "started_at": s.started_at,
+                    "finished_at": s.finished_at,
+                }
+                for s in kept
+            ],
+            constant={"status": AttemptStatus.SUCCEEDED},
+            where={"status": AttemptStatus.RUNNING},
+        )
         limited = guards.record_outcome(first.agent_name, succeeded=True, now=timezone.now())
         for s in kept:
             item = StepRun(pk=s.claim.step_run_id, run_id=s.claim.run_id, parent_id=s.claim.parent_id)

@@ -177,13 +177,13 @@ def test_the_messages_of_a_big_map_go_to_the_orm_broker_in_one_short_transaction
 
     from orchestration.management.commands.bench import transaction_clock
 
-    monkeypatch.setattr(limits, "BATCH_SIZE", 50)
+    monkeypatch.setattr(limits, "BATCH_SIZE", 25)
     flow("    - {key: fan, agent: echo, for_each: '{{ input.items }}'}", extra="  inputs: {items: {type: list}}")
     with transaction_clock() as held:
         transitions.start_run(workflow="wf", input={"items": list(range(2000))})
     messages = OrmQ.objects.filter(key=settings.QUEUE_NAME).count()
-    assert messages == 80  # chunks of 25 items
-    assert len(held) == 1 + 2, "the start, then 50 + 30 messages in two transactions"
+    assert messages == 40  # chunks of 50 items
+    assert len(held) == 1 + 2, "the start, then 25 + 15 messages in two transactions"
 
 
 @orm_broker_only
