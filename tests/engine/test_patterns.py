@@ -572,7 +572,7 @@ def test_a_large_fan_out_is_sent_in_chunks_and_a_small_one_is_not(settings: Any,
     finally:
         dispatch.send_steps, dispatch.send_step_chunks = original_steps, original_chunks
     (kind, chunks), (small_kind, small) = sent
-    assert kind == "chunks" and [len(c) for c in chunks] == [12] * 8 + [4], "about four chunks per worker"
+    assert kind == "chunks" and [len(c) for c in chunks] == [6] * 16 + [4], "about eight chunks per worker"
     assert small_kind == "steps" and len(small) == 5
 
 
