@@ -1,9 +1,9 @@
 """The JSON API (django-ninja), mounted at /api/; its OpenAPI description is /api/openapi.json.
 
-Every write goes through approvals.transitions, exactly like the inbox pages, and its errors
-map to status codes in one place (the exception handlers below): NotAllowed 403, a missing
-item (or one the caller may not see) 404, AlreadyDecided 409, InvalidInput 422, a database
-that is away 503, anything else 500; every answer under /api/ is JSON, unknown paths and
+Every write goes through approvals.transitions, exactly like the inbox pages, and its refusals
+get the status approvals.errors gives them, the same as on the pages (NotAllowed 403,
+AlreadyDecided 409, InvalidInput 422); a missing item (or one the caller may not see) is 404,
+a database that is away 503, anything else 500; every answer under /api/ is JSON, unknown paths and
 methods included.
 """
 
@@ -21,11 +21,10 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import HttpError, ValidationError
 
-from approvals import access, transitions
+from approvals import access, errors, transitions
 from approvals.auth import BearerToken, SessionWithCsrf
 from approvals.models import Item, ItemStatus
 from approvals.notifications import item_url
-from orchestration.transitions import InvalidTransition
 
 api = NinjaAPI(
     title="Baton API",
@@ -193,35 +192,28 @@ def _error(
     return api.create_response(request, {"detail": detail, "errors": errors or {}}, status=status)
 
 
-@api.exception_handler(transitions.NotAllowed)
-def _not_allowed(request: HttpRequest, exc: transitions.NotAllowed) -> HttpResponse:
-    return _error(request, 403, str(exc))
+def _refused(request: HttpRequest, exc: Any) -> HttpResponse:
+    """A refusal of approvals.transitions, answered with approvals.errors' status for it."""
+    status = errors.status_for(exc)
+    if isinstance(exc, transitions.AlreadyDecided):
+        # Who decided first and when: the client can tell its user without another request.
+        data = {
+            "detail": str(exc),
+            "status": exc.status,
+            "decided_by": _username(exc.decided_by),
+            "decided_at": exc.decided_at,
+        }
+        return api.create_response(request, data, status=status)
+    return _error(request, status, str(exc), exc.errors if isinstance(exc, transitions.InvalidInput) else None)
+
+
+for _refusal in errors.REFUSALS:
+    api.add_exception_handler(_refusal, _refused)
 
 
 @api.exception_handler(Item.DoesNotExist)
 def _missing(request: HttpRequest, exc: Item.DoesNotExist) -> HttpResponse:
     return _error(request, 404, "No such item.")
-
-
-@api.exception_handler(transitions.AlreadyDecided)
-def _already_decided(request: HttpRequest, exc: transitions.AlreadyDecided) -> HttpResponse:
-    data = {
-        "detail": str(exc),
-        "status": exc.status,
-        "decided_by": _username(exc.decided_by),
-        "decided_at": exc.decided_at,
-    }
-    return api.create_response(request, data, status=409)
-
-
-@api.exception_handler(InvalidTransition)
-def _invalid_transition(request: HttpRequest, exc: InvalidTransition) -> HttpResponse:
-    return _error(request, 409, str(exc))
-
-
-@api.exception_handler(transitions.InvalidInput)
-def _invalid_input(request: HttpRequest, exc: transitions.InvalidInput) -> HttpResponse:
-    return _error(request, 422, str(exc), exc.errors)
 
 
 @api.exception_handler(HttpError)
@@ -267,7 +259,7 @@ def urls() -> tuple[list[Any], str, str]:
 def _json_method_not_allowed(view: Any) -> Callable[..., HttpResponse]:
     @functools.wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        response = view(request, *args, **kwargs)
+        response: HttpResponse = view(request, *args, **kwargs)
         if response.status_code == 405 and not response.get("Content-Type", "").startswith("application/json"):
             allowed = response.get("Allow", "")
             response = _error(request, 405, f"{request.method} is not allowed here; allowed: {allowed}.")

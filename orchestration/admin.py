@@ -32,6 +32,7 @@ from django.utils.safestring import SafeString, mark_safe
 from orchestration import access, definitions, transitions
 from orchestration.agents import registry as agent_registry
 from orchestration.agents import secrets as agent_secrets
+from orchestration.durations import human_duration
 from orchestration.models import (
     Agent,
     AgentEvent,
@@ -81,15 +82,8 @@ def pretty_json(value: Any) -> SafeString:
 
 
 def seconds_label(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {rest:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    # The same text as the dashboard's (orchestration.durations); a dash for "not finished".
+    return human_duration(seconds) or "—"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin[M]):

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from orchestration import guards, limits, waiting
+from orchestration import guards, limits, reads, waiting
 from orchestration.durations import parse_duration
 from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow
 from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
@@ -99,17 +99,7 @@ HEAD_FIELDS = ("id", "run_id", "step_key", "kind", "status", "iteration", "outpu
 
 
 def head_rows(run: Run) -> list[StepRun]:
-    """Every head row of the run, oldest iteration first."""
-    query = StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id")
-    return list(query.only(*HEAD_FIELDS))
-
-
-def heads(run: Run, rows: list[StepRun] | None = None) -> dict[str, StepRun]:
-    """The latest iteration's head row of every step that has one."""
-    latest: dict[str, StepRun] = {}
-    for row in head_rows(run) if rows is None else rows:
-        latest[row.step_key] = row
-    return latest
+    return reads.head_rows(run, only=HEAD_FIELDS)
 
 
 def template_context(
@@ -171,7 +161,7 @@ def advance(work: Work, run: Run) -> None:
     waits = loop_waits(run.version_id)
     to_send: list[int] = []
     rows = head_rows(run)
-    current = heads(run, rows)
+    current = reads.latest_heads(rows)
     progressed = True
     while progressed and run.status == RunStatus.RUNNING:
         progressed = False
@@ -198,7 +188,7 @@ def advance(work: Work, run: Run) -> None:
                 # Starting it finished it (a false `when`, an empty for_each, a bad template),
                 # which may have advanced the run from inside: read the heads afresh.
                 rows = head_rows(run)
-                current = heads(run, rows)
+                current = reads.latest_heads(rows)
                 break
             current[step["key"]] = head
     _queue(work, run, to_send)

@@ -46,7 +46,7 @@ def update_rows(
     varying = [name for name in names if name not in key]
 
     def column(name: str) -> str:
-        return quote(fields[name].column)
+        return str(quote(fields[name].column))
 
     def prepared(name: str, value: Any) -> Any:
         return fields[name].get_db_prep_save(value, connection)

@@ -3,9 +3,14 @@
 A string that is exactly one `{{ expr }}` keeps the expression's type (a list stays a list);
 any other string is rendered as text. Mappings and lists are rendered value by value.
 
-The sandbox is bounded as well as safe: huge powers, repetitions (`'x' * 10**9`), paddings and
-format widths are refused with a SecurityError before anything is allocated, and any exception
-while rendering becomes a TemplateError, so a bad template fails its own step and nothing else.
+The sandbox is bounded as well as safe: huge powers, repetitions (`'x' * 10**9`), paddings,
+joins, replacements and format widths are refused with a SecurityError before anything is
+allocated, and so is an expression that builds too much in all (`range(10**5)|map('center',
+10**6)` builds a hundred thousand strings that are each allowed). Any exception while rendering
+becomes a TemplateError, so a bad template fails its own step and nothing else.
+
+Not bounded: the time a template takes (nested loops over big ranges), and strings doubled with
+`~` inside a loop (Jinja compiles `~` to a join the sandbox cannot intercept).
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import operator
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -34,8 +41,11 @@ class TemplateError(Exception):
 # limited to BATON_MAX_INPUT_BYTES), far below what would stall a worker or exhaust memory.
 MAX_BUILT_SIZE = 1_000_000
 MAX_POWER_BITS = 65_536
+# What one expression or text template may build in all, adding every bounded operation's size.
+MAX_BUILT_TOTAL = 10 * MAX_BUILT_SIZE
 _FORMAT_NUMBER = re.compile(r"%[-+ #0]*(\*|\d+)?(?:\.(\*|\d+))?")
 _BRACE_SPEC = re.compile(r"\{[^{}]*:([^{}]*)\}")
+_NESTED_SPEC = re.compile(r"\{[^{}]*:[^{}]*\{")
 _DIGITS = re.compile(r"\d+")
 
 
@@ -43,13 +53,47 @@ def _too_big(what: str) -> SecurityError:
     return SecurityError(f"{what} would be larger than the sandbox allows ({MAX_BUILT_SIZE:,})")
 
 
+# How much the expression being evaluated has built so far; None outside evaluate and render.
+_built: ContextVar[int | None] = ContextVar("baton_template_built", default=None)
+
+
+@contextmanager
+def _budget() -> Iterator[None]:
+    token = _built.set(0)
+    try:
+        yield
+    finally:
+        _built.reset(token)
+
+
+def _build(size: int, what: str) -> None:
+    """Refuse to build `size` characters (or items) if that one result, or everything the
+    expression has built with it, is larger than the sandbox allows."""
+    if size > MAX_BUILT_SIZE:
+        raise _too_big(what)
+    total = _built.get()
+    if total is None:
+        return
+    total += size
+    if total > MAX_BUILT_TOTAL:
+        raise SecurityError(f"the template builds more than the sandbox allows in all ({MAX_BUILT_TOTAL:,})")
+    _built.set(total)
+
+
+def _weight(value: Any) -> int:
+    """The size an element adds to what is built from it: its length if it has one that grows."""
+    return len(value) if isinstance(value, (str, list, tuple, dict)) else 1
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_repeat(sequence: Any, times: Any) -> None:
-    if isinstance(sequence, (str, list, tuple)) and _is_int(times) and len(sequence) * times > MAX_BUILT_SIZE:
-        raise _too_big(f"repeating a {type(sequence).__name__} {times:,} times")
+    if isinstance(sequence, (str, list, tuple)) and _is_int(times) and times > 0:
+        # A list of one big string repeated is small itself, but is as big as its text once joined.
+        size = len(sequence) if isinstance(sequence, str) else sum(_weight(v) for v in sequence)
+        _build(size * times, f"repeating a {type(sequence).__name__} {times:,} times")
 
 
 def _check_format(template: str, args: Any) -> None:
@@ -60,15 +104,19 @@ def _check_format(template: str, args: Any) -> None:
             if number == "*":
                 if any(_is_int(v) and abs(v) > MAX_BUILT_SIZE for v in values):
                     raise _too_big("a `*` width in a format")
-            elif number and int(number) > MAX_BUILT_SIZE:
-                raise _too_big(f"a format width of {int(number):,}")
+            elif number:
+                _build(int(number), f"a format width of {int(number):,}")
 
 
-def _check_brace_format(template: str) -> None:
+def _check_brace_format(template: str, args: tuple[Any, ...]) -> None:
     for spec in _BRACE_SPEC.findall(template):
         for number in _DIGITS.findall(spec):
-            if int(number) > MAX_BUILT_SIZE:
-                raise _too_big(f"a format width of {int(number):,}")
+            _build(int(number), f"a format width of {int(number):,}")
+    # '{:{}}'.format('x', 10**9): the width is an argument (a field nested in the spec).
+    if _NESTED_SPEC.search(template):
+        for value in args:
+            if _is_int(value):
+                _build(abs(value), f"a format width of {value:,}")
 
 
 def _check_power(base: Any, exponent: Any) -> None:
@@ -94,26 +142,46 @@ def _bounded_filter(name: str, check: Callable[..., None], original: Callable[..
     return bounded
 
 
-def _width_check(position: int, keyword: str) -> Callable[..., None]:
+def _width_check(position: int, keyword: str, *, per_line: bool = False) -> Callable[..., None]:
     def check(*args: Any, **kwargs: Any) -> None:
         width: Any = kwargs.get(keyword, args[position] if len(args) > position else None)
-        if _is_int(width) and abs(width) > MAX_BUILT_SIZE:
-            raise _too_big(f"a {keyword} of {width:,}")
+        if _is_int(width):
+            # indent adds its width to every line: 100,000 lines indented by 999,999 is huge.
+            lines = str(args[0]).count("\n") + 1 if per_line and args else 1
+            what = f"indenting {lines:,} lines by {width:,}" if lines > 1 else f"a {keyword} of {width:,}"
+            _build(abs(width) * lines, what)
 
     return check
 
 
 def _replace_check(*args: Any, **kwargs: Any) -> None:
-    # replace(eval_ctx, s, old, new, count=None)
-    if len(args) >= 4 and isinstance(args[1], str) and isinstance(args[2], str) and isinstance(args[3], str):
-        text, old, new = args[1], args[2], args[3]
-        if len(text) + (text.count(old) if old else len(text) + 1) * len(new) > MAX_BUILT_SIZE:
-            raise _too_big("the replaced string")
+    # replace(eval_ctx, s, old, new, count=None); the filter makes strings of all three, so
+    # `12345|replace('', big)` builds as much as `'12345'|replace('', big)`.
+    if len(args) >= 4:
+        text, old, new = str(args[1]), str(args[2]), str(args[3])
+        _build(len(text) + (text.count(old) if old else len(text) + 1) * len(new), "the replaced string")
 
 
 def _format_filter_check(*args: Any, **kwargs: Any) -> None:
     if args and isinstance(args[0], str):
         _check_format(args[0], tuple(args[1:]) or tuple(kwargs.values()))
+
+
+def _check_join(parts: list[Any], separator: Any) -> None:
+    _build(sum(_weight(p) for p in parts) + len(str(separator)) * max(0, len(parts) - 1), "the joined string")
+
+
+def _bounded_join(original: Callable[..., Any]) -> Callable[..., Any]:
+    # join(eval_ctx, value, d="", attribute=None); the value may be a generator, read once
+    # here and handed on as a list.
+    def bounded(eval_ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> Any:
+        parts = list(value)
+        _check_join(parts, d)
+        return original(eval_ctx, parts, d, attribute)
+
+    bounded.__name__ = "bounded_join"
+    bounded.jinja_pass_arg = original.jinja_pass_arg  # type: ignore[attr-defined]
+    return bounded
 
 
 class _Environment(ImmutableSandboxedEnvironment):
@@ -127,14 +195,16 @@ class _Environment(ImmutableSandboxedEnvironment):
         self.globals.pop("lipsum", None)
         bounded = {
             "center": _width_check(1, "width"),
-            "indent": _width_check(1, "width"),
-            "slice": _width_check(1, "slices"),
+            "indent": _width_check(1, "width", per_line=True),
+            # slice takes the eval context first (it has an async variant): slice(ctx, value, slices).
+            "slice": _width_check(2, "slices"),
             "batch": _width_check(1, "linecount"),
             "replace": _replace_check,
             "format": _format_filter_check,
         }
         for name, check in bounded.items():
             self.filters[name] = _bounded_filter(name, check, self.filters[name])
+        self.filters["join"] = _bounded_join(self.filters["join"])
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Workflow data is JSON: `input.items` means the key "items", not dict.items().
@@ -149,8 +219,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         elif operator == "**":
             _check_power(left, right)
         elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
-            if len(left) + len(right) > MAX_BUILT_SIZE:
-                raise _too_big("the concatenation")
+            _build(len(left) + len(right), "the concatenation")
         elif operator == "%" and isinstance(left, str):
             _check_format(left, right)
         return _BINOPS[operator](left, right)
@@ -163,12 +232,17 @@ class _Environment(ImmutableSandboxedEnvironment):
         owner = getattr(method, "__self__", None)
         if isinstance(method, types.BuiltinMethodType) and isinstance(owner, (str, bytes)):
             name = method.__name__
-            if name in _PADDING_METHODS and any(
-                _is_int(v) and abs(v) > MAX_BUILT_SIZE for v in (*args, *kwargs.values())
-            ):
-                raise _too_big(f"calling {name} with a huge number")
+            numbers = [abs(v) for v in (*args, *kwargs.values()) if _is_int(v)]
+            if name in _PADDING_METHODS and numbers:
+                # expandtabs widens every tab: a million tabs expanded by a million is huge.
+                per = (owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")) if name == "expandtabs" else 1
+                _build(len(owner) + max(numbers) * per, f"calling {name} with a huge number")
             if name in ("format", "format_map") and isinstance(owner, str):
-                _check_brace_format(owner)
+                _check_brace_format(owner, (*args, *kwargs.values()))
+            if name == "join" and args:
+                parts = list(args[0])
+                _check_join(parts, owner)
+                args = (parts, *args[1:])
         return super().call(__context, __obj, *args, **kwargs)
 
 
@@ -282,9 +356,11 @@ def _failure(source: str, exc: BaseException) -> str:
 
 
 def evaluate(text: str, context: dict[str, Any]) -> Any:
+    """The value of an expression (bare or in `{{ }}`), keeping its type; TemplateError if it fails."""
     source = expression_source(text)
     try:
-        result = _compiled_expression(source)(**context)
+        with _budget():
+            result = _compiled_expression(source)(**context)
     except TemplateSyntaxError as exc:
         raise TemplateError(f"`{source}` does not compile: {exc.message}") from None
     except (UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:
@@ -301,6 +377,8 @@ def evaluate(text: str, context: dict[str, Any]) -> Any:
 
 
 def render(value: Any, context: dict[str, Any]) -> Any:
+    """A value with every string in it rendered: one `{{ expr }}` keeps its type, other text is
+    rendered as text, anything else is returned as it is; TemplateError if any fails."""
     if isinstance(value, str):
         inner = _single_expression(value)
         if inner is not None:
@@ -308,7 +386,8 @@ def render(value: Any, context: dict[str, Any]) -> Any:
         if "{{" not in value and "{%" not in value:
             return value
         try:
-            return _compiled_template(value).render(**context)
+            with _budget():
+                return _compiled_template(value).render(**context)
         except TemplateSyntaxError as exc:
             raise TemplateError(f"{value!r} does not compile: {exc.message}") from None
         except (UndefinedError, TypeError, ValueError, ZeroDivisionError) as exc:

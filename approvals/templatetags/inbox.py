@@ -1,4 +1,4 @@
-"""How the inbox shows time and state: "in 3 hours", "overdue by 20 minutes", a bar of time used.
+"""How the inbox shows time and state: "in 3 h", "overdue by 20 min", a bar of time used.
 
 Deadlines are shown relative to now (people decide by how long they have left) with the exact
 time in a title attribute. Nothing here marks text safe: titles, details and agent data reach
@@ -12,6 +12,8 @@ from typing import Any
 
 from django import template
 from django.utils import timezone
+
+from orchestration.durations import human_duration
 
 register = template.Library()
 
@@ -42,45 +44,32 @@ DECISION_WORDS = {
 }
 
 
-def _plural(count: int, unit: str) -> str:
-    return f"{count} {unit}{'' if count == 1 else 's'}"
+def _span(start: datetime, end: datetime) -> str:
+    """How long from start to end, to the minute: '20 min', '1 h 20 min', '1 d 23 h'.
 
-
-def _span(start: datetime, end: datetime, *, precise: bool = False) -> str:
-    """A duration the way people say it: '20 minutes', '3 hours 20 minutes', '47 hours', '3 days'.
-
-    Rounded to the nearest unit (a 48-hour deadline just set reads "48 hours", not "1 day");
-    `precise` keeps the minutes of a few hours, where they still matter to someone deciding.
+    Deadlines are hours or days apart; seconds would only flicker. The words are
+    orchestration.durations', the same as on every other page.
     """
-    seconds = max(0.0, (end - start).total_seconds())
-    minutes = round(seconds / 60)
+    minutes = round(max(0.0, (end - start).total_seconds()) / 60)
     if minutes < 1:
         return "less than a minute"
-    if minutes < 60:
-        return _plural(minutes, "minute")
-    if precise and minutes < 10 * 60:
-        hours, rest = divmod(minutes, 60)
-        return _plural(hours, "hour") + (f" {_plural(rest, 'minute')}" if rest else "")
-    hours = round(seconds / 3600)
-    if hours <= 48:
-        return _plural(hours, "hour")
-    return _plural(round(seconds / 86400), "day")
+    return human_duration(minutes * 60)
 
 
 @register.filter
 def time_left(deadline: datetime | None, now: datetime | None = None) -> str:
-    """'in 3 hours', 'overdue by 20 minutes'; '' without a deadline."""
+    """'in 3 h', 'overdue by 20 min'; '' without a deadline."""
     if deadline is None:
         return ""
     now = now or timezone.now()
     if deadline > now:
-        return f"in {_span(now, deadline, precise=True)}"
-    return f"overdue by {_span(deadline, now, precise=True)}"
+        return f"in {_span(now, deadline)}"
+    return f"overdue by {_span(deadline, now)}"
 
 
 @register.filter
 def ago(moment: datetime | None, now: datetime | None = None) -> str:
-    """'4 minutes ago', 'just now'."""
+    """'4 min ago', 'just now'."""
     if moment is None:
         return ""
     now = now or timezone.now()

@@ -13,6 +13,8 @@ from typing import Any
 from django import template
 from django.utils import timezone
 
+from orchestration.durations import human_duration
+
 register = template.Library()
 
 FOLD_CHARS = 240
@@ -23,41 +25,8 @@ COMPACT_CHARS = 48
 
 @register.filter
 def duration(seconds: float | None) -> str:
-    """3.2s, 4m 05s, 2h 07m, 3d 4h: precise for short steps, readable for long runs."""
-    if seconds is None:
-        return ""
-    seconds = max(0.0, float(seconds))
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    whole = int(seconds)
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h {minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours}h"
-
-
-@register.filter
-def span(seconds: float | None) -> str:
-    """A configured length of time, as a workflow file would say it: 90s is 1m 30s, 300 is 5m."""
-    if seconds is None:
-        return ""
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:g}s"
-    hours, rest = divmod(round(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h"] if hours else []
-    if minutes:
-        parts.append(f"{minutes}m")
-    if secs and not hours:
-        parts.append(f"{secs}s")
-    return " ".join(parts)
+    """A length of time, measured or configured: 3.2 s, 4 min 5 s (orchestration.durations)."""
+    return human_duration(seconds)
 
 
 @register.filter
@@ -70,7 +39,7 @@ def elapsed(start: datetime | None, end: datetime | None = None) -> str:
     """Time from start to end, or to now for something still going."""
     if start is None:
         return ""
-    return duration(((end or timezone.now()) - start).total_seconds())
+    return human_duration(((end or timezone.now()) - start).total_seconds())
 
 
 @register.simple_tag
@@ -79,7 +48,7 @@ def until(moment: datetime | None) -> str:
     if moment is None:
         return ""
     seconds = (moment - timezone.now()).total_seconds()
-    return duration(seconds) if seconds > 0 else ""
+    return human_duration(seconds) if seconds > 0 else ""
 
 
 @register.filter

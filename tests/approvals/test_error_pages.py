@@ -106,7 +106,7 @@ def test_a_server_error_is_a_styled_500_that_needs_no_context(
     def broken(item_id: int) -> Item:
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr("approvals.views._load_item", broken)
+    monkeypatch.setattr("approvals.read_models.load_item", broken)
     client.force_login(people["approver"])
     client.raise_request_exception = False
 

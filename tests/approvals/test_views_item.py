@@ -192,7 +192,7 @@ def test_the_page_shows_what_is_asked_the_steps_that_led_here_the_graph_and_the_
     assert 'data-kind="created"' in page
     assert "assigned to approver" in page
     assert '<span class="person">approver</span>' in page
-    assert "in 48 hours" in page
+    assert "in 2 d" in page
     assert "If nobody decides" in page
     assert 'name="decision" value="approve"' in page
 

@@ -82,14 +82,14 @@ def test_each_agent_shows_its_kind_fallback_timeout_and_retry(ops_client: Client
     summariser = row_of(page, "summariser")
     assert '<span class="tag">Python callable</span>' in summariser
     policy = cell(summariser, "Policy")
-    assert "<dt>Timeout</dt><dd>1m 30s</dd>" in policy
-    assert "<dt>Retry</dt><dd>5 attempts, backoff 2s</dd>" in policy
+    assert "<dt>Timeout</dt><dd>1 min 30 s</dd>" in policy
+    assert "<dt>Retry</dt><dd>5 attempts, backoff 2 s</dd>" in policy
     assert '<dt>Fallback</dt><dd><a href="#agent-stand-in">stand-in</a></dd>' in policy
 
     stand_in = row_of(page, "stand-in")
     assert '<span class="tag tag--sim">simulated</span>' in stand_in
     assert "<dt>Timeout</dt><dd><span class=\"muted\">none</span></dd>" in cell(stand_in, "Policy")
-    assert "<dt>Retry</dt><dd>3 attempts, backoff 1s</dd>" in cell(stand_in, "Policy"), "the default policy"
+    assert "<dt>Retry</dt><dd>3 attempts, backoff 1 s</dd>" in cell(stand_in, "Policy"), "the default policy"
     assert "<dt>Fallback</dt><dd><span class=\"muted\">none</span></dd>" in cell(stand_in, "Policy")
 
 
@@ -124,7 +124,7 @@ def test_a_closed_circuit_is_green_and_an_agent_without_a_breaker_says_so(ops_cl
 
     guarded = cell(row_of(page, "guarded"), "Circuit")
     assert 'class="badge badge--circuit-closed" data-circuit-state="closed">closed</span>' in guarded
-    assert "opens after 3 failures in 1m, cooldown 30s" in guarded
+    assert "opens after 3 failures in 1 min, cooldown 30 s" in guarded
     assert '<span class="muted">no breaker</span>' in cell(row_of(page, "plain"), "Circuit")
 
 
@@ -138,7 +138,7 @@ def test_an_open_circuit_is_red_and_says_when_it_reopens(ops_client: Client) -> 
     assert 'data-circuit="open"' in row
     circuit = cell(row, "Circuit")
     assert 'class="badge badge--circuit-open" data-circuit-state="open">open</span>' in circuit
-    assert "reopens in 1m 35s" in circuit
+    assert "reopens in 1 min 35 s" in circuit
     assert re.search(r'<li class="summary-strip--alert"><span class="summary-strip__value">1</span> circuit not closed', page)
 
     with time_machine.travel(now + timedelta(seconds=100), tick=False):

@@ -135,7 +135,7 @@ def test_a_retrying_step_shows_why_and_when_it_goes_again(ops_client: Client, ru
         row = squash(step_row(page_of(ops_client, running), "research"))
     assert '<span class="badge badge--retrying" data-status="retrying">retrying</span>' in row
     assert '<span class="tag tag--error tag--error-timeout" data-error-class="timeout">timeout</span>' in row
-    assert "next attempt in 42s</time>" in row
+    assert "next attempt in 42 s</time>" in row
     with time_machine.travel(now + timedelta(seconds=50), tick=False):
         assert "next attempt due now" in step_row(page_of(ops_client, running), "research")
 

@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 
 from django.core.management.base import BaseCommand, CommandError
 
-from orchestration import limits, transitions
+from orchestration import limits, reads, transitions
 from orchestration.models import Run, StepRun
 from orchestration.status import RunStatus
 
@@ -34,9 +34,7 @@ class RunSummary(TypedDict):
 
 def summarise(run: Run) -> RunSummary:
     """The run and the latest iteration of each of its steps that has started."""
-    heads: dict[str, StepRun] = {}
-    for row in StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id"):
-        heads[row.step_key] = row
+    heads = reads.latest_heads(reads.head_rows(run))
     # A for_each head does no work itself; the attempts are its items'.
     item_attempts: dict[int, int] = {}
     for parent_id, attempts in StepRun.objects.filter(

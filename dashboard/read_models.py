@@ -1,0 +1,130 @@
+"""What the dashboard's live partials show, computed from (object, user) without a request.
+
+The full page, the htmx refresh or action that returns the partial alone, and (next) the
+websocket push after a commit all call the same function here, so the three can never show a
+run differently. Nothing here writes; who may see what is orchestration.access's call, and the
+caller has already checked that `user` may see the object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import F, Sum
+
+from dashboard import agent_status, graph
+from orchestration import access
+from orchestration.models import Agent, AgentKind, Attempt, Run, RunEvent, StepKind, StepRun
+from orchestration.reads import head_rows, latest_heads
+from orchestration.status import STEP_FINAL
+from orchestration.usage import run_usage
+
+# A for_each over thousands of items writes thousands of events; the page shows the latest.
+TIMELINE_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class StepRow:
+    step: StepRun
+    agent_simulated: bool
+    latest: bool
+    child_run_id: int | None
+    attempts: int
+    # With fallback_from set: whether the primary agent was called and failed, or was never
+    # called because its circuit was open.
+    primary_called: bool = False
+
+    @property
+    def fold_id(self) -> str:
+        # Lets static/js/baton.js keep an opened output open across the 2-second refreshes.
+        return f"step-output-{self.step.pk}"
+
+
+def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
+    """What the run page (`_run_live.html`) shows `user`, who may see `run`."""
+    spec = run.version.spec
+    order = {s["key"]: i for i, s in enumerate(spec.get("steps", []))}
+    rows = head_rows(run)
+    heads = latest_heads(rows)
+    # Compensations ("<key>.undo") are not steps of the spec: they get their own section.
+    compensations = [row for row in rows if row.kind == StepKind.COMPENSATION]
+    step_rows = sorted(
+        (row for row in rows if row.kind != StepKind.COMPENSATION),
+        key=lambda s: (order.get(s.step_key, len(order)), s.iteration, s.pk),
+    )
+    simulated = set(
+        Agent.objects.filter(
+            name__in={s.agent_name for s in rows if s.agent_name}, kind=AgentKind.SIMULATED
+        ).values_list("name", flat=True)
+    )
+    # A for_each head is never attempted itself; its items are.
+    item_attempts = dict(
+        StepRun.objects.filter(run=run, parent__isnull=False)
+        .order_by()
+        .values("parent_id")
+        .annotate(total=Sum("attempts"))
+        .values_list("parent_id", "total")
+    )
+    took_over = [row.pk for row in step_rows if row.fallback_from]
+    primary_called = (
+        set(
+            Attempt.objects.filter(step_run__in=took_over, step_run__fallback_from=F("agent_name")).values_list(
+                "step_run_id", flat=True
+            )
+        )
+        if took_over
+        else set()
+    )
+    children = dict(
+        Run.objects.filter(parent_step__run=run).order_by("pk").values_list("parent_step_id", "pk")
+    )
+    events_total = run.events.count()
+    events = list(
+        RunEvent.objects.filter(run=run)
+        .select_related("step_run", "actor")
+        .order_by("-id")[:TIMELINE_LIMIT]
+    )[::-1]
+    usage = run_usage(run)
+    return {
+        "run": run,
+        "graph": graph.build(spec, heads),
+        "steps": [
+            StepRow(
+                step=row,
+                agent_simulated=row.agent_name in simulated,
+                latest=heads[row.step_key] is row,
+                child_run_id=children.get(row.pk),
+                attempts=item_attempts.get(row.pk, row.attempts),
+                primary_called=row.pk in primary_called,
+            )
+            for row in step_rows
+        ],
+        # Newest first, as the engine undoes them.
+        "compensations": [
+            StepRow(step=row, agent_simulated=row.agent_name in simulated, latest=True, child_run_id=None, attempts=row.attempts)
+            for row in sorted(compensations, key=lambda c: c.pk)
+        ],
+        "events": events,
+        "events_hidden": max(0, events_total - len(events)),
+        "steps_total": len(order),
+        "steps_done": sum(1 for key in order if key in heads and heads[key].status in STEP_FINAL),
+        "usage": usage if usage["total_tokens"] or usage["cost"] else None,
+        "notice": notice,
+        "can_operate": access.can_operate_run(user, run),
+        # Seen through its own workflow, a sub-workflow run names no caller the user may not see.
+        "parent_visible": run.parent_step is not None and bool(access.visible_among(user, [run.parent_step.run_id])),
+    }
+
+
+def agents_page(user: Any) -> dict[str, Any]:
+    """What the agents page (`_agents.html`) shows `user`."""
+    # Agents are shared, so every signed-in user sees them; what they are doing is counted
+    # over the runs this user sees (superusers: all), so no figure reveals a hidden run.
+    rows = agent_status.agent_rows(runs=None if user.is_superuser else access.visible_runs(user))
+    return {
+        "rows": rows,
+        "open_circuits": sum(1 for row in rows if row.circuit_state != "closed"),
+        "in_flight": sum(row.in_flight for row in rows),
+        "throttled": sum(row.throttled for row in rows),
+    }

@@ -1,0 +1,34 @@
+"""Read-only questions about a run's steps, asked by the engine and by the pages alike.
+
+The bottom layer: it imports only the models and the status vocabulary and writes nothing, so
+anything above (the engine, transitions, the dashboard's and the inbox's read models) may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from orchestration.models import Run, StepRun
+
+
+def head_rows(run: Run, *, only: Sequence[str] = ()) -> list[StepRun]:
+    """Every head row of the run (one per step and loop round; no for_each items), oldest round
+    first; with `only`, just those columns (Django reads the others if they are touched)."""
+    query = StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id")
+    return list(query.only(*only) if only else query)
+
+
+def latest_heads(rows: Iterable[StepRun]) -> dict[str, StepRun]:
+    """The latest round's head row of every step among `rows`, in any order.
+
+    A loop sends a step back by adding a row with the next iteration; the older rows stay as
+    history, so "the step's state" is its highest iteration's row. Compensations have keys of
+    their own ("<key>.undo") and never shadow the step they undo.
+    """
+    latest: dict[str, StepRun] = {}
+    for row in rows:
+        current = latest.get(row.step_key)
+        # (run, step_key, iteration) is unique among head rows: no ties to break.
+        if current is None or row.iteration > current.iteration:
+            latest[row.step_key] = row
+    return latest
