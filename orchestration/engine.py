@@ -24,6 +24,7 @@ from django.utils import timezone
 from orchestration import guards, limits, reads, waiting
 from orchestration.durations import parse_duration
 from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow
+from orchestration.rows import insert_row
 from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
 from orchestration.specs import UNDO, load_agent, loop_waits, spec_for, step_spec
 from orchestration.status import (
@@ -125,13 +126,21 @@ def template_context(
     context: dict[str, Any] = {
         "input": run.input,
         "steps": steps,
-        "run": {"id": run.pk, "workflow": run.workflow.key if run.workflow_id else ""},
+        "run": {"id": run.pk, "workflow": _workflow_key(run)},
         "iteration": iteration,
     }
     if index is not None:
         context["item"] = item
         context["index"] = index
     return context
+
+
+def _workflow_key(run: Run) -> str:
+    # A run read under its lock carries its workflow's key (transitions._lock_run).
+    key = getattr(run, "workflow_key", None)
+    if key is None:
+        key = run.workflow.key if run.workflow_id else ""
+    return str(key)
 
 
 def default_input(run: Run, step: dict[str, Any], context: dict[str, Any]) -> Any:
@@ -183,12 +192,14 @@ def advance(work: Work, run: Run) -> None:
                 _skip(work, run, head, "every step it comes after was skipped")
             else:
                 _start(work, run, step, head, to_send, rows)
-            progressed = True
             if head.status in STEP_FINAL:
                 # Starting it finished it (a false `when`, an empty for_each, a bad template),
-                # which may have advanced the run from inside: read the heads afresh.
+                # which may have advanced the run from inside, and steps after it may start
+                # now: read the heads afresh and look again. A step that merely started lets
+                # nothing else start, so it needs no second look (one pass per hand-off).
                 rows = head_rows(run)
                 current = reads.latest_heads(rows)
+                progressed = True
                 break
             current[step["key"]] = head
     _queue(work, run, to_send)
@@ -375,7 +386,10 @@ def _start_agent(
     # started_at is set when a worker claims the step; queued_at says when it was sent.
     head.status = StepStatus.QUEUED
     head.queued_at = now
-    head.save()
+    if head.pk is None:
+        insert_row(head)  # the hand-off path: the next step of a sequence
+    else:
+        head.save()
     work.event(run, EventKind.STEP_QUEUED, step=head, to_status=head.status)
     to_send.append(head.pk)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from django.db import models, transaction
@@ -82,3 +83,65 @@ def update_rows(
                 for row in rows
             ],
         )
+
+
+@lru_cache(maxsize=64)
+def _update_sql(table: str, vendor: str, columns: tuple[str, ...], matches: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{column} = %s" for column in columns)
+    where = " AND ".join(f"{column} = %s" for column in matches)
+    return f"UPDATE {table} SET {sets} WHERE {where}"
+
+
+def update_where(model: type[models.Model], *, where: Mapping[str, Any], values: Mapping[str, Any]) -> int:
+    """`UPDATE model SET values WHERE where` (each an equality), returning the rows changed.
+
+    What `Model.objects.filter(**where).update(**values)` does for plain values, without
+    building the query anew each time: on the hand-off path that cost more than the
+    statement itself. Compare-and-set callers pass the expected state in `where`.
+    """
+    connection = transaction.get_connection()
+    quote = connection.ops.quote_name
+    fields = {f.attname: f for f in model._meta.concrete_fields}
+    sql = _update_sql(
+        quote(model._meta.db_table),
+        connection.vendor,
+        tuple(quote(fields[name].column) for name in values),
+        tuple(quote(fields[name].column) for name in where),
+    )
+    params = [fields[name].get_db_prep_save(value, connection) for name, value in values.items()]
+    params += [fields[name].get_db_prep_save(value, connection) for name, value in where.items()]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+@lru_cache(maxsize=16)
+def _insert_sql(model: type[models.Model], vendor: str) -> tuple[str, tuple[models.Field[Any, Any], ...], bool]:
+    connection = transaction.get_connection()
+    quote = connection.ops.quote_name
+    fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
+    returning = bool(connection.features.can_return_columns_from_insert)
+    pk = quote(str(model._meta.pk.column)) if model._meta.pk else ""
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})" + (f" RETURNING {pk}" if returning else "")
+    )
+    return sql, fields, returning
+
+
+def insert_row(obj: models.Model) -> None:
+    """INSERT a new row (one whose pk is not set yet), as obj.save() would, and set its pk.
+
+    No signals are sent (no model of ours has receivers) and no validation runs, exactly as
+    with save(). For the one insert on the hand-off path, where building Django's query cost
+    as much as the statement.
+    """
+    assert obj.pk is None, "insert_row inserts new rows only"
+    connection = transaction.get_connection()
+    sql, fields, returning = _insert_sql(type(obj), connection.vendor)
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        obj.pk = cursor.fetchone()[0] if returning else connection.ops.last_insert_id(cursor, obj._meta.db_table, "id")
+    obj._state.adding = False
+    obj._state.db = connection.alias
