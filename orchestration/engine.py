@@ -113,8 +113,7 @@ def template_context(
     """
     steps: dict[str, dict[str, Any]] = {}
     if rows is None:
-        query = StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id")
-        rows = list(query.only("step_key", "status", "output", "iteration", "error"))
+        rows = head_rows(run)
     for row in rows:
         if row.status in STEP_FINAL:
             steps[row.step_key] = {

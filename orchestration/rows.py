@@ -18,6 +18,12 @@ from typing import Any
 from django.db import models, transaction
 
 
+@lru_cache(maxsize=16)
+def _fields(model: type[models.Model]) -> dict[str, Any]:
+    """A model's concrete fields by attribute name (asked on every hand-off: built once)."""
+    return {f.attname: f for f in model._meta.concrete_fields}
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -42,7 +48,7 @@ def update_rows(
     constant, where = constant or {}, where or {}
     connection = transaction.get_connection()
     quote = connection.ops.quote_name
-    fields = {f.attname: f for f in model._meta.concrete_fields}
+    fields = _fields(model)
     names = list(rows[0])
     varying = [name for name in names if name not in key]
 
@@ -101,7 +107,7 @@ def update_where(model: type[models.Model], *, where: Mapping[str, Any], values:
     """
     connection = transaction.get_connection()
     quote = connection.ops.quote_name
-    fields = {f.attname: f for f in model._meta.concrete_fields}
+    fields = _fields(model)
     sql = _update_sql(
         quote(model._meta.db_table),
         connection.vendor,

@@ -67,10 +67,6 @@ class Work:
         """The runs this change touched: every change of a run or its steps appends an event."""
         return {row.run_id for row in self.events}
 
-    @property
-    def steps(self) -> set[int]:
-        return {row.step_run_id for row in self.events if row.step_run_id is not None}
-
     def write_events(self) -> None:
         """Inside the transaction, just before commit."""
         for start in range(0, len(self.events), limits.BATCH_SIZE):

@@ -278,7 +278,7 @@ class Bench:
             mapped = StepRun.objects.filter(run=run, map_index__isnull=False).order_by("map_index")
             items = list(mapped.values_list("pk", flat=True))
             log.clear()
-            size = getattr(dispatch, "MAX_CHUNK", 25)
+            size = dispatch.MAX_CHUNK
             for start in range(0, len(items), size):
                 tasks.execute_steps(items[start : start + size])
             per_item = log.count() / len(items)
