@@ -9,9 +9,11 @@ class ApprovalsConfig(AppConfig):
 
     def ready(self) -> None:
         # orchestration never imports this app: it calls whatever registered here.
+        from approvals import live
         from approvals.handler import PeopleHandler
         from approvals.transitions import sweep_deadlines
         from orchestration import ticker, waiting
 
         waiting.register(PeopleHandler())
         ticker.register_sweep(sweep_deadlines)
+        live.register()

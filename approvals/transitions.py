@@ -22,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -46,6 +45,7 @@ from orchestration.durations import parse_duration
 from orchestration.spec import INPUT_TYPES, check_input_value, value_from_text
 from orchestration.specs import step_spec
 from orchestration.status import StepStatus
+from orchestration.work import Work
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -124,8 +124,9 @@ def describe_outcome(item: Item) -> str:
 # Shared steps
 
 
-def _lock(item_id: int) -> Item:
-    """Lock the run, then the item (raises Item.DoesNotExist)."""
+def _lock(work: Work, item_id: int) -> Item:
+    """Lock the run, then the item (raises Item.DoesNotExist); the change tells the live push."""
+    work.items.add(item_id)
     run_id = Item.objects.values_list("run_id", flat=True).get(pk=item_id)
     run = runs.lock_run(run_id)
     item = Item.objects.select_for_update(no_key=True).get(pk=item_id)
@@ -219,8 +220,8 @@ def vote(*, item_id: int, user: Person, decision: str, comment: str = "") -> Ite
     """
     comment = (comment or "").strip()
     now = timezone.now()
-    with transaction.atomic():
-        item = _lock(item_id)
+    with runs.change() as work:
+        item = _lock(work, item_id)
         user = _check_allowed(user, item)
         _check_open(item)
         _check_text(comment, "comment")
@@ -315,8 +316,8 @@ def clean_form(form: Mapping[str, Any], data: Any) -> dict[str, Any]:
 def submit_manual(*, item_id: int, user: Person, data: Any) -> Item:
     """An assignee submits a manual task's form: the validated data is the step's output."""
     now = timezone.now()
-    with transaction.atomic():
-        item = _lock(item_id)
+    with runs.change() as work:
+        item = _lock(work, item_id)
         user = _check_allowed(user, item)
         _check_open(item)
         if item.kind != ItemKind.MANUAL:
@@ -359,8 +360,8 @@ def resolve_exception(
     """
     comment = (comment or "").strip()
     now = timezone.now()
-    with transaction.atomic():
-        item = _lock(item_id)
+    with runs.change() as work:
+        item = _lock(work, item_id)
         user = _check_allowed(user, item)
         _check_open(item)
         _check_text(comment, "comment")
@@ -430,8 +431,8 @@ def reassign(*, item_id: int, user: Person, to_user: Any, note: str) -> Item:
     The person who hands it on keeps seeing it (access.can_view: they acted on it).
     """
     note = (note or "").strip()
-    with transaction.atomic():
-        item = _lock(item_id)
+    with runs.change() as work:
+        item = _lock(work, item_id)
         user = _check_allowed(user, item)
         _check_open(item)
         _check_text(note, "note")
@@ -498,10 +499,11 @@ def sweep_deadlines(now: datetime) -> int:
 
 def send_reminder(*, item_id: int, now: datetime) -> bool:
     """Remind the assignees, once per deadline (compare-and-set on reminded_at)."""
-    with transaction.atomic():
+    with runs.change() as work:
         won = Item.objects.filter(
             pk=item_id, status=ItemStatus.PENDING, reminded_at__isnull=True, remind_at__lte=now
         ).update(reminded_at=now)
+        work.items.add(item_id)
         if not won:
             return False
         item = Item.objects.get(pk=item_id)
@@ -521,8 +523,8 @@ def _iso(value: datetime | None) -> str | None:
 
 def expire_item(*, item_id: int, now: datetime) -> bool:
     """The deadline passed: escalate once if the step says so, else apply the timeout action."""
-    with transaction.atomic():
-        item = _lock(item_id)
+    with runs.change() as work:
+        item = _lock(work, item_id)
         if item.status != ItemStatus.PENDING or item.deadline is None or item.deadline > now:
             return False
         if item.step_run.status != StepStatus.WAITING:

@@ -1,7 +1,7 @@
 """What the dashboard's live partials show, computed from (object, user) without a request.
 
-The full page, the htmx refresh or action that returns the partial alone, and (next) the
-websocket push after a commit all call the same function here, so the three can never show a
+The full page, the htmx action that returns the partial alone, and the refresh the live push
+asks for after a commit all call the same function here, so the three can never show a
 run differently. Nothing here writes; who may see what is orchestration.access's call, and the
 caller has already checked that `user` may see the object.
 """
@@ -37,7 +37,7 @@ class StepRow:
 
     @property
     def fold_id(self) -> str:
-        # Lets static/js/baton.js keep an opened output open across the 2-second refreshes.
+        # Lets static/js/baton.js keep an opened output open when the partial is swapped whole.
         return f"step-output-{self.step.pk}"
 
 

@@ -1,7 +1,8 @@
 """Read-mostly pages for operations leads: runs, workflows, agents, one run.
 
-Each live part of a page is one partial (`_runs_table.html`, `_run_live.html`, `_agents.html`): the full page
-includes it, an htmx poll or action returns it alone, and the websocket push will render it. What
+Each live part of a page is one partial (`_runs_table.html`, `_run_live.html`, `_agents.html`,
+`_workflow_cards.html`): the full page includes it, an htmx action returns it alone, and when
+the live push (dashboard/live) says it changed, the page fetches it here again. What
 the run and agents partials show comes from dashboard.read_models, which those three callers share;
 the views only look up, check access and answer.
 Every change goes through orchestration.transitions; nothing here writes a row itself. Who
@@ -182,7 +183,9 @@ def _workflow_cards(request: HtmxHttpRequest, forms: dict[int, inputs.StartForm]
 @require_GET
 @login_required
 def workflows(request: HtmxHttpRequest) -> HttpResponse:
-    return render(request, "dashboard/workflows.html", {"cards": _workflow_cards(request)})
+    return partial_or_page(
+        request, "dashboard/workflows.html", "dashboard/_workflow_cards.html", {"cards": _workflow_cards(request)}
+    )
 
 
 @require_POST

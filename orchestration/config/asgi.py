@@ -16,6 +16,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
+from orchestration.config.origin import SameOriginValidator  # noqa: E402
 
 # Daphne serves static files itself in the embedded deployment so `make run` needs no
 # collectstatic or separate web server; a production deployment puts a CDN or proxy in front.
@@ -24,11 +25,10 @@ http_app = ASGIStaticFilesHandler(django_asgi)
 application = ProtocolTypeRouter(
     {
         "http": http_app,
-        # A socket rides on the user's session cookie, so a page on another site could open one;
-        # the Origin must name one of ALLOWED_HOSTS, which BATON_PRODUCTION requires to be real
-        # host names (no `*`, which would let every origin through).
+        # A socket rides on the user's session cookie, so a page on another site could open one:
+        # the Host must be one of ALLOWED_HOSTS and the Origin our own (orchestration/config/origin.py).
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
         ),
     }
 )

@@ -93,6 +93,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "approvals.context_processors.inbox",
+                "dashboard.context_processors.live",
             ],
         },
     },
@@ -131,15 +132,29 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
+# The live push (dashboard/live, docs/live-push.md). With Redis, every process publishes its
+# committed changes through the channel layer and each web process hears them on pub/sub; the
+# embedded set-up has no shared layer, so each web process tails the event log instead. A group
+# message is a hint (a group name, no data); capacity and expiry bound what a slow consumer can
+# hold in memory.
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{QUEUE_NAME}:channels"},
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{QUEUE_NAME}:live"},
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 200, "expiry": 30}}
+    }
+BATON_LIVE_SOURCE = "publish" if REDIS_URL else "tail"
+# How often a web process reads the event log for new changes in the embedded set-up.
+BATON_LIVE_TAIL_SECONDS = env_float("BATON_LIVE_TAIL_SECONDS", 0.1, minimum=0.01)
+# At most one push per socket in this long; the first change after a quiet spell goes at once.
+BATON_LIVE_COALESCE_SECONDS = env_float("BATON_LIVE_COALESCE_SECONDS", 0.25, minimum=0.0)
+# How often a page refreshes its live parts while its socket is down (0: never).
+BATON_LIVE_POLL_SECONDS = env_float("BATON_LIVE_POLL_SECONDS", 5.0, minimum=0.0)
 
 # Engine timings. Heartbeat/lease decide how fast a killed worker's step is retried; the tick
 # is how often the ticker looks for due retries, expired leases and lost messages.

@@ -1,5 +1,6 @@
-// Live partials are replaced every 2 seconds; without this, a folded output the reader has
-// opened would snap shut on the next refresh. Folds that should survive carry an id.
+// Live partials are morphed in place (static/js/live.js keeps folds as the reader left them);
+// an answer swapped whole (a 409 or 422 page part) would otherwise close a fold the reader had
+// opened. Folds that should survive carry an id.
 (function () {
   "use strict";
   let open = [];
@@ -67,7 +68,7 @@
     return alert;
   }
 
-  // A background poll that keeps failing must not bring back, every two seconds, a message
+  // A background refresh that keeps failing must not bring back, time after time, a message
   // the person dismissed; and its message goes once the poll succeeds again.
   let dismissed = "";
   let fromPoll = false;

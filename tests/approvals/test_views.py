@@ -330,10 +330,10 @@ def test_the_navigation_counts_what_waits_for_me(
 
     page = client.get(reverse("approvals:inbox")).content.decode()
     # The page itself carries only a placeholder: the count arrives by htmx, so no page pays for it.
-    assert 'hx-get="/approvals/count/" hx-trigger="load"' in page
+    assert 'data-live="nav" hx-get="/approvals/count/" hx-trigger="load, baton:refresh"' in page
     count = client.get(reverse("approvals:count")).content.decode()
-    assert 'data-count="2">2</span>' in count
-    assert "approvals:decided from:body" in count
+    assert 'data-count="2" aria-live="polite">2</span>' in count
+    assert "approvals:decided from:body" in count and 'data-live="nav"' in count
 
     client.force_login(outsider)
     count = client.get(reverse("approvals:count")).content.decode()

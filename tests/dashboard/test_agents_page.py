@@ -245,12 +245,12 @@ def test_twenty_agents_take_as_few_queries_as_two(
     assert page.count("<strong>2</strong> of 3") == 20
 
 
-def test_an_htmx_poll_returns_only_the_live_part(ops_client: Client) -> None:
+def test_an_htmx_refresh_returns_only_the_live_part(ops_client: Client) -> None:
     Agent.objects.create(name="plain", kind="python", config={})
     response = ops_client.get(AGENTS, HTTP_HX_REQUEST="true")
     page = response.content.decode()
     assert "<html" not in page and "<h1>" not in page
-    assert re.search(r'<div id="agents-live" hx-get="/agents/" hx-trigger="every 5s"', page)
+    assert re.search(r'<div id="agents-live" data-live="agents" hx-get="/agents/" hx-trigger="baton:refresh"', page)
     assert 'id="agent-plain"' in page
     assert "HX-Request" in response["Vary"]
 

@@ -58,7 +58,7 @@ def test_a_finished_run_shows_its_header_output_and_a_node_per_step_in_its_colou
     assert "NEWS" in page and "WEATHER" in page
 
 
-def test_a_running_run_colours_each_step_by_its_latest_state_and_keeps_polling(
+def test_a_running_run_colours_each_step_by_its_latest_state_and_follows_the_run(
     ops_client: Client, digest: WorkflowVersion
 ) -> None:
     run = transitions.start_run(workflow="digest", input={"topic": "tides"})
@@ -69,15 +69,18 @@ def test_a_running_run_colours_each_step_by_its_latest_state_and_keeps_polling(
     assert 'class="node node--running"' in node(page, "summarise")
     assert 'class="node node--notstarted"' in node(page, "publish")
     assert "0/2" in step_row(page, "summarise")
-    assert re.search(r'<div id="run-live"[^>]*hx-trigger="every 2s"', page)
+    assert re.search(rf'<div id="run-live"[^>]*data-live="run:{run.pk}"[^>]*hx-trigger="baton:refresh"', page)
+    assert "every 2s" not in page
     assert "Cancel run" in page
 
 
-def test_the_live_part_stops_polling_once_the_run_is_final(ops_client: Client, digest: WorkflowVersion) -> None:
+def test_a_final_run_still_follows_pushes_but_offers_no_cancel(ops_client: Client, digest: WorkflowVersion) -> None:
     run = drive(transitions.start_run(workflow="digest", input={"topic": "tides"}))
     page = page_of(ops_client, run)
     live = re.search(r'<div id="run-live"[^>]*>', page)
-    assert live and "hx-trigger" not in live.group(0)
+    # Pushes cost nothing while nothing changes, and a final run can still change (a retry).
+    assert live and f'data-live="run:{run.pk}"' in live.group(0)
+    assert "every" not in live.group(0)
     assert "Cancel run" not in page
 
 

@@ -211,13 +211,13 @@ def test_a_compensating_run_lists_its_undo_steps_apart_newest_first(ops_client: 
     assert page.count('class="node node--') == 3
 
 
-def test_a_compensating_run_has_its_own_colour_keeps_polling_and_cannot_be_cancelled(
+def test_a_compensating_run_has_its_own_colour_follows_pushes_and_cannot_be_cancelled(
     ops_client: Client, finished: Run
 ) -> None:
     compensating(finished)
     page = squash(page_of(ops_client, finished))
     assert '<span class="badge badge--compensating badge--large" data-status="compensating">compensating</span>' in page
-    assert re.search(r'<div id="run-live"[^>]*hx-trigger="every 2s"', page)
+    assert re.search(r'<div id="run-live"[^>]*hx-trigger="baton:refresh"', page)
     assert "Cancel run" not in page
     assert "the run ends as <strong>failed</strong> when they finish" in page
     assert "<strong>Undoing because:</strong> Step &#x27;publish&#x27; failed: the CMS said no" in page

@@ -145,7 +145,7 @@ def test_it_shows_fifty_runs_a_page_and_keeps_the_filters_in_the_page_links(
     assert "51–51 of 51 runs" in second
 
 
-def test_an_htmx_poll_gets_only_the_table_which_polls_again(
+def test_an_htmx_refresh_gets_only_the_table_which_keeps_its_filters_and_follows_pushes(
     ops_client: Client, ops: Any, digest: WorkflowVersion
 ) -> None:
     run = start(ops)
@@ -154,15 +154,17 @@ def test_an_htmx_poll_gets_only_the_table_which_polls_again(
     assert "<html" not in page
     assert page.strip().startswith('<section id="runs-table"')
     assert 'hx-get="/?status=running"' in page
-    assert 'hx-trigger="every 2s"' in page
+    assert 'data-live="runs"' in page and 'hx-trigger="baton:refresh"' in page
     assert f'data-run="{run.pk}"' in page
     assert "HX-Request" in response["Vary"]
 
 
-def test_the_full_page_includes_the_polling_table(ops_client: Client) -> None:
+def test_the_full_page_includes_the_live_table_and_the_live_scripts(ops_client: Client) -> None:
     page = ops_client.get(reverse("dashboard:runs")).content.decode()
     assert '<section id="runs-table"' in page
-    assert 'hx-trigger="every 2s"' in page
+    assert 'data-live="runs"' in page and "every 2s" not in page
+    assert "/static/vendor/idiomorph-ext.min.js" in page and "/static/js/live.js" in page
+    assert 'hx-ext="morph"' in page and 'data-live-poll="5"' in page
     assert "No runs yet." in page
     assert "/static/vendor/htmx.min.js" in page
 
