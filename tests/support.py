@@ -169,6 +169,101 @@ class WorkerCluster:
         self.stop()
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class WebServer:
+    """A real daphne process (HTTP + websockets) on the test database, like `make run` starts.
+
+    The live push needs a server that holds sockets: Django's live_server speaks WSGI only.
+    `restart()` kills it with SIGKILL and starts it again on the same port, as a crashed web
+    process would come back.
+    """
+
+    def __init__(self, *, port: int | None = None, env: dict[str, str] | None = None):
+        self.port = port or free_port()
+        self.extra_env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = ROOT / "var" / f"web-{os.getpid()}-{time.monotonic_ns()}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "DATABASE_URL": database_url(),
+                "BATON_QUEUE": settings.QUEUE_NAME,
+                "BATON_BASE_URL": self.url,
+                "PYTHONPATH": str(ROOT),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> WebServer:
+        self.log_path.parent.mkdir(exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "orchestration.config.asgi:application"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        wait_for(self._answers, timeout=30, message=f"daphne on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"daphne exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/login/", timeout=1) as answer:
+                return bool(answer.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def restart(self) -> WebServer:
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> WebServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def naps_in_sequence(count: int, *, seconds: float = 1) -> str:
     """Steps s1 … s<count> of the `nap` agent, each after the one before, as a flow-style list body."""
     return ", ".join(
