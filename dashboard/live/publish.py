@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 FLUSH_AT_EXIT_SECONDS = 2.0
 # At most this many changes wait in a process; beyond, the oldest are merged, never dropped.
 QUEUE_LIMIT = 10_000
+# A Redis that does not answer holds one batch this long, then the batch is dropped and logged.
+SEND_TIMEOUT_SECONDS = 5.0
 
 
 def after_commit(work: Work) -> None:
@@ -100,7 +102,7 @@ class Publisher:
             try:
                 close_old_connections()
                 groups = groups_for(batch)
-                loop.run_until_complete(_send(layer, groups))
+                loop.run_until_complete(asyncio.wait_for(_send(layer, groups), SEND_TIMEOUT_SECONDS))
             except Exception:
                 logger.exception("live push: could not publish %d runs, %d items", len(batch.runs), len(batch.items))
                 # A connection broken by a restarted database must not break every later hint.

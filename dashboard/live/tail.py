@@ -78,6 +78,7 @@ class Tail:
 
     async def _run(self) -> None:
         layer = get_channel_layer()
+        assert layer is not None, "CHANNEL_LAYERS has no default layer"
         await database_sync_to_async(self.start)()
         while True:
             await asyncio.sleep(settings.BATON_LIVE_TAIL_SECONDS)

@@ -1,7 +1,7 @@
 """Filters for showing run data: durations, and agent JSON as escaped, foldable text.
 
-None of these mark their result safe: agent output is untrusted text and reaches the page only
-through Django's autoescaping.
+None of these mark agent data safe: agent output is untrusted text and reaches the page only
+through Django's autoescaping (`ticking` builds its element with format_html, from a number).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 
 from django import template
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from orchestration.durations import human_duration
 
@@ -40,6 +42,20 @@ def elapsed(start: datetime | None, end: datetime | None = None) -> str:
     if start is None:
         return ""
     return human_duration(((end or timezone.now()) - start).total_seconds())
+
+
+@register.simple_tag
+def ticking(start: datetime | None) -> SafeString | str:
+    """Time since start for something still going, counted on in the browser (static/js/baton.js).
+
+    A page is refetched only when something changes, so a step waiting a minute on a language
+    model would show "2 s" for that minute; the element carries the seconds at render time and
+    the page adds what has passed since.
+    """
+    if start is None:
+        return ""
+    seconds = max(0.0, (timezone.now() - start).total_seconds())
+    return format_html('<span class="muted" data-elapsed="{}">{}</span>', f"{seconds:.3f}", human_duration(seconds))
 
 
 @register.simple_tag

@@ -164,3 +164,61 @@
     root.querySelectorAll("[data-width], [data-min-width]").forEach(apply);
   });
 })();
+
+// Times go on between refreshes: a page is refetched only when something changes, so a step
+// that waits a minute for a language model would otherwise read "2 s" for that minute.
+// - [data-elapsed] holds the seconds at render time (dashboard/templatetags/baton.py `ticking`);
+//   shown as the server writes durations (orchestration/durations.py human_duration).
+// - <time datetime> reading "now" or "… ago" (Django's naturaltime) is rewritten the same way
+//   Django would, up to a day; older times change too slowly to matter.
+(function () {
+  "use strict";
+  const seen = new WeakMap(); // element → {value, at}
+
+  function twoUnits(total, size, big, small) {
+    const high = Math.floor(total / size);
+    const low = total % size;
+    return low ? high + " " + big + " " + low + " " + small : high + " " + big;
+  }
+
+  function human(seconds) {
+    if (seconds <= 0) return "0 s";
+    const millis = Math.round(seconds * 1000);
+    if (millis < 1000) return millis + " ms";
+    const tenths = Math.round(seconds * 10) / 10;
+    if (tenths < 10) return String(tenths) + " s";
+    const whole = Math.round(seconds);
+    if (whole < 60) return whole + " s";
+    if (whole < 3600) return twoUnits(whole, 60, "min", "s");
+    const minutes = Math.round(seconds / 60);
+    if (minutes < 24 * 60) return twoUnits(minutes, 60, "h", "min");
+    return twoUnits(Math.round(seconds / 3600), 24, "d", "h");
+  }
+
+  function ago(seconds) {
+    if (seconds < 1) return "now";
+    if (seconds < 60) { const s = Math.floor(seconds); return s === 1 ? "a second ago" : s + "\u00a0seconds ago"; }
+    if (seconds < 3600) { const m = Math.floor(seconds / 60); return m === 1 ? "a minute ago" : m + "\u00a0minutes ago"; }
+    const h = Math.floor(seconds / 3600);
+    return h === 1 ? "an hour ago" : h + "\u00a0hours ago";
+  }
+
+  function tick() {
+    const now = performance.now();
+    document.querySelectorAll("[data-elapsed]").forEach(function (element) {
+      const value = element.dataset.elapsed;
+      let known = seen.get(element);
+      if (!known || known.value !== value) { known = { value: value, at: now }; seen.set(element, known); }
+      const seconds = Number(value) + (now - known.at) / 1000;
+      if (isFinite(seconds)) element.textContent = human(seconds);
+    });
+    document.querySelectorAll("time[datetime]").forEach(function (element) {
+      const text = element.textContent.trim();
+      if (text !== "now" && !/ ago$/.test(text.replace(/\u00a0/g, " "))) return;
+      const seconds = (Date.now() - Date.parse(element.getAttribute("datetime"))) / 1000;
+      if (isFinite(seconds) && seconds >= 0 && seconds < 86400) element.textContent = ago(seconds);
+    });
+  }
+
+  window.setInterval(tick, 1000);
+})();
