@@ -24,6 +24,24 @@ TITLE_CHARS = 19
 # About what fits in a node at 11px; a longer agent name ran past the box.
 DETAIL_CHARS = 22
 
+# A node's state by shape as well as colour (and by the word in its tooltip and the steps table):
+# a reader who cannot tell green from red still sees a tick from a cross.
+GLYPHS = {
+    "succeeded": "✓",
+    "failed": "✕",
+    "cancelled": "⊘",
+    "running": "▶",
+    "waiting": "‖",
+    "retrying": "↻",
+    "throttled": "⋯",
+    "queued": "⋯",
+    "pending": "⋯",
+    "skipped": "–",
+    "compensating": "↺",
+    "compensated": "↺",
+    "notstarted": "○",
+}
+
 KIND_LABELS = {
     "approval": "approval",
     "manual": "manual task",
@@ -53,6 +71,14 @@ class Node:
     @property
     def detail_y(self) -> int:
         return self.y + 40
+
+    @property
+    def glyph(self) -> str:
+        return GLYPHS.get(self.status, "")
+
+    @property
+    def glyph_x(self) -> int:
+        return self.x + self.width - 12
 
     @property
     def status_label(self) -> str:

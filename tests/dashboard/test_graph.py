@@ -36,6 +36,14 @@ def test_unstarted_steps_are_marked_and_started_ones_take_their_status() -> None
     assert nodes["b"].status_label == "not started"
 
 
+def test_each_state_has_a_shape_of_its_own_besides_its_colour() -> None:
+    heads = {key: StepRun(step_key=key, status=key) for key in ("succeeded", "failed", "running", "waiting")}
+    steps = [{"key": key} for key in (*heads, "later")]
+    nodes = {n.key: n for n in graph.build(spec(*steps), heads).nodes}
+    glyphs = {key: node.glyph for key, node in nodes.items()}
+    assert glyphs == {"succeeded": "✓", "failed": "✕", "running": "▶", "waiting": "‖", "later": "○"}
+
+
 def test_labels_name_the_kind_of_step() -> None:
     heads = {
         "m": StepRun(step_key="m", status="running", items_total=7),
