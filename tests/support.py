@@ -257,6 +257,23 @@ class WebServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def session_cookie(self, user: Any) -> dict[str, Any]:
+        """A signed-in session for `user`, as a browser cookie for this server.
+
+        The tests hash passwords with a fast hasher the server process does not know, so a
+        browser signs in with a session made here, in the shared database, instead of the form.
+        """
+        from django.test import Client
+
+        client = Client()
+        client.force_login(user)
+        name = settings.SESSION_COOKIE_NAME
+        return {"name": name, "value": client.cookies[name].value, "url": self.url}
+
+    def sign_in(self, page: Any, user: Any) -> None:
+        """Sign a Playwright page's browser context in as `user`."""
+        page.context.add_cookies([self.session_cookie(user)])
+
     def __enter__(self) -> WebServer:
         return self.start()
 
