@@ -124,6 +124,16 @@ def test_it_stops_the_worker_and_fails_when_daphne_dies(serve: Serve) -> None:
     assert serve.children_left() == []
 
 
+NAPS = f"""
+agents:
+  - {{name: nap, kind: python, config: {{callable: "tests.agents.durable:nap"}}}}
+workflow:
+  key: naps
+  name: Naps
+  owner: ops
+  steps: [{naps_in_sequence(1, seconds=1.5)}]
+"""
+
 APPROVAL = """
 agents:
   - {name: echo, kind: python, config: {callable: "tests.agents.basic:echo"}}
@@ -151,6 +161,34 @@ def test_the_worker_mails_links_to_the_port_it_serves_on(
         assert "127.0.0.1:8000" not in log
     finally:
         server.close()
+
+
+@pytest.mark.cluster
+def test_a_page_of_the_server_hears_of_a_step_its_worker_finished(serve: Serve, ops: Any) -> None:
+    """What `make run` gives: daphne holds the page's socket, the worker changes the run, and the
+    socket hears of it (through the event log in the embedded set-up, through Redis otherwise)."""
+    import json
+
+    from django.test import Client
+    from websockets.sync.client import connect
+
+    load_workflow(NAPS)
+    run = transitions.start_run(workflow="naps", started_by=ops)
+    # Subscribed only once the worker is inside the step: every change after it is the worker's.
+    wait_for(
+        lambda: StepRun.objects.filter(run=run, step_key="s1", status=StepStatus.RUNNING).exists(),
+        timeout=30,
+        message="the worker to start the step",
+    )
+    client = Client()
+    client.force_login(ops)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    origin = f"http://127.0.0.1:{serve.port}"
+    with connect(f"ws://127.0.0.1:{serve.port}/ws/live/", origin=origin, additional_headers={"Cookie": cookie}) as socket:
+        socket.send(json.dumps({"subscribe": [f"run:{run.pk}"]}))
+        assert json.loads(socket.recv(timeout=10)) == {"subscribed": [f"run:{run.pk}"], "refused": []}
+        assert json.loads(socket.recv(timeout=30)) == {"changed": [f"run:{run.pk}"]}
+    assert StepRun.objects.get(run=run, step_key="s1").status == StepStatus.SUCCEEDED
 
 
 def test_its_processes_get_a_base_url_for_the_address_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 FLUSH_AT_EXIT_SECONDS = 2.0
 # At most this many changes wait in a process; beyond, the oldest are merged, never dropped.
 QUEUE_LIMIT = 10_000
+# After this long without a change, the thread closes its database connection.
+IDLE_SECONDS = 0.5
 # A Redis that does not answer holds one batch this long, then the batch is dropped and logged.
 SEND_TIMEOUT_SECONDS = 5.0
 
@@ -91,7 +93,13 @@ class Publisher:
         asyncio.set_event_loop(loop)
         layer = get_channel_layer()
         while True:
-            batch = self.queue.get()
+            try:
+                batch = self.queue.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                # Idle: give the database connection back (a test database can then be dropped,
+                # and PostgreSQL does not keep a backend per quiet process).
+                connection.close()
+                continue
             taken = 1
             while True:
                 try:

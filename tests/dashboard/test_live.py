@@ -126,8 +126,8 @@ def test_a_signed_in_socket_from_another_site_is_refused_and_from_ours_accepted(
         await communicator.disconnect()
         return connected
 
-    assert run_async(lambda: body("http://evil.example")) is False
-    assert run_async(lambda: body("http://localhost")) is True
+    assert async_to_sync(body)("http://evil.example") is False
+    assert async_to_sync(body)("http://localhost") is True
 
 
 def test_an_inactive_users_socket_is_refused(ops: Any) -> None:
