@@ -50,6 +50,10 @@
   let retryMs = RETRY_MIN_MS;
   let pollTimer = null;
   let sentTopics = "";
+  // Topics the server would not let this socket follow (e.g. a runs list over more workflows
+  // than a socket may join): their parts are refreshed by polling even while the socket is up.
+  let refused = new Set();
+  let refusedTimer = null;
 
   function parts() {
     return Array.from(document.querySelectorAll("[data-live]"));
@@ -88,6 +92,17 @@
     socket.send(JSON.stringify({ subscribe: topics }));
   }
 
+  function pollRefused() {
+    if (refusedTimer) window.clearInterval(refusedTimer);
+    refusedTimer = null;
+    if (!refused.size || !(pollSeconds > 0)) return;
+    refusedTimer = window.setInterval(function () {
+      parts().forEach(function (element) {
+        if (topicsOf(element).some(function (t) { return refused.has(t); })) refresh(element);
+      });
+    }, pollSeconds * 1000);
+  }
+
   function startPolling() {
     if (pollTimer || !(pollSeconds > 0)) return;
     pollTimer = window.setInterval(refreshAll, pollSeconds * 1000);
@@ -121,6 +136,10 @@
     socket.addEventListener("message", function (event) {
       let message;
       try { message = JSON.parse(event.data); } catch (e) { return; }
+      if (message.refused) {
+        refused = new Set(message.refused);
+        pollRefused();
+      }
       const changed = new Set(message.changed || []);
       if (!changed.size) return;
       parts().forEach(function (element) {
