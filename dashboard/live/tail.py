@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from channels.db import database_sync_to_async
+from asgiref.sync import SyncToAsync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
@@ -69,6 +70,9 @@ class Tail:
     def __init__(self) -> None:
         self.positions: dict[str, _Position] = {}
         self.task: asyncio.Task[None] | None = None
+        # Its own thread (and so its own database connection): Django's sync views all run in
+        # one thread under daphne, and the tail must not queue behind a page being rendered.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-live-tail")
 
     def ensure_started(self) -> None:
         # One task on the loop the sockets live on (daphne has one; a test may make several).
@@ -79,11 +83,11 @@ class Tail:
     async def _run(self) -> None:
         layer = get_channel_layer()
         assert layer is not None, "CHANNEL_LAYERS has no default layer"
-        await database_sync_to_async(self.start)()
+        await SyncToAsync(self.start, thread_sensitive=False, executor=self.executor)()
         while True:
             await asyncio.sleep(settings.BATON_LIVE_TAIL_SECONDS)
             try:
-                groups = await database_sync_to_async(self.look)()
+                groups = await SyncToAsync(self.look, thread_sensitive=False, executor=self.executor)()
             except Exception:
                 logger.exception("live push: reading the event logs failed; trying again")
                 continue
