@@ -31,9 +31,14 @@ MAX_MESSAGE_BYTES = 8_192
 # One change reaches a socket as one message per group (its run, its workflows, …), sent one
 # after the other: the first waits this long for its siblings, so the page hears of them at once.
 GATHER_SECONDS = 0.01
+# Each subscribe asks the database who may see what: a page sends one per swap that changes its
+# parts, far below this; a client sending more per window is closed (and reconnects, slower).
+SUBSCRIBES_PER_WINDOW = 30
+SUBSCRIBE_WINDOW_SECONDS = 10.0
 # Close codes (4000–4999 are the application's): the browser reconnects after any of them.
 TOO_LARGE = 1009
 BAD_MESSAGE = 4400
+TOO_MANY = 4429
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -47,6 +52,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.pending: set[str] = set()
         self.last_sent = 0.0
         self.flush_task: asyncio.Task[None] | None = None
+        self.subscribes: list[float] = []
         if settings.BATON_LIVE_SOURCE == "tail":
             TAIL.ensure_started()
         await self.accept()
@@ -68,6 +74,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
         wanted = _topics_from(text_data)
         if wanted is None:
             await self.close(code=BAD_MESSAGE)
+            return
+        now = time.monotonic()
+        self.subscribes = [at for at in self.subscribes if now - at < SUBSCRIBE_WINDOW_SECONDS] + [now]
+        if len(self.subscribes) > SUBSCRIBES_PER_WINDOW:
+            await self.close(code=TOO_MANY)
             return
         granted, refused = await database_sync_to_async(topics.resolve)(self.user, wanted)
         listening: dict[str, set[str]] = {}

@@ -275,6 +275,17 @@ def test_a_message_that_is_not_a_subscription_closes_the_socket(ops: Any, messag
     assert run_async(body) == {"type": "websocket.close", "code": 4400}
 
 
+def test_a_client_that_subscribes_over_and_over_is_closed(ops: Any) -> None:
+    async def body() -> Any:
+        socket = await socket_for(ops)
+        for _ in range(30):
+            await subscribe(socket, "runs")
+        await socket.send_to(text_data=json.dumps({"subscribe": ["runs"]}))
+        return await socket.receive_output(timeout=5)
+
+    assert run_async(body) == {"type": "websocket.close", "code": 4429}
+
+
 def test_malformed_or_unknown_topics_are_refused_and_join_nothing(ops: Any) -> None:
     async def body() -> dict[str, Any]:
         socket = await socket_for(ops)
