@@ -341,6 +341,20 @@ def test_the_navigation_counts_what_waits_for_me(
     assert "nav__count--zero" in count
 
 
+def test_a_live_refresh_of_the_inbox_brings_its_tab_counts_and_follows_each_row(
+    approver_client: Client, ops: Any
+) -> None:
+    first, second = article(ops, "tides"), article(ops, "owls")
+    page = approver_client.get(reverse("approvals:inbox")).content.decode()
+    assert "hx-swap-oob" not in page
+    part = approver_client.get(reverse("approvals:inbox"), HTTP_HX_REQUEST="true").content.decode()
+    # The tabs sit outside the list: an htmx answer carries them out of band, so counts follow.
+    assert re.search(r'<nav class="tabs" id="inbox-tabs"[^>]*hx-swap-oob="morph"', part)
+    assert re.search(r'Waiting for me <span class="tabs__count tabs__count--on">2</span>', part)
+    live = re.search(r'<section id="inbox-list"[^>]*data-live="([^"]*)"', part)
+    assert live and set(live.group(1).split()) == {"inbox", f"item:{first.pk}", f"item:{second.pk}"}
+
+
 def test_thirty_waiting_items_take_as_few_queries_as_three(
     approver_client: Client, ops: Any, approver: Any, django_assert_max_num_queries: Any
 ) -> None:
