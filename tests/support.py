@@ -281,6 +281,20 @@ class WebServer:
         self.stop()
 
 
+def server_checks_password(user: Any, password: str) -> None:
+    """Give `user` a password a WebServer can check at its login form.
+
+    The test process hashes passwords with MD5 for speed (tests/conftest.py); a WebServer runs
+    with the default hashers, which refuse MD5. PBKDF2 with few iterations is cheap and both
+    accept it (the server reads the iteration count from the hash).
+    """
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+    hasher = PBKDF2PasswordHasher()
+    user.password = hasher.encode(password, hasher.salt(), iterations=1_000)
+    user.save(update_fields=["password"])
+
+
 def naps_in_sequence(count: int, *, seconds: float = 1) -> str:
     """Steps s1 … s<count> of the `nap` agent, each after the one before, as a flow-style list body."""
     return ", ".join(

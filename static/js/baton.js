@@ -15,13 +15,16 @@
   });
 
   // A poll made after the session ran out is answered by the login page; show it as a page,
-  // not squeezed into the table it was meant to refresh.
+  // not squeezed into the table it was meant to refresh. After signing in, the reader comes back
+  // to this page: the login page's own `next` is the part that asked (the navigation count, a
+  // table's partial), which is no page to land on. Written as Django writes it ("/" unescaped).
   document.addEventListener("htmx:beforeSwap", function (event) {
     const login = document.body.dataset.loginUrl;
     const url = event.detail.xhr && event.detail.xhr.responseURL;
     if (login && url && new URL(url).pathname === login) {
       event.detail.shouldSwap = false;
-      window.location.assign(url);
+      const here = encodeURIComponent(window.location.pathname + window.location.search).replace(/%2F/g, "/");
+      window.location.assign(login + "?next=" + here);
     }
   });
 })();

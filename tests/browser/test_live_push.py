@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import Group
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
@@ -22,7 +21,7 @@ from approvals import transitions as item_transitions
 from approvals.models import Item
 from orchestration import transitions
 from orchestration.models import Run
-from tests.support import WebServer, WorkerCluster, drive, load_workflow
+from tests.support import WebServer, WorkerCluster, drive, load_workflow, server_checks_password
 
 pytestmark = [pytest.mark.browser, pytest.mark.cluster]
 
@@ -97,19 +96,11 @@ def server(transactional_db: Any) -> Iterator[WebServer]:
         yield web
 
 
-def server_checks_password(user: Any) -> None:
-    # The test process hashes passwords with MD5 for speed (tests/conftest.py); the server runs
-    # with the default hashers, which refuse MD5. A cheap PBKDF2 hash is one both accept.
-    password = PASSWORDS[user.get_username()]
-    user.password = PBKDF2PasswordHasher().encode(password, PBKDF2PasswordHasher().salt(), iterations=1_000)
-    user.save(update_fields=["password"])
-
-
 def signed_in(chromium: Any, server: WebServer, user: Any) -> Any:
     """A page of a new browser context (its own cookies), signed in through the login form."""
     from playwright.sync_api import expect
 
-    server_checks_password(user)
+    server_checks_password(user, PASSWORDS[user.get_username()])
     page = chromium.new_context(viewport={"width": 1360, "height": 900}).new_page()
     page.set_default_timeout(PUSHED)
     page.goto(f"{server.url}/login/")

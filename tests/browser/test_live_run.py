@@ -11,7 +11,7 @@ import pytest
 from orchestration import transitions
 from orchestration.models import Run
 from orchestration.status import RunStatus
-from tests.support import WorkerCluster, drive, load_workflow
+from tests.support import WebServer, WorkerCluster, drive, load_workflow, server_checks_password
 
 pytestmark = [pytest.mark.browser, pytest.mark.cluster]
 
@@ -49,7 +49,7 @@ workflow:
 
 
 def test_an_operations_lead_starts_a_run_and_watches_it_succeed(
-    live_server: Any, transactional_db: Any, ops: Any, chromium: Any, screenshots: Path
+    transactional_db: Any, ops: Any, chromium: Any, screenshots: Path
 ) -> None:
     from playwright.sync_api import expect
 
@@ -60,11 +60,14 @@ def test_an_operations_lead_starts_a_run_and_watches_it_succeed(
     drive(transitions.start_run(workflow="triage", input={"ticket": 42}, started_by=ops))
     transitions.cancel_run(run_id=transitions.start_run(workflow="digest", input={"topic": "owls"}).pk, actor=ops)
 
-    with WorkerCluster(workers=2) as cluster:
+    # Daphne, as `make run` serves: the page follows the run over its socket. (Django's
+    # live_server has no websockets, so the page would only poll, every 5 s.)
+    server_checks_password(ops, "ops-pass-1")
+    with WebServer() as server, WorkerCluster(workers=2) as cluster:
         page = chromium.new_page(viewport={"width": 1360, "height": 900})
         page.set_default_timeout(15_000)
 
-        page.goto(f"{live_server.url}/login/")
+        page.goto(f"{server.url}/login/")
         page.get_by_label("Username").fill("ops")
         page.get_by_label("Password").fill("ops-pass-1")
         page.get_by_role("button", name="Sign in").click()
@@ -91,11 +94,11 @@ def test_an_operations_lead_starts_a_run_and_watches_it_succeed(
         run_url = page.url
         page.screenshot(path=str(screenshots / "run.png"), full_page=True)
 
-        page.goto(f"{live_server.url}/")
+        page.goto(f"{server.url}/")
         expect(page.locator("#runs-table tbody tr")).to_have_count(4)
         page.screenshot(path=str(screenshots / "runs.png"), full_page=True)
 
-        page.goto(f"{live_server.url}/workflows/")
+        page.goto(f"{server.url}/workflows/")
         page.screenshot(path=str(screenshots / "workflows.png"), full_page=True)
 
         phone = chromium.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
@@ -103,7 +106,7 @@ def test_an_operations_lead_starts_a_run_and_watches_it_succeed(
         phone.goto(run_url)
         expect(phone.locator(".run-summary .badge")).to_have_text("succeeded")
         phone.screenshot(path=str(screenshots / "run-phone.png"), full_page=True)
-        phone.goto(f"{live_server.url}/")
+        phone.goto(f"{server.url}/")
         phone.screenshot(path=str(screenshots / "runs-phone.png"), full_page=True)
         page.close()
         phone.close()
