@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connection
 
 from orchestration import definitions
@@ -279,6 +280,14 @@ class WebServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServerCheckablePasswordHasher(PBKDF2PasswordHasher):
+    """PBKDF2 with few iterations: cheap in tests, and a server process with Django's default
+    hashers checks it (it reads the iteration count from the hash), unlike the MD5 the other
+    tests use. tests/browser/conftest.py hashes with it."""
+
+    iterations = 1_000
 
 
 def server_checks_password(user: Any, password: str) -> None:

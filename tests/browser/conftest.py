@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import WebServer
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -52,3 +54,17 @@ def chromium(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 def screenshots() -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings: Any) -> None:
+    # Cheap hashes the server process can check too: people sign in at its login form.
+    settings.PASSWORD_HASHERS = ["tests.support.ServerCheckablePasswordHasher"]
+
+
+@pytest.fixture
+def web_server(transactional_db: Any) -> Iterator[WebServer]:
+    """The product's own server (daphne: pages and their live sockets), not Django's WSGI
+    live_server, which has no websockets: pages tested there would only ever poll."""
+    with WebServer() as server:
+        yield server

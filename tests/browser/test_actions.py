@@ -26,27 +26,27 @@ workflow:
 """
 
 
-def logged_in_page(chromium: Any, live_server: Any) -> Any:
+def logged_in_page(chromium: Any, web_server: Any) -> Any:
     page = chromium.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(15_000)
-    page.goto(f"{live_server.url}/login/")
+    page.goto(f"{web_server.url}/login/")
     page.get_by_label("Username").fill("ops")
     page.get_by_label("Password").fill("ops-pass-1")
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{live_server.url}/")
+    page.wait_for_url(f"{web_server.url}/")
     return page
 
 
 def test_cancel_asks_first_then_the_page_shows_the_run_cancelled(
-    live_server: Any, transactional_db: Any, ops: Any, chromium: Any
+    web_server: Any, transactional_db: Any, ops: Any, chromium: Any
 ) -> None:
     from playwright.sync_api import expect
 
     load_workflow(WORKFLOW)
     # No worker runs here: the first step stays queued, so the run waits to be cancelled.
     run = transitions.start_run(workflow="waiting")
-    page = logged_in_page(chromium, live_server)
-    page.goto(f"{live_server.url}/runs/{run.pk}/")
+    page = logged_in_page(chromium, web_server)
+    page.goto(f"{web_server.url}/runs/{run.pk}/")
     expect(page.locator(".run-summary .badge")).to_have_text("running")
 
     questions: list[str] = []
@@ -68,14 +68,14 @@ def test_cancel_asks_first_then_the_page_shows_the_run_cancelled(
 
 
 def test_a_poll_after_the_session_ends_takes_the_whole_page_to_the_login_form(
-    live_server: Any, transactional_db: Any, ops: Any, chromium: Any
+    web_server: Any, transactional_db: Any, ops: Any, chromium: Any
 ) -> None:
     from playwright.sync_api import expect
 
-    page = logged_in_page(chromium, live_server)
+    page = logged_in_page(chromium, web_server)
     page.context.clear_cookies()
     # The runs table polls every 2 s; its next poll is answered by the login page.
-    page.wait_for_url(f"{live_server.url}/login/?next=/", timeout=10_000)
+    page.wait_for_url(f"{web_server.url}/login/?next=/", timeout=10_000)
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     expect(page.locator("#runs-table")).to_have_count(0)
     page.close()

@@ -127,7 +127,7 @@ def backdate(item: Item, hours: float) -> None:
 
 
 def test_an_approver_signs_in_approves_one_item_rejects_another_and_the_runs_go_on(
-    live_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any, screenshots: Path
+    web_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any, screenshots: Path
 ) -> None:
     from django.contrib.auth import get_user_model
     from playwright.sync_api import expect
@@ -154,12 +154,12 @@ def test_an_approver_signs_in_approves_one_item_rejects_another_and_the_runs_go_
         page.set_default_timeout(15_000)
 
         # An email link: signing in lands straight back on the page it pointed at.
-        page.goto(f"{live_server.url}/approvals/")
-        page.wait_for_url(f"{live_server.url}/login/?next=/approvals/")
+        page.goto(f"{web_server.url}/approvals/")
+        page.wait_for_url(f"{web_server.url}/login/?next=/approvals/")
         page.get_by_label("Username").fill("approver")
         page.get_by_label("Password").fill("approver-pass-1")
         page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(f"{live_server.url}/approvals/")
+        page.wait_for_url(f"{web_server.url}/approvals/")
         expect(page.get_by_role("heading", name="Approvals")).to_be_visible()
         nav = page.get_by_role("navigation", name="Main")
         expect(nav.locator(".nav__count")).to_have_text("5")
@@ -176,22 +176,22 @@ def test_an_approver_signs_in_approves_one_item_rejects_another_and_the_runs_go_
         phone = chromium.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
         phone.set_default_timeout(15_000)
         phone.context.add_cookies(page.context.cookies())
-        phone.goto(f"{live_server.url}/approvals/")
+        phone.goto(f"{web_server.url}/approvals/")
         expect(phone.locator("#inbox-list tbody tr")).to_have_count(5)
         phone.screenshot(path=str(screenshots / "inbox-phone.png"), full_page=True)
 
         # The gate: the page shows the exact action the high-risk agent is about to take.
         refund = Item.objects.get(kind="gate")
-        page.goto(f"{live_server.url}/approvals/{refund.pk}/")
+        page.goto(f"{web_server.url}/approvals/{refund.pk}/")
         expect(page.locator(".item-what")).to_contain_text("The exact action about to run")
         expect(page.locator(".item-what")).to_contain_text("A-20931")
         expect(page.locator('.node[data-step="refund"]')).to_have_attribute("data-status", "waiting")
         page.screenshot(path=str(screenshots / "approval-gate.png"), full_page=True)
-        phone.goto(f"{live_server.url}/approvals/{refund.pk}/")
+        phone.goto(f"{web_server.url}/approvals/{refund.pk}/")
         phone.screenshot(path=str(screenshots / "approval-gate-phone.png"), full_page=True)
 
         # Approve one on its page: the outcome replaces the buttons and focus moves on.
-        page.goto(f"{live_server.url}/approvals/{publish.pk}/")
+        page.goto(f"{web_server.url}/approvals/{publish.pk}/")
         expect(page.locator(".leading")).to_contain_text("A 900-word explainer")
         page.get_by_role("button", name="Approve").click()
         panel = page.locator("#item-panel")
@@ -203,7 +203,7 @@ def test_an_approver_signs_in_approves_one_item_rejects_another_and_the_runs_go_
 
         # Reject another from its inbox row: first without a comment (refused, nothing
         # changes), then with one. The row updates in place and focus moves to the next row.
-        page.goto(f"{live_server.url}/approvals/")
+        page.goto(f"{web_server.url}/approvals/")
         row = page.locator(f"#item-row-{sign_off.pk}")
         row.get_by_role("button", name="Reject").click()
         expect(row.locator(".field__error")).to_have_text("Say why you reject it.")
@@ -222,21 +222,21 @@ def test_an_approver_signs_in_approves_one_item_rejects_another_and_the_runs_go_
         expect(page.locator(f"#{focused} [data-focus]")).to_be_focused()
 
         # The runs go on: the approved article is published, the rejected budget fails.
-        page.goto(f"{live_server.url}/runs/{article.pk}/")
+        page.goto(f"{web_server.url}/runs/{article.pk}/")
         expect(page.locator(".run-summary .badge")).to_have_text("succeeded", timeout=30_000)
         expect(page.locator('.node[data-step="publish"]')).to_have_attribute("data-status", "succeeded")
-        page.goto(f"{live_server.url}/runs/{budget.pk}/")
+        page.goto(f"{web_server.url}/runs/{budget.pk}/")
         expect(page.locator(".run-summary .badge")).to_have_text("failed", timeout=30_000)
         expect(page.locator("#run-live")).to_contain_text("Over the quarter's limit")
 
         # The item page tells the story too, and the inbox holds three items now.
-        page.goto(f"{live_server.url}/approvals/{sign_off.pk}/")
+        page.goto(f"{web_server.url}/approvals/{sign_off.pk}/")
         expect(page.locator(".item-history")).to_contain_text("Voted")
         expect(page.locator(".outcome__comment")).to_have_text("Over the quarter's limit; ask again in October.")
-        page.goto(f"{live_server.url}/approvals/")
+        page.goto(f"{web_server.url}/approvals/")
         expect(page.locator("#inbox-list tbody tr")).to_have_count(3)
         expect(nav.locator(".nav__count")).to_have_text("3")
-        page.goto(f"{live_server.url}/approvals/decided/")
+        page.goto(f"{web_server.url}/approvals/decided/")
         expect(page.locator("#decided-table tbody tr")).to_have_count(2)
         page.screenshot(path=str(screenshots / "approvals-decided.png"), full_page=True)
         phone.close()
@@ -276,20 +276,20 @@ workflow:
 )
 
 
-def sign_in(chromium: Any, live_server: Any, username: str, password: str, *, phone: bool = False) -> Any:
+def sign_in(chromium: Any, web_server: Any, username: str, password: str, *, phone: bool = False) -> Any:
     size = {"width": 390, "height": 844} if phone else {"width": 1360, "height": 900}
     page = chromium.new_page(viewport=size, device_scale_factor=2 if phone else 1)
     page.set_default_timeout(15_000)
-    page.goto(f"{live_server.url}/login/")
+    page.goto(f"{web_server.url}/login/")
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{live_server.url}/")
+    page.wait_for_url(f"{web_server.url}/")
     return page
 
 
 def test_a_task_form_explains_its_errors_in_place_and_an_owner_resolves_the_failure_after_it(
-    live_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any, screenshots: Path
+    web_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any, screenshots: Path
 ) -> None:
     from playwright.sync_api import expect
 
@@ -299,8 +299,8 @@ def test_a_task_form_explains_its_errors_in_place_and_an_owner_resolves_the_fail
     run = drive(transitions.start_run(workflow="onboarding", input={"customer": "Jane Doe"}, started_by=approver))
     task = Item.objects.get(run=run, kind="manual")
 
-    page = sign_in(chromium, live_server, "approver", "approver-pass-1")
-    page.goto(f"{live_server.url}/approvals/{task.pk}/")
+    page = sign_in(chromium, web_server, "approver", "approver-pass-1")
+    page.goto(f"{web_server.url}/approvals/{task.pk}/")
     page.evaluate("window.batonTestMark = 'same page'")
     page.get_by_label("floor").fill("2.5")
     page.get_by_role("button", name="Submit").click()
@@ -309,8 +309,8 @@ def test_a_task_form_explains_its_errors_in_place_and_an_owner_resolves_the_fail
     expect(page.locator('[data-field="floor"]')).to_have_text("Enter a whole number.")
     expect(page.get_by_label("floor")).to_have_value("2.5")
     page.screenshot(path=str(screenshots / "approval-task-errors.png"), full_page=True)
-    phone = sign_in(chromium, live_server, "approver", "approver-pass-1", phone=True)
-    phone.goto(f"{live_server.url}/approvals/{task.pk}/")
+    phone = sign_in(chromium, web_server, "approver", "approver-pass-1", phone=True)
+    phone.goto(f"{web_server.url}/approvals/{task.pk}/")
     phone.screenshot(path=str(screenshots / "approval-task-phone.png"), full_page=True)
     phone.close()
 
@@ -329,8 +329,8 @@ def test_a_task_form_explains_its_errors_in_place_and_an_owner_resolves_the_fail
     # No worker here: the next step runs in-process, fails for good and waits for its owner.
     drive(run)
     failure = Item.objects.get(run=run, kind="exception")
-    owner = sign_in(chromium, live_server, "ops", "ops-pass-1")
-    owner.goto(f"{live_server.url}/approvals/")
+    owner = sign_in(chromium, web_server, "ops", "ops-pass-1")
+    owner.goto(f"{web_server.url}/approvals/")
     expect(owner.get_by_role("link", name="Exceptions")).to_contain_text("1")
     owner.get_by_role("link", name="Exceptions").click()
     owner.locator(f"#item-row-{failure.pk}").get_by_role("link", name="Resolve").click()

@@ -47,8 +47,8 @@ document.addEventListener("securitypolicyviolation", (e) => {
 class Browser:
     """One signed-in page that remembers every CSP complaint it saw."""
 
-    def __init__(self, chromium: Any, live_server: Any, username: str, password: str) -> None:
-        self.base = live_server.url
+    def __init__(self, chromium: Any, web_server: Any, username: str, password: str) -> None:
+        self.base = web_server.url
         self.page = chromium.new_page(viewport={"width": 1280, "height": 900})
         self.page.set_default_timeout(15_000)
         self.page.add_init_script(LISTEN)
@@ -97,12 +97,12 @@ def waiting_item(transactional_db: Any, ops: Any, approver: Any) -> Item:
 
 
 def test_the_main_pages_raise_no_csp_violation_and_htmx_still_swaps(
-    live_server: Any, chromium: Any, admin_user: Any, waiting_item: Item
+    web_server: Any, chromium: Any, admin_user: Any, waiting_item: Item
 ) -> None:
     from playwright.sync_api import expect
 
     run = waiting_item.run
-    browser = Browser(chromium, live_server, "admin", "admin-pass-1")
+    browser = Browser(chromium, web_server, "admin", "admin-pass-1")
     page = browser.page
 
     browser.open(reverse("dashboard:runs"))
@@ -139,11 +139,11 @@ def test_the_main_pages_raise_no_csp_violation_and_htmx_still_swaps(
 
 
 def test_an_approver_decides_through_htmx_under_the_policy(
-    live_server: Any, chromium: Any, waiting_item: Item
+    web_server: Any, chromium: Any, waiting_item: Item
 ) -> None:
     from playwright.sync_api import expect
 
-    browser = Browser(chromium, live_server, "approver", "approver-pass-1")
+    browser = Browser(chromium, web_server, "approver", "approver-pass-1")
     page = browser.page
     browser.open(reverse("approvals:inbox"))
     expect(page.locator(".nav__count")).to_have_text("1")
@@ -158,8 +158,8 @@ def test_an_approver_decides_through_htmx_under_the_policy(
     assert waiting_item.status == "approved"
 
 
-def test_the_admin_pages_raise_no_csp_violation(live_server: Any, chromium: Any, admin_user: Any, waiting_item: Item) -> None:
-    browser = Browser(chromium, live_server, "admin", "admin-pass-1")
+def test_the_admin_pages_raise_no_csp_violation(web_server: Any, chromium: Any, admin_user: Any, waiting_item: Item) -> None:
+    browser = Browser(chromium, web_server, "admin", "admin-pass-1")
     workflow = waiting_item.run.workflow
     for path in (
         reverse("admin:index"),

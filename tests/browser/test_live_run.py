@@ -61,7 +61,7 @@ def test_an_operations_lead_starts_a_run_and_watches_it_succeed(
     transitions.cancel_run(run_id=transitions.start_run(workflow="digest", input={"topic": "owls"}).pk, actor=ops)
 
     # Daphne, as `make run` serves: the page follows the run over its socket. (Django's
-    # live_server has no websockets, so the page would only poll, every 5 s.)
+    # web_server has no websockets, so the page would only poll, every 5 s.)
     server_checks_password(ops, "ops-pass-1")
     with WebServer() as server, WorkerCluster(workers=2) as cluster:
         page = chromium.new_page(viewport={"width": 1360, "height": 900})

@@ -40,7 +40,7 @@ REASON = "This item was reassigned to carol by dave; it is no longer yours to de
 
 
 def test_an_approver_whose_item_was_reassigned_meanwhile_is_told_why(
-    live_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any, screenshots: Path
+    web_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any, screenshots: Path
 ) -> None:
     from playwright.sync_api import expect
 
@@ -56,11 +56,11 @@ def test_an_approver_whose_item_was_reassigned_meanwhile_is_told_why(
 
     page = chromium.new_page(viewport={"width": 1360, "height": 900})
     page.set_default_timeout(15_000)
-    page.goto(f"{live_server.url}/login/?next=/approvals/{item.pk}/")
+    page.goto(f"{web_server.url}/login/?next=/approvals/{item.pk}/")
     page.get_by_label("Username").fill("approver")
     page.get_by_label("Password").fill("approver-pass-1")
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{live_server.url}/approvals/{item.pk}/")
+    page.wait_for_url(f"{web_server.url}/approvals/{item.pk}/")
     approve = page.get_by_role("button", name="Approve")
     expect(approve).to_be_visible()
 
