@@ -76,11 +76,13 @@ NAP_CALLABLE = "orchestration.bench_agents:nap"
 # The user whose session the page and the clients ride on; it owns the live bench's workflows,
 # so it sees their runs as an owner does (not as a superuser, who would skip the access rules).
 LIVE_USER = "bench-live"
-BROWSER_STEPS = 60
+# Run pages watched: (steps in the run, runs). A run the size of most workflows' (8 steps), and
+# a long one (60 steps: a 170 KB partial, mostly its step table and the 200-event timeline).
+BROWSER_PAGES = ((8, 8), (60, 1))
 # Each step naps longer than BATON_LIVE_COALESCE_SECONDS (0.25 s), so no change waits for the
 # window of the one before; the first step gives the page time to open and subscribe.
 STEP_SECONDS = 0.4
-WARM_UP_SECONDS = 3.0
+WARM_UP_SECONDS = 1.5
 CLIENTS = 200
 ITEMS = 1000
 FANOUT_WORKERS = 4
@@ -167,7 +169,8 @@ class LiveBench:
     # -----------------------------------------------------------------------------------------
     # 1. Commit → browser
 
-    def commit_to_browser(self, password: str) -> dict[str, list[float]] | None:
+    def commit_to_browser(self, password: str) -> dict[int, dict[str, list[float]]] | None:
+        """Per page size (steps in the run): the figures of every change measured on it (ms)."""
         if not CHROMIUM.exists():
             self.notes.append(f"Commit -> browser: SKIPPED, {CHROMIUM} is not installed (apt-get install chromium).")
             return None
@@ -176,8 +179,7 @@ class LiveBench:
         except ImportError:
             self.notes.append("Commit -> browser: SKIPPED, playwright is not installed.")
             return None
-        key = install(browser_document())
-        self.say(f"{key}: a run page in headless Chromium, {BROWSER_STEPS} steps on 1 worker")
+        figures: dict[int, dict[str, list[float]]] = {}
         with (
             WebProcess(self.scratch, say=self.say) as web,
             Workers(1, self.scratch, say=self.say) as workers,
@@ -193,61 +195,72 @@ class LiveBench:
                 context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": web.url}])
                 page = context.new_page()
                 page.add_init_script(PAGE_PROBE)
-                run = transitions.start_run(workflow=key, trigger="bench")
-                self.run_ids.append(run.pk)
-                page.goto(f"{web.url}/runs/{run.pk}/")
-                # Polled from here: Playwright's wait_for_function evaluates its predicate with
-                # eval(), which the page's Content-Security-Policy (rightly) refuses.
-                wait_for(
-                    lambda: page.evaluate("window.__batonBench.subscribed"),
-                    timeout=30,
-                    interval=0.05,
-                    what="the run page's socket to subscribe",
-                )
-                ready = time.time() * 1000
-                wait_run(run, timeout=60 + BROWSER_STEPS * STEP_SECONDS * 4)
-                last = f"step-{BROWSER_STEPS:03d}"
-                with contextlib.suppress(CommandError):  # a page that never caught up shows in the figures
-                    wait_for(
-                        lambda: page.evaluate(f"(window.__batonBench.seen[{last!r}] || {{}}).succeeded !== undefined"),
-                        timeout=10,
-                        interval=0.05,
-                        what="the run page to show the last step",
-                    )
-                probe = page.evaluate("window.__batonBench")
+                for steps, runs in BROWSER_PAGES:
+                    key = install(browser_document(steps))
+                    self.say(f"{key}: {runs} run(s) watched in headless Chromium, on 1 worker")
+                    found = figures.setdefault(steps, {"total": [], "push": [], "fetch": [], "morph": []})
+                    for _ in range(runs):
+                        for name, values in self.watch(page, web.url, key, steps).items():
+                            found[name] += values
             finally:
                 browser.close()
-        committed = {
-            key: at.timestamp() * 1000
-            for key, at in RunEvent.objects.filter(
-                run=run, kind=EventKind.STEP_SUCCEEDED, step_run__isnull=False, step_run__map_index__isnull=True
-            ).values_list("step_run__step_key", "created_at")
-        }
-        total, push, fetch, morph, missing = [], [], [], [], 0
+        for steps, found in figures.items():
+            if len(found["total"]) < 50:
+                self.notes.append(f"WARNING: commit -> browser ({steps} steps) measured only {len(found['total'])} changes (50 wanted).")
+        return figures
+
+    def watch(self, page: Any, url: str, key: str, steps: int) -> dict[str, list[float]]:
+        """One run on an open run page: per step, commit -> DOM and its parts (ms)."""
+        run = transitions.start_run(workflow=key, trigger="bench")
+        self.run_ids.append(run.pk)
+        page.goto(f"{url}/runs/{run.pk}/")
+        # Polled from here: Playwright's wait_for_function evaluates its predicate with eval(),
+        # which the page's Content-Security-Policy (rightly) refuses.
+        wait_for(
+            lambda: page.evaluate("window.__batonBench.subscribed"),
+            timeout=30,
+            interval=0.02,
+            what="the run page's socket to subscribe",
+        )
+        ready = time.time() * 1000
+        wait_run(run, timeout=60 + steps * STEP_SECONDS * 4)
+        last = f"step-{steps:03d}"
+        with contextlib.suppress(CommandError):  # a page that never caught up shows in the figures
+            wait_for(
+                lambda: page.evaluate(f"(window.__batonBench.seen[{last!r}] || {{}}).succeeded !== undefined"),
+                timeout=10,
+                interval=0.05,
+                what="the run page to show the last step",
+            )
+        probe = page.evaluate("window.__batonBench")
+        committed = RunEvent.objects.filter(
+            run=run, kind=EventKind.STEP_SUCCEEDED, step_run__isnull=False, step_run__map_index__isnull=True
+        ).values_list("step_run__step_key", "created_at")
+        found: dict[str, list[float]] = {"total": [], "push": [], "fetch": [], "morph": []}
         hints = sorted(probe["hints"])
         requests = sorted(zip(probe["sent"], probe["loaded"], strict=False))
-        for step_key, at in committed.items():
+        missing = 0
+        for step_key, created in committed:
+            at = created.timestamp() * 1000
             if not step_key.startswith("step-") or at <= ready:
-                continue
+                continue  # the warm-up step, or a change the page heard of with its first fetch
             shown = probe["seen"].get(step_key, {}).get("succeeded")
             if shown is None:
                 missing += 1
                 continue
-            total.append(shown - at)
+            found["total"].append(shown - at)
             index = bisect.bisect_left(hints, at)
             if index < len(hints) and hints[index] <= shown:
                 hint = hints[index]
-                push.append(hint - at)
+                found["push"].append(hint - at)
                 # The request that hint started: the first one sent after it.
                 answered = next((loaded for sent, loaded in requests if sent >= hint), None)
                 if answered is not None and answered <= shown:
-                    fetch.append(answered - hint)
-                    morph.append(shown - answered)
+                    found["fetch"].append(answered - hint)
+                    found["morph"].append(shown - answered)
         if missing:
-            self.notes.append(f"WARNING: commit -> browser: {missing} step(s) never showed succeeded on the page.")
-        if len(total) < 50:
-            self.notes.append(f"WARNING: commit -> browser measured only {len(total)} changes (50 wanted).")
-        return {"total": total, "push": push, "fetch": fetch, "morph": morph}
+            self.notes.append(f"WARNING: commit -> browser: {missing} step(s) of run {run.pk} never showed succeeded.")
+        return found
 
     # -----------------------------------------------------------------------------------------
     # 2. Fan-out under load
@@ -260,7 +273,7 @@ class LiveBench:
             # No worker runs yet: the map's first chunks wait in the queue until every client listens.
             run = transitions.start_run(workflow=key, trigger="bench")
             self.run_ids.append(run.pk)
-            before = web.usage()
+            before, began = web.usage(), time.time()
             crowd = Crowd(web.url, f"{settings.SESSION_COOKIE_NAME}={session}", run.pk)
             with crowd:
                 crowd.wait_gathered(timeout=90)
@@ -270,7 +283,7 @@ class LiveBench:
                     wait_run(run, timeout=150)
                     ended = time.time()
                     crowd.wait_settled(quiet=SETTLE_SECONDS, timeout=60)
-                after = web.usage()
+                after, finished = web.usage(), time.time()
                 clients = crowd.snapshot()
             errors = [line for line in web.tail(2000).splitlines() if "Error" in line and not line.startswith(" ")]
             if errors:
@@ -300,7 +313,8 @@ class LiveBench:
             self.notes.append(f"WARNING: fan-out: {unheard} (client, change) pairs saw no hint after the change.")
         fetches = [ms for c in clients for ms in c.fetch_ms]
         self.notes.append(
-            f"Fan-out: {len(changes)} run events after the clients gathered, {len(fetches)} partial fetches; "
+            f"Fan-out: the map ran {ended - gathered:.1f} s from the workers' start; {len(changes)} run events "
+            f"after the clients gathered; CPU and time from before the clients connected to the last fetch; "
             f"web RSS {before.rss_mb:.0f} MB before the clients, {after.rss_mb:.0f} MB at the end."
         )
         return {
@@ -308,7 +322,7 @@ class LiveBench:
             "push_p95": percentile(latencies, 95) if latencies else float("nan"),
             "stale": len(stale),
             "cpu": after.cpu_seconds - before.cpu_seconds,
-            "busy": ended - gathered + SETTLE_SECONDS,
+            "busy": finished - began,
             "rss": after.peak_rss_mb,
             "messages": sum(c.messages for c in clients),
             "fetches": len(fetches),
@@ -317,24 +331,26 @@ class LiveBench:
 
     # -----------------------------------------------------------------------------------------
 
-    def rows(self, browser: dict[str, list[float]] | None, fan: dict[str, float]) -> list[Row]:
+    def rows(self, browser: dict[int, dict[str, list[float]]] | None, fan: dict[str, float]) -> list[Row]:
         goals = live_targets(self.database, self.broker)
-        first = f"live: commit -> run page in Chromium, {BROWSER_STEPS} steps"
         second = f"live: {CLIENTS} sockets, {ITEMS}-item for_each, {FANOUT_WORKERS} workers"
         table: list[Row] = []
-        if browser and browser["total"]:
-            count = len(browser["total"])
+        for steps, found in (browser or {}).items():
+            if not found["total"]:
+                continue
+            first = f"live: commit -> run page in Chromium, {steps}-step runs"
+            count = len(found["total"])
             table += [
-                row(first, f"commit -> DOM shows it, median of {count}", statistics.median(browser["total"]), "ms"),
-                row(first, "commit -> DOM shows it, p95", percentile(browser["total"], 95), "ms", goals.get("browser")),
+                row(first, f"commit -> DOM shows it, median of {count}", statistics.median(found["total"]), "ms"),
+                row(first, "commit -> DOM shows it, p95", percentile(found["total"], 95), "ms", goals.get("browser")),
             ]
             for name, measure in (
                 ("push", "  commit -> hint on the page"),
                 ("fetch", "  hint -> the partial's answer in (fetch)"),
                 ("morph", "  answer -> DOM shows it (morph)"),
             ):
-                if browser[name]:
-                    table.append(row(first, f"{measure}, p95", percentile(browser[name], 95), "ms"))
+                if found[name]:
+                    table.append(row(first, f"{measure}, p95", percentile(found[name], 95), "ms"))
         table += [
             row(second, "commit -> hint at the client, median", fan["push_p50"], "ms"),
             row(second, "commit -> hint at the client, p95", fan["push_p95"], "ms"),
@@ -659,7 +675,7 @@ class PartialFetcher:
 # Workflows and helpers
 
 
-def browser_document() -> dict[str, Any]:
+def browser_document(count: int) -> dict[str, Any]:
     nap = {
         "name": NAP_AGENT,
         "kind": "python",
@@ -667,7 +683,7 @@ def browser_document() -> dict[str, Any]:
         "config": {"callable": NAP_CALLABLE},
         "retry": {"attempts": 1},
     }
-    keys = ["warm-up"] + [f"step-{number:03d}" for number in range(1, BROWSER_STEPS + 1)]
+    keys = ["warm-up"] + [f"step-{number:03d}" for number in range(1, count + 1)]
     steps = [
         {
             "key": key,
@@ -680,8 +696,8 @@ def browser_document() -> dict[str, Any]:
     return {
         "agents": [nap],
         "workflow": {
-            "key": f"bench-live-steps-{BROWSER_STEPS}",
-            "name": f"Bench: {BROWSER_STEPS} napping steps watched in a browser",
+            "key": f"bench-live-steps-{count}",
+            "name": f"Bench: {count} napping steps watched in a browser",
             "description": "Created by manage.py bench to measure commit -> browser.",
             "owner": LIVE_USER,
             "steps": steps,
