@@ -312,6 +312,8 @@ class LiveBench:
         if unheard:
             self.notes.append(f"WARNING: fan-out: {unheard} (client, change) pairs saw no hint after the change.")
         fetches = [ms for c in clients for ms in c.fetch_ms]
+        # From the run's last change to the moment the last client's partial showed it.
+        current = max(c.fetched_at for c in clients) - max(changes, default=gathered)
         self.notes.append(
             f"Fan-out: the map ran {ended - gathered:.1f} s from the workers' start; {len(changes)} run events "
             f"after the clients gathered; CPU and time from before the clients connected to the last fetch; "
@@ -327,6 +329,7 @@ class LiveBench:
             "messages": sum(c.messages for c in clients),
             "fetches": len(fetches),
             "fetch_p95": percentile(fetches, 95) if fetches else float("nan"),
+            "current": current,
         }
 
     # -----------------------------------------------------------------------------------------
@@ -355,6 +358,7 @@ class LiveBench:
             row(second, "commit -> hint at the client, median", fan["push_p50"], "ms"),
             row(second, "commit -> hint at the client, p95", fan["push_p95"], "ms"),
             row(second, "stale screens after the run ended", fan["stale"], "clients", goals["stale"]),
+            row(second, "the run's last change -> every client's partial shows it", fan["current"], "s"),
             row(second, "hints received, all clients", fan["messages"], "messages"),
             row(second, "partial fetches, all clients", fan["fetches"], "fetches"),
             row(second, "  one fetch, p95", fan["fetch_p95"], "ms"),
@@ -496,6 +500,7 @@ class Client:
     hints: list[float] = field(default_factory=list)  # time.time() of each {"changed": …}
     messages: int = 0
     fetch_ms: list[float] = field(default_factory=list)
+    fetched_at: float = 0.0  # time.time() when the last fetch's answer was in
     body: str = ""
     error: str = ""
     fetching: bool = False
@@ -583,6 +588,7 @@ class Crowd:
                 client.again = False
                 began = time.perf_counter()
                 client.body = await http.get(client.path)
+                client.fetched_at = time.time()
                 client.fetch_ms.append((time.perf_counter() - began) * 1000)
                 if not client.again:
                     break

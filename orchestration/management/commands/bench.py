@@ -16,8 +16,12 @@ sequential run and one map, with every SQL statement counted: the statements per
 step's record and the next step's claim, one transaction) and per for_each item, and how long
 that hand-off transaction takes with no broker in the way.
 
-A last row counts the task messages the ticker had to re-send during all of it: a fault-free
-bench needs none, so any is marked MISSED and the command fails.
+Then the live push (orchestration/management/bench_live.py, alone with `--only live`): from a
+step's commit to an open run page's DOM in headless Chromium, and 200 websocket clients that
+refetch their partials while a 1,000-item for_each runs, against a real daphne process.
+
+The row "messages re-sent" counts the task messages the ticker had to re-send during the first
+five: a fault-free bench needs none, so any is marked MISSED and the command fails.
 
 The bench starts its own `baton_worker` processes on a private queue, so it neither takes
 work from nor gives work to a running deployment, and deletes its runs afterwards.
