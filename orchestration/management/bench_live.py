@@ -32,6 +32,7 @@ import bisect
 import contextlib
 import http.cookiejar
 import json
+import math
 import os
 import re
 import secrets
@@ -51,9 +52,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import CommandError
+from websockets.asyncio.client import connect
+from websockets.typing import Origin
 
 from orchestration import transitions
 from orchestration.management.benchkit import (
@@ -274,7 +278,8 @@ class LiveBench:
             run = transitions.start_run(workflow=key, trigger="bench")
             self.run_ids.append(run.pk)
             before, began = web.usage(), time.time()
-            crowd = Crowd(web.url, f"{settings.SESSION_COOKIE_NAME}={session}", run.pk)
+            listen = f"run.{run.pk}" if self.broker == "redis" else ""
+            crowd = Crowd(web.url, f"{settings.SESSION_COOKIE_NAME}={session}", run.pk, listen=listen)
             with crowd:
                 crowd.wait_gathered(timeout=90)
                 gathered = time.time()
@@ -311,13 +316,29 @@ class LiveBench:
                     unheard += 1
         if unheard:
             self.notes.append(f"WARNING: fan-out: {unheard} (client, change) pairs saw no hint after the change.")
+        layer: list[float] = []
+        for at in changes if crowd.heard else []:
+            index = bisect.bisect_left(crowd.heard, at)
+            if index < len(crowd.heard):
+                layer.append((crowd.heard[index] - at) * 1000)
+        if crowd.heard:
+            self.notes.append(
+                f"Fan-out on Redis: {len(crowd.heard)} messages to group run.{run.pk} heard outside the web "
+                f"process, the last {max(crowd.heard) - max(changes):.1f} s after the run's last change."
+            )
         fetches = [ms for c in clients for ms in c.fetch_ms]
+        origin = min(changes, default=gathered)
+        heard = [at for c in clients for at in c.hints]
+        first_hint, last_hint = (min(heard) - origin, max(heard) - origin) if heard else (0.0, 0.0)
+        last_change = max(changes, default=origin) - origin
         # From the run's last change to the moment the last client's partial showed it.
         current = max(c.fetched_at for c in clients) - max(changes, default=gathered)
         self.notes.append(
             f"Fan-out: the map ran {ended - gathered:.1f} s from the workers' start; {len(changes)} run events "
             f"after the clients gathered; CPU and time from before the clients connected to the last fetch; "
-            f"web RSS {before.rss_mb:.0f} MB before the clients, {after.rss_mb:.0f} MB at the end."
+            f"web RSS {before.rss_mb:.0f} MB before the clients, {after.rss_mb:.0f} MB at the end; "
+            f"hints came from {first_hint:.1f} s to {last_hint:.1f} s after the first change "
+            f"(the last change: {last_change:.1f} s)."
         )
         return {
             "push_p50": statistics.median(latencies) if latencies else float("nan"),
@@ -330,6 +351,7 @@ class LiveBench:
             "fetches": len(fetches),
             "fetch_p95": percentile(fetches, 95) if fetches else float("nan"),
             "current": current,
+            "layer_p95": percentile(layer, 95) if layer else float("nan"),
         }
 
     # -----------------------------------------------------------------------------------------
@@ -357,6 +379,10 @@ class LiveBench:
         table += [
             row(second, "commit -> hint at the client, median", fan["push_p50"], "ms"),
             row(second, "commit -> hint at the client, p95", fan["push_p95"], "ms"),
+        ]
+        if not math.isnan(fan["layer_p95"]):
+            table.append(row(second, "  commit -> the group's message on Redis, p95", fan["layer_p95"], "ms"))
+        table += [
             row(second, "stale screens after the run ended", fan["stale"], "clients", goals["stale"]),
             row(second, "the run's last change -> every client's partial shows it", fan["current"], "s"),
             row(second, "hints received, all clients", fan["messages"], "messages"),
@@ -511,7 +537,12 @@ class Client:
 class Crowd:
     """CLIENTS websocket clients on one asyncio loop in a thread of their own."""
 
-    def __init__(self, url: str, cookie: str, run_id: int):
+    def __init__(self, url: str, cookie: str, run_id: int, *, listen: str = ""):
+        # With Redis: also hear the group `listen` on the channel layer from here, outside the
+        # web process, to tell the layer's delay from the web process's.
+        self.listen = listen
+        self.heard: list[float] = []  # time.time() of each group message heard here
+        self.listening = not listen
         parts = urllib.parse.urlsplit(url)
         self.url, self.host, self.port = url, parts.hostname or "127.0.0.1", parts.port or 80
         self.cookie = cookie
@@ -544,12 +575,20 @@ class Crowd:
 
     async def _gather(self) -> None:
         gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
-        await asyncio.gather(*(self._client(client, gate) for client in self.clients))
+        listener = [self._listen()] if self.listen else []
+        await asyncio.gather(*listener, *(self._client(client, gate) for client in self.clients))
+
+    async def _listen(self) -> None:
+        layer = get_channel_layer()
+        assert layer is not None
+        channel = await layer.new_channel()
+        await layer.group_add(self.listen, channel)
+        self.listening = True
+        while True:
+            await layer.receive(channel)
+            self.heard.append(time.time())
 
     async def _client(self, client: Client, gate: asyncio.Semaphore) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.typing import Origin
-
         http = PartialFetcher(self.host, self.port, self.cookie)
         try:
             async with gate:
@@ -602,7 +641,7 @@ class Crowd:
             failed = [c for c in self.clients if c.error]
             if failed:
                 raise CommandError(f"{len(failed)} websocket client(s) failed, e.g. {failed[0].error}")
-            return all(c.ready for c in self.clients)
+            return self.listening and all(c.ready for c in self.clients)
 
         wait_for(gathered, timeout=timeout, interval=0.05, what=f"{CLIENTS} websocket clients to subscribe")
 
