@@ -1,5 +1,5 @@
-"""What `manage.py bench` runs: a no-op agent and a no-op django-q2 task (on the workers), and
-the slow local HTTP endpoint its `http` agent calls (in the bench process itself).
+"""What `manage.py bench` runs: a no-op agent, a napping agent and a no-op django-q2 task (on the
+workers), and the slow local HTTP endpoint its `http` agent calls (in the bench process itself).
 
 The no-ops do as little as possible, so the bench measures Baton and django-q2, not the work.
 The endpoint does one known amount of work, so the bench can say how close the workers come
@@ -19,6 +19,12 @@ from typing import Any
 def noop(payload: Any, context: Any) -> None:
     """The `bench-noop` agent: takes its input and returns nothing."""
     return None
+
+
+def nap(payload: Any, context: Any) -> None:
+    """The `bench-nap` agent of the live rows: sleeps payload["seconds"], so each step's change
+    reaches an open page on its own, not inside the previous change's push."""
+    time.sleep(float((payload or {}).get("seconds", 0)))
 
 
 def stamp(path: str) -> None:

@@ -16,11 +16,14 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
+from orchestration.config.concurrency import BoundedRequests  # noqa: E402
 from orchestration.config.origin import SameOriginValidator  # noqa: E402
 
 # Daphne serves static files itself in the embedded deployment so `make run` needs no
 # collectstatic or separate web server; a production deployment puts a CDN or proxy in front.
-http_app = ASGIStaticFilesHandler(django_asgi)
+# Static files are served before the bound on requests inside Django (concurrency.py).
+# (It calls any ASGI application for what is not a static file; the stubs name only Django's.)
+http_app = ASGIStaticFilesHandler(BoundedRequests(django_asgi))  # type: ignore[arg-type]
 
 application = ProtocolTypeRouter(
     {

@@ -155,6 +155,9 @@ BATON_LIVE_TAIL_SECONDS = env_float("BATON_LIVE_TAIL_SECONDS", 0.1, minimum=0.01
 BATON_LIVE_COALESCE_SECONDS = env_float("BATON_LIVE_COALESCE_SECONDS", 0.25, minimum=0.0)
 # How often a page refreshes its live parts while its socket is down (0: never).
 BATON_LIVE_POLL_SECONDS = env_float("BATON_LIVE_POLL_SECONDS", 5.0, minimum=0.0)
+# Requests inside Django at once per web process (each is a thread and a database connection);
+# the rest wait their turn (orchestration/config/concurrency.py).
+BATON_WEB_CONCURRENCY = env_int("BATON_WEB_CONCURRENCY", 8, minimum=1)
 
 # Engine timings. Heartbeat/lease decide how fast a killed worker's step is retried; the tick
 # is how often the ticker looks for due retries, expired leases and lost messages.

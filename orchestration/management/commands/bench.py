@@ -16,8 +16,12 @@ sequential run and one map, with every SQL statement counted: the statements per
 step's record and the next step's claim, one transaction) and per for_each item, and how long
 that hand-off transaction takes with no broker in the way.
 
-A last row counts the task messages the ticker had to re-send during all of it: a fault-free
-bench needs none, so any is marked MISSED and the command fails.
+Then the live push (orchestration/management/bench_live.py, alone with `--only live`): from a
+step's commit to an open run page's DOM in headless Chromium, and 200 websocket clients that
+refetch their partials while a 1,000-item for_each runs, against a real daphne process.
+
+The row "messages re-sent" counts the task messages the ticker had to re-send during the first
+five: a fault-free bench needs none, so any is marked MISSED and the command fails.
 
 The bench starts its own `baton_worker` processes on a private queue, so it neither takes
 work from nor gives work to a running deployment, and deletes its runs afterwards.
@@ -39,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -47,14 +51,25 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from orchestration import definitions, dispatch, tasks, transitions
+from orchestration import dispatch, tasks, transitions
 from orchestration.bench_agents import SlowJsonServer
-from orchestration.models import Agent, Attempt, Run, RunEvent, StepRun, Workflow
+from orchestration.management.bench_live import NAP_CALLABLE, LiveBench
+from orchestration.management.benchkit import (
+    AGENT,
+    DRIVER_ENV,
+    Row,
+    Target,
+    Workers,
+    bench_agent,
+    install,
+    percentile,
+    row,
+    shown,
+    wait_for,
+)
+from orchestration.models import Attempt, Run, RunEvent, StepRun
 from orchestration.status import RUN_FINAL, EventKind, RunStatus
 
-# Set in the environment of the process that does the measuring (see Command.relaunch).
-DRIVER_ENV = "BATON_BENCH_DRIVER"
-AGENT = "bench-noop"
 HTTP_AGENT = "bench-http"
 HTTP_DELAY = 0.05  # seconds the local server takes to answer each call
 FANOUT_WORKERS = 4
@@ -76,27 +91,6 @@ class Sizes:
 
 FULL = Sizes(round_trips=50, steps=40, items=1000, http_steps=100, map_items=10_000)
 QUICK = Sizes(round_trips=10, steps=10, items=100, http_steps=20, map_items=1_000)
-
-
-class Row(TypedDict):
-    benchmark: str
-    measure: str
-    value: float
-    unit: str
-    target: str
-    status: str  # "ok", "MISSED", or "" when there is no target on this backend
-
-
-@dataclass(frozen=True)
-class Target:
-    limit: float
-    at_most: bool  # True: the value must not exceed the limit; False: it must reach it
-
-    def label(self, unit: str) -> str:
-        return f"{'<=' if self.at_most else '>='} {_number(self.limit, unit)}"
-
-    def met(self, value: float) -> bool:
-        return value <= self.limit if self.at_most else value >= self.limit
 
 
 # On every backend: no message of a fault-free run may need the lost-message sweep.
@@ -128,6 +122,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--keep", action="store_true", help="Keep the bench's runs instead of deleting them."
         )
+        parser.add_argument(
+            "--only",
+            choices=["live"],
+            help="Only these rows: `live`, the live push (commit -> browser, fan-out to 200 sockets).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if os.environ.get(DRIVER_ENV) != "1":
@@ -136,8 +135,15 @@ class Command(BaseCommand):
         # A SIGTERM unwinds through the `finally` blocks, so the workers stop and runs go.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         bench = Bench(QUICK if options["quick"] else FULL, progress=self.stderr)
-        rows = bench.run(keep=options["keep"])
-        self.stdout.write(render(bench.database, bench.broker, rows, bench.notes))
+        live_only = options["only"] == "live"
+        rows = [] if live_only else bench.run(keep=options["keep"])
+        with tempfile.TemporaryDirectory(prefix="baton-bench-live-") as scratch:
+            live = LiveBench(
+                database=bench.database, broker=bench.broker, scratch=Path(scratch), say=bench.say, keep=options["keep"]
+            )
+            rows += live.run()
+        bench.notes += live.notes
+        self.stdout.write(render(bench.database, bench.broker, rows, bench.notes, handoffs=not live_only))
         if options["json"]:
             document = {
                 "database": bench.database,
@@ -163,7 +169,11 @@ class Command(BaseCommand):
         # This process starts the fan-out runs, so it sizes their for_each chunks (about eight
         # per worker): it must count the workers that will take them.
         env["BATON_WORKERS"] = str(FANOUT_WORKERS)
+        # The live rows' napping agent must be allowed here, in the workers and in daphne.
+        env["BATON_PYTHON_AGENTS"] = ",".join(dict.fromkeys([*settings.BATON_PYTHON_AGENTS, NAP_CALLABLE]))
         flags = [f"--{name}" for name in ("quick", "json", "keep") if options[name]]
+        if options["only"]:
+            flags += ["--only", options["only"]]
         command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "bench", *flags]
         child = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, text=True)
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
@@ -465,116 +475,8 @@ class Bench:
         return table
 
 
-def row(benchmark: str, measure: str, value: float, unit: str, target: Target | None = None) -> Row:
-    status = "" if target is None else ("ok" if target.met(value) else "MISSED")
-    label = "-" if target is None else target.label(unit)
-    return Row(
-        benchmark=benchmark, measure=measure, value=round(value, 3), unit=unit, target=label, status=status
-    )
-
-
 # ---------------------------------------------------------------------------------------------
-# Workers and workflows
-
-
-class Workers:
-    """`manage.py baton_worker` in a session of its own, on the bench's queue and database."""
-
-    def __init__(self, count: int, scratch: Path, *, say: Any):
-        self.count = count
-        self.say = say
-        self.log_path = scratch / f"worker-{count}-{time.monotonic_ns()}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Workers:
-        env = dict(os.environ)
-        env.update({"BATON_WORKERS": str(self.count), "PYTHONUNBUFFERED": "1"})
-        # The http agent calls the bench's own server on loopback, refused unless listed.
-        allowed = env.get("BATON_HTTP_ALLOWED_HOSTS", "").strip()
-        env["BATON_HTTP_ALLOWED_HOSTS"] = f"{allowed},127.0.0.1" if allowed else "127.0.0.1"
-        env.pop(DRIVER_ENV, None)
-        self.say(f"starting {self.count} worker(s) on queue {settings.QUEUE_NAME}")
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "baton_worker"],
-                env=env,
-                cwd=settings.BASE_DIR,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in the terminal is ours to handle, not theirs
-            )
-        try:
-            wait_for(self.ready, timeout=60, what="the workers to start")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise CommandError(f"the worker process exited at start-up:\n{self.tail()}")
-        return b"baton worker ready" in self.log_path.read_bytes()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        # Only the main process: it stops the django-q2 cluster in order. SIGTERM to the whole
-        # group also hits the sentinel, and Cluster.stop then hangs in Event.set() waiting
-        # for it (seen with 4 workers).
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.say("the workers did not stop within 30 s of SIGTERM; killing them")
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    @contextmanager
-    def explain_failures(self) -> Iterator[None]:
-        """A bench that fails shows the end of the workers' log, which is about to be deleted."""
-        try:
-            yield
-        except CommandError as exc:
-            raise CommandError(f"{exc}\n--- worker log (last lines) ---\n{self.tail()}") from None
-
-    def lines_with(self, text: str) -> list[str]:
-        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return [line for line in log.splitlines() if text in line]
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def install(document: dict[str, Any]) -> str:
-    """Import a bench workflow unless its latest published version is already this one."""
-    agents, spec = definitions.check_document(document)
-    assert spec is not None
-    workflow = Workflow.objects.filter(key=spec["key"]).first()
-    latest = workflow.latest_version if workflow else None
-    stored = {agent.name: agent for agent in Agent.objects.filter(name__in=[a["name"] for a in agents])}
-    unchanged = (
-        latest is not None
-        and latest.spec == spec
-        and all(a["name"] in stored and definitions.agent_spec(stored[a["name"]]) == a for a in agents)
-    )
-    if not unchanged:
-        definitions.import_document(document, note="imported by manage.py bench")
-    return spec["key"]
-
-
-def bench_agent() -> dict[str, Any]:
-    return {
-        "name": AGENT,
-        "kind": "python",
-        "description": "Does nothing; used by manage.py bench.",
-        "config": {"callable": "orchestration.bench_agents:noop"},
-        # One attempt: a failure should stop the bench, not be hidden inside its timings.
-        "retry": {"attempts": 1},
-    }
+# Workflows
 
 
 def sequential_document(steps: int) -> dict[str, Any]:
@@ -740,48 +642,19 @@ def transaction_clock() -> Iterator[list[float]]:
         del wrapper.set_autocommit, wrapper.commit, wrapper.rollback
 
 
-def wait_for(predicate: Any, *, timeout: float, what: str, interval: float = 0.001) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise CommandError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile: the smallest value with pct% of the values at or below it."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
 def seconds(start: datetime | None, end: datetime | None) -> float:
     if start is None or end is None:
         raise CommandError("a finished bench run has a step without its timestamps")
     return (end - start).total_seconds()
 
 
-def _number(value: float, unit: str) -> str:
-    if unit == "ms":
-        return f"{value:.1f} ms"
-    if unit == "s":
-        return f"{value:.2f} s"
-    if unit == "x":
-        return f"{value:.2f}x"
-    if unit == "statements":
-        return f"{value:.1f} {unit}"
-    return f"{value:.0f} {unit}"
-
-
-def render(database: str, broker: str, rows: list[Row], notes: list[str]) -> str:
+def render(database: str, broker: str, rows: list[Row], notes: list[str], *, handoffs: bool = True) -> str:
     header = ("benchmark", "measure", "value", "target")
     cells = [
         (
             r["benchmark"],
             r["measure"],
-            _number(r["value"], r["unit"]),
+            shown(r["value"], r["unit"]),
             f"{r['target']}  {r['status']}".rstrip(),
         )
         for r in rows
@@ -798,11 +671,17 @@ def render(database: str, broker: str, rows: list[Row], notes: list[str]) -> str
 
     out = [f"database: {database}, broker: {broker}", "", line(header), line(tuple("-" * w for w in widths))]
     out += [line(c) for c in cells]
+    out.append("")
+    if handoffs:
+        out += [
+            FOOTNOTE,
+            "Handoff: the next step's claim by a worker minus the previous step's finished_at; "
+            "each handoff row is the median over the runs of that run's figure.",
+        ]
     out += [
-        "",
-        FOOTNOTE,
-        "Handoff: the next step's claim by a worker minus the previous step's finished_at; "
-        "each handoff row is the median over the runs of that run's figure.",
+        "Live: commit = the change's RunEvent created_at (written in its transaction, just before "
+        "the commit); commit -> DOM is read in the page (MutationObserver, performance.timeOrigin "
+        "+ now()); a hint's latency is per client and per change, to the first hint after it.",
         *notes,
     ]
     stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
