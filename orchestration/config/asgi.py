@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.config.settings")
+# The web process shares a pool of database connections between its request threads
+# (settings.BATON_DB_POOL); set BATON_DB_POOL=0 to turn it off.
+os.environ.setdefault("BATON_DB_POOL", "1")
 
 from django.core.asgi import get_asgi_application  # noqa: E402
 

@@ -158,6 +158,19 @@ BATON_LIVE_POLL_SECONDS = env_float("BATON_LIVE_POLL_SECONDS", 5.0, minimum=0.0)
 # Requests inside Django at once per web process (each is a thread and a database connection);
 # the rest wait their turn (orchestration/config/concurrency.py).
 BATON_WEB_CONCURRENCY = env_int("BATON_WEB_CONCURRENCY", 8, minimum=1)
+# A pool of PostgreSQL connections shared by the process's threads. The web process turns it on
+# (orchestration/config/asgi.py): Django runs each request in a thread of its own, so without a
+# pool every page fetch opens a connection (a third of a live refresh's time). Workers keep one
+# persistent connection each and need none: django-q2 forks them, and a pool must not cross a fork.
+BATON_DB_POOL = env_bool("BATON_DB_POOL", False)
+if BATON_DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django refuses both at once
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        # The requests inside Django, plus the live push's publisher and a little room.
+        "min_size": 2,
+        "max_size": BATON_WEB_CONCURRENCY + 4,
+        "timeout": 10,
+    }
 
 # Engine timings. Heartbeat/lease decide how fast a killed worker's step is retried; the tick
 # is how often the ticker looks for due retries, expired leases and lost messages.
