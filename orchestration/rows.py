@@ -122,32 +122,107 @@ def update_where(model: type[models.Model], *, where: Mapping[str, Any], values:
 
 
 @lru_cache(maxsize=16)
-def _insert_sql(model: type[models.Model], vendor: str) -> tuple[str, tuple[models.Field[Any, Any], ...], bool]:
+def _insert_sql(
+    model: type[models.Model], vendor: str, read_back: tuple[str, ...] = ()
+) -> tuple[str, tuple[models.Field[Any, Any], ...], bool]:
     connection = transaction.get_connection()
     quote = connection.ops.quote_name
     fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
     returning = bool(connection.features.can_return_columns_from_insert)
+    assert returning or not read_back, "reading columns back needs INSERT ... RETURNING"
     pk = quote(str(model._meta.pk.column)) if model._meta.pk else ""
+    columns = [pk, *(quote(str(_fields(model)[name].column)) for name in read_back)]
     sql = (
         f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))})" + (f" RETURNING {pk}" if returning else "")
+        f"VALUES ({', '.join(['%s'] * len(fields))})" + (f" RETURNING {', '.join(columns)}" if returning else "")
     )
     return sql, fields, returning
 
 
-def insert_row(obj: models.Model) -> None:
-    """INSERT a new row (one whose pk is not set yet), as obj.save() would, and set its pk.
+def _set_read_back(obj: models.Model, read_back: Sequence[str], values: Sequence[Any]) -> None:
+    """Give `obj` the values the database stored for these fields, as a read of the row would
+    (a JSON value comes back with JSON's types, and jsonb's key order)."""
+    connection = transaction.get_connection()
+    fields = _fields(type(obj))
+    for name, value in zip(read_back, values, strict=True):
+        field = fields[name]
+        from_db = getattr(field, "from_db_value", None)
+        setattr(obj, name, from_db(value, None, connection) if from_db else value)
+
+
+def insert_row(obj: models.Model, *, read_back: tuple[str, ...] = ()) -> None:
+    """INSERT a new row (one whose pk is not set yet), as obj.save() would, and set its pk;
+    with `read_back`, also set those fields to what the database stored.
 
     No signals are sent (no model of ours has receivers) and no validation runs, exactly as
-    with save(). For the one insert on the hand-off path, where building Django's query cost
+    with save(). For the inserts on the hand-off path, where building Django's query cost
     as much as the statement.
     """
     assert obj.pk is None, "insert_row inserts new rows only"
     connection = transaction.get_connection()
-    sql, fields, returning = _insert_sql(type(obj), connection.vendor)
+    sql, fields, returning = _insert_sql(type(obj), connection.vendor, read_back)
     params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        obj.pk = cursor.fetchone()[0] if returning else connection.ops.last_insert_id(cursor, obj._meta.db_table, "id")
+        if returning:
+            pk, *values = cursor.fetchone()
+            obj.pk = pk
+            _set_read_back(obj, read_back, values)
+        else:
+            obj.pk = connection.ops.last_insert_id(cursor, obj._meta.db_table, "id")
     obj._state.adding = False
     obj._state.db = connection.alias
+
+
+@lru_cache(maxsize=16)
+def _insert_pair_sql(
+    model: type[models.Model], child_model: type[models.Model], link: str, vendor: str, read_back: tuple[str, ...]
+) -> tuple[str, tuple[models.Field[Any, Any], ...], tuple[models.Field[Any, Any], ...]]:
+    connection = transaction.get_connection()
+    quote = connection.ops.quote_name
+    parent_sql, fields, _ = _insert_sql(model, vendor, read_back)
+    linked = child_model._meta.get_field(link)
+    assert isinstance(linked, models.ForeignKey)
+    others = tuple(f for f in child_model._meta.concrete_fields if not f.primary_key and f is not linked)
+    assert model._meta.pk is not None and child_model._meta.pk is not None
+    parent_pk, child_pk = quote(str(model._meta.pk.column)), quote(str(child_model._meta.pk.column))
+    # Cast each value: in INSERT ... SELECT a bare literal is text (or an untyped NULL),
+    # which PostgreSQL does not assign to a timestamp or an integer column.
+    values = ", ".join(f"%s::{f.cast_db_type(connection)}" for f in others)
+    read = "".join(f", parent.{quote(str(_fields(model)[name].column))}" for name in read_back)
+    sql = (
+        f"WITH parent AS ({parent_sql}), "
+        f"child AS (INSERT INTO {quote(child_model._meta.db_table)} "
+        f"({', '.join(quote(str(f.column)) for f in (linked, *others))}) "
+        f"SELECT parent.{parent_pk}, {values} FROM parent RETURNING {child_pk}) "
+        f"SELECT parent.{parent_pk}, child.{child_pk}{read} FROM parent, child"
+    )
+    return sql, fields, others
+
+
+def insert_rows(obj: models.Model, child: models.Model, *, link: str, read_back: tuple[str, ...] = ()) -> None:
+    """INSERT a new row and a new row of another model that points at it (`child.<link>`), as
+    insert_row(obj) then insert_row(child) would, and set both pks (and obj's `read_back`).
+
+    On PostgreSQL both rows go in one statement (the child's INSERT selects from the
+    parent's, in a WITH): one round trip instead of two, for the step a worker continues with
+    and its attempt. SQLite, in process, has no round trip to save (nor INSERT in a WITH).
+    """
+    connection = transaction.get_connection()
+    if connection.vendor != "postgresql":
+        insert_row(obj, read_back=read_back)
+        setattr(child, link, obj)
+        insert_row(child)
+        return
+    assert obj.pk is None and child.pk is None, "insert_rows inserts new rows only"
+    sql, fields, others = _insert_pair_sql(type(obj), type(child), link, connection.vendor, read_back)
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    params += [f.get_db_prep_save(f.pre_save(child, True), connection) for f in others]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        obj.pk, child.pk, *values = cursor.fetchone()
+    _set_read_back(obj, read_back, values)
+    for row in (obj, child):
+        row._state.adding = False
+        row._state.db = connection.alias
+    setattr(child, link, obj)

@@ -267,24 +267,26 @@ def _claim(work: Work, step_run_ids: list[int], worker: str) -> list[Claim]:
             to_status=StepStatus.RUNNING,
             message=f"attempt {step.attempts} on {worker}",
         )
-    return [
-        Claim(
-            step_run_id=step.pk,
-            run_id=step.run_id,
-            token=token,
-            attempt=step.attempts,
-            step_key=step.step_key,
-            iteration=step.iteration,
-            map_index=step.map_index,
-            agent_name=step.agent_name,
-            input=step.input,
-            item=step.item,
-            parent_id=step.parent_id,
-            version_id=step.run.version_id,
-            kind=step.kind,
-        )
-        for step in steps
-    ]
+    return [_claim_of(step, version_id=step.run.version_id) for step in steps]
+
+
+def _claim_of(step: StepRun, *, version_id: int) -> Claim:
+    """What the worker that holds a step (RUNNING under its claim token) needs to run it."""
+    return Claim(
+        step_run_id=step.pk,
+        run_id=step.run_id,
+        token=step.claim_token,
+        attempt=step.attempts,
+        step_key=step.step_key,
+        iteration=step.iteration,
+        map_index=step.map_index,
+        agent_name=step.agent_name,
+        input=step.input,
+        item=step.item,
+        parent_id=step.parent_id,
+        version_id=version_id,
+        kind=step.kind,
+    )
 
 
 def renew_lease(*, step_run_ids: list[int], token: str) -> int:
@@ -323,18 +325,26 @@ def record_success_and_take_next(
     it in the same transaction: the worker runs it next with no broker round trip.
 
     Durable as any claim: the step is RUNNING under this worker's lease, so if the worker dies
-    before running it the lease runs out and the ticker gives it to another worker.
+    before running it the lease runs out and the ticker gives it to another worker. Mostly
+    the engine inserts the step already claimed (engine.Taker); otherwise it is claimed here.
     """
+    taker = engine.Taker(
+        worker=worker, token=secrets.token_hex(16), lease=timedelta(seconds=settings.BATON_LEASE_SECONDS)
+    )
     with change() as work:
         work.continue_for_run = claim.run_id
-        if not _record_success(work, claim, output, usage) or work.continue_with is None:
+        if not _record_success(work, claim, output, usage, taker) or work.continue_with is None:
             return None
+        if taker.step is not None and taker.step.pk == work.continue_with:
+            return _claim_of(taker.step, version_id=claim.version_id)
         # Refused when a guard throttled or diverted it (and the guard did what it had to).
         claims = _claim(work, [work.continue_with], worker)
     return claims[0] if claims else None
 
 
-def _record_success(work: Work, claim: Claim, output: Any, usage: dict[str, Any] | None) -> bool:
+def _record_success(
+    work: Work, claim: Claim, output: Any, usage: dict[str, Any] | None, taker: engine.Taker | None = None
+) -> bool:
     now = timezone.now()
     run = _lock_run(claim.run_id)
     won = rows.update_where(
@@ -379,7 +389,7 @@ def _record_success(work: Work, claim: Claim, output: Any, usage: dict[str, Any]
             output=output,
         )
         work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.RUNNING, to_status=step.status)
-        engine.after_success(work, run, step)
+        engine.after_success(work, run, step, taker=taker)
     if limited is not None:
         # After this run's own next step was chosen: a freed slot goes to whoever waited
         # longest for it, through the broker.

@@ -4,6 +4,7 @@ step's status change is in the run's timeline, and effects reach the world only 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,8 +13,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from orchestration import dispatch, transitions
-from orchestration.models import Run, RunEvent, StepRun
-from orchestration.status import EventKind, RunStatus, StepStatus
+from orchestration.models import Attempt, Run, RunEvent, StepRun
+from orchestration.status import AttemptStatus, EventKind, RunStatus, StepStatus
 from orchestration.tasks import execute_step
 from orchestration.ticker import tick
 from orchestration.work import Work
@@ -78,6 +79,46 @@ def test_a_worker_continues_with_nothing_when_its_run_queues_several_steps(empty
     empty_broker.purge_queue()
     assert transitions.record_success_and_take_next(claim=claim, output=1, worker="w1") is None
     assert dispatch.queued_step_ids() == {head(run, "b").pk, head(run, "c").pk}, "a fan-out is for every worker"
+
+
+def test_the_step_a_worker_continues_with_is_inserted_claimed_as_a_claim_would_leave_it(settings: Any) -> None:
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: echo, after: [a], input: {n: '{{ (1, 2) }}'}}")
+    run = transitions.start_run(workflow="wf")
+    claim = transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1")
+    assert claim is not None
+    before = timezone.now()
+
+    taken = transitions.record_success_and_take_next(claim=claim, output=1, worker="w1")
+
+    b = head(run, "b")
+    assert taken is not None and taken.step_run_id == b.pk
+    assert (b.status, b.attempts, b.claim_token) == (StepStatus.RUNNING, 1, taken.token)
+    assert b.started_at is not None and b.lease_expires_at is not None
+    assert b.lease_expires_at >= before + timedelta(seconds=settings.BATON_LEASE_SECONDS), "it has a lease"
+    attempts = list(Attempt.objects.filter(step_run=b).values_list("number", "worker", "status"))
+    assert attempts == [(1, "w1", AttemptStatus.RUNNING)], "and its attempt, as a claim would"
+    assert taken.attempt == 1
+    assert taken.input == b.input == {"n": [1, 2]}, "the worker gets the input as the database stored it"
+    events = RunEvent.objects.filter(run=run, step_run=b).order_by("id")
+    assert list(events.values_list("kind", "from_status", "to_status", "message")) == [
+        (EventKind.STEP_QUEUED, "", StepStatus.QUEUED, ""),
+        (EventKind.STEP_STARTED, StepStatus.QUEUED, StepStatus.RUNNING, "attempt 1 on w1"),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_next_step_of_a_guarded_agent_is_claimed_under_its_guard(empty_broker: Any) -> None:
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: limited, after: [a], input: 2}")
+    first, second = transitions.start_run(workflow="wf"), transitions.start_run(workflow="wf")
+    claims = [transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1") for run in (first, second)]
+    assert claims[0] is not None and claims[1] is not None
+
+    taken = transitions.record_success_and_take_next(claim=claims[0], output=1, worker="w1")
+    assert taken is not None and head(first, "b").status == StepStatus.RUNNING, "`limited` had its one slot free"
+
+    assert transitions.record_success_and_take_next(claim=claims[1], output=1, worker="w1") is None
+    assert head(second, "b").status == StepStatus.THROTTLED, "the slot is taken: the guard held it back"
+    assert not Attempt.objects.filter(step_run=head(second, "b")).exists()
 
 
 def status_paths(run: Run) -> dict[int, list[str]]:
