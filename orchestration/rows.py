@@ -98,13 +98,11 @@ def _update_sql(table: str, vendor: str, columns: tuple[str, ...], matches: tupl
     return f"UPDATE {table} SET {sets} WHERE {where}"
 
 
-def update_where(model: type[models.Model], *, where: Mapping[str, Any], values: Mapping[str, Any]) -> int:
-    """`UPDATE model SET values WHERE where` (each an equality), returning the rows changed.
-
-    What `Model.objects.filter(**where).update(**values)` does for plain values, without
-    building the query anew each time: on the hand-off path that cost more than the
-    statement itself. Compare-and-set callers pass the expected state in `where`.
-    """
+def update_statement(
+    model: type[models.Model], *, where: Mapping[str, Any], values: Mapping[str, Any]
+) -> tuple[str, list[Any]]:
+    """`UPDATE model SET values WHERE where` (each an equality) and its parameters, for a
+    caller that sends it as part of a larger statement; the SQL is built once per shape."""
     connection = transaction.get_connection()
     quote = connection.ops.quote_name
     fields = _fields(model)
@@ -116,7 +114,18 @@ def update_where(model: type[models.Model], *, where: Mapping[str, Any], values:
     )
     params = [fields[name].get_db_prep_save(value, connection) for name, value in values.items()]
     params += [fields[name].get_db_prep_save(value, connection) for name, value in where.items()]
-    with connection.cursor() as cursor:
+    return sql, params
+
+
+def update_where(model: type[models.Model], *, where: Mapping[str, Any], values: Mapping[str, Any]) -> int:
+    """`UPDATE model SET values WHERE where` (each an equality), returning the rows changed.
+
+    What `Model.objects.filter(**where).update(**values)` does for plain values, without
+    building the query anew each time: on the hand-off path that cost more than the
+    statement itself. Compare-and-set callers pass the expected state in `where`.
+    """
+    sql, params = update_statement(model, where=where, values=values)
+    with transaction.get_connection().cursor() as cursor:
         cursor.execute(sql, params)
         return int(cursor.rowcount)
 

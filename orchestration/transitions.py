@@ -346,29 +346,11 @@ def _record_success(
     work: Work, claim: Claim, output: Any, usage: dict[str, Any] | None, taker: engine.Taker | None = None
 ) -> bool:
     now = timezone.now()
-    run = _lock_run(claim.run_id)
-    won = rows.update_where(
-        StepRun,
-        where={"id": claim.step_run_id, "status": StepStatus.RUNNING, "claim_token": claim.token},
-        values={
-            "status": StepStatus.SUCCEEDED,
-            "output": output,
-            "usage": usage or {},
-            "error": "",
-            "error_class": "",
-            "finished_at": now,
-            "lease_expires_at": None,
-        },
-    )
+    run, won = _lock_run_and_finish(claim, output, usage or {}, now)
     if not won:
         # A late or duplicate delivery: the lease expired and another attempt owns the
         # step, or the run was cancelled. Its result must not count.
         return False
-    rows.update_where(
-        Attempt,
-        where={"step_run_id": claim.step_run_id, "number": claim.attempt},
-        values={"status": AttemptStatus.SUCCEEDED, "finished_at": now, "usage": usage or {}},
-    )
     limited = guards.record_outcome(claim.agent_name, succeeded=True, now=now)
     if claim.parent_id is not None:
         # A for_each item: what follows needs only its parent, so skip re-reading the row.
@@ -395,6 +377,52 @@ def _record_success(
         # longest for it, through the broker.
         engine.release_throttled(work, limited)
     return True
+
+
+def _lock_run_and_finish(claim: Claim, output: Any, usage: dict[str, Any], now: Any) -> tuple[Run, bool]:
+    """Lock the claim's run, then record its success if the claim still holds (compare-and-set
+    on the step's status and token) and end its attempt: the run, and whether it held.
+
+    On PostgreSQL the three are one statement, for a round trip each on every hand-off. Its
+    parts are ordered by what they read, so the lock order stays "run, then its steps": the
+    step's UPDATE matches only rows of the run the first part has locked (it waits for the
+    lock before it touches the step), and the attempt's UPDATE only the step the second part
+    changed. READ COMMITTED re-checks the step's row after that wait, so a step cancelled
+    meanwhile is not matched, as with separate statements.
+    """
+    step_where = {"id": claim.step_run_id, "status": StepStatus.RUNNING, "claim_token": claim.token}
+    step_values = {
+        "status": StepStatus.SUCCEEDED,
+        "output": output,
+        "usage": usage,
+        "error": "",
+        "error_class": "",
+        "finished_at": now,
+        "lease_expires_at": None,
+    }
+    attempt_where = {"number": claim.attempt}
+    attempt_values = {"status": AttemptStatus.SUCCEEDED, "finished_at": now, "usage": usage}
+    connection = transaction.get_connection()
+    if connection.vendor != "postgresql":
+        run = _lock_run(claim.run_id)
+        won = rows.update_where(StepRun, where=step_where, values=step_values)
+        if won:
+            rows.update_where(Attempt, where={"step_run_id": claim.step_run_id, **attempt_where}, values=attempt_values)
+        return run, bool(won)
+    step_sql, step_params = rows.update_statement(StepRun, where=step_where, values=step_values)
+    attempt_sql, attempt_params = rows.update_statement(Attempt, where=attempt_where, values=attempt_values)
+    quote = connection.ops.quote_name
+    sql = (
+        f"WITH locked AS ({_lock_sql(connection.vendor)}), "
+        f"step AS ({step_sql} AND {quote('run_id')} = (SELECT {quote('id')} FROM locked) RETURNING {quote('id')}), "
+        f"attempt AS ({attempt_sql} AND {quote('step_run_id')} = (SELECT {quote('id')} FROM step)) "
+        "SELECT locked.*, EXISTS (SELECT 1 FROM step) AS won FROM locked"
+    )
+    found = list(Run.objects.raw(sql, [claim.run_id, *step_params, *attempt_params]))
+    if not found:
+        raise Run.DoesNotExist(f"run {claim.run_id} does not exist")
+    run = found[0]
+    return run, bool(run.__dict__.pop("won"))
 
 
 def record_item_successes(*, successes: list[Success]) -> int:

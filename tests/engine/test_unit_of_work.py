@@ -3,13 +3,14 @@ step's status change is in the run's timeline, and effects reach the world only 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import time_machine
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from orchestration import dispatch, transitions
@@ -201,3 +202,50 @@ def test_a_change_that_joins_another_writes_nothing_until_the_outer_one_ends(
     assert RunEvent.objects.filter(run=run).count() == before + 2
     applied = [c for c in callbacks if getattr(c, "func", None) is transitions.apply]
     assert len(applied) == 1 and isinstance(applied[0].args[0], Work)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_result_that_waited_for_its_runs_lock_while_the_run_was_cancelled_is_refused() -> None:
+    """The hand-off locks the run and records the result in one statement on PostgreSQL: it
+    must still wait for the run's lock before it touches the step, and then see the cancel."""
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: echo, after: [a], input: 2}")
+    run = transitions.start_run(workflow="wf")
+    claim = transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1")
+    assert claim is not None
+    cancelled, release = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def cancel() -> None:
+        try:
+            with transaction.atomic():  # holds the run's lock until released
+                transitions.cancel_run(run_id=run.pk, reason="not needed")
+                cancelled.set()
+                release.wait(timeout=10)
+        finally:
+            connection.close()
+
+    def record() -> None:
+        try:
+            results["taken"] = transitions.record_success_and_take_next(claim=claim, output=1, worker="w1")
+        except Exception as exc:
+            results["taken"] = exc
+        finally:
+            connection.close()
+
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    assert cancelled.wait(timeout=10)
+    recorder = threading.Thread(target=record)
+    recorder.start()
+    recorder.join(timeout=0.5)
+    assert recorder.is_alive(), "the result waits for the run's lock"
+    release.set()
+    canceller.join(timeout=10)
+    recorder.join(timeout=10)
+    assert not canceller.is_alive() and not recorder.is_alive(), "a lock-order deadlock?"
+
+    assert results["taken"] is None, results
+    a = head(run, "a")
+    assert a.status == StepStatus.CANCELLED and a.output is None, "the late result did not count"
+    assert list(Attempt.objects.filter(step_run=a).values_list("status", flat=True)) == [AttemptStatus.FAILED]
+    assert not StepRun.objects.filter(run=run, step_key="b").exists()
