@@ -5,6 +5,10 @@ cost some 5 ms of Python per item, inside the transaction that holds the run's l
 workers' records queued behind it). Here the statement is built once: on PostgreSQL the rows
 travel as one JSON document joined with jsonb_to_recordset, on SQLite as one executemany
 (which sqlite3 runs in C).
+
+The hand-off's own statements are written out here too, built once per shape: an UPDATE by
+equalities (alone, or as part of a larger statement), a row's INSERT, a row and a child row
+pointing at it in one INSERT on PostgreSQL, and many rows of one model in one INSERT.
 """
 
 from __future__ import annotations
