@@ -104,6 +104,12 @@ def head_rows(run: Run) -> list[StepRun]:
     return reads.head_rows(run, only=HEAD_FIELDS)
 
 
+def heads_sql() -> str:
+    """The statement head_rows sends (one parameter: the run's id), for a caller that reads
+    the heads in a round trip of its own: its rows are made into heads by reads.head_rows_from."""
+    return reads.heads_sql(HEAD_FIELDS)
+
+
 def template_context(
     run: Run, *, iteration: int = 1, item: Any = None, index: int | None = None, rows: list[StepRun] | None = None
 ) -> dict[str, Any]:
@@ -179,14 +185,18 @@ class Taker:
     step: StepRun | None = None
 
 
-def advance(work: Work, run: Run, *, taker: Taker | None = None) -> None:
-    """Start every step whose dependencies are met; finish the run when nothing is left."""
+def advance(work: Work, run: Run, *, taker: Taker | None = None, heads: list[StepRun] | None = None) -> None:
+    """Start every step whose dependencies are met; finish the run when nothing is left.
+
+    `heads`: the run's head rows (HEAD_FIELDS), when the caller read them in this transaction
+    after its last write to the run's steps; otherwise they are read here.
+    """
     if run.status != RunStatus.RUNNING:
         return
     spec = spec_for(run)
     waits = loop_waits(run.version_id)
     to_send: list[int] = []
-    rows = head_rows(run)
+    rows = head_rows(run) if heads is None else heads
     current = reads.latest_heads(rows)
     progressed = True
     while progressed and run.status == RunStatus.RUNNING:
@@ -619,11 +629,15 @@ def _start_map(
 # After a step finishes
 
 
-def after_success(work: Work, run: Run, head: StepRun, *, taker: Taker | None = None) -> None:
+def after_success(
+    work: Work, run: Run, head: StepRun, *, taker: Taker | None = None, heads: list[StepRun] | None = None
+) -> None:
     """A head row has just succeeded: apply its loop, then advance.
 
     `head` may be a partial row (pk, step_key, iteration, kind): read it in full before saving.
     `taker`: the worker that recorded it, which may be given the run's next step (advance).
+    `heads`: the run's head rows read after that success, for advance (unless a loop changes
+    them first).
     """
     if head.kind == StepKind.COMPENSATION:
         next_compensation(work, run)
@@ -649,7 +663,9 @@ def after_success(work: Work, run: Run, head: StepRun, *, taker: Taker | None = 
                     ErrorClass.PERMANENT,
                 )
                 return
-    advance(work, run, taker=taker)
+        # A loop may have added the next round's rows: advance reads the heads afresh.
+        heads = None
+    advance(work, run, taker=taker, heads=heads)
 
 
 def _loop_back(work: Work, run: Run, step: dict[str, Any], head: StepRun, loop: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from orchestration import dispatch, engine, guards, rows
+from orchestration import dispatch, engine, guards, reads, rows
 from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
 from orchestration.specs import step_spec
 from orchestration.status import (
@@ -346,7 +346,7 @@ def _record_success(
     work: Work, claim: Claim, output: Any, usage: dict[str, Any] | None, taker: engine.Taker | None = None
 ) -> bool:
     now = timezone.now()
-    run, won = _lock_run_and_finish(claim, output, usage or {}, now)
+    run, won, heads = _lock_run_and_finish(claim, output, usage or {}, now)
     if not won:
         # A late or duplicate delivery: the lease expired and another attempt owns the
         # step, or the run was cancelled. Its result must not count.
@@ -371,7 +371,7 @@ def _record_success(
             output=output,
         )
         work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.RUNNING, to_status=step.status)
-        engine.after_success(work, run, step, taker=taker)
+        engine.after_success(work, run, step, taker=taker, heads=heads)
     if limited is not None:
         # After this run's own next step was chosen: a freed slot goes to whoever waited
         # longest for it, through the broker.
@@ -379,16 +379,22 @@ def _record_success(
     return True
 
 
-def _lock_run_and_finish(claim: Claim, output: Any, usage: dict[str, Any], now: Any) -> tuple[Run, bool]:
+def _lock_run_and_finish(
+    claim: Claim, output: Any, usage: dict[str, Any], now: Any
+) -> tuple[Run, bool, list[StepRun] | None]:
     """Lock the claim's run, then record its success if the claim still holds (compare-and-set
-    on the step's status and token) and end its attempt: the run, and whether it held.
+    on the step's status and token) and end its attempt: the run, whether it held, and on
+    PostgreSQL the run's heads as the engine reads them, read after that record.
 
-    On PostgreSQL the three are one statement, for a round trip each on every hand-off. Its
-    parts are ordered by what they read, so the lock order stays "run, then its steps": the
-    step's UPDATE matches only rows of the run the first part has locked (it waits for the
-    lock before it touches the step), and the attempt's UPDATE only the step the second part
-    changed. READ COMMITTED re-checks the step's row after that wait, so a step cancelled
-    meanwhile is not matched, as with separate statements.
+    On PostgreSQL this is one round trip. The lock, the record and the attempt are one
+    statement, whose parts are ordered by what they read, so the lock order stays "run, then
+    its steps": the step's UPDATE matches only rows of the run the first part has locked (it
+    waits for the lock before it touches the step), and the attempt's UPDATE only the step
+    the second part changed. READ COMMITTED re-checks the step's row after that wait, so a
+    step cancelled meanwhile is not matched, as with separate statements. The heads are a
+    second statement in the same message: it starts once the first has its lock, so its
+    snapshot holds whatever the transition we waited for committed (a parallel step that
+    just finished, which a join must see), and this record.
     """
     step_where = {"id": claim.step_run_id, "status": StepStatus.RUNNING, "claim_token": claim.token}
     step_values = {
@@ -408,7 +414,7 @@ def _lock_run_and_finish(claim: Claim, output: Any, usage: dict[str, Any], now: 
         won = rows.update_where(StepRun, where=step_where, values=step_values)
         if won:
             rows.update_where(Attempt, where={"step_run_id": claim.step_run_id, **attempt_where}, values=attempt_values)
-        return run, bool(won)
+        return run, bool(won), None
     step_sql, step_params = rows.update_statement(StepRun, where=step_where, values=step_values)
     attempt_sql, attempt_params = rows.update_statement(Attempt, where=attempt_where, values=attempt_values)
     quote = connection.ops.quote_name
@@ -416,13 +422,19 @@ def _lock_run_and_finish(claim: Claim, output: Any, usage: dict[str, Any], now: 
         f"WITH locked AS ({_lock_sql(connection.vendor)}), "
         f"step AS ({step_sql} AND {quote('run_id')} = (SELECT {quote('id')} FROM locked) RETURNING {quote('id')}), "
         f"attempt AS ({attempt_sql} AND {quote('step_run_id')} = (SELECT {quote('id')} FROM step)) "
-        "SELECT locked.*, EXISTS (SELECT 1 FROM step) AS won FROM locked"
+        f"SELECT locked.*, EXISTS (SELECT 1 FROM step) AS won FROM locked; {engine.heads_sql()}"
     )
-    found = list(Run.objects.raw(sql, [claim.run_id, *step_params, *attempt_params]))
+    with connection.cursor() as cursor:
+        # Two statements in one execute: psycopg's client-side binding sends them as one
+        # simple query, and each has its own snapshot.
+        cursor.execute(sql, [claim.run_id, *step_params, *attempt_params, claim.run_id])
+        found = rows.model_rows(Run, [column[0] for column in cursor.description], cursor.fetchall())
+        cursor.nextset()
+        heads = reads.head_rows_from(cursor)
     if not found:
         raise Run.DoesNotExist(f"run {claim.run_id} does not exist")
     run = found[0]
-    return run, bool(run.__dict__.pop("won"))
+    return run, bool(run.__dict__.pop("won")), heads
 
 
 def record_item_successes(*, successes: list[Success]) -> int:

@@ -249,3 +249,54 @@ def test_a_result_that_waited_for_its_runs_lock_while_the_run_was_cancelled_is_r
     assert a.status == StepStatus.CANCELLED and a.output is None, "the late result did not count"
     assert list(Attempt.objects.filter(step_run=a).values_list("status", flat=True)) == [AttemptStatus.FAILED]
     assert not StepRun.objects.filter(run=run, step_key="b").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_last_of_two_parallel_steps_to_finish_starts_their_join_even_if_it_waited_for_the_other() -> None:
+    """On PostgreSQL the hand-off reads the heads in the round trip that takes the run's lock:
+    that read must see what the transition it waited for committed, or the join never starts."""
+    flow(
+        "    - {key: a, agent: echo, input: 1}\n"
+        "    - {key: b, agent: echo, input: 2}\n"
+        "    - {key: c, agent: echo, after: [a, b], input: 3}"
+    )
+    run = transitions.start_run(workflow="wf")
+    claim_a = transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1")
+    claim_b = transitions.claim_step(step_run_id=head(run, "b").pk, worker="w2")
+    assert claim_a is not None and claim_b is not None
+    recorded, release = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def first() -> None:
+        try:
+            with transaction.atomic():  # holds the run's lock until released
+                results["a"] = transitions.record_success_and_take_next(claim=claim_a, output=1, worker="w1")
+                recorded.set()
+                release.wait(timeout=10)
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            results["b"] = transitions.record_success_and_take_next(claim=claim_b, output=2, worker="w2")
+        except Exception as exc:
+            results["b"] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert recorded.wait(timeout=10)
+    threads[1].start()
+    threads[1].join(timeout=0.5)
+    assert threads[1].is_alive(), "b's result waits for the run's lock"
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "a lock-order deadlock?"
+
+    assert results["a"] is None, "a finished first: c still waited for b"
+    c = head(run, "c")
+    assert results["b"] is not None and results["b"].step_run_id == c.pk, "b's worker goes on with c"
+    assert c.status == StepStatus.RUNNING
+    assert StepRun.objects.filter(run=run, step_key="c").count() == 1
