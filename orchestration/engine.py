@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from django.utils import timezone
 from orchestration import guards, limits, reads, waiting
 from orchestration.durations import parse_duration
 from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow
-from orchestration.rows import insert_row
+from orchestration.rows import insert_row, insert_rows
 from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
 from orchestration.specs import UNDO, load_agent, loop_waits, spec_for, step_spec
 from orchestration.status import (
@@ -103,6 +104,12 @@ def head_rows(run: Run) -> list[StepRun]:
     return reads.head_rows(run, only=HEAD_FIELDS)
 
 
+def heads_sql() -> str:
+    """The statement head_rows sends (one parameter: the run's id), for a caller that reads
+    the heads in a round trip of its own: its rows are made into heads by reads.head_rows_from."""
+    return reads.heads_sql(HEAD_FIELDS)
+
+
 def template_context(
     run: Run, *, iteration: int = 1, item: Any = None, index: int | None = None, rows: list[StepRun] | None = None
 ) -> dict[str, Any]:
@@ -161,36 +168,53 @@ def retry_policy(agent_retry: dict[str, Any] | None, step: dict[str, Any]) -> di
 # Advancing
 
 
-def advance(work: Work, run: Run) -> None:
-    """Start every step whose dependencies are met; finish the run when nothing is left."""
+@dataclass
+class Taker:
+    """The worker that records its step's success and would run its run's next step itself.
+
+    Given to the engine by that transition: when the next step is the lone one this run
+    queues, the engine inserts it already claimed for this worker (RUNNING under `token`,
+    with a lease and its attempt, exactly as a claim would leave it) and says so in `step`,
+    which spares the hand-off the claim's own statements. Left None, the step is queued and
+    the transition claims it as any other (a guarded agent, a step that existed already).
+    """
+
+    worker: str
+    token: str
+    lease: timedelta
+    step: StepRun | None = None
+
+
+def advance(work: Work, run: Run, *, taker: Taker | None = None, heads: list[StepRun] | None = None) -> None:
+    """Start every step whose dependencies are met; finish the run when nothing is left.
+
+    `heads`: the run's head rows (HEAD_FIELDS), when the caller read them in this transaction
+    after its last write to the run's steps; otherwise they are read here.
+    """
     if run.status != RunStatus.RUNNING:
         return
     spec = spec_for(run)
     waits = loop_waits(run.version_id)
     to_send: list[int] = []
-    rows = head_rows(run)
+    rows = head_rows(run) if heads is None else heads
     current = reads.latest_heads(rows)
     progressed = True
     while progressed and run.status == RunStatus.RUNNING:
         progressed = False
-        for step in spec["steps"]:
-            head = current.get(step["key"])
-            if head is not None and head.status != StepStatus.PENDING:
-                continue
+        # Which steps may start is decided before any starts: a step that merely starts
+        # (queued, waiting) makes no other step ready, and one that finishes as it starts ends
+        # the pass (the heads are read afresh).
+        ready = [step for step in spec["steps"] if _ready(step, current, waits)]
+        for step in ready:
+            head = current.get(step["key"]) or StepRun(run=run, step_key=step["key"], kind=step["kind"])
             deps = [current.get(key) for key in step["after"]]
-            if any(dep is None or dep.status not in STEP_FINAL for dep in deps):
-                continue
-            # After a loop's body step but outside the loop: wait until the loop has finished.
-            judges = [current.get(key) for key in waits.get(step["key"], ())]
-            if any(judge is None or judge.status not in STEP_FINAL for judge in judges):
-                continue
-            if any(dep.status in (StepStatus.FAILED, StepStatus.CANCELLED) for dep in deps if dep):
-                continue
-            head = head or StepRun(run=run, step_key=step["key"], kind=step["kind"])
             if deps and all(dep.status == StepStatus.SKIPPED for dep in deps if dep):
                 _skip(work, run, head, "every step it comes after was skipped")
             else:
-                _start(work, run, step, head, to_send, rows)
+                # The lone step this run queues goes to the calling worker (see _queue): if
+                # nothing was queued before it and no other step is ready, it is that one.
+                lone = len(ready) == 1 and not to_send and work.continue_for_run == run.pk and work.continue_with is None
+                _start(work, run, step, head, to_send, rows, taker if lone else None)
             if head.status in STEP_FINAL:
                 # Starting it finished it (a false `when`, an empty for_each, a bad template),
                 # which may have advanced the run from inside, and steps after it may start
@@ -209,6 +233,22 @@ def advance(work: Work, run: Run) -> None:
         finish_run(work, run, current)
 
 
+def _ready(step: dict[str, Any], current: dict[str, StepRun], waits: dict[str, tuple[str, ...]]) -> bool:
+    """Whether a step not started yet may start: what it comes after has finished, none of it
+    failed, and a loop it comes after has finished its last round."""
+    head = current.get(step["key"])
+    if head is not None and head.status != StepStatus.PENDING:
+        return False
+    deps = [current.get(key) for key in step["after"]]
+    if any(dep is None or dep.status not in STEP_FINAL for dep in deps):
+        return False
+    # After a loop's body step but outside the loop: wait until the loop has finished.
+    judges = [current.get(key) for key in waits.get(step["key"], ())]
+    if any(judge is None or judge.status not in STEP_FINAL for judge in judges):
+        return False
+    return not any(dep.status in (StepStatus.FAILED, StepStatus.CANCELLED) for dep in deps if dep)
+
+
 def _skip(work: Work, run: Run, head: StepRun, reason: str) -> None:
     head.status = StepStatus.SKIPPED
     head.finished_at = timezone.now()
@@ -218,7 +258,13 @@ def _skip(work: Work, run: Run, head: StepRun, reason: str) -> None:
 
 
 def _start(
-    work: Work, run: Run, step: dict[str, Any], head: StepRun, to_send: list[int], rows: list[StepRun] | None = None
+    work: Work,
+    run: Run,
+    step: dict[str, Any],
+    head: StepRun,
+    to_send: list[int],
+    rows: list[StepRun] | None = None,
+    taker: Taker | None = None,
 ) -> None:
     now = timezone.now()
     context = template_context(run, iteration=head.iteration, rows=rows)
@@ -245,7 +291,7 @@ def _start(
         if needs_gate(step):
             _wait_for_gate(work, run, step, head, context)
             return
-        _start_agent(work, run, step, head, context, to_send)
+        _start_agent(work, run, step, head, context, to_send, taker)
         return
     head.status = StepStatus.WAITING
     head.started_at = now
@@ -375,7 +421,13 @@ def _queue(work: Work, run: Run, step_ids: list[int]) -> None:
 
 
 def _start_agent(
-    work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], to_send: list[int]
+    work: Work,
+    run: Run,
+    step: dict[str, Any],
+    head: StepRun,
+    context: dict[str, Any],
+    to_send: list[int],
+    taker: Taker | None = None,
 ) -> None:
     now = timezone.now()
     if step.get("for_each"):
@@ -385,12 +437,47 @@ def _start_agent(
     # started_at is set when a worker claims the step; queued_at says when it was sent.
     head.status = StepStatus.QUEUED
     head.queued_at = now
+    if head.pk is None and taker is not None and not guards.watches(head.agent_name):
+        _insert_claimed(work, run, head, taker, now)
+        to_send.append(head.pk)
+        return
     if head.pk is None:
         insert_row(head)  # the hand-off path: the next step of a sequence
     else:
         head.save()
     work.event(run, EventKind.STEP_QUEUED, step=head, to_status=head.status)
     to_send.append(head.pk)
+
+
+def _insert_claimed(work: Work, run: Run, head: StepRun, taker: Taker, now: datetime) -> None:
+    """Insert the next step already claimed by the worker that finished the one before it.
+
+    The row and its attempt are what transitions' claim would leave (RUNNING under the
+    worker's token and lease, attempt 1 on that worker), and the timeline records both moves,
+    queued then started, so a worker that dies before running it loses nothing: its lease
+    runs out and the ticker gives the step to another worker. Only for an agent no guard
+    watches (no circuit, no max_concurrency): a guarded one is claimed the usual way, under
+    its agent's lock.
+    """
+    head.status = StepStatus.RUNNING
+    head.attempts += 1
+    head.claim_token = taker.token
+    head.lease_expires_at = now + taker.lease
+    head.started_at = now
+    attempt = Attempt(number=head.attempts, worker=taker.worker, agent_name=head.agent_name, started_at=now)
+    # The worker is given the input as the database gives it back (JSON's types and, on
+    # PostgreSQL, jsonb's key order), exactly as a claim reads the row it took.
+    insert_rows(head, attempt, link="step_run", read_back=("input",))
+    work.event(run, EventKind.STEP_QUEUED, step=head, to_status=StepStatus.QUEUED)
+    work.event(
+        run,
+        EventKind.STEP_STARTED,
+        step=head,
+        from_status=StepStatus.QUEUED,
+        to_status=StepStatus.RUNNING,
+        message=f"attempt {head.attempts} on {taker.worker}",
+    )
+    taker.step = head
 
 
 def needs_gate(step: dict[str, Any]) -> bool:
@@ -542,10 +629,15 @@ def _start_map(
 # After a step finishes
 
 
-def after_success(work: Work, run: Run, head: StepRun) -> None:
+def after_success(
+    work: Work, run: Run, head: StepRun, *, taker: Taker | None = None, heads: list[StepRun] | None = None
+) -> None:
     """A head row has just succeeded: apply its loop, then advance.
 
     `head` may be a partial row (pk, step_key, iteration, kind): read it in full before saving.
+    `taker`: the worker that recorded it, which may be given the run's next step (advance).
+    `heads`: the run's head rows read after that success, for advance (unless a loop changes
+    them first).
     """
     if head.kind == StepKind.COMPENSATION:
         next_compensation(work, run)
@@ -571,7 +663,9 @@ def after_success(work: Work, run: Run, head: StepRun) -> None:
                     ErrorClass.PERMANENT,
                 )
                 return
-    advance(work, run)
+        # A loop may have added the next round's rows: advance reads the heads afresh.
+        heads = None
+    advance(work, run, taker=taker, heads=heads)
 
 
 def _loop_back(work: Work, run: Run, step: dict[str, Any], head: StepRun, loop: dict[str, Any]) -> None:

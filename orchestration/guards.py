@@ -44,6 +44,12 @@ def _guarded(agent: Agent | None) -> bool:
     return agent is not None and bool(agent.circuit or agent.max_concurrency)
 
 
+def watches(agent_name: str) -> bool:
+    """Whether a guard watches the agent's steps (a circuit or a max_concurrency): they are
+    admitted by `gate` when claimed, under the agent's lock, never inserted already claimed."""
+    return _guarded(load_agent(agent_name))
+
+
 def _lock_health(agent: Agent) -> AgentHealth:
     AgentHealth.objects.get_or_create(agent=agent)
     return AgentHealth.objects.select_for_update(no_key=True).get(agent=agent)

@@ -24,7 +24,7 @@ from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from orchestration import dispatch, engine, guards, rows
+from orchestration import dispatch, engine, guards, reads, rows
 from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
 from orchestration.specs import step_spec
 from orchestration.status import (
@@ -267,24 +267,26 @@ def _claim(work: Work, step_run_ids: list[int], worker: str) -> list[Claim]:
             to_status=StepStatus.RUNNING,
             message=f"attempt {step.attempts} on {worker}",
         )
-    return [
-        Claim(
-            step_run_id=step.pk,
-            run_id=step.run_id,
-            token=token,
-            attempt=step.attempts,
-            step_key=step.step_key,
-            iteration=step.iteration,
-            map_index=step.map_index,
-            agent_name=step.agent_name,
-            input=step.input,
-            item=step.item,
-            parent_id=step.parent_id,
-            version_id=step.run.version_id,
-            kind=step.kind,
-        )
-        for step in steps
-    ]
+    return [_claim_of(step, version_id=step.run.version_id) for step in steps]
+
+
+def _claim_of(step: StepRun, *, version_id: int) -> Claim:
+    """What the worker that holds a step (RUNNING under its claim token) needs to run it."""
+    return Claim(
+        step_run_id=step.pk,
+        run_id=step.run_id,
+        token=step.claim_token,
+        attempt=step.attempts,
+        step_key=step.step_key,
+        iteration=step.iteration,
+        map_index=step.map_index,
+        agent_name=step.agent_name,
+        input=step.input,
+        item=step.item,
+        parent_id=step.parent_id,
+        version_id=version_id,
+        kind=step.kind,
+    )
 
 
 def renew_lease(*, step_run_ids: list[int], token: str) -> int:
@@ -323,42 +325,32 @@ def record_success_and_take_next(
     it in the same transaction: the worker runs it next with no broker round trip.
 
     Durable as any claim: the step is RUNNING under this worker's lease, so if the worker dies
-    before running it the lease runs out and the ticker gives it to another worker.
+    before running it the lease runs out and the ticker gives it to another worker. Mostly
+    the engine inserts the step already claimed (engine.Taker); otherwise it is claimed here.
     """
+    taker = engine.Taker(
+        worker=worker, token=secrets.token_hex(16), lease=timedelta(seconds=settings.BATON_LEASE_SECONDS)
+    )
     with change() as work:
         work.continue_for_run = claim.run_id
-        if not _record_success(work, claim, output, usage) or work.continue_with is None:
+        if not _record_success(work, claim, output, usage, taker) or work.continue_with is None:
             return None
+        if taker.step is not None and taker.step.pk == work.continue_with:
+            return _claim_of(taker.step, version_id=claim.version_id)
         # Refused when a guard throttled or diverted it (and the guard did what it had to).
         claims = _claim(work, [work.continue_with], worker)
     return claims[0] if claims else None
 
 
-def _record_success(work: Work, claim: Claim, output: Any, usage: dict[str, Any] | None) -> bool:
+def _record_success(
+    work: Work, claim: Claim, output: Any, usage: dict[str, Any] | None, taker: engine.Taker | None = None
+) -> bool:
     now = timezone.now()
-    run = _lock_run(claim.run_id)
-    won = rows.update_where(
-        StepRun,
-        where={"id": claim.step_run_id, "status": StepStatus.RUNNING, "claim_token": claim.token},
-        values={
-            "status": StepStatus.SUCCEEDED,
-            "output": output,
-            "usage": usage or {},
-            "error": "",
-            "error_class": "",
-            "finished_at": now,
-            "lease_expires_at": None,
-        },
-    )
+    run, won, heads = _lock_run_and_finish(claim, output, usage or {}, now)
     if not won:
         # A late or duplicate delivery: the lease expired and another attempt owns the
         # step, or the run was cancelled. Its result must not count.
         return False
-    rows.update_where(
-        Attempt,
-        where={"step_run_id": claim.step_run_id, "number": claim.attempt},
-        values={"status": AttemptStatus.SUCCEEDED, "finished_at": now, "usage": usage or {}},
-    )
     limited = guards.record_outcome(claim.agent_name, succeeded=True, now=now)
     if claim.parent_id is not None:
         # A for_each item: what follows needs only its parent, so skip re-reading the row.
@@ -379,12 +371,70 @@ def _record_success(work: Work, claim: Claim, output: Any, usage: dict[str, Any]
             output=output,
         )
         work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.RUNNING, to_status=step.status)
-        engine.after_success(work, run, step)
+        engine.after_success(work, run, step, taker=taker, heads=heads)
     if limited is not None:
         # After this run's own next step was chosen: a freed slot goes to whoever waited
         # longest for it, through the broker.
         engine.release_throttled(work, limited)
     return True
+
+
+def _lock_run_and_finish(
+    claim: Claim, output: Any, usage: dict[str, Any], now: Any
+) -> tuple[Run, bool, list[StepRun] | None]:
+    """Lock the claim's run, then record its success if the claim still holds (compare-and-set
+    on the step's status and token) and end its attempt: the run, whether it held, and on
+    PostgreSQL the run's heads as the engine reads them, read after that record.
+
+    On PostgreSQL this is one round trip. The lock, the record and the attempt are one
+    statement, whose parts are ordered by what they read, so the lock order stays "run, then
+    its steps": the step's UPDATE matches only rows of the run the first part has locked (it
+    waits for the lock before it touches the step), and the attempt's UPDATE only the step
+    the second part changed. READ COMMITTED re-checks the step's row after that wait, so a
+    step cancelled meanwhile is not matched, as with separate statements. The heads are a
+    second statement in the same message: it starts once the first has its lock, so its
+    snapshot holds whatever the transition we waited for committed (a parallel step that
+    just finished, which a join must see), and this record.
+    """
+    step_where = {"id": claim.step_run_id, "status": StepStatus.RUNNING, "claim_token": claim.token}
+    step_values = {
+        "status": StepStatus.SUCCEEDED,
+        "output": output,
+        "usage": usage,
+        "error": "",
+        "error_class": "",
+        "finished_at": now,
+        "lease_expires_at": None,
+    }
+    attempt_where = {"number": claim.attempt}
+    attempt_values = {"status": AttemptStatus.SUCCEEDED, "finished_at": now, "usage": usage}
+    connection = transaction.get_connection()
+    if connection.vendor != "postgresql":
+        run = _lock_run(claim.run_id)
+        won = rows.update_where(StepRun, where=step_where, values=step_values)
+        if won:
+            rows.update_where(Attempt, where={"step_run_id": claim.step_run_id, **attempt_where}, values=attempt_values)
+        return run, bool(won), None
+    step_sql, step_params = rows.update_statement(StepRun, where=step_where, values=step_values)
+    attempt_sql, attempt_params = rows.update_statement(Attempt, where=attempt_where, values=attempt_values)
+    quote = connection.ops.quote_name
+    sql = (
+        f"WITH locked AS ({_lock_sql(connection.vendor)}), "
+        f"step AS ({step_sql} AND {quote('run_id')} = (SELECT {quote('id')} FROM locked) RETURNING {quote('id')}), "
+        f"attempt AS ({attempt_sql} AND {quote('step_run_id')} = (SELECT {quote('id')} FROM step)) "
+        f"SELECT locked.*, EXISTS (SELECT 1 FROM step) AS won FROM locked; {engine.heads_sql()}"
+    )
+    with connection.cursor() as cursor:
+        # Two statements in one execute: psycopg's client-side binding sends them as one
+        # simple query, and each has its own snapshot.
+        cursor.execute(sql, [claim.run_id, *step_params, *attempt_params, claim.run_id])
+        found = rows.model_rows(Run, [column[0] for column in cursor.description], cursor.fetchall())
+        cursor.nextset()
+        heads = reads.head_rows_from(cursor)
+    if not found:
+        raise Run.DoesNotExist(f"run {claim.run_id} does not exist")
+    run = found[0]
+    return run, bool(run.__dict__.pop("won")), heads
 
 
 def record_item_successes(*, successes: list[Success]) -> int:

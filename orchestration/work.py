@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestration import limits
+from orchestration import limits, rows
 from orchestration.models import Run, RunEvent, StepRun
 
 
@@ -70,4 +70,4 @@ class Work:
     def write_events(self) -> None:
         """Inside the transaction, just before commit."""
         for start in range(0, len(self.events), limits.BATCH_SIZE):
-            RunEvent.objects.bulk_create(self.events[start : start + limits.BATCH_SIZE])
+            rows.insert_many(self.events[start : start + limits.BATCH_SIZE])

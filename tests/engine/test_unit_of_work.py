@@ -3,17 +3,19 @@ step's status change is in the run's timeline, and effects reach the world only 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import time_machine
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from orchestration import dispatch, transitions
-from orchestration.models import Run, RunEvent, StepRun
-from orchestration.status import EventKind, RunStatus, StepStatus
+from orchestration.models import Attempt, Run, RunEvent, StepRun
+from orchestration.status import AttemptStatus, EventKind, RunStatus, StepStatus
 from orchestration.tasks import execute_step
 from orchestration.ticker import tick
 from orchestration.work import Work
@@ -78,6 +80,46 @@ def test_a_worker_continues_with_nothing_when_its_run_queues_several_steps(empty
     empty_broker.purge_queue()
     assert transitions.record_success_and_take_next(claim=claim, output=1, worker="w1") is None
     assert dispatch.queued_step_ids() == {head(run, "b").pk, head(run, "c").pk}, "a fan-out is for every worker"
+
+
+def test_the_step_a_worker_continues_with_is_inserted_claimed_as_a_claim_would_leave_it(settings: Any) -> None:
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: echo, after: [a], input: {n: '{{ (1, 2) }}'}}")
+    run = transitions.start_run(workflow="wf")
+    claim = transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1")
+    assert claim is not None
+    before = timezone.now()
+
+    taken = transitions.record_success_and_take_next(claim=claim, output=1, worker="w1")
+
+    b = head(run, "b")
+    assert taken is not None and taken.step_run_id == b.pk
+    assert (b.status, b.attempts, b.claim_token) == (StepStatus.RUNNING, 1, taken.token)
+    assert b.started_at is not None and b.lease_expires_at is not None
+    assert b.lease_expires_at >= before + timedelta(seconds=settings.BATON_LEASE_SECONDS), "it has a lease"
+    attempts = list(Attempt.objects.filter(step_run=b).values_list("number", "worker", "status"))
+    assert attempts == [(1, "w1", AttemptStatus.RUNNING)], "and its attempt, as a claim would"
+    assert taken.attempt == 1
+    assert taken.input == b.input == {"n": [1, 2]}, "the worker gets the input as the database stored it"
+    events = RunEvent.objects.filter(run=run, step_run=b).order_by("id")
+    assert list(events.values_list("kind", "from_status", "to_status", "message")) == [
+        (EventKind.STEP_QUEUED, "", StepStatus.QUEUED, ""),
+        (EventKind.STEP_STARTED, StepStatus.QUEUED, StepStatus.RUNNING, "attempt 1 on w1"),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_next_step_of_a_guarded_agent_is_claimed_under_its_guard(empty_broker: Any) -> None:
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: limited, after: [a], input: 2}")
+    first, second = transitions.start_run(workflow="wf"), transitions.start_run(workflow="wf")
+    claims = [transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1") for run in (first, second)]
+    assert claims[0] is not None and claims[1] is not None
+
+    taken = transitions.record_success_and_take_next(claim=claims[0], output=1, worker="w1")
+    assert taken is not None and head(first, "b").status == StepStatus.RUNNING, "`limited` had its one slot free"
+
+    assert transitions.record_success_and_take_next(claim=claims[1], output=1, worker="w1") is None
+    assert head(second, "b").status == StepStatus.THROTTLED, "the slot is taken: the guard held it back"
+    assert not Attempt.objects.filter(step_run=head(second, "b")).exists()
 
 
 def status_paths(run: Run) -> dict[int, list[str]]:
@@ -160,3 +202,101 @@ def test_a_change_that_joins_another_writes_nothing_until_the_outer_one_ends(
     assert RunEvent.objects.filter(run=run).count() == before + 2
     applied = [c for c in callbacks if getattr(c, "func", None) is transitions.apply]
     assert len(applied) == 1 and isinstance(applied[0].args[0], Work)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_result_that_waited_for_its_runs_lock_while_the_run_was_cancelled_is_refused() -> None:
+    """The hand-off locks the run and records the result in one statement on PostgreSQL: it
+    must still wait for the run's lock before it touches the step, and then see the cancel."""
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: echo, after: [a], input: 2}")
+    run = transitions.start_run(workflow="wf")
+    claim = transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1")
+    assert claim is not None
+    cancelled, release = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def cancel() -> None:
+        try:
+            with transaction.atomic():  # holds the run's lock until released
+                transitions.cancel_run(run_id=run.pk, reason="not needed")
+                cancelled.set()
+                release.wait(timeout=10)
+        finally:
+            connection.close()
+
+    def record() -> None:
+        try:
+            results["taken"] = transitions.record_success_and_take_next(claim=claim, output=1, worker="w1")
+        except Exception as exc:
+            results["taken"] = exc
+        finally:
+            connection.close()
+
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    assert cancelled.wait(timeout=10)
+    recorder = threading.Thread(target=record)
+    recorder.start()
+    recorder.join(timeout=0.5)
+    assert recorder.is_alive(), "the result waits for the run's lock"
+    release.set()
+    canceller.join(timeout=10)
+    recorder.join(timeout=10)
+    assert not canceller.is_alive() and not recorder.is_alive(), "a lock-order deadlock?"
+
+    assert results["taken"] is None, results
+    a = head(run, "a")
+    assert a.status == StepStatus.CANCELLED and a.output is None, "the late result did not count"
+    assert list(Attempt.objects.filter(step_run=a).values_list("status", flat=True)) == [AttemptStatus.FAILED]
+    assert not StepRun.objects.filter(run=run, step_key="b").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_last_of_two_parallel_steps_to_finish_starts_their_join_even_if_it_waited_for_the_other() -> None:
+    """On PostgreSQL the hand-off reads the heads in the round trip that takes the run's lock:
+    that read must see what the transition it waited for committed, or the join never starts."""
+    flow(
+        "    - {key: a, agent: echo, input: 1}\n"
+        "    - {key: b, agent: echo, input: 2}\n"
+        "    - {key: c, agent: echo, after: [a, b], input: 3}"
+    )
+    run = transitions.start_run(workflow="wf")
+    claim_a = transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1")
+    claim_b = transitions.claim_step(step_run_id=head(run, "b").pk, worker="w2")
+    assert claim_a is not None and claim_b is not None
+    recorded, release = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def first() -> None:
+        try:
+            with transaction.atomic():  # holds the run's lock until released
+                results["a"] = transitions.record_success_and_take_next(claim=claim_a, output=1, worker="w1")
+                recorded.set()
+                release.wait(timeout=10)
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            results["b"] = transitions.record_success_and_take_next(claim=claim_b, output=2, worker="w2")
+        except Exception as exc:
+            results["b"] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert recorded.wait(timeout=10)
+    threads[1].start()
+    threads[1].join(timeout=0.5)
+    assert threads[1].is_alive(), "b's result waits for the run's lock"
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "a lock-order deadlock?"
+
+    assert results["a"] is None, "a finished first: c still waited for b"
+    c = head(run, "c")
+    assert results["b"] is not None and results["b"].step_run_id == c.pk, "b's worker goes on with c"
+    assert c.status == StepStatus.RUNNING
+    assert StepRun.objects.filter(run=run, step_key="c").count() == 1

@@ -137,9 +137,10 @@ class TestBench:
         rows = table(bench.stdout)
         assert [(row.benchmark, row.measure) for row in rows] == ROWS, bench.stdout
         for row in rows:
-            # A fault-free bench re-sends no message (its own test below); every other row is a
-            # time, a rate or a ratio that cannot be zero.
-            if row.measure != "messages re-sent":
+            # A fault-free bench re-sends no message (its own test below), and the step a worker
+            # continues with is inserted already claimed (queued and claimed at one instant);
+            # every other row is a time, a rate or a ratio that cannot be zero.
+            if row.measure not in ("messages re-sent", "  queued -> claimed, median"):
                 assert row.value > 0, row
         handoff = next(row for row in rows if row.measure == "step-to-step handoff, median")
         assert handoff.target.endswith((" ok", " MISSED")), handoff
@@ -148,8 +149,10 @@ class TestBench:
         rows = {row.measure: row for row in table(bench.stdout)}
         handoff = rows["SQL statements per hand-off (in-process), median"]
         item = rows["SQL statements per item (in-process)"]
-        # A hand-off records one step and claims the next: a lock, two updates, an insert at least.
-        assert handoff.value >= 4, handoff
+        # A hand-off records one step and starts the next: the run's lock with the result and
+        # the heads, the next step's insert and the events at least (PostgreSQL: one round trip
+        # each, which is what is counted).
+        assert handoff.value >= 3, handoff
         # Items are claimed and recorded a chunk at a time, so each costs less than a hand-off.
         assert 0 < item.value < handoff.value, item
 
