@@ -6,12 +6,18 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestration.config.settings")
 # The web process shares a pool of database connections between its request threads
-# (settings.BATON_DB_POOL); set BATON_DB_POOL=0 to turn it off.
-os.environ.setdefault("BATON_DB_POOL", "1")
+# (settings.BATON_DB_POOL); set BATON_DB_POOL=0 to turn it off. Asked for this process's
+# settings only: a process that imports this module and then starts workers (a test) must not
+# hand the pool to them, since a pool may not cross django-q2's fork.
+_asked_for_pool = "BATON_DB_POOL" not in os.environ
+if _asked_for_pool:
+    os.environ["BATON_DB_POOL"] = "1"
 
 from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_asgi = get_asgi_application()
+if _asked_for_pool:
+    del os.environ["BATON_DB_POOL"]
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
