@@ -72,21 +72,22 @@
   }
 
   // A background refresh that keeps failing must not bring back, time after time, a message
-  // the person dismissed; and its message goes once the poll succeeds again.
+  // the person dismissed; and its message goes once that same part refreshes again, not when
+  // some other part (the navigation count) happens to succeed.
   let dismissed = "";
-  let fromPoll = false;
+  let fromPoll = null; // the element whose background read brought the message
 
   function verbOf(event) {
     const config = event.detail.requestConfig;
     return ((config && config.verb) || "get").toLowerCase();
   }
 
-  function show(message, poll) {
-    if (poll && message === dismissed) return;
+  function show(message, source) {
+    if (source && message === dismissed) return;
     const alert = region();
     alert.querySelector(".page-alert__text").textContent = message;
     alert.hidden = false;
-    fromPoll = poll;
+    fromPoll = source;
   }
 
   function hide(remember) {
@@ -126,11 +127,11 @@
     if (!xhr || xhr.status < 400) return;
     if (event.detail.shouldSwap && kind(xhr) === "html") return; // a page part that says it itself
     event.detail.shouldSwap = false;
-    show(reason(xhr), verbOf(event) === "get");
+    show(reason(xhr), verbOf(event) === "get" ? event.detail.elt : null);
   });
 
   document.addEventListener("htmx:sendError", function (event) {
-    show("Baton could not be reached. Check the connection and try again.", verbOf(event) === "get");
+    show("Baton could not be reached. Check the connection and try again.", verbOf(event) === "get" ? event.detail.elt : null);
   });
 
   // A new action by the person (not a read) starts with a clean slate.
@@ -142,7 +143,7 @@
   });
 
   document.addEventListener("htmx:afterRequest", function (event) {
-    if (fromPoll && event.detail.successful && verbOf(event) === "get") hide(false);
+    if (fromPoll && fromPoll === event.detail.elt && event.detail.successful && verbOf(event) === "get") hide(false);
   });
 })();
 

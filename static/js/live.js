@@ -159,6 +159,23 @@
     window.setTimeout(connect, wait);
   }
 
+  // A part the reader may no longer open (an item reassigned to someone else, a run whose
+  // workflow they lost access to) answers its refresh with 403 or 404: it stays on screen for
+  // reference, greyed and inert (no button in it can be pressed), while the alert region says
+  // why (static/js/baton.js). A later successful refresh brings it back.
+  document.addEventListener("htmx:afterRequest", function (event) {
+    const element = event.detail.elt;
+    const xhr = event.detail.xhr;
+    if (!element || !element.hasAttribute || !element.hasAttribute("data-live") || !xhr) return;
+    if (xhr.status === 403 || xhr.status === 404) {
+      element.setAttribute("inert", "");
+      element.classList.add("live-gone");
+    } else if (event.detail.successful) {
+      element.removeAttribute("inert");
+      element.classList.remove("live-gone");
+    }
+  });
+
   // A swap can add or drop live parts (rows of a list, the item page's run): follow them.
   document.addEventListener("htmx:afterSettle", subscribe);
 
