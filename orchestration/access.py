@@ -1,6 +1,6 @@
 """Who sees a workflow and its runs, and who may operate them: the one rule, asked here.
 
-The dashboard pages, the admin, the API and the websocket consumer (when there is one) call
+The dashboard pages, the admin, the API and the live push's topics (dashboard/live) call
 these functions; templates only mirror their answers. Management commands do not ask: whoever
 runs them has the server's shell.
 
