@@ -5,7 +5,6 @@ the styled 403 with the same sentence."""
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,8 @@ workflow:
 REASON = "This item was reassigned to carol by dave; it is no longer yours to decide."
 
 
-def test_an_approver_whose_item_was_reassigned_meanwhile_is_told_why(
-    web_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any, screenshots: Path
-) -> None:
-    from playwright.sync_api import expect
-
+def legal_item_and_dave(ops: Any, approver: Any) -> tuple[Item, Any]:
+    """An approval waiting for group legal (approver, carol and dave), started by ops."""
     legal = Group.objects.create(name="legal")
     approver.groups.add(legal)
     users = get_user_model().objects
@@ -54,7 +50,15 @@ def test_an_approver_whose_item_was_reassigned_meanwhile_is_told_why(
     dave.groups.add(legal)
     load_workflow(LEGAL)
     run = drive(transitions.start_run(workflow="article", started_by=ops))
-    item = Item.objects.get(run=run)
+    return Item.objects.get(run=run), dave
+
+
+def test_an_approver_whose_item_was_reassigned_meanwhile_is_told_why(
+    web_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any, screenshots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    item, dave = legal_item_and_dave(ops, approver)
 
     page = chromium.new_page(viewport={"width": 1360, "height": 900})
     page.set_default_timeout(15_000)
@@ -99,15 +103,7 @@ def test_an_open_item_page_reassigned_elsewhere_says_so_at_once_and_offers_nothi
 ) -> None:
     from playwright.sync_api import expect
 
-    legal = Group.objects.create(name="legal")
-    approver.groups.add(legal)
-    users = get_user_model().objects
-    users.create_user("carol", "carol@example.com", "carol-pass-1").groups.add(legal)
-    dave = users.create_user("dave", "dave@example.com", "dave-pass-1")
-    dave.groups.add(legal)
-    load_workflow(LEGAL)
-    run = drive(transitions.start_run(workflow="article", started_by=ops))
-    item = Item.objects.get(run=run)
+    item, dave = legal_item_and_dave(ops, approver)
 
     page = chromium.new_page(viewport={"width": 1360, "height": 900})
     page.set_default_timeout(15_000)
