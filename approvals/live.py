@@ -19,6 +19,8 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
 
 from approvals import access
 from approvals.models import Item, ItemEvent, ItemEventKind
@@ -31,8 +33,9 @@ ADMINS = "inbox.admins"
 def _item(user: Any, item_id: int | None) -> set[str] | None:
     if item_id is None:
         return None
-    item = Item.objects.select_related("run__workflow").filter(pk=item_id).first()
-    if item is None or not access.can_view(user, item):
+    try:
+        access.get_item_for_user(user, item_id)  # the item page's own lookup and check
+    except (Http404, PermissionDenied):
         return None
     return {f"item.{item_id}"}
 

@@ -259,17 +259,9 @@ class WebServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def session_cookie(self, user: Any) -> dict[str, Any]:
-        """A signed-in session for `user`, as a browser cookie for this server.
-
-        The tests hash passwords with a fast hasher the server process does not know, so a
-        browser signs in with a session made here, in the shared database, instead of the form.
-        """
-        from django.test import Client
-
-        client = Client()
-        client.force_login(user)
-        name = settings.SESSION_COOKIE_NAME
-        return {"name": name, "value": client.cookies[name].value, "url": self.url}
+        """A signed-in session for `user`, as a Playwright cookie for this server."""
+        name, value = session_for(user)
+        return {"name": name, "value": value, "url": self.url}
 
     def sign_in(self, page: Any, user: Any) -> None:
         """Sign a Playwright page's browser context in as `user`."""
@@ -282,26 +274,23 @@ class WebServer:
         self.stop()
 
 
+def session_for(user: Any) -> tuple[str, str]:
+    """The session cookie (name, value) of `user` signed in, made in the shared database: what a
+    socket or HTTP client of a server process presents."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    name = settings.SESSION_COOKIE_NAME
+    return name, client.cookies[name].value
+
+
 class ServerCheckablePasswordHasher(PBKDF2PasswordHasher):
     """PBKDF2 with few iterations: cheap in tests, and a server process with Django's default
     hashers checks it (it reads the iteration count from the hash), unlike the MD5 the other
     tests use. tests/browser/conftest.py hashes with it."""
 
     iterations = 1_000
-
-
-def server_checks_password(user: Any, password: str) -> None:
-    """Give `user` a password a WebServer can check at its login form.
-
-    The test process hashes passwords with MD5 for speed (tests/conftest.py); a WebServer runs
-    with the default hashers, which refuse MD5. PBKDF2 with few iterations is cheap and both
-    accept it (the server reads the iteration count from the hash).
-    """
-    from django.contrib.auth.hashers import PBKDF2PasswordHasher
-
-    hasher = PBKDF2PasswordHasher()
-    user.password = hasher.encode(password, hasher.salt(), iterations=1_000)
-    user.save(update_fields=["password"])
 
 
 def naps_in_sequence(count: int, *, seconds: float = 1) -> str:

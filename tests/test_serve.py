@@ -21,7 +21,7 @@ from orchestration import transitions
 from orchestration.management.commands.serve import child_environment, demo_logins, url_for
 from orchestration.models import StepRun
 from orchestration.status import StepStatus
-from tests.support import ROOT, database_url, load_workflow, naps_in_sequence, wait_for
+from tests.support import ROOT, database_url, load_workflow, naps_in_sequence, session_for, wait_for
 
 
 def free_port() -> int:
@@ -169,7 +169,6 @@ def test_a_page_of_the_server_hears_of_a_step_its_worker_finished(serve: Serve, 
     socket hears of it (through the event log in the embedded set-up, through Redis otherwise)."""
     import json
 
-    from django.test import Client
     from websockets.sync.client import connect
 
     load_workflow(NAPS)
@@ -180,9 +179,7 @@ def test_a_page_of_the_server_hears_of_a_step_its_worker_finished(serve: Serve, 
         timeout=30,
         message="the worker to start the step",
     )
-    client = Client()
-    client.force_login(ops)
-    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    cookie = "=".join(session_for(ops))
     origin = f"http://127.0.0.1:{serve.port}"
     with connect(f"ws://127.0.0.1:{serve.port}/ws/live/", origin=origin, additional_headers={"Cookie": cookie}) as socket:
         socket.send(json.dumps({"subscribe": [f"run:{run.pk}"]}))

@@ -21,7 +21,7 @@ from approvals import transitions as item_transitions
 from approvals.models import Item
 from orchestration import transitions
 from orchestration.models import Run
-from tests.support import WebServer, WorkerCluster, drive, load_workflow, server_checks_password
+from tests.support import WebServer, WorkerCluster, drive, load_workflow
 
 pytestmark = [pytest.mark.browser, pytest.mark.cluster]
 
@@ -100,7 +100,6 @@ def signed_in(chromium: Any, server: WebServer, user: Any) -> Any:
     """A page of a new browser context (its own cookies), signed in through the login form."""
     from playwright.sync_api import expect
 
-    server_checks_password(user, PASSWORDS[user.get_username()])
     page = chromium.new_context(viewport={"width": 1360, "height": 900}).new_page()
     page.set_default_timeout(PUSHED)
     page.goto(f"{server.url}/login/")

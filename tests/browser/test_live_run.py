@@ -11,7 +11,7 @@ import pytest
 from orchestration import transitions
 from orchestration.models import Run
 from orchestration.status import RunStatus
-from tests.support import WebServer, WorkerCluster, drive, load_workflow, server_checks_password
+from tests.support import WebServer, WorkerCluster, drive, load_workflow
 
 pytestmark = [pytest.mark.browser, pytest.mark.cluster]
 
@@ -62,7 +62,6 @@ def test_an_operations_lead_starts_a_run_and_watches_it_succeed(
 
     # Daphne, as `make run` serves: the page follows the run over its socket. (Django's
     # web_server has no websockets, so the page would only poll, every 5 s.)
-    server_checks_password(ops, "ops-pass-1")
     with WebServer() as server, WorkerCluster(workers=2) as cluster:
         page = chromium.new_page(viewport={"width": 1360, "height": 900})
         page.set_default_timeout(15_000)

@@ -34,7 +34,7 @@ from orchestration import transitions
 from orchestration.config.asgi import application
 from orchestration.models import Run, StepRun
 from orchestration.tasks import execute_step
-from tests.support import drive, load_workflow
+from tests.support import drive, load_workflow, session_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,9 +92,7 @@ def origin_headers(origin: str, cookie: str = "") -> list[tuple[bytes, bytes]]:
 
 
 def session_cookie(user: Any) -> str:
-    client = Client()
-    client.force_login(user)
-    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    return "=".join(session_for(user))
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.test import Client
 from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -34,7 +33,7 @@ from websockets.sync.client import ClientConnection, connect
 from approvals.models import Item
 from orchestration import transitions
 from orchestration.models import Run, StepRun
-from tests.support import WebServer, WorkerCluster, load_workflow, wait_for
+from tests.support import WebServer, WorkerCluster, load_workflow, session_for, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -84,9 +83,8 @@ class Session:
     """A signed-in person's cookies, used the way their browser would use them."""
 
     def __init__(self, user: Any) -> None:
-        client = Client()
-        client.force_login(user)
-        self.cookies = {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
+        name, value = session_for(user)
+        self.cookies = {name: value}
 
     def header(self) -> str:
         return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
