@@ -13,7 +13,15 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
-from orchestration.models import Agent, DraftStep, StepKind, Workflow, WorkflowVersion
+from orchestration.models import (
+    Agent,
+    AgentVersion,
+    AgentVersionEvent,
+    DraftStep,
+    StepKind,
+    Workflow,
+    WorkflowVersion,
+)
 from orchestration.spec import (
     AgentSpec,
     Catalog,
@@ -238,6 +246,40 @@ def _publish(
         published_by=user if user is not None and user.is_authenticated else None,
         note=note[:200],
     )
+
+
+MAX_WEIGHT = 10_000
+
+
+def set_version_weights(*, agent: Agent, weights: Mapping[str, int], actor: Any = None, reason: str = "") -> AgentVersionEvent | None:
+    """Set the traffic weights of an agent's versions (labels not named keep theirs) and
+    record who did it and why. Runs that already chose a version keep it (they are sticky);
+    new runs pick by the new weights. None if nothing changed. Raises ValueError naming the
+    label and the problem, writing nothing.
+    """
+    with transaction.atomic():
+        # The agent row serialises two people shifting the same agent's weights.
+        Agent.objects.select_for_update().filter(pk=agent.pk).first()
+        versions = {v.label: v for v in AgentVersion.objects.filter(agent=agent)}
+        for label, weight in weights.items():
+            if label not in versions:
+                raise ValueError(f"weights: '{label}' is not a version of agent '{agent.name}'")
+            if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+                raise ValueError(f"weights: '{label}' must be a whole number from 0 to {MAX_WEIGHT}")
+        before = {label: v.weight for label, v in versions.items()}
+        after = {**before, **weights}
+        if after == before:
+            return None
+        for label, weight in weights.items():
+            if versions[label].weight != weight:
+                AgentVersion.objects.filter(pk=versions[label].pk).update(weight=weight)
+        return AgentVersionEvent.objects.create(
+            agent=agent,
+            weights_before=before,
+            weights_after=after,
+            actor=actor if actor is not None and getattr(actor, "is_authenticated", False) else None,
+            reason=reason[:2000],
+        )
 
 
 def agent_spec(agent: Agent) -> AgentSpec:

@@ -1,5 +1,5 @@
-"""Definitions (Agent, Workflow, DraftStep, WorkflowVersion) and runtime (Run, StepRun,
-Attempt, RunEvent).
+"""Definitions (Agent, AgentVersion, Workflow, DraftStep, WorkflowVersion) and runtime (Run,
+StepRun, Attempt, RunEvent, AgentVersionChoice).
 
 Models are declarative: state changes live in orchestration/transitions.py and the decision of
 what runs next in orchestration/engine.py.
@@ -73,6 +73,47 @@ class Agent(models.Model):
     @property
     def is_simulated(self) -> bool:
         return self.kind == AgentKind.SIMULATED
+
+
+class AgentVersion(models.Model):
+    """One configuration of an agent (a model, a prompt, a URL, ...) with a traffic weight.
+
+    Its config is laid over the agent's own. A run uses one version of an agent for all its
+    attempts (AgentVersionChoice), picked with probability weight / sum of the agent's weights;
+    an agent with no version of positive weight runs with its own config.
+    """
+
+    agent = models.ForeignKey(Agent, related_name="versions", on_delete=models.CASCADE)
+    label = models.SlugField(max_length=50)
+    config = models.JSONField(default=dict, blank=True)
+    weight = models.PositiveIntegerField(default=0)
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["agent", "label"]
+        constraints = [models.UniqueConstraint(fields=["agent", "label"], name="agent_version_label_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name}@{self.label}"
+
+
+class AgentVersionEvent(AppendOnly):
+    """Append-only log of an agent's traffic weights: who shifted them, when and why."""
+
+    agent = models.ForeignKey(Agent, related_name="version_events", on_delete=models.CASCADE)
+    # {label: weight} before and after.
+    weights_before = models.JSONField(default=dict)
+    weights_after = models.JSONField(default=dict)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["agent", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name}: {self.weights_before} -> {self.weights_after}"
 
 
 class Workflow(models.Model):
@@ -332,6 +373,13 @@ class Attempt(models.Model):
     error = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
     usage = models.JSONField(default=dict, blank=True)
+    # The agent version this attempt ran with (NULL: the agent's own config).
+    agent_version = models.ForeignKey(
+        AgentVersion, null=True, blank=True, related_name="attempts", on_delete=models.PROTECT
+    )
+    # From usage, as numbers, so rollups can sum them in SQL (usage is whatever an agent said).
+    total_tokens = models.BigIntegerField(default=0)
+    cost = models.FloatField(default=0.0)
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -371,6 +419,26 @@ class RunEvent(AppendOnly):
 
     def __str__(self) -> str:
         return f"{self.kind} ({self.run_id})"
+
+
+class AgentVersionChoice(models.Model):
+    """The version of an agent a run uses: chosen at its first attempt, kept for every later
+    one (retries included), so a run's figures belong to one version."""
+
+    run = models.ForeignKey(Run, related_name="agent_versions", on_delete=models.CASCADE)
+    agent_name = models.CharField(max_length=100)
+    version = models.ForeignKey(AgentVersion, related_name="choices", on_delete=models.PROTECT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "agent_name"], name="agent_version_choice_unique")]
+        indexes = [
+            # A version's runs, for its figures.
+            models.Index(fields=["version", "run"], name="agent_version_choice_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id}: {self.agent_name} -> {self.version_id}"
 
 
 class CircuitState(models.TextChoices):

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "django_q",
     "channels",
     "orchestration",
+    "orchestration.rollouts",
     "approvals",
     "dashboard",
 ]
