@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import TypedDict
 
+from orchestration.agents.base import usage_figures
 from orchestration.models import Attempt, Run
 
 
@@ -33,20 +34,11 @@ def run_usage(run: Run) -> RunUsage:
     totals: RunUsage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost": 0.0}
     rows = Attempt.objects.filter(step_run__run_id__in=run_tree_ids(run)).values_list("usage", flat=True)
     for usage in rows:
-        if not isinstance(usage, dict):
-            continue
-        prompt = _number(usage.get("prompt_tokens"))
-        completion = _number(usage.get("completion_tokens"))
-        total = _number(usage.get("total_tokens")) or prompt + completion
-        totals["prompt_tokens"] += int(prompt)
-        totals["completion_tokens"] += int(completion)
-        totals["total_tokens"] += int(total)
-        totals["cost"] += _number(usage.get("cost"))
+        figures = usage_figures(usage)
+        totals["prompt_tokens"] += figures.prompt_tokens
+        totals["completion_tokens"] += figures.completion_tokens
+        totals["total_tokens"] += figures.total_tokens
+        totals["cost"] += figures.cost
     totals["cost"] = round(totals["cost"], 6)
     return totals
 
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0.0
-    return float(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,38 @@ class StepTimeout(TransientError):
 class AgentResult:
     output: Any
     usage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UsageFigures:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float
+
+
+def usage_figures(usage: Any) -> UsageFigures:
+    """An agent's usage as numbers: what a run's page sums and what an attempt stores in its
+    total_tokens and cost columns (so rollups sum them in SQL).
+
+    Usage is whatever an agent returned, so a value that is not a number counts as 0 (one
+    python agent's `"cost": "n/a"` must not break a page or a rollup), and the total is
+    prompt + completion when the agent gave none.
+    """
+    if not isinstance(usage, dict):
+        return UsageFigures(0, 0, 0, 0.0)
+    prompt = _number(usage.get("prompt_tokens"))
+    completion = _number(usage.get("completion_tokens"))
+    total = _number(usage.get("total_tokens")) or prompt + completion
+    return UsageFigures(int(prompt), int(completion), int(total), _number(usage.get("cost")))
+
+
+def _number(value: Any) -> float:
+    # bool is an int to Python, but `true` is no count of tokens; NaN and infinities are no
+    # amount either (and a database column would refuse them).
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)
 
 
 @dataclass(frozen=True)
