@@ -22,7 +22,7 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from orchestration import guards, limits, reads, waiting
+from orchestration import guards, limits, reads, version_choice, waiting
 from orchestration.durations import parse_duration
 from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow
 from orchestration.rows import insert_row, insert_rows
@@ -183,6 +183,8 @@ class Taker:
     token: str
     lease: timedelta
     step: StepRun | None = None
+    # The agent version that step runs with, when its agent has versions.
+    chosen: version_choice.Chosen | None = None
 
 
 def advance(work: Work, run: Run, *, taker: Taker | None = None, heads: list[StepRun] | None = None) -> None:
@@ -464,7 +466,14 @@ def _insert_claimed(work: Work, run: Run, head: StepRun, taker: Taker, now: date
     head.claim_token = taker.token
     head.lease_expires_at = now + taker.lease
     head.started_at = now
-    attempt = Attempt(number=head.attempts, worker=taker.worker, agent_name=head.agent_name, started_at=now)
+    chosen = version_choice.choose([head]).get((run.pk, head.agent_name))
+    attempt = Attempt(
+        number=head.attempts,
+        worker=taker.worker,
+        agent_name=head.agent_name,
+        agent_version_id=chosen.version_id if chosen else None,
+        started_at=now,
+    )
     # The worker is given the input as the database gives it back (JSON's types and, on
     # PostgreSQL, jsonb's key order), exactly as a claim reads the row it took.
     insert_rows(head, attempt, link="step_run", read_back=("input",))
@@ -478,6 +487,7 @@ def _insert_claimed(work: Work, run: Run, head: StepRun, taker: Taker, now: date
         message=f"attempt {head.attempts} on {taker.worker}",
     )
     taker.step = head
+    taker.chosen = chosen
 
 
 def needs_gate(step: dict[str, Any]) -> bool:

@@ -251,7 +251,8 @@ def _call_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event) -
     )
     try:
         with deadline(timeout, f"step '{claim.step_key}'"):
-            result = invoke(agent.kind, agent.config, claim.input, context)
+            # A version's config (a model, a prompt, a URL) is laid over the agent's own.
+            result = invoke(agent.kind, {**agent.config, **claim.version_config}, claim.input, context)
         return Outcome(result=result, output=_json_safe(result.output))
     except PermanentError as exc:
         return Outcome(None, error_class=ErrorClass.PERMANENT, message=_one_line(exc), traceback=traceback.format_exc())

@@ -8,10 +8,12 @@ applies to the next attempt) with a short cache to spare a query per step on hot
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from orchestration.models import Agent, Run, StepKind, WorkflowVersion
+from orchestration.models import Agent, AgentVersion, Run, StepKind, WorkflowVersion
 from orchestration.spec import loop_body
 
 UNDO = ".undo"  # suffix of a compensation step's key; '.' never appears in a step key
@@ -89,5 +91,36 @@ def load_agent(name: str) -> Agent | None:
     return agent
 
 
+@dataclass(frozen=True)
+class VersionOption:
+    """One version of an agent as a claim needs it: what to pick by and what to run with."""
+
+    id: int
+    label: str
+    weight: int
+    config: dict[str, Any]
+
+
+# Every agent's versions, read in one query and kept as long as an agent is: most agents have
+# none, and asking per claim would cost the hot claim path a query for nothing.
+_versions: list[tuple[float, dict[str, tuple[VersionOption, ...]]]] = []
+
+
+def agent_versions(name: str) -> tuple[VersionOption, ...]:
+    """The versions of an agent whose weights add up to more than 0, zero-weight ones too (a
+    run that chose one before its weight was taken away keeps it); empty when the agent has
+    none of positive weight: it runs with its own config."""
+    now = time.monotonic()
+    if not _versions or _versions[0][0] <= now:
+        found: dict[str, list[VersionOption]] = defaultdict(list)
+        rows = AgentVersion.objects.order_by("agent_id", "label").values_list("agent__name", "id", "label", "weight", "config")
+        for agent_name, pk, label, weight, config in rows:
+            found[agent_name].append(VersionOption(pk, label, weight, config if isinstance(config, dict) else {}))
+        by_agent = {agent: tuple(options) for agent, options in found.items() if sum(o.weight for o in options) > 0}
+        _versions[:] = [(now + AGENT_CACHE_SECONDS, by_agent)]
+    return _versions[0][1].get(name, ())
+
+
 def forget_agents() -> None:
     _agents.clear()
+    _versions.clear()

@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache, partial
 from typing import Any
@@ -24,7 +24,8 @@ from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from orchestration import dispatch, engine, guards, reads, rows
+from orchestration import dispatch, engine, guards, reads, rows, version_choice
+from orchestration.agents.base import usage_figures
 from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
 from orchestration.specs import step_spec
 from orchestration.status import (
@@ -214,6 +215,10 @@ class Claim:
     parent_id: int | None = None
     version_id: int = 0
     kind: str = StepKind.AGENT
+    # The agent version the run uses for this agent (None: the agent's own config), and its
+    # config, laid over the agent's when the worker calls it.
+    agent_version_id: int | None = None
+    version_config: dict[str, Any] = field(default_factory=dict)
 
 
 def claim_step(*, step_run_id: int, worker: str) -> Claim | None:
@@ -252,9 +257,19 @@ def _claim(work: Work, step_run_ids: list[int], worker: str) -> list[Claim]:
     steps, refused = guards.gate(work, claimed, now)
     for refusal in refused:
         engine.divert(work, refusal)
+    # One choice per run and agent, for a chunk of map items too; none asked for an agent
+    # without versions.
+    chosen = version_choice.choose(steps)
     Attempt.objects.bulk_create(
         [
-            Attempt(step_run=step, number=step.attempts, worker=worker, agent_name=step.agent_name, started_at=now)
+            Attempt(
+                step_run=step,
+                number=step.attempts,
+                worker=worker,
+                agent_name=step.agent_name,
+                agent_version_id=_version_of(chosen, step),
+                started_at=now,
+            )
             for step in steps
         ]
     )
@@ -267,10 +282,18 @@ def _claim(work: Work, step_run_ids: list[int], worker: str) -> list[Claim]:
             to_status=StepStatus.RUNNING,
             message=f"attempt {step.attempts} on {worker}",
         )
-    return [_claim_of(step, version_id=step.run.version_id) for step in steps]
+    return [
+        _claim_of(step, version_id=step.run.version_id, chosen=chosen.get((step.run_id, step.agent_name)))
+        for step in steps
+    ]
 
 
-def _claim_of(step: StepRun, *, version_id: int) -> Claim:
+def _version_of(chosen: dict[tuple[int, str], version_choice.Chosen], step: StepRun) -> int | None:
+    found = chosen.get((step.run_id, step.agent_name))
+    return found.version_id if found else None
+
+
+def _claim_of(step: StepRun, *, version_id: int, chosen: version_choice.Chosen | None = None) -> Claim:
     """What the worker that holds a step (RUNNING under its claim token) needs to run it."""
     return Claim(
         step_run_id=step.pk,
@@ -286,6 +309,8 @@ def _claim_of(step: StepRun, *, version_id: int) -> Claim:
         parent_id=step.parent_id,
         version_id=version_id,
         kind=step.kind,
+        agent_version_id=chosen.version_id if chosen else None,
+        version_config=chosen.config if chosen else {},
     )
 
 
@@ -336,7 +361,7 @@ def record_success_and_take_next(
         if not _record_success(work, claim, output, usage, taker) or work.continue_with is None:
             return None
         if taker.step is not None and taker.step.pk == work.continue_with:
-            return _claim_of(taker.step, version_id=claim.version_id)
+            return _claim_of(taker.step, version_id=claim.version_id, chosen=taker.chosen)
         # Refused when a guard throttled or diverted it (and the guard did what it had to).
         claims = _claim(work, [work.continue_with], worker)
     return claims[0] if claims else None
@@ -407,7 +432,7 @@ def _lock_run_and_finish(
         "lease_expires_at": None,
     }
     attempt_where = {"number": claim.attempt}
-    attempt_values = {"status": AttemptStatus.SUCCEEDED, "finished_at": now, "usage": usage}
+    attempt_values = {"status": AttemptStatus.SUCCEEDED, "finished_at": now, **_usage_values(usage)}
     connection = transaction.get_connection()
     if connection.vendor != "postgresql":
         run = _lock_run(claim.run_id)
@@ -435,6 +460,12 @@ def _lock_run_and_finish(
         raise Run.DoesNotExist(f"run {claim.run_id} does not exist")
     run = found[0]
     return run, bool(run.__dict__.pop("won")), heads
+
+
+def _usage_values(usage: dict[str, Any]) -> dict[str, Any]:
+    """An attempt's usage as the agent gave it, and as the numbers rollups sum in SQL."""
+    figures = usage_figures(usage)
+    return {"usage": usage, "total_tokens": figures.total_tokens, "cost": figures.cost}
 
 
 def record_item_successes(*, successes: list[Success]) -> int:
@@ -481,7 +512,7 @@ def record_item_successes(*, successes: list[Success]) -> int:
                 {
                     "step_run_id": s.claim.step_run_id,
                     "number": s.claim.attempt,
-                    "usage": s.usage or {},
+                    **_usage_values(s.usage or {}),
                     "started_at": s.started_at,
                     "finished_at": s.finished_at,
                 }
@@ -541,7 +572,7 @@ def record_failure(
             error_class=error_class,
             error=message[:2000],
             traceback=traceback[-20000:],
-            usage=usage or {},
+            **_usage_values(usage or {}),
         )
         limited = guards.record_outcome(step.agent_name, succeeded=False, error_class=error_class, now=now)
         engine.after_failure(work, run, step, error_class=error_class, message=message, retry_after=retry_after, now=now)

@@ -99,3 +99,8 @@ def reveal(payload: Any, context: Any) -> Any:
     if payload.get("fail"):
         raise PermanentError(f"the service refused token {value}")
     return {"token": value, value: [value, f"Bearer {value}"]}
+
+
+def priced(payload: Any, context: Any) -> AgentResult:
+    """Reports the usage its input asks for, sensible or not."""
+    return AgentResult(output={"ok": True}, usage=(payload or {}).get("usage", {}))
