@@ -86,7 +86,33 @@ def _save_agent(agent: AgentSpec) -> Agent:
             "risk": agent["risk"],
         },
     )
+    _save_versions(row, agent)
     return row
+
+
+def _save_versions(row: Agent, agent: AgentSpec) -> None:
+    """The file says which versions the agent has: created or updated by label, their weights
+    set through set_version_weights (so the change is in the weights' history). A version the
+    file leaves out is deleted if no run used it; one that was used is kept, with weight 0 (its
+    attempts point at it, and its figures remain comparable)."""
+    existing = {v.label: v for v in AgentVersion.objects.filter(agent=row)}
+    wanted = {v["label"]: v for v in agent["versions"]}
+    for label, version in wanted.items():
+        found = existing.get(label)
+        if found is None:
+            # Weight 0 until set below, so that the weight's history says who gave it traffic.
+            AgentVersion.objects.create(agent=row, label=label, config=version["config"], note=version["note"], weight=0)
+        elif (found.config, found.note) != (version["config"], version["note"]):
+            AgentVersion.objects.filter(pk=found.pk).update(config=version["config"], note=version["note"])
+    left_out = [v for label, v in existing.items() if label not in wanted]
+    used = set(
+        AgentVersion.objects.filter(pk__in=[v.pk for v in left_out], attempts__isnull=False).values_list("pk", flat=True)
+    ) | set(AgentVersion.objects.filter(pk__in=[v.pk for v in left_out], choices__isnull=False).values_list("pk", flat=True))
+    AgentVersion.objects.filter(pk__in=[v.pk for v in left_out if v.pk not in used]).delete()
+    weights = {label: v["weight"] for label, v in wanted.items()}
+    weights.update({v.label: 0 for v in left_out if v.pk in used})
+    if weights:
+        set_version_weights(agent=row, weights=weights, reason="imported from a workflow file")
 
 
 def _save_draft(spec: WorkflowSpec) -> Workflow:
@@ -295,6 +321,10 @@ def agent_spec(agent: Agent) -> AgentSpec:
         "circuit": agent.circuit,
         "max_concurrency": agent.max_concurrency,
         "risk": cast(RiskLevel, agent.risk),  # the field's choices are the same three
+        "versions": [
+            {"label": v.label, "config": v.config, "weight": v.weight, "note": v.note}
+            for v in agent.versions.order_by("label")
+        ],
     }
 
 

@@ -79,7 +79,13 @@ AGENT_FIELDS = {
     "circuit",
     "max_concurrency",
     "risk",
+    "versions",
 }
+VERSION_FIELDS = {"label", "config", "weight", "note"}
+MAX_VERSION_LABEL = 50  # AgentVersion.label
+MAX_VERSION_NOTE = 200  # AgentVersion.note
+MAX_VERSION_WEIGHT = 10_000
+MAX_VERSIONS = 50  # versions of one agent
 CIRCUIT_FIELDS = {"failures", "window", "cooldown"}
 COMPENSATE_FIELDS = {"agent", "input", "retry"}
 HTTP_CONFIG = {"url", "method", "headers", "timeout"}
@@ -159,6 +165,15 @@ class CircuitSpec(TypedDict, total=False):
 RiskLevel = Literal["low", "medium", "high"]
 
 
+class AgentVersionSpec(TypedDict):
+    """One version of an agent: its config is laid over the agent's; weight is its share of traffic."""
+
+    label: str
+    config: dict[str, Any]
+    weight: int  # 0..MAX_VERSION_WEIGHT
+    note: str
+
+
 class AgentSpec(TypedDict):
     name: str
     kind: str  # one of AGENT_KINDS_AVAILABLE
@@ -170,6 +185,7 @@ class AgentSpec(TypedDict):
     fallback: str  # "" for none
     circuit: CircuitSpec
     max_concurrency: int | None
+    versions: list[AgentVersionSpec]  # by label; empty: the agent runs with its own config
 
 
 class InputSpec(TypedDict):
@@ -433,16 +449,7 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> AgentSpec | Non
     if not isinstance(config, dict):
         problems.add(where, "field `config` must be a mapping")
         config = {}
-    if kind == "python":
-        _check_callable(config.get("callable"), where, problems)
-    elif kind == "simulated":
-        _check_simulated(config, where, problems)
-    elif kind == "http":
-        _check_http(config, where, problems)
-    elif kind == "llm":
-        _check_llm(config, where, problems)
-    for problem in agent_secrets.problems(str(kind), config):
-        problems.add(where, problem)
+    _check_config(str(kind), config, where, problems)
     fallback = raw.get("fallback")
     if fallback is not None and (not isinstance(fallback, str) or fallback == name):
         problems.add(where, "field `fallback` must name another agent")
@@ -469,8 +476,80 @@ def normalise_agent(raw: Any, where: str, problems: Problems) -> AgentSpec | Non
         "fallback": fallback or "",
         "circuit": normalise_circuit(raw.get("circuit"), where, problems),
         "max_concurrency": max_concurrency,
+        "versions": normalise_versions(raw.get("versions"), str(kind), config, where, problems),
     }
     return agent
+
+
+def _check_config(kind: str, config: dict[str, Any], where: str, problems: Problems) -> None:
+    if kind == "python":
+        _check_callable(config.get("callable"), where, problems)
+    elif kind == "simulated":
+        _check_simulated(config, where, problems)
+    elif kind == "http":
+        _check_http(config, where, problems)
+    elif kind == "llm":
+        _check_llm(config, where, problems)
+    for problem in agent_secrets.problems(kind, config):
+        problems.add(where, problem)
+
+
+def config_problems(kind: str, config: dict[str, Any]) -> list[str]:
+    """What is wrong with an agent's config for its kind (the file's checks), one line each."""
+    problems = Problems()
+    _check_config(kind, config, "config", problems)
+    return [item.removeprefix("config: ") for item in problems.items]
+
+
+def version_config_problems(kind: str, agent_config: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """What is wrong with a version's config: laid over the agent's, it must be a config the
+    agent's kind accepts, and it may read only the secrets an agent's config may."""
+    return config_problems(kind, {**agent_config, **config})
+
+
+def normalise_versions(
+    raw: Any, kind: str, agent_config: dict[str, Any], where: str, problems: Problems
+) -> list[AgentVersionSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.add(where, "field `versions` must be a list of {label, config, weight, note}")
+        return []
+    if len(raw) > MAX_VERSIONS:
+        problems.add(where, f"field `versions`: at most {MAX_VERSIONS} versions")
+        return []
+    found: list[AgentVersionSpec] = []
+    labels: set[str] = set()
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("label"), str) or not item["label"]:
+            problems.add(where, f"versions #{index + 1}: must be a mapping with a `label`")
+            continue
+        label = item["label"]
+        at = f"{where} version '{label}'"
+        if not _SLUG.fullmatch(label) or len(label) > MAX_VERSION_LABEL:
+            problems.add(at, f"field `label` may hold only letters, digits, '-' and '_' (at most {MAX_VERSION_LABEL})")
+        if label in labels:
+            problems.add(at, "defined twice")
+        labels.add(label)
+        for unknown in sorted(set(item) - VERSION_FIELDS):
+            problems.add(at, f"unknown field `{unknown}`")
+        config = item.get("config", {}) or {}
+        if not isinstance(config, dict):
+            problems.add(at, "field `config` must be a mapping")
+            config = {}
+        for problem in version_config_problems(kind, agent_config, config):
+            problems.add(at, problem)
+        weight = item.get("weight", 0)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_VERSION_WEIGHT:
+            problems.add(at, f"field `weight` must be a whole number from 0 to {MAX_VERSION_WEIGHT}")
+            weight = 0
+        note = item.get("note", "") or ""
+        if not isinstance(note, str) or len(note) > MAX_VERSION_NOTE:
+            problems.add(at, f"field `note` must be text of at most {MAX_VERSION_NOTE} characters")
+            note = ""
+        found.append({"label": label, "config": config, "weight": weight, "note": note})
+    # By label, as agent_spec reads them back: a file and the rows it saved compare equal.
+    return sorted(found, key=lambda v: v["label"])
 
 
 def normalise_circuit(raw: Any, where: str, problems: Problems) -> CircuitSpec:
@@ -1280,6 +1359,18 @@ def agent_to_file(agent: Mapping[str, Any]) -> dict[str, Any]:
         out["max_concurrency"] = agent["max_concurrency"]
     if agent.get("risk", "low") != "low":
         out["risk"] = agent["risk"]
+    if agent.get("versions"):
+        out["versions"] = [_version_to_file(v) for v in agent["versions"]]
+    return out
+
+
+def _version_to_file(version: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"label": version["label"]}
+    if version.get("config"):
+        out["config"] = version["config"]
+    out["weight"] = version.get("weight", 0)
+    if version.get("note"):
+        out["note"] = version["note"]
     return out
 
 

@@ -29,6 +29,7 @@ ACCEPTED = {
     "manual": spec.MANUAL_FIELDS,
     "approvers": spec.APPROVERS_FIELDS,
     "compensate": spec.COMPENSATE_FIELDS,
+    "versions": spec.VERSION_FIELDS,
 }
 VALUES = {
     "step kinds": set(spec.STEP_KINDS),

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from orchestration import definitions, runtime, transitions, version_choice
 from orchestration.models import Agent, AgentVersion, AgentVersionChoice, Attempt, Run, StepRun
+from orchestration.spec import SpecError
 from orchestration.specs import VersionOption, forget_agents
 from orchestration.status import ErrorClass, RunStatus, StepStatus
 from tests.servers import Reply, ScriptedServer
@@ -303,3 +304,88 @@ def test_a_failed_attempt_stores_the_usage_it_reported_as_numbers() -> None:
     attempt = Attempt.objects.get(step_run__run=run)
     assert (attempt.total_tokens, attempt.cost, attempt.status) == (7, 0.01, "failed")
     assert head(run, "a").status == StepStatus.RETRYING
+
+
+# --- the workflow file -----------------------------------------------------------------------
+
+VERSIONED = """
+agents:
+  - name: writer
+    kind: python
+    config: {callable: "tests.agents.basic:echo"}
+    versions:
+      - {label: stable, weight: 90, note: the current prompt}
+      - {label: canary, weight: 10, config: {callable: "tests.agents.basic:upper"}}
+workflow:
+  key: wf
+  name: wf
+  steps:
+    - {key: a, agent: writer, input: {text: hi}}
+"""
+VERSIONS_BLOCK = VERSIONED[VERSIONED.index("    versions:") : VERSIONED.index("workflow:")]
+
+
+def test_a_file_with_agent_versions_round_trips_through_import_and_export() -> None:
+    load_workflow(VERSIONED)
+    agent = Agent.objects.get(name="writer")
+    assert {v.label: (v.weight, v.config, v.note) for v in agent.versions.all()} == {
+        "stable": (90, {}, "the current prompt"),
+        "canary": (10, {"callable": "tests.agents.basic:upper"}, ""),
+    }
+    assert agent.version_events.get().reason == "imported from a workflow file"
+    exported = definitions.export_document("wf")
+    assert "versions:" in exported
+    load_workflow(exported)
+    again = Agent.objects.get(name="writer")
+    assert definitions.agent_spec(again) == definitions.agent_spec(agent)
+    assert again.version_events.count() == 1, "importing the same weights again changes nothing"
+
+
+def test_importing_a_file_without_a_used_version_keeps_it_with_no_traffic() -> None:
+    load_workflow(VERSIONED)
+    run = drive(transitions.start_run(workflow="wf"))
+    used = AgentVersion.objects.get(pk=AgentVersionChoice.objects.get(run=run).version_id)
+    unused = AgentVersion.objects.exclude(pk=used.pk).get()
+    load_workflow(VERSIONED.replace(VERSIONS_BLOCK, ""))
+    assert list(AgentVersion.objects.values_list("label", "weight")) == [(used.label, 0)]
+    assert not AgentVersion.objects.filter(pk=unused.pk).exists()
+
+
+@pytest.mark.parametrize(
+    ("versions_text", "problem"),
+    [
+        ("[{label: 'no spaces'}]", "version 'no spaces': field `label` may hold only"),
+        ("[{label: a}, {label: a}]", "version 'a': defined twice"),
+        ("[{label: a, weight: 10001}]", "version 'a': field `weight` must be a whole number from 0 to 10000"),
+        ("[{label: a, weight: -1}]", "version 'a': field `weight` must be a whole number from 0 to 10000"),
+        ("[{label: a, config: {callable: 'os:system'}}]", "version 'a': field `config.callable`"),
+        ("[{label: a, colour: red}]", "version 'a': unknown field `colour`"),
+        ("{label: a}", "field `versions` must be a list"),
+    ],
+)
+def test_a_file_with_bad_versions_is_refused_naming_the_version_and_the_field(versions_text: str, problem: str) -> None:
+    text = f"""
+agents:
+  - name: writer
+    kind: python
+    config: {{callable: "tests.agents.basic:echo"}}
+    versions: {versions_text}
+"""
+    with pytest.raises(SpecError) as refused:
+        load_workflow(text)
+    assert any(problem in line for line in refused.value.problems), refused.value.problems
+    assert not Agent.objects.filter(name="writer").exists()
+
+
+def test_an_http_versions_config_may_not_read_a_secret_an_agent_may_not() -> None:
+    text = """
+agents:
+  - name: caller
+    kind: http
+    config: {url: "http://127.0.0.1:9/x"}
+    versions:
+      - {label: leaky, weight: 1, config: {headers: {Authorization: "${DATABASE_URL}"}}}
+"""
+    with pytest.raises(SpecError) as refused:
+        load_workflow(text)
+    assert any("version 'leaky'" in line and "DATABASE_URL" in line for line in refused.value.problems)
