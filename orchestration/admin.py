@@ -24,6 +24,7 @@ from django.db import models
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.forms.fields import InvalidJSONInput
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -37,6 +38,8 @@ from orchestration.models import (
     Agent,
     AgentEvent,
     AgentHealth,
+    AgentVersion,
+    AgentVersionEvent,
     Attempt,
     CircuitState,
     DraftStep,
@@ -46,7 +49,15 @@ from orchestration.models import (
     Workflow,
     WorkflowVersion,
 )
-from orchestration.spec import Problems, SpecError, normalise_circuit, normalise_retry, workflow_to_file
+from orchestration.spec import (
+    MAX_VERSION_WEIGHT,
+    Problems,
+    SpecError,
+    normalise_circuit,
+    normalise_retry,
+    version_config_problems,
+    workflow_to_file,
+)
 
 # The model a shared base class administers, or the model of an inline and of its parent.
 M = TypeVar("M", bound=models.Model)
@@ -262,6 +273,66 @@ class AgentForm(AgentLimitsForm):
         return cleaned
 
 
+class AgentVersionForm(forms.ModelForm[AgentVersion]):
+    class Meta:
+        model = AgentVersion
+        fields = ("label", "weight", "config", "note")
+
+    def clean_config(self) -> dict[str, Any]:
+        value = self.cleaned_data.get("config")
+        if not isinstance(value, dict):
+            raise forms.ValidationError("must be a mapping (laid over the agent's config); {} for none")
+        return value
+
+    def clean_weight(self) -> int:
+        weight = self.cleaned_data.get("weight")
+        if not isinstance(weight, int) or not 0 <= weight <= MAX_VERSION_WEIGHT:
+            raise forms.ValidationError(f"must be a whole number from 0 to {MAX_VERSION_WEIGHT}")
+        return weight
+
+
+class AgentVersionFormSet(BaseInlineFormSet[AgentVersion, Agent, forms.ModelForm[AgentVersion]]):
+    def clean(self) -> None:
+        super().clean()
+        # The agent as its own form has just cleaned it (kind, config, the chosen callable):
+        # a version's config, laid over that, must pass what a workflow file's would.
+        agent = self.instance
+        for form in self.forms:
+            cleaned = getattr(form, "cleaned_data", {})
+            config = cleaned.get("config")
+            if not isinstance(config, dict) or cleaned.get("DELETE"):
+                continue
+            agent_config = agent.config if isinstance(agent.config, dict) else {}
+            for problem in version_config_problems(str(agent.kind), agent_config, config):
+                form.add_error("config", problem)
+
+
+class AgentVersionInline(admin.StackedInline[AgentVersion, Agent]):
+    """The agent's versions; their weights are saved through definitions.set_version_weights,
+    so every change of traffic is in the weights history below."""
+
+    model = AgentVersion
+    form = AgentVersionForm
+    formset = AgentVersionFormSet
+    extra = 0
+    fields = (("label", "weight"), "config", "note")
+    formfield_overrides = JSON_FORM_FIELD
+    verbose_name = "version"
+    verbose_name_plural = "versions (configs laid over the agent's, sharing its traffic by weight)"
+
+
+class AgentVersionEventInline(ReadOnlyInline[AgentVersionEvent, Agent]):
+    model = AgentVersionEvent
+    fields = ("created_at", "actor", "weights_before", "weights_after", "reason")
+    readonly_fields = fields
+    ordering = ("-id",)
+    show_change_link = False
+    verbose_name_plural = "weights history"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AgentVersionEvent]:
+        return super().get_queryset(request).select_related("actor")
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin[Agent]):
     form = AgentForm
@@ -295,7 +366,29 @@ class AgentAdmin(admin.ModelAdmin[Agent]):
         "events_link",
     )
     readonly_fields = ("secret_variables", "events_link")
-    inlines = (AgentHealthInline,)
+    inlines = (AgentHealthInline, AgentVersionInline, AgentVersionEventInline)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not AgentVersion:
+            super().save_formset(request, form, formset, change)
+            return
+        agent = form.instance
+        # Labels, configs and notes are saved by the form; weights only through
+        # set_version_weights, which records who changed them (new versions start at 0).
+        before = dict(AgentVersion.objects.filter(agent=agent).values_list("pk", "weight"))
+        wanted: list[tuple[AgentVersion, int]] = []
+        for version in formset.save(commit=False):
+            wanted.append((version, version.weight))
+            version.weight = before.get(version.pk, 0)
+            version.save()
+        for version in formset.deleted_objects:
+            version.delete()
+        definitions.set_version_weights(
+            agent=agent,
+            weights={version.label: weight for version, weight in wanted},
+            actor=request.user,
+            reason="changed in admin",
+        )
 
     @admin.display(description="Secret variables")
     def secret_variables(self, obj: Agent) -> SafeString:
@@ -615,11 +708,22 @@ class RunAdmin(ExecutionDisplays, ReadOnlyAdmin[Run], VisibleOnly[Run]):
             self.message_user(request, f"Cancelled {cancelled} run(s).", messages.SUCCESS)
 
 
-class AttemptInline(ReadOnlyInline[Attempt, StepRun]):
+class VersionLabel:
+    @admin.display(description="Agent version")
+    def version_label(self, obj: Attempt) -> str:
+        # The label only (selected with the attempt): the version's str() would read its
+        # agent, a query per attempt.
+        return obj.agent_version.label if obj.agent_version_id and obj.agent_version else "—"
+
+
+class AttemptInline(VersionLabel, ReadOnlyInline[Attempt, StepRun]):
     model = Attempt
-    fields = ("number", "status", "worker", "agent_name", "error_class", "error", "started_at", "finished_at")
+    fields = ("number", "status", "worker", "agent_name", "version_label", "error_class", "error", "started_at", "finished_at")
     readonly_fields = fields
     ordering = ("number",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Attempt]:
+        return super().get_queryset(request).select_related("agent_version")
 
 
 @admin.register(StepRun)
@@ -672,19 +776,20 @@ class StepRunAdmin(ExecutionDisplays, ReadOnlyAdmin[StepRun], VisibleOnly[StepRu
 
 
 @admin.register(Attempt)
-class AttemptAdmin(ReadOnlyAdmin[Attempt], VisibleOnly[Attempt]):
+class AttemptAdmin(VersionLabel, ReadOnlyAdmin[Attempt], VisibleOnly[Attempt]):
     list_display = (
         "id",
         "step_run",
         "number",
         "status",
         "worker",
+        "version_label",
         "error_class",
         "started_at",
         "finished_at",
     )
     list_filter = ("status", "error_class")
-    list_select_related = ("step_run",)
+    list_select_related = ("step_run", "agent_version")
     search_fields = ("worker", "agent_name", "error")
     fields = (
         "step_run",
@@ -692,10 +797,13 @@ class AttemptAdmin(ReadOnlyAdmin[Attempt], VisibleOnly[Attempt]):
         "status",
         "worker",
         "agent_name",
+        "agent_version",
         "error_class",
         "error",
         "traceback_text",
         "usage",
+        "total_tokens",
+        "cost",
         "started_at",
         "finished_at",
     )
