@@ -34,6 +34,8 @@ class StepRow:
     # With fallback_from set: whether the primary agent was called and failed, or was never
     # called because its circuit was open.
     primary_called: bool = False
+    # The agent version its attempts ran ("" for the agent's own config).
+    version_label: str = ""
 
     @property
     def fold_id(self) -> str:
@@ -76,6 +78,16 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
         if took_over
         else set()
     )
+    # The version each step's attempts ran, a for_each head's through its items (a run keeps
+    # one version per agent, so one label per step); one query, whatever the number of steps.
+    versions: dict[int, str] = {}
+    for step_id, parent_id, label in (
+        # Of the step's current agent: a fallback's row must not show its primary's version.
+        Attempt.objects.filter(step_run__run=run, agent_version__isnull=False, agent_name=F("step_run__agent_name"))
+        .order_by("id")
+        .values_list("step_run_id", "step_run__parent_id", "agent_version__label")
+    ):
+        versions[parent_id or step_id] = label
     children = dict(
         Run.objects.filter(parent_step__run=run).order_by("pk").values_list("parent_step_id", "pk")
     )
@@ -97,12 +109,20 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
                 child_run_id=children.get(row.pk),
                 attempts=item_attempts.get(row.pk, row.attempts),
                 primary_called=row.pk in primary_called,
+                version_label=versions.get(row.pk, ""),
             )
             for row in step_rows
         ],
         # Newest first, as the engine undoes them.
         "compensations": [
-            StepRow(step=row, agent_simulated=row.agent_name in simulated, latest=True, child_run_id=None, attempts=row.attempts)
+            StepRow(
+                step=row,
+                agent_simulated=row.agent_name in simulated,
+                latest=True,
+                child_run_id=None,
+                attempts=row.attempts,
+                version_label=versions.get(row.pk, ""),
+            )
             for row in sorted(compensations, key=lambda c: c.pk)
         ],
         "events": events,

@@ -13,7 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from orchestration import transitions
-from orchestration.models import Run, StepRun, WorkflowVersion
+from orchestration.models import Agent, AgentVersion, Run, StepRun, WorkflowVersion
+from orchestration.specs import forget_agents
 from orchestration.status import RunStatus
 from orchestration.tasks import execute_step
 from tests.dashboard.conftest import AGENTS
@@ -108,6 +109,16 @@ def test_the_steps_table_shows_items_attempts_agents_and_timings(
     research = step_row(page, "research")
     assert '<td class="num" data-label="Attempts">1</td>' in research
     assert re.search(r"\d+(\.\d)? m?s</td>", research)  # a duration (orchestration.durations)
+
+
+def test_a_step_whose_agent_ran_a_version_names_the_version(ops_client: Client, digest: WorkflowVersion) -> None:
+    AgentVersion.objects.create(agent=Agent.objects.get(name="upper"), label="canary", weight=1)
+    forget_agents()
+    run = drive(transitions.start_run(workflow="digest", input={"topic": "tides", "sections": ["a", "b"]}))
+    page = page_of(ops_client, run)
+    # A for_each head shows the version its items ran; an agent without versions shows none.
+    assert 'upper <span class="agent-cell__version">· version canary</span>' in step_row(page, "summarise")
+    assert "version" not in step_row(page, "research")
 
 
 def test_a_simulated_agent_is_labelled_simulated(ops_client: Client) -> None:
@@ -244,9 +255,9 @@ def test_the_run_page_takes_a_fixed_number_of_queries(
 ) -> None:
     run = drive(transitions.start_run(workflow="digest", input={"topic": "t", "sections": list("abcdefghij")}))
     # session, user, run, may ops see it, may ops cancel it, head rows, simulated agents, item
-    # attempts, child runs, event count, events, and for usage the run's sub-runs and
-    # attempts: ten items or a thousand.
-    with django_assert_max_num_queries(13):
+    # attempts, the agent versions attempts ran, child runs, event count, events, and for usage
+    # the run's sub-runs and attempts: ten items or a thousand.
+    with django_assert_max_num_queries(14):
         response = ops_client.get(reverse("dashboard:run", args=[run.pk]))
     assert response.status_code == 200
     page = response.content.decode()
