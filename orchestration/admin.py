@@ -392,8 +392,14 @@ class AgentAdmin(admin.ModelAdmin[Agent]):
 
     @admin.display(description="Secret variables")
     def secret_variables(self, obj: Agent) -> SafeString:
-        # Whether each variable the config reads is set for this server; never its value.
+        # Whether each variable the config (or a version's, laid over it) reads is set for
+        # this server; never its value.
         rows = agent_secrets.availability(obj.kind, obj.config) if obj.pk else []
+        if obj.pk:
+            base = obj.config if isinstance(obj.config, dict) else {}
+            for config in obj.versions.values_list("config", flat=True):
+                overlay = config if isinstance(config, dict) else {}
+                rows += [row for row in agent_secrets.availability(obj.kind, {**base, **overlay}) if row not in rows]
         if not rows:
             return format_html("{}", "none")
         return format_html_join(mark_safe("<br>"), "<code>{}</code>: {}", rows)

@@ -171,6 +171,18 @@ def test_claiming_a_step_of_an_agent_without_versions_costs_no_extra_query() -> 
     assert not [q for q in queries.captured_queries if "agentversion" in q["sql"]]
 
 
+def test_handing_on_to_the_next_step_of_an_agent_without_versions_asks_nothing_about_versions() -> None:
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: echo, after: [a], input: 2}")
+    versions("priced", canary=1)
+    run = transitions.start_run(workflow="wf")
+    claim = transitions.claim_step(step_run_id=head(run, "a").pk, worker="w1")
+    assert claim is not None
+    with CaptureQueriesContext(connection) as queries:
+        taken = transitions.record_success_and_take_next(claim=claim, output=1, worker="w1")
+    assert taken is not None and taken.agent_version_id is None
+    assert not [q for q in queries.captured_queries if "agentversion" in q["sql"]]
+
+
 def test_the_next_step_a_worker_takes_itself_runs_the_runs_version() -> None:
     flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: echo, after: [a], input: 2}")
     made = versions("echo", canary=1)

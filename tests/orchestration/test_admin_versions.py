@@ -165,3 +165,16 @@ def test_the_attempt_pages_show_the_version_each_attempt_ran(admin_client: Clien
     assert "writer@stable" in detail
     step = admin_client.get(reverse("admin:orchestration_steprun_change", args=[attempt.step_run_id])).content.decode()
     assert "field-version_label" in step and ">stable<" in step
+
+
+def test_the_agent_page_names_the_variables_its_versions_read_and_never_their_values(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATON_SECRET_CANARY_TOKEN", "canary-secret-value")
+    load_workflow(
+        'agents:\n  - name: caller\n    kind: http\n    config: {url: "https://example.com/x"}\n'
+        '    versions: [{label: canary, weight: 1, config: {headers: {X-Key: "${BATON_SECRET_CANARY_TOKEN}"}}}]\n'
+    )
+    html = admin_client.get(page(Agent.objects.get(name="caller"))).content.decode()
+    assert "<code>BATON_SECRET_CANARY_TOKEN</code>: defined on this server" in html
+    assert "canary-secret-value" not in html
