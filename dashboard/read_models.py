@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 
 from dashboard import agent_status, graph
 from orchestration import access
@@ -68,26 +68,33 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
         .annotate(total=Sum("attempts"))
         .values_list("parent_id", "total")
     )
-    took_over = [row.pk for row in step_rows if row.fallback_from]
-    primary_called = (
-        set(
-            Attempt.objects.filter(step_run__in=took_over, step_run__fallback_from=F("agent_name")).values_list(
-                "step_run_id", flat=True
-            )
-        )
-        if took_over
-        else set()
-    )
-    # The version each step's attempts ran, a for_each head's through its items (a run keeps
-    # one version per agent, so one label per step); one query, whatever the number of steps.
+    # One query over the run's attempts answers two questions, whatever the number of steps:
+    # which agent version each step ran (a for_each head's through its items; a run keeps one
+    # version per agent, so one label per step), counting only attempts of the step's current
+    # agent, so a fallback's row never shows its primary's version; and, for a step a fallback
+    # took over, whether its primary was called (and failed) or never was (circuit open).
     versions: dict[int, str] = {}
-    for step_id, parent_id, label in (
-        # Of the step's current agent: a fallback's row must not show its primary's version.
-        Attempt.objects.filter(step_run__run=run, agent_version__isnull=False, agent_name=F("step_run__agent_name"))
+    primary_called: set[int] = set()
+    for step_id, parent_id, agent_name, step_agent, fallback_from, label in (
+        Attempt.objects.filter(step_run__run=run)
+        .filter(
+            Q(agent_version__isnull=False, agent_name=F("step_run__agent_name"))
+            | (Q(step_run__fallback_from=F("agent_name")) & ~Q(step_run__fallback_from=""))
+        )
         .order_by("id")
-        .values_list("step_run_id", "step_run__parent_id", "agent_version__label")
+        .values_list(
+            "step_run_id",
+            "step_run__parent_id",
+            "agent_name",
+            "step_run__agent_name",
+            "step_run__fallback_from",
+            "agent_version__label",
+        )
     ):
-        versions[parent_id or step_id] = label
+        if fallback_from and agent_name == fallback_from:
+            primary_called.add(step_id)
+        if label is not None and agent_name == step_agent:
+            versions[parent_id or step_id] = label
     children = dict(
         Run.objects.filter(parent_step__run=run).order_by("pk").values_list("parent_step_id", "pk")
     )
