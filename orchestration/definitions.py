@@ -12,6 +12,7 @@ from typing import Any, cast
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.db.models import Q
 
 from orchestration.models import (
     Agent,
@@ -106,8 +107,11 @@ def _save_versions(row: Agent, agent: AgentSpec) -> None:
             AgentVersion.objects.filter(pk=found.pk).update(config=version["config"], note=version["note"])
     left_out = [v for label, v in existing.items() if label not in wanted]
     used = set(
-        AgentVersion.objects.filter(pk__in=[v.pk for v in left_out], attempts__isnull=False).values_list("pk", flat=True)
-    ) | set(AgentVersion.objects.filter(pk__in=[v.pk for v in left_out], choices__isnull=False).values_list("pk", flat=True))
+        AgentVersion.objects.filter(pk__in=[v.pk for v in left_out])
+        .filter(Q(attempts__isnull=False) | Q(choices__isnull=False))
+        .values_list("pk", flat=True)
+        .distinct()
+    )
     AgentVersion.objects.filter(pk__in=[v.pk for v in left_out if v.pk not in used]).delete()
     weights = {label: v["weight"] for label, v in wanted.items()}
     weights.update({v.label: 0 for v in left_out if v.pk in used})

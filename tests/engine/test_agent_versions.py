@@ -143,6 +143,18 @@ def test_every_step_and_map_item_of_a_run_uses_one_version_and_runs_share_the_tr
     assert AgentVersionChoice.objects.count() == 12, "one choice per run"
 
 
+def test_a_fallback_to_an_agent_the_run_already_used_runs_the_same_version(seeded: Any) -> None:
+    agents = AGENTS + '  - {name: refuse, kind: python, config: {callable: "tests.agents.basic:refuse"}, fallback: echo}\n'
+    flow("    - {key: a, agent: echo, input: 1}\n    - {key: b, agent: refuse, after: [a], input: 2}", agents=agents)
+    versions("echo", stable=50, canary=50)
+    for _ in range(6):
+        run = drive(transitions.start_run(workflow="wf"))
+        assert run.status == RunStatus.SUCCEEDED and head(run, "b").agent_name == "echo"
+        by_agent = set(Attempt.objects.filter(step_run__run=run).values_list("agent_name", "agent_version_id"))
+        (version,) = {v for name, v in by_agent if name == "echo"}
+        assert version is not None and ("refuse", None) in by_agent, "the primary has no versions"
+
+
 def test_a_chunk_of_map_items_makes_one_choice_for_its_run() -> None:
     flow("    - {key: m, agent: echo, for_each: input.items}", extra="  inputs: {items: {type: list, default: [1, 2, 3, 4, 5, 6]}}\n")
     made = versions("echo", canary=1)
