@@ -305,3 +305,23 @@ def test_the_rollup_command_names_the_option_of_a_bad_date(args: list[str], mess
 
     with pytest.raises(CommandError, match=message):
         call_command("rollup", *args)
+
+
+def test_a_workflow_with_two_versions_on_one_day_is_measured_over_both(workflow: Workflow) -> None:
+    from tests.rollouts.conftest import REVIEW
+    from tests.support import load_workflow
+
+    day = date(2026, 3, 20)
+    generate(workflow, {day: [RunPlan(start=HOUR, duration=10), RunPlan(start=2 * HOUR, duration=20, approval="approved", approval_wait=30)]})
+    load_workflow(REVIEW.replace("name: Review", "name: Review, second edition"))
+    assert workflow.versions.count() == 2
+    generate(workflow, {day: [RunPlan(start=3 * HOUR, duration=30, retries=1), RunPlan(start=4 * HOUR, status="failed", duration=40, approval="approved", approval_wait=90)]})
+    metrics.snapshot_day(day, now=NOW)
+    rows = {row.version.number if row.version else None: row for row in DailySnapshot.objects.filter(day=day)}
+    assert sorted(rows, key=str) == [1, 2, None]
+    assert (rows[1].runs_started, rows[1].duration_p95, rows[1].approval_wait_p50) == (2, 20.0, 30.0)
+    assert (rows[2].runs_started, rows[2].runs_failed, rows[2].retries, rows[2].duration_p50) == (2, 1, 1, 30.0)
+    whole = rows[None]
+    # Ranked over all four runs, not added up from the versions' percentiles.
+    assert (whole.runs_started, whole.runs_failed, whole.retries, whole.approvals_approved) == (4, 1, 1, 2)
+    assert (whole.duration_p50, whole.duration_p95, whole.approval_wait_p50, whole.approval_wait_p95) == (20.0, 40.0, 30.0, 90.0)
