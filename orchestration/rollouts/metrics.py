@@ -118,8 +118,8 @@ class Measures:
         return self.runs_started
 
 
-# Measures fields that add up across groups; the percentiles do not, they are ranked again
-# from their samples (see _Tally).
+# Measures fields that are counts (they add up); the percentiles do not, they are ranked from
+# their samples or by the database (see _Tally).
 COUNTS = tuple(
     f.name for f in fields(Measures) if f.name != "extra" and not f.name.endswith(("_p50", "_p95"))
 )
@@ -215,8 +215,8 @@ def samples(qs: QuerySet[Any], key: str | None, *, name: str, end: str, start: s
 
 @dataclass
 class _Tally:
-    """What measuring a group collects: counts, and samples (raw values, which add up across
-    groups, or percentiles the database computed, which do not)."""
+    """What measuring a group collects: counts, and for each percentile either the raw values
+    (ranked here) or the figure the database ranked."""
 
     counts: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -230,12 +230,6 @@ class _Tally:
                 self.ranked[name] = value
             else:
                 self.counts[name] += value or 0
-
-    def add(self, other: _Tally) -> None:
-        if other.ranked:
-            raise ValueError("percentiles computed by the database cannot be added up")
-        self.take(other.counts)
-        self.take(dict(other.samples))
 
     def measures(self) -> Measures:
         m = Measures()
