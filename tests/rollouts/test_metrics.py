@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -325,3 +326,52 @@ def test_a_workflow_with_two_versions_on_one_day_is_measured_over_both(workflow:
     # Ranked over all four runs, not added up from the versions' percentiles.
     assert (whole.runs_started, whole.runs_failed, whole.retries, whole.approvals_approved) == (4, 1, 1, 2)
     assert (whole.duration_p50, whole.duration_p95, whole.approval_wait_p50, whole.approval_wait_p95) == (20.0, 40.0, 30.0, 90.0)
+
+
+def month_plan(day: date, index: int, rng: random.Random) -> RunPlan:
+    """A month in which day n has 4 + n % 3 runs and run i of it does the same things every day."""
+    n, failed = day.day, index == 0 and day.day % 2 == 0
+    return RunPlan(
+        status="failed" if failed else "succeeded",
+        duration=60 * (index + 1) + n,
+        retries=int(index == 1),
+        loops=n % 4 if index == 0 else 0,
+        tokens=100 * (index + 1),
+        cost=0.01 * (index + 1),
+        approval="approved" if index % 2 == 0 else "rejected",
+        approval_wait=10 * (index + 1) + n,
+        manual=index == 2,
+        exception=failed,
+    )
+
+
+def month_expected(n: int) -> dict[str, Any]:
+    k = 4 + n % 3
+    failed = int(n % 2 == 0)
+    middle = -(-k // 2)  # the nearest rank of p50; p95's is k for these few runs
+    return {
+        "runs_started": k, "runs_succeeded": k - failed, "runs_failed": failed, "runs_cancelled": 0,
+        "duration_p50": float(60 * middle + n), "duration_p95": float(60 * k + n),
+        "approvals_requested": k, "approvals_approved": middle, "approvals_rejected": k // 2, "approvals_expired": 0,
+        "approval_wait_p50": float(10 * middle + n), "approval_wait_p95": float(10 * k + n),
+        "manual_tasks": 1, "exceptions": failed, "retries": 1, "loop_iterations": n % 4,
+        "tokens": 100 * k * (k + 1) // 2, "cost": 0.01 * k * (k + 1) / 2,
+    }  # fmt: skip
+
+
+def test_a_month_of_runs_with_known_outcomes_gives_every_figure_of_its_days(workflow: Workflow) -> None:
+    now = datetime(2026, 3, 31, 0, 30, tzinfo=UTC)
+    report = history.make_history(
+        workflow=workflow,
+        days=31,
+        runs_per_day=lambda d: 4 + d.day % 3 if d.day <= 30 else 0,
+        now=now,
+        seed=11,
+        outcomes=month_plan,
+    )
+    assert report.runs == sum(4 + n % 3 for n in range(1, 31))
+    metrics.rollup(date(2026, 3, 1), now=now)
+    assert DailySnapshot.objects.filter(version=None).count() == 30
+    for n in (1, 2, 14, 29, 30):
+        row = DailySnapshot.objects.get(day=date(2026, 3, n), version=None)
+        assert figures_of(row) == pytest.approx(month_expected(n)), n
