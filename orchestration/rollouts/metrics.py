@@ -324,8 +324,10 @@ def _as_q(runs: QuerySet[Run] | Q) -> Q:
 
 def measure(runs: QuerySet[Run] | Q, *, agent_version: Any = None) -> Measures:
     """The figures of `runs` (a queryset, or a Q over Run), from the raw rows, in a fixed
-    number of queries: four, two more for the approvals app's figures, and two more for
-    `agent_version`'s own attempts."""
+    number of queries whatever their number: runs, attempts, loops and the approvals app's
+    figures (four on PostgreSQL, which ranks percentiles in those queries; six elsewhere, where
+    the durations and the waits are fetched to be ranked), and for `agent_version` its own
+    attempts (one more; two elsewhere)."""
     q = _as_q(runs)
     tally = _tallies(q, None)[ALL]
     if agent_version is not None:
