@@ -375,3 +375,21 @@ def test_a_month_of_runs_with_known_outcomes_gives_every_figure_of_its_days(work
     for n in (1, 2, 14, 29, 30):
         row = DailySnapshot.objects.get(day=date(2026, 3, n), version=None)
         assert figures_of(row) == pytest.approx(month_expected(n)), n
+
+
+def test_a_days_snapshot_takes_as_many_queries_for_sixty_runs_as_for_three(workflow: Workflow) -> None:
+    from django.db import connection as conn
+    from django.test.utils import CaptureQueriesContext
+
+    drafter = Agent.objects.get(name="drafter")
+    AgentVersion.objects.create(agent=drafter, label="v1", weight=1)
+    AgentVersion.objects.create(agent=drafter, label="v2", weight=1)
+    counted = []
+    for day, runs in ((date(2026, 3, 29), 3), (date(2026, 3, 30), 60)):
+        history.make_history(workflow=workflow, days=1, runs_per_day=runs, now=metrics.day_bounds(day)[1] - timedelta(seconds=1), seed=runs)
+        with CaptureQueriesContext(conn) as queries:
+            metrics.snapshot_day(day, now=NOW)
+        counted.append(len(queries))
+    assert counted[0] == counted[1]
+    assert DailySnapshot.objects.get(day=date(2026, 3, 30), version=None).runs_started == 60
+    assert AgentVersionSnapshot.objects.filter(day=date(2026, 3, 30)).count() == 2
