@@ -11,9 +11,15 @@ class ApprovalsConfig(AppConfig):
         # orchestration never imports this app: it calls whatever registered here.
         from approvals import live
         from approvals.handler import PeopleHandler
+        from approvals.rollout_figures import figures, people
         from approvals.transitions import sweep_deadlines
         from orchestration import ticker, waiting
+        from orchestration.rollouts import history, metrics
 
         waiting.register(PeopleHandler())
         ticker.register_sweep(sweep_deadlines)
         live.register()
+        # Rollout metrics count approvals, manual tasks and exceptions; generated history
+        # gets its inbox items written here.
+        metrics.register_figures(figures)
+        history.register_people(people)

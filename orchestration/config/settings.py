@@ -179,6 +179,9 @@ BATON_HEARTBEAT_SECONDS = env_float("BATON_HEARTBEAT_SECONDS", 5.0, minimum=0.05
 BATON_LEASE_SECONDS = env_float("BATON_LEASE_SECONDS", 20.0, minimum=0.1)
 BATON_TICK_SECONDS = env_float("BATON_TICK_SECONDS", 0.5, minimum=0.01)
 BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 60.0, minimum=0.1)
+# Rollout metrics: the ticker refreshes the daily snapshots (and checks each rollout's gate
+# once a day) at most this often.
+BATON_ROLLUP_SECONDS = env_float("BATON_ROLLUP_SECONDS", 300.0, minimum=0.0)
 # How long one worker task may go on running the next steps of a sequence itself (0: never).
 BATON_CONTINUE_SECONDS = env_float("BATON_CONTINUE_SECONDS", 30.0, minimum=0.0)
 # On SIGTERM a worker takes no new step and has this long to finish the ones in hand; what is

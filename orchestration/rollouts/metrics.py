@@ -1,26 +1,43 @@
 """The metrics store: figures measured from the raw rows, and the daily snapshots kept of them.
 
 One function, `measure`, turns a set of runs into figures; the daily snapshots, the gates, the
-drift signals and the agent-version comparison all call it, so a number on screen always equals
-a recount from the raw rows. Other apps add the figures only they can count (the approvals app:
-approvals, manual tasks, exceptions) with `register_figures`, so this module never imports them.
+drift signals and the agent-version comparison all call it (or its grouped form), so a number
+on screen always equals a recount from the raw rows. Other apps add the figures only they can
+count (the approvals app: approvals, manual tasks, exceptions) with `register_figures`, so this
+module never imports them.
 
 Percentiles are nearest-rank (the smallest value with at least p % of the values at or below
-it), the same on SQLite and PostgreSQL. A day is a calendar day in TIME_ZONE, and every figure
-of a day is about the runs *started* that day.
+it), the same on SQLite and PostgreSQL: the values are fetched and ranked here. A day is a
+calendar day in TIME_ZONE, and every figure of a day is about the runs *started* that day.
+
+How a set of runs is counted: a fixed number of queries whatever its size, each grouped by a
+key (a workflow version, an agent version) when many groups are wanted at once, so a day's
+snapshot of every version costs the same queries as one `measure`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import date, datetime
-from typing import Any
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime, time, timedelta
+from typing import Any, Protocol
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
 
-from orchestration.models import Run
-from orchestration.rollouts.models import Metric
+from orchestration.models import Attempt, Run, RunEvent, WorkflowVersion
+from orchestration.rollouts.models import AgentVersionSnapshot, DailySnapshot, Metric
+from orchestration.status import RUN_FINAL, EventKind, RunStatus
+
+logger = logging.getLogger("baton.rollouts")
+
+# A registered source's key for "all the runs" when the figures are not grouped.
+ALL = "all"
 
 
 @dataclass
@@ -56,45 +73,350 @@ class Measures:
     def runs_finished(self) -> int:
         return self.runs_succeeded + self.runs_failed + self.runs_cancelled
 
+    @property
+    def approvals_decided(self) -> int:
+        return self.approvals_approved + self.approvals_rejected
+
     def value(self, metric: str) -> float | None:
         """The figure a success criterion compares (None: nothing to compute it from)."""
-        raise NotImplementedError
+        started = self.runs_started
+        if metric == Metric.SUCCESS_RATE:
+            return self.runs_succeeded / self.runs_finished if self.runs_finished else None
+        if metric == Metric.P95_DURATION:
+            return self.duration_p95
+        if metric == Metric.APPROVAL_WAIT:
+            return self.approval_wait_p50
+        if metric == Metric.RUNS:
+            return float(self.runs_finished)
+        per_run = {
+            Metric.INTERVENTION_RATE: self.approvals_rejected + self.manual_tasks + self.exceptions,
+            Metric.RETRIES_PER_RUN: self.retries,
+            Metric.LOOPS_PER_RUN: self.loop_iterations,
+            Metric.COST_PER_RUN: self.cost,
+        }
+        if metric not in per_run:
+            raise ValueError(f"metric: '{metric}' is not one of {', '.join(Metric.values)}")
+        return per_run[Metric(metric)] / started if started else None
+
+    def runs_behind(self, metric: str) -> int:
+        """How many runs `value(metric)` was computed from: finished runs for the figures of
+        finished runs, every run started for the per-run rates."""
+        if metric in (Metric.SUCCESS_RATE, Metric.P95_DURATION, Metric.RUNS):
+            return self.runs_finished
+        return self.runs_started
 
 
-FiguresSource = Callable[[QuerySet[Run]], dict[str, Any]]
+# Measures fields that add up across groups; the percentiles do not, they are ranked again
+# from their samples (see _Tally).
+COUNTS = tuple(
+    f.name for f in fields(Measures) if f.name != "extra" and not f.name.endswith(("_p50", "_p95"))
+)
+# A sample list named X gives the fields X_p50 and X_p95.
+SAMPLES = ("duration", "approval_wait", "latency")
+
+
+class FiguresSource(Protocol):
+    """Figures another app counts: `source(runs, by=None)` returns, per group key (the value
+    of the Run field path `by`, or ALL when `by` is None), Measures count fields by name and
+    sample lists (a list under a name of SAMPLES, e.g. "approval_wait": seconds)."""
+
+    def __call__(self, runs: QuerySet[Run], *, by: str | None = None) -> Mapping[Any, Mapping[str, Any]]: ...
+
+
+_SOURCES: list[FiguresSource] = []
 
 
 def register_figures(source: FiguresSource) -> None:
-    """Add figures counted by another app: `source(runs)` returns Measures fields by name."""
-    raise NotImplementedError
+    """Add figures counted by another app (called from its AppConfig.ready)."""
+    if source not in _SOURCES:
+        _SOURCES.append(source)
 
 
-def measure(runs: QuerySet[Run]) -> Measures:
-    """The figures of `runs`, from the raw rows, in a fixed number of queries."""
-    raise NotImplementedError
+def percentile(ordered: list[float], pct: int) -> float | None:
+    """Nearest rank of already sorted values: the smallest with pct % at or below it."""
+    if not ordered:
+        return None
+    rank = -(-pct * len(ordered) // 100)  # ceil in integers: 0.95 * 20 must be 19, not 19.000...01
+    return ordered[max(rank, 1) - 1]
+
+
+@dataclass
+class _Tally:
+    """What measuring a group collects before percentiles: counts, and the raw samples."""
+
+    counts: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, other: _Tally) -> None:
+        for name, value in other.counts.items():
+            self.counts[name] += value
+        for name, values in other.samples.items():
+            self.samples[name].extend(values)
+
+    def measures(self) -> Measures:
+        m = Measures()
+        for name in COUNTS:
+            value = self.counts.get(name, 0)
+            setattr(m, name, float(value) if name == "cost" else int(value))
+        m.cost = round(m.cost, 6)
+        for name in SAMPLES:
+            ordered = sorted(self.samples.get(name, ()))
+            setattr(m, f"{name}_p50", percentile(ordered, 50))
+            setattr(m, f"{name}_p95", percentile(ordered, 95))
+        return m
+
+
+def _seconds(value: timedelta | None) -> float:
+    return value.total_seconds() if value is not None else 0.0
+
+
+def _tallies(runs: QuerySet[Run], by: str | None) -> dict[Any, _Tally]:
+    """Counts and samples of `runs`, per value of the Run field path `by` (or ALL)."""
+    tallies: dict[Any, _Tally] = defaultdict(_Tally)
+
+    def key_of(row: Mapping[str, Any], path: str | None) -> Any:
+        return ALL if path is None else row[path]
+
+    def via(prefix: str) -> str | None:
+        return None if by is None else f"{prefix}{by}"
+
+    runs = runs.order_by()
+    # 1. Runs by status, conditional aggregation in one pass.
+    statuses = {
+        "runs_started": Count("id"),
+        "runs_succeeded": Count("id", filter=Q(status=RunStatus.SUCCEEDED)),
+        "runs_failed": Count("id", filter=Q(status=RunStatus.FAILED)),
+        "runs_cancelled": Count("id", filter=Q(status=RunStatus.CANCELLED)),
+    }
+    for row in _rows(runs, by, statuses):
+        tallies[key_of(row, by)].counts.update({k: row[k] or 0 for k in statuses})
+    # 2. Durations of the finished runs, ranked in Python (nearest rank on every database).
+    duration = ExpressionWrapper(F("finished_at") - F("created_at"), output_field=DurationField())
+    finished = runs.filter(status__in=RUN_FINAL, finished_at__isnull=False)
+    if by is None:
+        tallies[ALL].samples["duration"].extend(_seconds(d) for d in finished.values_list(duration, flat=True))
+    else:
+        for group, d in finished.values_list(by, duration):
+            tallies[group].samples["duration"].append(_seconds(d))
+    # 3. The runs' own attempts: retries (attempts beyond the first of each step run), usage.
+    path = via("step_run__run__")
+    attempts = Attempt.objects.filter(step_run__run__in=runs.values("pk"))
+    usage = {
+        "n_attempts": Count("id"),
+        "n_steps": Count("step_run", distinct=True),
+        "tokens": Sum("total_tokens"),
+        "cost": Sum("cost"),
+    }
+    for row in _rows(attempts, path, usage):
+        tally = tallies[key_of(row, path)]
+        tally.counts["retries"] += (row["n_attempts"] or 0) - (row["n_steps"] or 0)
+        tally.counts["tokens"] += row["tokens"] or 0
+        tally.counts["cost"] += row["cost"] or 0.0
+    # 4. Loop iterations: one step.looped event per round sent back.
+    path = via("run__")
+    loops = RunEvent.objects.filter(run__in=runs.values("pk"), kind=EventKind.STEP_LOOPED)
+    for row in _rows(loops, path, {"loop_iterations": Count("id")}):
+        tallies[key_of(row, path)].counts["loop_iterations"] += row["loop_iterations"] or 0
+    # 5. What other apps count.
+    for source in _SOURCES:
+        for group, figures in source(runs, by=by).items():
+            tally = tallies[group]
+            for name, value in figures.items():
+                if isinstance(value, list):
+                    tally.samples[name].extend(value)
+                else:
+                    tally.counts[name] += value
+    return tallies
+
+
+def _rows(qs: QuerySet[Any], key: str | None, aggregates: dict[str, Any]) -> list[dict[str, Any]]:
+    if key is None:
+        return [qs.aggregate(**aggregates)]
+    return list(qs.order_by().values(key).annotate(**aggregates))
+
+
+def _own_attempts(runs: QuerySet[Run], versions: Iterable[int] | None = None) -> dict[Any, _Tally]:
+    """Per agent version: its own attempts in these runs, and their latency (finished ones)."""
+    tallies: dict[Any, _Tally] = defaultdict(_Tally)
+    attempts = Attempt.objects.filter(step_run__run__in=runs.order_by().values("pk"), agent_version__isnull=False)
+    if versions is not None:
+        attempts = attempts.filter(agent_version__in=list(versions))
+    for version, started, finished in attempts.values_list("agent_version_id", "started_at", "finished_at"):
+        tally = tallies[version]
+        tally.counts["attempts"] += 1
+        if finished is not None:
+            tally.samples["latency"].append((finished - started).total_seconds())
+    return tallies
+
+
+def measure(runs: QuerySet[Run], *, agent_version: Any = None) -> Measures:
+    """The figures of `runs`, from the raw rows, in a fixed number of queries (four, plus two
+    for the approvals app's figures, plus one for `agent_version`'s own attempts)."""
+    tally = _tallies(runs, None)[ALL]
+    if agent_version is not None:
+        own = _own_attempts(runs, [agent_version.pk]).get(agent_version.pk)
+        if own is not None:
+            tally.add(own)
+    return tally.measures()
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     """The first instant of `day` in TIME_ZONE and the first instant of the next day."""
-    raise NotImplementedError
+    zone = timezone.get_default_timezone()
+    start = timezone.make_aware(datetime.combine(day, time.min), zone)
+    end = timezone.make_aware(datetime.combine(day + timedelta(days=1), time.min), zone)
+    return start, end
 
 
-def snapshot_day(day: date) -> int:
+def runs_of_day(day: date) -> QuerySet[Run]:
+    since, until = day_bounds(day)
+    return Run.objects.filter(created_at__gte=since, created_at__lt=until)
+
+
+_FIGURE_FIELDS = [*(n for n in COUNTS if n != "attempts"), *(f"{s}_{p}" for s in ("duration", "approval_wait") for p in ("p50", "p95"))]
+
+
+def _figures(m: Measures) -> dict[str, Any]:
+    return {name: getattr(m, name) for name in _FIGURE_FIELDS}
+
+
+def _lock_day(day: date) -> None:
+    """Two passes rewriting the same day's rows (two tickers) take turns: on PostgreSQL a
+    transaction-scoped advisory lock per day; SQLite has one writer at a time anyway."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [0x5A17, day.toordinal()])
+
+
+def snapshot_day(day: date, *, now: datetime | None = None) -> int:
     """(Re)write the DailySnapshot of every workflow version and the AgentVersionSnapshot of
-    every agent version with runs started on `day`; returns how many rows were written."""
-    raise NotImplementedError
+    every agent version with runs started on `day`; returns how many rows were written.
+
+    Rows of that day whose version has no run any more are deleted, so a rebuilt day holds
+    exactly what a recount gives.
+    """
+    now = now or timezone.now()
+    runs = runs_of_day(day)
+    by_version = _tallies(runs, "version_id")
+    by_version.pop(None, None)
+    workflow_of = dict(WorkflowVersion.objects.filter(pk__in=list(by_version)).values_list("pk", "workflow_id"))
+    # The workflow's own row is measured from the same samples, not summed from the versions'
+    # percentiles (which do not add up).
+    by_workflow: dict[int, _Tally] = defaultdict(_Tally)
+    for version_id, tally in by_version.items():
+        by_workflow[workflow_of[version_id]].add(tally)
+    by_agent_version = _tallies(runs, "agent_versions__version_id")
+    by_agent_version.pop(None, None)
+    for version_id, own in _own_attempts(runs).items():
+        by_agent_version[version_id].add(own)
+
+    daily = [
+        DailySnapshot(day=day, workflow_id=workflow_of[v], version_id=v, computed_at=now, **_figures(t.measures()))
+        for v, t in sorted(by_version.items())
+    ] + [
+        DailySnapshot(day=day, workflow_id=w, version=None, computed_at=now, **_figures(t.measures()))
+        for w, t in sorted(by_workflow.items())
+    ]
+    agents = []
+    for v, t in sorted(by_agent_version.items()):
+        m = t.measures()
+        agents.append(
+            AgentVersionSnapshot(
+                day=day,
+                agent_version_id=v,
+                computed_at=now,
+                attempts=m.attempts,
+                latency_p50=m.latency_p50,
+                latency_p95=m.latency_p95,
+                **_figures(m),
+            )
+        )
+    with transaction.atomic():
+        _lock_day(day)
+        # Replace the day's rows whole: the versions with runs may differ from the last pass.
+        DailySnapshot.objects.filter(day=day).delete()
+        AgentVersionSnapshot.objects.filter(day=day).delete()
+        DailySnapshot.objects.bulk_create(daily)
+        AgentVersionSnapshot.objects.bulk_create(agents)
+    return len(daily) + len(agents)
 
 
-def rollup(since: date, until: date | None = None) -> int:
+def days_between(since: date, until: date) -> list[date]:
+    return [since + timedelta(days=n) for n in range((until - since).days + 1)]
+
+
+def rollup(since: date, until: date | None = None, *, now: datetime | None = None) -> int:
     """Rebuild the snapshots of every day from `since` to `until` (default today)."""
-    raise NotImplementedError
+    now = now or timezone.now()
+    until = until or timezone.localdate(now)
+    if until < since:
+        raise ValueError("until: must not be before since")
+    return sum(snapshot_day(day, now=now) for day in days_between(since, until))
+
+
+def changed_days(now: datetime) -> list[date]:
+    """The days whose snapshots are out of date: the start days of the runs started or
+    finished since the last pass wrote a snapshot (today and yesterday when there is none)."""
+    today = timezone.localdate(now)
+    last = DailySnapshot.objects.aggregate(last=Max("computed_at"))["last"]
+    if last is None:
+        return [today - timedelta(days=1), today]
+    # A run that finished while the last pass was counting (its row committed just after the
+    # pass read) is caught by looking back a little before that pass's time.
+    since = last - timedelta(seconds=60)
+    started = (
+        Run.objects.filter(Q(created_at__gte=since) | Q(finished_at__gte=since))
+        .annotate(day=TruncDate("created_at", tzinfo=timezone.get_default_timezone()))
+        .order_by()
+        .values_list("day", flat=True)
+        .distinct()
+    )
+    return sorted(set(started))
+
+
+_last_pass: datetime | None = None
+
+
+def due(now: datetime) -> bool:
+    """At most one pass per BATON_ROLLUP_SECONDS in this process (read late, so tests and
+    deployments can change it)."""
+    global _last_pass
+    interval = float(settings.BATON_ROLLUP_SECONDS)
+    if _last_pass is not None and _last_pass <= now < _last_pass + timedelta(seconds=interval):
+        return False
+    _last_pass = now
+    return True
+
+
+def forget_last_pass() -> None:
+    global _last_pass
+    _last_pass = None
 
 
 def sweep(now: datetime) -> int:
-    """The ticker's pass: keep today's and yesterday's snapshots (and the start days of runs
-    that finished since the last pass) current, and evaluate each rollout's gate and drift
-    once a day."""
-    raise NotImplementedError
+    """Keep the snapshots current: rewrite the days with runs started or finished since the
+    last pass. Returns how many snapshot rows were written. (The daily gate and drift checks
+    run beside it, in orchestration/rollouts/daily.py, which calls this.)"""
+    written = 0
+    for day in changed_days(now):
+        try:
+            written += snapshot_day(day, now=now)
+        except Exception:
+            logger.exception("rollup: the snapshot of %s failed", day)
+    return written
 
 
-__all__ = ["Measures", "Metric", "day_bounds", "measure", "register_figures", "rollup", "snapshot_day", "sweep"]
+__all__ = [
+    "ALL",
+    "FiguresSource",
+    "Measures",
+    "Metric",
+    "day_bounds",
+    "measure",
+    "percentile",
+    "register_figures",
+    "rollup",
+    "runs_of_day",
+    "snapshot_day",
+    "sweep",
+]

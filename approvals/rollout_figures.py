@@ -1,0 +1,85 @@
+"""What the approvals app adds to the rollout metrics and to the history generator.
+
+orchestration never imports this app: ApprovalsConfig.ready registers `figures` with
+orchestration.rollouts.metrics and `people` with orchestration.rollouts.history.
+
+Counted from the inbox items of the runs: approvals (kind approval and gate) requested,
+approved, rejected, expired, and the wait of the decided ones (request to decision); manual
+tasks; exceptions (steps that failed for good and went to the workflow owner).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+
+from approvals.models import Decision, Item, ItemKind, ItemStatus
+from orchestration.models import Run
+from orchestration.rollouts.history import PersonWork, backdated
+from orchestration.rollouts.metrics import ALL
+
+APPROVAL_KINDS = (ItemKind.APPROVAL, ItemKind.GATE)
+DECIDED = (ItemStatus.APPROVED, ItemStatus.REJECTED)
+
+
+def figures(runs: QuerySet[Run], *, by: str | None = None) -> Mapping[Any, Mapping[str, Any]]:
+    """Two queries: the counts (conditional aggregation), then the decided approvals' waits."""
+    items = Item.objects.filter(run__in=runs.order_by().values("pk"))
+    path = None if by is None else f"run__{by}"
+    approval = Q(kind__in=APPROVAL_KINDS)
+    counts = {
+        "approvals_requested": Count("id", filter=approval),
+        "approvals_approved": Count("id", filter=approval & Q(status=ItemStatus.APPROVED)),
+        "approvals_rejected": Count("id", filter=approval & Q(status=ItemStatus.REJECTED)),
+        "approvals_expired": Count("id", filter=approval & Q(status=ItemStatus.EXPIRED)),
+        "manual_tasks": Count("id", filter=Q(kind=ItemKind.MANUAL)),
+        "exceptions": Count("id", filter=Q(kind=ItemKind.EXCEPTION)),
+    }
+    out: dict[Any, dict[str, Any]] = defaultdict(dict)
+    if path is None:
+        out[ALL].update({k: v or 0 for k, v in items.aggregate(**counts).items()})
+        rows: Any = ((ALL, c, d) for c, d in _decided(items).values_list("created_at", "decided_at"))
+    else:
+        for row in items.order_by().values(path).annotate(**counts):
+            out[row[path]].update({k: row[k] or 0 for k in counts})
+        rows = _decided(items).values_list(path, "created_at", "decided_at")
+    for group, created, decided in rows:
+        out[group].setdefault("approval_wait", []).append((decided - created).total_seconds())
+    return out
+
+
+def _decided(items: QuerySet[Item]) -> QuerySet[Item]:
+    return items.filter(kind__in=APPROVAL_KINDS, status__in=DECIDED, decided_at__isnull=False).order_by()
+
+
+# What a generated item's status means as a decision.
+_DECISION = {
+    ItemStatus.APPROVED: Decision.APPROVE,
+    ItemStatus.REJECTED: Decision.REJECT,
+    ItemStatus.EXPIRED: Decision.TIMEOUT,
+    ItemStatus.SUBMITTED: Decision.SUBMIT,
+    ItemStatus.RESOLVED: Decision.RETRY,
+}
+
+
+def people(work: list[PersonWork]) -> int:
+    """The inbox items of generated runs, as rows (history.make_history calls this)."""
+    rows = [
+        Item(
+            kind=w.kind,
+            status=w.status,
+            step_run_id=w.step_run_id,
+            run_id=w.run_id,
+            title=f"{w.kind} of step {w.step_key} (generated history)",
+            decision=_DECISION.get(ItemStatus(w.status), ""),
+            decided_at=w.decided_at,
+            created_at=w.created_at,
+        )
+        for w in work
+    ]
+    with backdated(Item):
+        Item.objects.bulk_create(rows, batch_size=2000)
+    return len(rows)
