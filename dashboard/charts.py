@@ -19,7 +19,7 @@ from orchestration.durations import human_duration
 WIDTH = 560
 HEIGHT = 210
 MARGIN_LEFT = 64
-MARGIN_RIGHT = 16
+MARGIN_RIGHT = 26
 MARGIN_TOP = 14
 MARGIN_BOTTOM = 44
 Y_TICKS = 4
@@ -137,15 +137,27 @@ def _nice_step(span: float, ticks: int) -> float:
     return 10 * power
 
 
+# Steps a clock reads well: seconds, minutes, hours.
+TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 14400, 21600, 43200, 86400)
+
+
+def _time_step(span: float, ticks: int) -> float:
+    raw = span / ticks
+    return float(next((step for step in TIME_STEPS if raw <= step), _nice_step(span, ticks)))
+
+
 def value_scale(metric: str, values: Sequence[float], target: float | None) -> tuple[float, float]:
-    """The value axis's top: rates run 0..100%; the rest from 0 to a round number above the
-    largest figure and the target, so the target line is always on the chart."""
+    """The value axis's top and step: rates run 0..100%; the rest from 0 to a round number
+    above the largest figure and the target, so the target line is always on the chart."""
     if unit_of(metric) == "rate":
         return 1.0, 0.25
     top = max([*values, target or 0.0, 0.0])
     if top <= 0:
         top = 1.0
-    step = _nice_step(top * 1.05, Y_TICKS)
+    if unit_of(metric) == "seconds":
+        step = _time_step(top * 1.05, Y_TICKS)
+    else:
+        step = _nice_step(top * 1.05, Y_TICKS)
     return step * math.ceil(top * 1.05 / step), step
 
 

@@ -84,3 +84,8 @@ def test_figures_read_as_people_read_them() -> None:
     assert charts.format_value("loops_per_run", 1.5) == "1.50 per run"
     assert charts.format_value("runs", 21.0) == "21"
     assert charts.format_value("cost_per_run", None) == "no data"
+
+
+def test_a_duration_axis_steps_in_units_a_clock_reads() -> None:
+    chart = charts.build(metric="p95_duration", title="p95", days=DAYS, figures=figures({0: 700.0}), target=900, comparison="lte")
+    assert [t.label for t in chart.y_ticks] == ["0 s", "5 min", "10 min", "15 min", "20 min"]
