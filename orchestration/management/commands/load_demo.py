@@ -29,8 +29,8 @@ from orchestration.models import Agent, Run, StepRun, Workflow
 from orchestration.rollouts import history, metrics
 from orchestration.rollouts import transitions as rollouts
 from orchestration.rollouts.models import NoteKind, Rollout
-from orchestration.status import RunStatus
 from orchestration.spec import SpecError, find_cycle, load_text
+from orchestration.status import RunStatus
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
 
