@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import random
+import re
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,7 +115,7 @@ def test_the_runs_list_keeps_only_runs_started_in_the_window(ops_client: Client,
     inside = set(Run.objects.filter(created_at__gte=since, created_at__lt=until).values_list("pk", flat=True))
     assert len(inside) == 2
     page = ops_client.get(rollout_reads.runs_url("digest", since, until)).content.decode()
-    shown = {int(pk) for pk in __import__("re").findall(r'<tr data-run="(\d+)">', page)}
+    shown = {int(pk) for pk in re.findall(r'<tr data-run="(\d+)">', page)}
     assert shown == inside
     assert "Started from" in page
 
@@ -175,6 +177,6 @@ def test_a_week_that_is_not_an_iso_week_is_said_and_this_week_shown(ops_client: 
 
 
 def test_the_review_prints_without_navigation_on_a4(ops_client: Client, rollout: Rollout) -> None:
-    css = open("static/css/rollouts.css").read()
+    css = (Path(__file__).resolve().parents[2] / "static" / "css" / "rollouts.css").read_text()
     assert "@page { size: A4; margin: 15mm; }" in css
     assert 'class="crumbs no-print"' in ops_client.get(REVIEW).content.decode()
