@@ -325,7 +325,7 @@ def test_the_page_draws_a_trend_chart_per_enabled_criterion_with_points_and_a_ta
     assert set(charts) == set(rollout.criteria.filter(enabled=True).values_list("metric", flat=True))
     assert page.count('class="trend__target"') == len(charts)
     assert page.count('<circle class="trend__point') >= 8 * len(charts)
-    assert "<title>" in page.split('data-metric="success_rate"')[1]
+    assert "<title>" in page.split('<figure class="trend" data-metric="success_rate"')[1]
 
 
 def test_the_rollout_page_takes_the_same_number_of_queries_with_more_notes_events_and_runs(
