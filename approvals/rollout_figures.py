@@ -14,20 +14,19 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Q
 
 from approvals.models import Decision, Item, ItemKind, ItemStatus
-from orchestration.models import Run
 from orchestration.rollouts.history import PersonWork, backdated
-from orchestration.rollouts.metrics import ALL
+from orchestration.rollouts.metrics import ALL, prefixed, samples
 
 APPROVAL_KINDS = (ItemKind.APPROVAL, ItemKind.GATE)
 DECIDED = (ItemStatus.APPROVED, ItemStatus.REJECTED)
 
 
-def figures(runs: QuerySet[Run], *, by: str | None = None) -> Mapping[Any, Mapping[str, Any]]:
+def figures(runs: Q, *, by: str | None = None) -> Mapping[Any, Mapping[str, Any]]:
     """Two queries: the counts (conditional aggregation), then the decided approvals' waits."""
-    items = Item.objects.filter(run__in=runs.order_by().values("pk"))
+    items = Item.objects.filter(prefixed(runs, "run__")).order_by()
     path = None if by is None else f"run__{by}"
     approval = Q(kind__in=APPROVAL_KINDS)
     counts = {
@@ -40,19 +39,14 @@ def figures(runs: QuerySet[Run], *, by: str | None = None) -> Mapping[Any, Mappi
     }
     out: dict[Any, dict[str, Any]] = defaultdict(dict)
     if path is None:
-        out[ALL].update({k: v or 0 for k, v in items.aggregate(**counts).items()})
-        rows: Any = ((ALL, c, d) for c, d in _decided(items).values_list("created_at", "decided_at"))
+        out[ALL].update(items.aggregate(**counts))
     else:
-        for row in items.order_by().values(path).annotate(**counts):
-            out[row[path]].update({k: row[k] or 0 for k in counts})
-        rows = _decided(items).values_list(path, "created_at", "decided_at")
-    for group, created, decided in rows:
-        out[group].setdefault("approval_wait", []).append((decided - created).total_seconds())
+        for row in items.values(path).annotate(**counts):
+            out[row.pop(path)].update(row)
+    decided = items.filter(kind__in=APPROVAL_KINDS, status__in=DECIDED, decided_at__isnull=False)
+    for group, waits in samples(decided, path, name="approval_wait", end="decided_at", start="created_at").items():
+        out[group].update(waits)
     return out
-
-
-def _decided(items: QuerySet[Item]) -> QuerySet[Item]:
-    return items.filter(kind__in=APPROVAL_KINDS, status__in=DECIDED, decided_at__isnull=False).order_by()
 
 
 # What a generated item's status means as a decision.

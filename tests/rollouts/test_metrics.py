@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,12 +14,13 @@ from orchestration.models import Agent, AgentVersion, Attempt, Run, RunEvent, Wo
 from orchestration.rollouts import history, metrics
 from orchestration.rollouts.history import RunPlan
 from orchestration.rollouts.models import AgentVersionSnapshot, DailySnapshot
+from tests.rollouts import plans as plans_module
+from tests.rollouts.plans import HOUR
 
 pytestmark = pytest.mark.django_db
 
 UTC = ZoneInfo("UTC")
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
-HOUR = 3600.0
 
 # Two days with every kind of outcome, and what each figure of them must be.
 PLANS = {
@@ -81,22 +81,8 @@ EXPECTED = {
 FIGURES = list(EXPECTED[date(2026, 3, 10)])
 
 
-def by_plan(plans: dict[date, list[RunPlan]]) -> Any:
-    def plan(day: date, index: int, rng: random.Random) -> RunPlan:
-        return plans[day][index]
-
-    return plan
-
-
 def generate(workflow: Workflow, plans: dict[date, list[RunPlan]], *, now: datetime = NOW) -> None:
-    first = min(plans)
-    history.make_history(
-        workflow=workflow,
-        days=(timezone.localdate(now) - first).days + 1,
-        runs_per_day=lambda day: len(plans.get(day, [])),
-        now=now,
-        outcomes=by_plan(plans),
-    )
+    plans_module.generate(workflow, plans, now=now)
 
 
 def figures_of(row: Any) -> dict[str, Any]:
