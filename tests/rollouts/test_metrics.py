@@ -269,3 +269,35 @@ def test_the_sweep_rewrites_only_the_days_with_runs_started_or_finished_since_it
     assert metrics.changed_days(NOW) == [date(2026, 3, 10)]
     assert metrics.sweep(NOW) == 2
     assert DailySnapshot.objects.get(day=date(2026, 3, 10), version=None).runs_succeeded == 3
+
+
+def test_the_rollup_command_rebuilds_a_range_and_says_what_it_wrote(workflow: Workflow) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    generate(workflow, PLANS)
+    out = StringIO()
+    call_command("rollup", "--since", "2026-03-09", "--until", "2026-03-11", stdout=out)
+    assert out.getvalue().splitlines() == [
+        "2026-03-10: 2 snapshot rows",
+        "2026-03-11: 2 snapshot rows",
+        "rebuilt 3 days from 2026-03-09 to 2026-03-11: 4 rows",
+    ]
+    assert figures_of(DailySnapshot.objects.get(day=date(2026, 3, 10), version=None)) == pytest.approx(EXPECTED[date(2026, 3, 10)])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "yesterday"], "--since: 'yesterday' is not a date"),
+        (["--since", "2026-03-10", "--until", "2026-02-30"], "--until: '2026-02-30' is not a date"),
+        (["--since", "2026-03-10", "--until", "2026-03-01"], "--until: 2026-03-01 is before --since 2026-03-10"),
+        (["--since", "1990-01-01", "--until", "2026-01-01"], "--since: 13,150 days is more than 3,660"),
+    ],
+)
+def test_the_rollup_command_names_the_option_of_a_bad_date(args: list[str], message: str) -> None:
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match=message):
+        call_command("rollup", *args)
