@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from orchestration import definitions
 from orchestration.demo_users import DEMO_USERS, ensure_demo_users
-from orchestration.models import Agent, Run, StepRun, Workflow
+from orchestration.models import Agent, AgentVersion, Run, StepRun, Workflow
 from orchestration.rollouts import history, metrics
 from orchestration.rollouts import transitions as rollouts
 from orchestration.rollouts.models import NoteKind, Rollout
@@ -159,6 +159,7 @@ def load_file(document: dict[str, Any]) -> str:
 
 HISTORY_WORKFLOW = "approval-article-release"
 HISTORY_DAYS = 30
+HISTORY_AGENT = "release-drafter"
 ROLLOUT_STARTED_DAYS_AGO = 25
 # What failed runs of the demo failed of, on their last step (history writes no error text).
 FAILURE_CAUSES = [
@@ -209,11 +210,14 @@ def load_history() -> str:
         rollout.success_metric = "Announcements go out within a working day of the draft, with legal's approval on record."
         rollout.rollback_conditions = "More than one failed publication in a week, or legal rejects two drafts in a row."
         rollout.save(update_fields=["success_metric", "rollback_conditions", "updated_at"])
+    _give_versions(HISTORY_AGENT, ops)
     report = history.make_history(
         workflow=workflow, days=HISTORY_DAYS, runs_per_day=runs_per_day, now=now, seed=10, outcomes=demo_outcomes(today)
     )
     _give_failures_causes(workflow)
     metrics.rollup(today - timedelta(days=HISTORY_DAYS - 1), today, now=now)
+    # What the daily pass would have found: the gate's verdicts and the last week's drift.
+    rollouts.check_rollout(rollout=rollout, now=now)
     first = rollout.windows.order_by("position").first()
     if first is not None and not first.done:
         rollouts.set_window_done(window=first, done=True, actor=ops)
@@ -232,6 +236,21 @@ def load_history() -> str:
         actor=ops,
     )
     return f"history: {report.runs} runs of {HISTORY_WORKFLOW} over {HISTORY_DAYS} days, rollout owned by ops"
+
+
+def _give_versions(agent_name: str, actor: Any) -> None:
+    """Two versions of the drafter splitting its traffic (a canary), unless it has some: the
+    rollout page compares them."""
+    agent = Agent.objects.filter(name=agent_name).first()
+    if agent is None or agent.versions.exists():
+        return
+    # Created at weight 0 and given traffic through set_version_weights, so the weights'
+    # history says who did (as importing a workflow file does).
+    AgentVersion.objects.create(agent=agent, label="current", note="the prompt the pilot started with")
+    AgentVersion.objects.create(agent=agent, label="concise", note="a shorter prompt, as a canary")
+    definitions.set_version_weights(
+        agent=agent, weights={"current": 80, "concise": 20}, actor=actor, reason="demo: a canary of the shorter prompt"
+    )
 
 
 def _give_failures_causes(workflow: Workflow) -> None:
