@@ -146,6 +146,7 @@ class ListRow:
     can_start: bool = False
     marks: list[Mark] = field(default_factory=list)
     checked_at: datetime | None = None
+    marks_older: bool = False
     next_window: Window | None = None
     next_due: str = ""
     drifts: list[Drift] = field(default_factory=list)
@@ -196,6 +197,10 @@ def rollouts_list(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
                     if isinstance(v, dict)
                 ]
                 row.checked_at = checked.created_at
+                # The daily check records verdicts only when the gate's answer flips: say
+                # when the marks are older than the last check.
+                last = rollout.gate_checked_at
+                row.marks_older = last is not None and checked.created_at < last - timedelta(minutes=1)
             windows = list(rollout.windows.all())
             row.next_window = windows[0] if windows else None
             row.next_due = due_words(row.next_window.due_on, today) if row.next_window else ""

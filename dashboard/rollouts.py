@@ -35,6 +35,7 @@ MAX_TEXT = 2000
 MAX_LINKED_RUNS = 20
 MAX_WEIGHT = 1000
 _RUN_IDS = re.compile(r"^[\s,#0-9]*$")
+_FIELD_REFUSAL = re.compile(r"^[a-z_][a-z0-9_-]*: ")
 
 DECIDE_REFUSED = "Only the rollout's owner, the workflow's owner or an admin may decide this rollout."
 CONTRIBUTE_REFUSED = "Only the workflow's operators and those who decide the rollout may change its plan and notes."
@@ -101,7 +102,9 @@ def _act(request: HtmxHttpRequest, key: str, *, decide: bool, change: Callable[[
     except GateFailed as exc:
         error, status = str(exc), 409
     except RolloutError as exc:
-        error, status = str(exc), 422
+        # "reason: required" is about what was typed (422); anything else about the state the
+        # rollout is in now, which someone else may have changed (409).
+        error, status = str(exc), 422 if _FIELD_REFUSAL.match(str(exc)) else 409
     rollout.refresh_from_db()
     if wants_partial(request):
         context = rollout_reads.rollout_page(rollout, request.user, notice=notice, error=error)
@@ -119,7 +122,9 @@ def promote(request: HtmxHttpRequest, key: str) -> HttpResponse:
     def change(rollout: Rollout) -> str:
         reason = _text(request, "override_reason", required="override" in request.POST)
         before = rollout.get_stage_display()
-        rollout = transitions.promote(rollout=rollout, actor=request.user, override_reason=reason)
+        # The stage the person saw: if someone promoted meanwhile, this one changes nothing.
+        seen = request.POST.get("from_stage", "")[:20]
+        rollout = transitions.promote(rollout=rollout, actor=request.user, override_reason=reason, from_stage=seen)
         how = " by override" if reason else ""
         return f"Promoted{how} from {before} to {rollout.get_stage_display()}."
 

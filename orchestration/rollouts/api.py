@@ -145,6 +145,8 @@ class SnapshotOut(Schema):
 
 class PromoteIn(Schema):
     override_reason: str = ""
+    # The stage the caller last saw: if the rollout has moved on since, nothing changes (409).
+    from_stage: StageName | Literal[""] = ""
 
 
 class ReasonIn(Schema):
@@ -323,7 +325,12 @@ def promote(request: HttpRequest, key: str, payload: PromoteIn) -> Any:
     fails it is 409 with the failing verdicts, unless `override_reason` says why to go on
     anyway (recorded with the verdicts)."""
     rollout = _decided(request, key)
-    rollout = transitions.promote(rollout=rollout, actor=request.auth, override_reason=payload.override_reason)  # type: ignore[attr-defined]
+    rollout = transitions.promote(
+        rollout=rollout,
+        actor=request.auth,  # type: ignore[attr-defined]
+        override_reason=payload.override_reason,
+        from_stage=payload.from_stage,
+    )
     return Status(200, rollout_payload(rollout))
 
 

@@ -346,3 +346,14 @@ def test_the_rollout_page_takes_the_same_number_of_queries_with_more_notes_event
     with CaptureQueriesContext(connection) as after:
         assert client.get(PAGE).status_code == 200
     assert len(after) == len(before), "\n".join(q["sql"][:150] for q in after.captured_queries)
+
+
+def test_a_second_promotion_from_a_page_showing_the_old_stage_changes_nothing(
+    client: Client, ops: Any, rollout: Rollout
+) -> None:
+    as_user(client, ops)
+    form = {"override": "1", "override_reason": "go on", "from_stage": "pilot"}
+    assert htmx(client, url("promote"), form).status_code == 200
+    again = htmx(client, url("promote"), form)
+    assert again.status_code == 409 and "nothing was changed" in again.content.decode()
+    assert Rollout.objects.get().stage == Stage.STANDARDIZE

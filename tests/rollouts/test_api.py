@@ -138,3 +138,10 @@ def test_the_openapi_document_lists_the_rollout_endpoints_with_their_stages(clie
     assert "/api/rollouts/{key}/promote" in schema["paths"]
     stages = schema["components"]["schemas"]["RolloutSummaryOut"]["properties"]["stage"]
     assert "scaled" in str(stages)
+
+
+def test_a_promotion_from_a_stage_the_rollout_has_left_is_409(client: Client, ops: Any, rollout: Rollout) -> None:
+    body = {"override_reason": "go", "from_stage": "pilot"}
+    assert post(client, "/api/rollouts/review/promote", body, bearer(ops)).status_code == 200
+    again = post(client, "/api/rollouts/review/promote", body, bearer(ops))
+    assert again.status_code == 409 and "nothing was changed" in again.json()["detail"]
