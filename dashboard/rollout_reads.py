@@ -123,6 +123,27 @@ def may_start(user: Any, workflow: Workflow) -> bool:
     return bool(user.is_active and (user.is_superuser or (workflow.owner_id is not None and workflow.owner_id == user.pk)))
 
 
+# How a criterion's target is written, by its metric's unit.
+CRITERION_HINTS = {"rate": "a share: 0.95 is 95%", "seconds": "seconds: 900 is 15 min", "money": "per run, in the cost's currency"}
+
+
+def criterion_change_words(event: RolloutEvent) -> str:
+    """A criterion_changed event in words: "Success rate: target 0.95 → 0.9, on → off"."""
+    data = event.data or {}
+    metric = str(data.get("metric", ""))
+    label = Metric(metric).label if metric in Metric.values else metric
+    before, after = data.get("before") or {}, data.get("after") or {}
+    words = {True: "on", False: "off"}
+    parts = []
+    for name, value in after.items():
+        old = before.get(name)
+        if name == "enabled":
+            parts.append(f"{words.get(old, old)} → {words.get(value, value)}")
+        else:
+            parts.append(f"{name.replace('_', ' ')} {old:g} → {value:g}" if isinstance(value, (int, float)) and isinstance(old, (int, float)) else f"{name} {old} → {value}")
+    return f"{label}: {', '.join(parts)}" if parts else label
+
+
 def missing_words(metric: str) -> str:
     """What a verdict without a figure means, in words."""
     return "no approvals decided" if metric == Metric.APPROVAL_WAIT else "no runs in window"
@@ -321,6 +342,7 @@ def rollout_page(rollout: Rollout, user: Any, *, now: datetime | None = None, no
         "verdicts": verdicts,
         "failing": [row for row in verdicts if not row.verdict.passed],
         "disabled": disabled,
+        "criteria": [(c, charts.UNITS[charts.unit_of(c.metric)], CRITERION_HINTS.get(charts.unit_of(c.metric), "")) for c in criteria],
         "next_stage": NEXT_STAGE.get(rollout.stage),  # type: ignore[call-overload]
         "drifts": list(rollout.drifts.filter(cleared_at__isnull=True)),
         "charts": trend_charts(rollout, [c for c in criteria if c.enabled], today),
@@ -437,7 +459,9 @@ def weekly_review(rollout: Rollout, user: Any, monday: date, *, now: datetime | 
             AgentVersionEvent.objects.filter(agent__name__in=agent_names).filter(in_week).select_related("agent", "actor").order_by("created_at")
         ),
         "stage_changes": [e for e in events if e.kind in STAGE_CHANGES],
-        "criteria_changes": [e for e in events if e.kind == RolloutEventKind.CRITERION_CHANGED],
+        "criteria_changes": [
+            (e, criterion_change_words(e)) for e in events if e.kind == RolloutEventKind.CRITERION_CHANGED
+        ],
         "gate": gate,
         "verdicts": [
             VerdictRow(

@@ -28,7 +28,7 @@ from dashboard.web import HtmxHttpRequest, partial_or_page, wants_partial
 from orchestration import access
 from orchestration.models import Agent, Run
 from orchestration.rollouts import transitions
-from orchestration.rollouts.models import ChecklistItem, Note, NoteKind, Rollout, Window
+from orchestration.rollouts.models import ChecklistItem, Criterion, Note, NoteKind, Rollout, Window
 from orchestration.rollouts.transitions import GateFailed, NotAllowed, RolloutError
 
 MAX_TEXT = 2000
@@ -167,6 +167,30 @@ def restart(request: HtmxHttpRequest, key: str) -> HttpResponse:
     def change(rollout: Rollout) -> str:
         transitions.restart_pilot(rollout=rollout, actor=request.user, reason=_text(request, "reason"))
         return "Pilot restarted."
+
+    return _act(request, key, decide=True, change=change)
+
+
+@require_POST
+@login_required
+def criterion(request: HtmxHttpRequest, key: str, criterion_id: int) -> HttpResponse:
+    """Edit one success criterion: its target, its window in days, on or off."""
+
+    def change(rollout: Rollout) -> str:
+        row = get_object_or_404(Criterion, pk=criterion_id, rollout=rollout)
+        raw_target = request.POST.get("target", "").strip()[:40]
+        raw_days = request.POST.get("window_days", "").strip()[:10]
+        try:
+            target = float(raw_target)
+        except ValueError:
+            raise RolloutError("target: a number, like 0.95 for 95% or 900 for 15 minutes") from None
+        if not raw_days.isdigit():
+            raise RolloutError("window_days: a whole number of days, from 1 to 90")
+        enabled = request.POST.get("enabled", "") in ("1", "on", "true")
+        row = transitions.change_criterion(
+            criterion=row, actor=request.user, target=target, window_days=int(raw_days), enabled=enabled
+        )
+        return f"{row.get_metric_display()}: {row.get_comparison_display()} {row.target:g} over {row.window_days} days, {'on' if row.enabled else 'off'}."
 
     return _act(request, key, decide=True, change=change)
 

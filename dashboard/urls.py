@@ -21,6 +21,7 @@ urlpatterns = [
     path("rollouts/<slug:key>/resume/", rollouts.resume, name="rollout_resume"),
     path("rollouts/<slug:key>/roll-back/", rollouts.roll_back, name="rollout_roll_back"),
     path("rollouts/<slug:key>/restart/", rollouts.restart, name="rollout_restart"),
+    path("rollouts/<slug:key>/criteria/<int:criterion_id>/", rollouts.criterion, name="rollout_criterion"),
     path("rollouts/<slug:key>/windows/<int:window_id>/", rollouts.window_done, name="rollout_window"),
     path("rollouts/<slug:key>/checklist/<int:item_id>/", rollouts.checklist_done, name="rollout_checklist"),
     path("rollouts/<slug:key>/notes/", rollouts.add_note, name="rollout_note"),

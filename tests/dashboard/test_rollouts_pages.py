@@ -357,3 +357,20 @@ def test_a_second_promotion_from_a_page_showing_the_old_stage_changes_nothing(
     again = htmx(client, url("promote"), form)
     assert again.status_code == 409 and "nothing was changed" in again.content.decode()
     assert Rollout.objects.get().stage == Stage.STANDARDIZE
+
+
+def test_the_owner_edits_a_criterion_and_the_weekly_review_says_what_changed(
+    client: Client, ops: Any, operator: Any, rollout: Rollout
+) -> None:
+    criterion = rollout.criteria.get(metric="success_rate")
+    as_user(client, ops)
+    assert "Edit the criteria" in client.get(PAGE).content.decode()
+    response = htmx(client, url("criterion", criterion.pk), {"target": "0.9", "window_days": "14"})
+    assert response.status_code == 200
+    criterion.refresh_from_db()
+    assert (criterion.target, criterion.window_days, criterion.enabled) == (0.9, 14, False)
+    review = client.get(url("review")).content.decode()
+    assert "Success rate: target 0.95 → 0.9, window days 7 → 14, on → off" in review
+    assert htmx(client, url("criterion", criterion.pk), {"target": "lots", "window_days": "7"}).status_code == 422
+    assert htmx(client, url("criterion", criterion.pk), {"target": "1", "window_days": "400", "enabled": "1"}).status_code == 422
+    assert as_user(client, operator).post(url("criterion", criterion.pk), {"target": "0.5", "window_days": "7"}).status_code == 403
