@@ -133,14 +133,15 @@ def criterion_change_words(event: RolloutEvent) -> str:
     metric = str(data.get("metric", ""))
     label = Metric(metric).label if metric in Metric.values else metric
     before, after = data.get("before") or {}, data.get("after") or {}
-    words = {True: "on", False: "off"}
     parts = []
     for name, value in after.items():
         old = before.get(name)
         if name == "enabled":
-            parts.append(f"{words.get(old, old)} → {words.get(value, value)}")
+            parts.append(f"{'on' if old else 'off'} → {'on' if value else 'off'}")
+        elif isinstance(value, (int, float)) and isinstance(old, (int, float)):
+            parts.append(f"{name.replace('_', ' ')} {old:g} → {value:g}")
         else:
-            parts.append(f"{name.replace('_', ' ')} {old:g} → {value:g}" if isinstance(value, (int, float)) and isinstance(old, (int, float)) else f"{name} {old} → {value}")
+            parts.append(f"{name.replace('_', ' ')} {old} → {value}")
     return f"{label}: {', '.join(parts)}" if parts else label
 
 
