@@ -36,6 +36,8 @@ MAX_LINKED_RUNS = 20
 MAX_WEIGHT = 1000
 _RUN_IDS = re.compile(r"^[\s,#0-9]*$")
 _FIELD_REFUSAL = re.compile(r"^[a-z_][a-z0-9_-]*: ")
+# ASCII digits only ("²".isdigit() is true, and int() refuses it), and few of them.
+_WHOLE = re.compile(r"[0-9]{1,6}")
 
 DECIDE_REFUSED = "Only the rollout's owner, the workflow's owner or an admin may decide this rollout."
 CONTRIBUTE_REFUSED = "Only the workflow's operators and those who decide the rollout may change its plan and notes."
@@ -184,7 +186,7 @@ def criterion(request: HtmxHttpRequest, key: str, criterion_id: int) -> HttpResp
             target = float(raw_target)
         except ValueError:
             raise RolloutError("target: a number, like 0.95 for 95% or 900 for 15 minutes") from None
-        if not raw_days.isdigit():
+        if not _WHOLE.fullmatch(raw_days):
             raise RolloutError("window_days: a whole number of days, from 1 to 90")
         enabled = request.POST.get("enabled", "") in ("1", "on", "true")
         row = transitions.change_criterion(
@@ -283,7 +285,7 @@ def weights(request: HtmxHttpRequest, key: str, agent: str) -> HttpResponse:
             new = {}
             for label in labels:
                 raw = request.POST.get(f"weight-{label}", "").strip()
-                if not raw.isdigit() or int(raw) > MAX_WEIGHT:
+                if not _WHOLE.fullmatch(raw) or int(raw) > MAX_WEIGHT:
                     raise RolloutError(f"weight-{label}: a whole number from 0 to {MAX_WEIGHT}")
                 new[label] = int(raw)
         reason = _text(request, "reason", required=False) or (f"roll back to {only}" if only else "")

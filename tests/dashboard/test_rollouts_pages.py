@@ -374,3 +374,13 @@ def test_the_owner_edits_a_criterion_and_the_weekly_review_says_what_changed(
     assert htmx(client, url("criterion", criterion.pk), {"target": "lots", "window_days": "7"}).status_code == 422
     assert htmx(client, url("criterion", criterion.pk), {"target": "1", "window_days": "400", "enabled": "1"}).status_code == 422
     assert as_user(client, operator).post(url("criterion", criterion.pk), {"target": "0.5", "window_days": "7"}).status_code == 403
+
+
+@pytest.mark.parametrize("value", ["²", "1" * 5000, "-1", "1e3", ""])
+def test_no_typed_number_gives_a_500(client: Client, ops: Any, rollout: Rollout, value: str) -> None:
+    agent = Agent.objects.get(name="echo")
+    AgentVersion.objects.create(agent=agent, label="v1", weight=1)
+    criterion = rollout.criteria.get(metric="runs")
+    as_user(client, ops)
+    assert htmx(client, url("weights", "echo"), {"weight-v1": value}).status_code == 422
+    assert htmx(client, url("criterion", criterion.pk), {"target": value, "window_days": value}).status_code == 422
