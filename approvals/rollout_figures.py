@@ -18,14 +18,14 @@ from django.db.models import Count, Q
 
 from approvals.models import Decision, Item, ItemKind, ItemStatus
 from orchestration.rollouts.history import PersonWork, backdated
-from orchestration.rollouts.metrics import ALL, prefixed, samples
+from orchestration.rollouts.metrics import ALL, percentile_aggregates, prefixed, samples
 
 APPROVAL_KINDS = (ItemKind.APPROVAL, ItemKind.GATE)
 DECIDED = (ItemStatus.APPROVED, ItemStatus.REJECTED)
 
 
 def figures(runs: Q, *, by: str | None = None) -> Mapping[Any, Mapping[str, Any]]:
-    """Two queries: the counts (conditional aggregation), then the decided approvals' waits."""
+    """The counts by conditional aggregation, and the decided approvals' waits."""
     items = Item.objects.filter(prefixed(runs, "run__")).order_by()
     path = None if by is None else f"run__{by}"
     approval = Q(kind__in=APPROVAL_KINDS)
@@ -37,15 +37,19 @@ def figures(runs: Q, *, by: str | None = None) -> Mapping[Any, Mapping[str, Any]
         "manual_tasks": Count("id", filter=Q(kind=ItemKind.MANUAL)),
         "exceptions": Count("id", filter=Q(kind=ItemKind.EXCEPTION)),
     }
+    decided = Q(kind__in=APPROVAL_KINDS, status__in=DECIDED, decided_at__isnull=False)
+    # PostgreSQL ranks the waits in the same query; elsewhere they are fetched by a second one.
+    ranked = percentile_aggregates("approval_wait", end="decided_at", start="created_at", only=decided)
     out: dict[Any, dict[str, Any]] = defaultdict(dict)
     if path is None:
-        out[ALL].update(items.aggregate(**counts))
+        out[ALL].update(items.aggregate(**counts, **(ranked or {})))
     else:
-        for row in items.values(path).annotate(**counts):
+        for row in items.values(path).annotate(**counts, **(ranked or {})):
             out[row.pop(path)].update(row)
-    decided = items.filter(kind__in=APPROVAL_KINDS, status__in=DECIDED, decided_at__isnull=False)
-    for group, waits in samples(decided, path, name="approval_wait", end="decided_at", start="created_at").items():
-        out[group].update(waits)
+    if ranked is None:
+        found = samples(items.filter(decided), path, name="approval_wait", end="decided_at", start="created_at")
+        for group, waits in found.items():
+            out[group].update(waits)
     return out
 
 

@@ -42,7 +42,7 @@ from django.db.models import (
 from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 
-from orchestration.models import Attempt, Run, RunEvent, WorkflowVersion
+from orchestration.models import AgentVersionChoice, Attempt, Run, RunEvent, StepRun, WorkflowVersion
 from orchestration.rollouts.models import AgentVersionSnapshot, DailySnapshot, Metric
 from orchestration.status import RUN_FINAL, EventKind, RunStatus
 
@@ -184,24 +184,27 @@ def _seconds_expression(end: str, start: str) -> Any:
     return difference  # a timedelta, turned into seconds here (exactly: microseconds / 10**6)
 
 
-def samples(qs: QuerySet[Any], key: str | None, *, name: str, end: str, start: str) -> dict[Any, dict[str, Any]]:
-    """Nearest-rank p50 and p95 of (end - start) in seconds over `qs`, per value of `key`.
+def percentile_aggregates(name: str, *, end: str, start: str, only: Q | None = None) -> dict[str, Any] | None:
+    """On PostgreSQL: aggregates giving the nearest-rank p50 and p95 of (end - start) in
+    seconds (PERCENTILE_DISC ranks them in the database, so nothing but two numbers per group
+    crosses the wire and they ride in the same query as the counts). None elsewhere: there
+    `samples` fetches the values and they are ranked in Python. The answers are the same."""
+    if connection.vendor != "postgresql":
+        return None
+    seconds = _seconds_expression(end, start)
+    return {
+        f"{name}_p50": _PercentileDisc(seconds, fraction=0.5, filter=only),
+        f"{name}_p95": _PercentileDisc(seconds, fraction=0.95, filter=only),
+    }
 
-    On PostgreSQL the database ranks them (PERCENTILE_DISC, nothing but two numbers per group
-    crosses the wire: a day of 100,000 runs stays well inside the bench's 2 s); elsewhere the
-    values are fetched and ranked in Python. The answers are the same.
-    """
+
+def samples(qs: QuerySet[Any], key: str | None, *, name: str, end: str, start: str) -> dict[Any, dict[str, Any]]:
+    """Nearest-rank p50 and p95 of (end - start) in seconds over `qs`, per value of `key`:
+    ranked by PostgreSQL, or the values fetched for Python to rank (see percentile_aggregates)."""
     qs = qs.order_by()
-    if connection.vendor == "postgresql":
-        seconds = _seconds_expression(end, start)
-        aggregates = {
-            f"{name}_p50": _PercentileDisc(seconds, fraction=0.5),
-            f"{name}_p95": _PercentileDisc(seconds, fraction=0.95),
-        }
-        rows = [{**qs.aggregate(**aggregates), "key": ALL}] if key is None else qs.values(key).annotate(**aggregates)
-        return {
-            (ALL if key is None else row[key]): {n: row[n] for n in aggregates if row[n] is not None} for row in rows
-        }
+    aggregates = percentile_aggregates(name, end=end, start=start)
+    if aggregates is not None:
+        return _rows(qs, key, aggregates)
     out: dict[Any, dict[str, Any]] = defaultdict(lambda: {name: []})
     values = qs.values_list(*([key] if key else []), _seconds_expression(end, start))
     for row in values:
@@ -266,33 +269,34 @@ def _tallies(runs: Q, by: str | None) -> dict[Any, _Tally]:
         for group, figures in found.items():
             tallies[group].take(figures)
 
-    # 1. Runs by status, conditional aggregation in one pass; durations of the finished ones.
+    # 1. Runs by status, conditional aggregation in one pass; durations of the finished ones
+    #    (ranked in the same query on PostgreSQL).
     of_runs = Run.objects.filter(runs)
-    take(
-        _rows(
-            of_runs,
-            by,
-            {
-                "runs_started": Count("id"),
-                "runs_succeeded": Count("id", filter=Q(status=RunStatus.SUCCEEDED)),
-                "runs_failed": Count("id", filter=Q(status=RunStatus.FAILED)),
-                "runs_cancelled": Count("id", filter=Q(status=RunStatus.CANCELLED)),
-            },
-        )
-    )
-    finished = of_runs.filter(status__in=RUN_FINAL, finished_at__isnull=False)
-    take(samples(finished, by, name="duration", end="finished_at", start="created_at"))
+    finished = Q(status__in=RUN_FINAL, finished_at__isnull=False)
+    statuses = {
+        "runs_started": Count("id"),
+        "runs_succeeded": Count("id", filter=Q(status=RunStatus.SUCCEEDED)),
+        "runs_failed": Count("id", filter=Q(status=RunStatus.FAILED)),
+        "runs_cancelled": Count("id", filter=Q(status=RunStatus.CANCELLED)),
+    }
+    ranked = percentile_aggregates("duration", end="finished_at", start="created_at", only=finished)
+    take(_rows(of_runs, by, {**statuses, **(ranked or {})}))
+    if ranked is None:
+        take(samples(of_runs.filter(finished), by, name="duration", end="finished_at", start="created_at"))
     # 2. The runs' own attempts: retries (attempts beyond the first of each step run), usage.
+    #    Attempts are numbered from 1 on every step run (transitions number them by the step's
+    #    attempts counter, which never goes back), so "step runs with an attempt" are the
+    #    attempts numbered 1: no COUNT(DISTINCT), which would sort every attempt of the day.
     attempts = Attempt.objects.filter(prefixed(runs, "step_run__run__"))
     usage = {
         "attempt_rows": Count("id"),
-        "step_runs": Count("step_run", distinct=True),
+        "first_attempts": Count("id", filter=Q(number=1)),
         "tokens": Sum("total_tokens"),
         "cost": Sum("cost"),
     }
     for group, row in _rows(attempts, via("step_run__run__"), usage).items():
         tallies[group].take(
-            {"retries": (row["attempt_rows"] or 0) - (row["step_runs"] or 0), "tokens": row["tokens"], "cost": row["cost"]}
+            {"retries": (row["attempt_rows"] or 0) - (row["first_attempts"] or 0), "tokens": row["tokens"], "cost": row["cost"]}
         )
     # 3. Loop iterations: one step.looped event per round sent back.
     loops = RunEvent.objects.filter(prefixed(runs, "run__"), kind=EventKind.STEP_LOOPED)
@@ -309,11 +313,14 @@ def _own_attempts(runs: Q, versions: Iterable[int] | None = None) -> dict[Any, _
     attempts = Attempt.objects.filter(prefixed(runs, "step_run__run__"), agent_version__isnull=False)
     if versions is not None:
         attempts = attempts.filter(agent_version__in=list(versions))
-    for group, row in _rows(attempts, "agent_version_id", {"attempts": Count("id")}).items():
+    done = Q(finished_at__isnull=False)
+    ranked = percentile_aggregates("latency", end="finished_at", start="started_at", only=done)
+    for group, row in _rows(attempts, "agent_version_id", {"attempts": Count("id"), **(ranked or {})}).items():
         tallies[group].take(row)
-    finished = attempts.filter(finished_at__isnull=False)
-    for group, figures in samples(finished, "agent_version_id", name="latency", end="finished_at", start="started_at").items():
-        tallies[group].take(figures)
+    if ranked is None:
+        found = samples(attempts.filter(done), "agent_version_id", name="latency", end="finished_at", start="started_at")
+        for group, figures in found.items():
+            tallies[group].take(figures)
     return tallies
 
 
@@ -354,6 +361,101 @@ def _figures(m: Measures) -> dict[str, Any]:
     return {name: getattr(m, name) for name in _FIGURE_FIELDS}
 
 
+# A day's figures of every workflow version and agent version on PostgreSQL, in one statement:
+# the day's attempts are joined to their runs once (the costly part: a day of 100,000 runs has
+# about 250,000 attempts), kept, and rolled up per run, then per workflow version and per agent
+# version (through the runs' choices), beside each agent version's own attempts. The ORM path
+# (_tallies) needs that join once per grouping. Both give the same figures; the tests recount
+# them from the raw rows on both databases.
+_DAY_SQL = """
+WITH day_runs AS MATERIALIZED (
+    SELECT id, version_id, status,
+           CASE WHEN status = ANY(%(final)s) AND finished_at IS NOT NULL
+                THEN EXTRACT(EPOCH FROM finished_at - created_at)::float8 END AS duration
+    FROM {run} WHERE created_at >= %(since)s AND created_at < %(until)s
+),
+day_attempts AS MATERIALIZED (
+    SELECT s.run_id, a.number, a.total_tokens, a.cost, a.agent_version_id,
+           CASE WHEN a.finished_at IS NOT NULL
+                THEN EXTRACT(EPOCH FROM a.finished_at - a.started_at)::float8 END AS latency
+    FROM {attempt} a JOIN {steprun} s ON s.id = a.step_run_id JOIN day_runs r ON r.id = s.run_id
+),
+per_run AS MATERIALIZED (
+    SELECT r.id, r.version_id, r.status, r.duration,
+           COALESCE(a.retries, 0) AS retries, COALESCE(a.tokens, 0) AS tokens,
+           COALESCE(a.cost, 0) AS cost, COALESCE(l.loops, 0) AS loops
+    FROM day_runs r
+    LEFT JOIN (
+        -- Attempts are numbered from 1 on every step run: the others are its retries.
+        SELECT run_id, count(*) FILTER (WHERE number > 1) AS retries,
+               sum(total_tokens) AS tokens, sum(cost) AS cost
+        FROM day_attempts GROUP BY run_id
+    ) a ON a.run_id = r.id
+    LEFT JOIN (
+        SELECT e.run_id, count(*) AS loops FROM {runevent} e JOIN day_runs r ON r.id = e.run_id
+        WHERE e.kind = %(looped)s GROUP BY e.run_id
+    ) l ON l.run_id = r.id
+)
+SELECT 'version' AS grouping, version_id AS key, {figures}, NULL::bigint, NULL::float8, NULL::float8 FROM per_run GROUP BY version_id
+UNION ALL
+SELECT 'agent_version', c.version_id, {figures}, NULL::bigint, NULL::float8, NULL::float8
+FROM per_run JOIN {choice} c ON c.run_id = per_run.id GROUP BY c.version_id
+UNION ALL
+SELECT 'own', agent_version_id, {nothing}, count(*),
+       PERCENTILE_DISC(0.5) WITHIN GROUP (ORDER BY latency), PERCENTILE_DISC(0.95) WITHIN GROUP (ORDER BY latency)
+FROM day_attempts WHERE agent_version_id IS NOT NULL GROUP BY agent_version_id
+"""
+_DAY_FIGURES = [
+    ("runs_started", "count(*)"),
+    ("runs_succeeded", "count(*) FILTER (WHERE status = %(succeeded)s)"),
+    ("runs_failed", "count(*) FILTER (WHERE status = %(failed)s)"),
+    ("runs_cancelled", "count(*) FILTER (WHERE status = %(cancelled)s)"),
+    # PERCENTILE_DISC skips NULLs (unfinished runs) and is nearest rank.
+    ("duration_p50", "PERCENTILE_DISC(0.5) WITHIN GROUP (ORDER BY duration)"),
+    ("duration_p95", "PERCENTILE_DISC(0.95) WITHIN GROUP (ORDER BY duration)"),
+    # sum() of integers is numeric in PostgreSQL (a Decimal here): back to integers.
+    ("retries", "sum(retries)::bigint"),
+    ("loop_iterations", "sum(loops)::bigint"),
+    ("tokens", "sum(tokens)::bigint"),
+    ("cost", "sum(cost)"),
+]
+
+
+def _day_tallies_postgresql(since: datetime, until: datetime) -> tuple[dict[Any, _Tally], dict[Any, _Tally]]:
+    """The orchestration figures of the day's runs per workflow version and per agent version
+    (approvals and other registered figures are not in them)."""
+    tables = {
+        name: model._meta.db_table
+        for name, model in (("run", Run), ("attempt", Attempt), ("steprun", StepRun), ("runevent", RunEvent), ("choice", AgentVersionChoice))
+    }
+    sql = _DAY_SQL.format(
+        figures=", ".join(expression for _, expression in _DAY_FIGURES),
+        nothing=", ".join("NULL" for _ in _DAY_FIGURES),
+        **tables,
+    )
+    params: dict[str, Any] = {
+        "since": since,
+        "until": until,
+        "final": list(RUN_FINAL),
+        "looped": EventKind.STEP_LOOPED,
+        "succeeded": RunStatus.SUCCEEDED,
+        "failed": RunStatus.FAILED,
+        "cancelled": RunStatus.CANCELLED,
+    }
+    by_version: dict[Any, _Tally] = defaultdict(_Tally)
+    by_agent_version: dict[Any, _Tally] = defaultdict(_Tally)
+    names = [name for name, _ in _DAY_FIGURES]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for grouping, key, *values in cursor.fetchall():
+            figures, own = dict(zip(names, values[: len(names)], strict=True)), values[len(names) :]
+            if grouping == "own":
+                by_agent_version[key].take({"attempts": own[0], "latency_p50": own[1], "latency_p95": own[2]})
+            else:
+                (by_version if grouping == "version" else by_agent_version)[key].take(figures)
+    return by_version, by_agent_version
+
+
 def _lock_day(day: date) -> None:
     """Two passes rewriting the same day's rows (two tickers) take turns: on PostgreSQL a
     transaction-scoped advisory lock per day; SQLite has one writer at a time anyway."""
@@ -372,17 +474,29 @@ def snapshot_day(day: date, *, now: datetime | None = None) -> int:
     now = now or timezone.now()
     since, until = day_bounds(day)
     runs = Q(created_at__gte=since, created_at__lt=until)
-    by_version = _tallies(runs, "version_id")
+    if connection.vendor == "postgresql":
+        by_version, by_agent_version = _day_tallies_postgresql(since, until)
+        for source in _SOURCES:
+            for path, tallies in (("version_id", by_version), ("agent_versions__version_id", by_agent_version)):
+                for group, figures in source(runs, by=path).items():
+                    tallies[group].take(figures)
+    else:
+        by_version = _tallies(runs, "version_id")
+        by_agent_version = _tallies(runs, "agent_versions__version_id")
+        for version_id, own in _own_attempts(runs).items():
+            by_agent_version[version_id].take({**own.counts, **own.ranked, **own.samples})
     by_version.pop(None, None)
-    workflow_of = dict(WorkflowVersion.objects.filter(pk__in=list(by_version)).values_list("pk", "workflow_id"))
-    # The workflow's own row is measured, not summed: percentiles of versions do not add up.
-    by_workflow = _tallies(runs, "workflow_id")
-    by_agent_version = _tallies(runs, "agent_versions__version_id")
     by_agent_version.pop(None, None)
-    for version_id, own in _own_attempts(runs).items():
-        tally = by_agent_version[version_id]
-        for figures in (own.counts, own.ranked, dict(own.samples)):
-            tally.take(figures)
+    workflow_of = dict(WorkflowVersion.objects.filter(pk__in=list(by_version)).values_list("pk", "workflow_id"))
+    # The workflow's own row is measured, not summed (percentiles of versions do not add up);
+    # a workflow whose runs that day were all of one version has that version's figures.
+    versions_of: dict[int, list[int]] = defaultdict(list)
+    for version_id, workflow_id in workflow_of.items():
+        versions_of[workflow_id].append(version_id)
+    by_workflow = {w: by_version[vs[0]] for w, vs in versions_of.items() if len(vs) == 1}
+    several = [w for w, vs in versions_of.items() if len(vs) > 1]
+    if several:
+        by_workflow.update(_tallies(runs & Q(workflow_id__in=several), "workflow_id"))
 
     daily = [
         DailySnapshot(day=day, workflow_id=workflow_of[v], version_id=v, computed_at=now, **_figures(t.measures()))

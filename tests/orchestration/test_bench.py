@@ -255,3 +255,35 @@ def test_a_map_start_or_cancel_holding_the_database_over_a_second_is_marked_miss
     assert (start["target"], start["status"]) == ("<= 1.00 s", "MISSED")
     assert (cancel["target"], cancel["status"]) == ("<= 1.00 s", "ok")
     assert rows["  start_run call, items sent to the broker"]["target"] == "-"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_rollup_row_times_a_days_snapshot_of_generated_runs_and_deletes_them() -> None:
+    from django.db import connection
+
+    from orchestration.rollouts.models import AgentVersionSnapshot, DailySnapshot
+
+    env = dict(os.environ)
+    env.update({"DATABASE_URL": database_url(), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "bench", "--only", "rollup", "--rollup-runs", "300", "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    rows = table(result.stdout)
+    assert [(r.benchmark, r.measure, r.unit) for r in rows] == [
+        ("a day's snapshot over 300 runs", "snapshot_day, median of 3 passes", "s")
+    ]
+    # The target is for PostgreSQL; the embedded SQLite set-up has none.
+    assert rows[0].target == ("<= 2.00 s  ok" if connection.vendor == "postgresql" else "-")
+    assert "Live:" not in result.stdout
+    assert re.search(r"Rollup: 300 runs \([\d,]+ steps, [\d,]+ attempts, [\d,]+ events, [\d,]+ inbox items\) generated in", result.stdout)
+    document = json.loads(result.stdout.strip().splitlines()[-1])
+    assert round(document["rows"][0]["value"], rows[0].decimals) == rows[0].value
+    assert not Run.objects.filter(workflow__key="bench-rollup").exists()
+    assert not DailySnapshot.objects.filter(workflow__key="bench-rollup").exists()
+    assert not AgentVersionSnapshot.objects.exists()

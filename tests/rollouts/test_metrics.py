@@ -7,6 +7,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from approvals.models import Item
@@ -140,11 +141,14 @@ def test_each_criterion_metric_is_computed_from_the_figures() -> None:
 def test_measure_takes_a_fixed_number_of_queries_whatever_the_number_of_runs(
     workflow: Workflow, django_assert_num_queries: Any
 ) -> None:
+    # Runs, attempts, loops, approvals; PostgreSQL ranks the percentiles in those queries,
+    # elsewhere the durations and the waits are fetched by one more query each.
+    queries = 4 if connection.vendor == "postgresql" else 6
     history.make_history(workflow=workflow, days=1, runs_per_day=5, now=NOW, seed=3)
-    with django_assert_num_queries(6):
+    with django_assert_num_queries(queries):
         metrics.measure(Run.objects.all())
     history.make_history(workflow=workflow, days=3, runs_per_day=60, now=NOW, seed=4)
-    with django_assert_num_queries(6):
+    with django_assert_num_queries(queries):
         metrics.measure(Run.objects.all())
 
 

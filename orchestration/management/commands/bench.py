@@ -20,6 +20,9 @@ Then the live push (orchestration/management/bench_live.py, alone with `--only l
 step's commit to an open run page's DOM in headless Chromium, and 200 websocket clients that
 refetch their partials while a 1,000-item for_each runs, against a real daphne process.
 
+Last the rollout metrics (orchestration/management/bench_rollup.py, alone with `--only
+rollup`): a day's snapshot over 100,000 generated runs (`--rollup-runs` for another size).
+
 The row "messages re-sent" counts the task messages the ticker had to re-send during the first
 five: a fault-free bench needs none, so any is marked MISSED and the command fails.
 
@@ -54,6 +57,8 @@ from django_q.tasks import async_task
 from orchestration import dispatch, tasks, transitions
 from orchestration.bench_agents import SlowJsonServer
 from orchestration.management.bench_live import NAP_CALLABLE, LiveBench
+from orchestration.management.bench_rollup import RUNS as ROLLUP_RUNS
+from orchestration.management.bench_rollup import RollupBench
 from orchestration.management.benchkit import (
     AGENT,
     DRIVER_ENV,
@@ -124,8 +129,16 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--only",
-            choices=["live"],
-            help="Only these rows: `live`, the live push (commit -> browser, fan-out to 200 sockets).",
+            choices=["live", "rollup"],
+            help="Only these rows: `live`, the live push (commit -> browser, fan-out to 200 sockets); "
+            "`rollup`, a day's rollout metrics snapshot over 100,000 runs.",
+        )
+        parser.add_argument(
+            "--rollup-runs",
+            type=int,
+            default=ROLLUP_RUNS,
+            metavar="N",
+            help=f"How many runs the rollup row generates for its day (default {ROLLUP_RUNS:,}).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -134,20 +147,30 @@ class Command(BaseCommand):
             return
         # A SIGTERM unwinds through the `finally` blocks, so the workers stop and runs go.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        if options["rollup_runs"] < 1:
+            raise CommandError("--rollup-runs: must be at least 1")
         bench = Bench(QUICK if options["quick"] else FULL, progress=self.stderr)
-        live_only = options["only"] == "live"
-        rows = [] if live_only else bench.run(keep=options["keep"])
-        if options["quick"] and not live_only:
+        only = options["only"]
+        rows = [] if only else bench.run(keep=options["keep"])
+        if options["quick"] and not only:
             # A browser, a web server and 200 sockets are not quick; `--only live` runs them.
             bench.notes.append("Live push rows: not run with --quick (manage.py bench --only live runs them).")
+            bench.notes.append("Rollup row: not run with --quick (manage.py bench --only rollup runs it).")
         else:
-            with tempfile.TemporaryDirectory(prefix="baton-bench-live-") as scratch:
-                live = LiveBench(
-                    database=bench.database, broker=bench.broker, scratch=Path(scratch), say=bench.say, keep=options["keep"]
-                )
-                rows += live.run()
-            bench.notes += live.notes
-        self.stdout.write(render(bench.database, bench.broker, rows, bench.notes, handoffs=not live_only))
+            if only != "rollup":
+                with tempfile.TemporaryDirectory(prefix="baton-bench-live-") as scratch:
+                    live = LiveBench(
+                        database=bench.database, broker=bench.broker, scratch=Path(scratch), say=bench.say, keep=options["keep"]
+                    )
+                    rows += live.run()
+                bench.notes += live.notes
+            if only != "live":
+                rollup = RollupBench(database=bench.database, say=bench.say, runs=options["rollup_runs"], keep=options["keep"])
+                rows += rollup.run()
+                bench.notes += rollup.notes
+        self.stdout.write(
+            render(bench.database, bench.broker, rows, bench.notes, handoffs=not only, live=only != "rollup")
+        )
         if options["json"]:
             document = {
                 "database": bench.database,
@@ -178,6 +201,7 @@ class Command(BaseCommand):
         flags = [f"--{name}" for name in ("quick", "json", "keep") if options[name]]
         if options["only"]:
             flags += ["--only", options["only"]]
+        flags += ["--rollup-runs", str(options["rollup_runs"])]
         command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "bench", *flags]
         child = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, text=True)
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
@@ -652,7 +676,9 @@ def seconds(start: datetime | None, end: datetime | None) -> float:
     return (end - start).total_seconds()
 
 
-def render(database: str, broker: str, rows: list[Row], notes: list[str], *, handoffs: bool = True) -> str:
+def render(
+    database: str, broker: str, rows: list[Row], notes: list[str], *, handoffs: bool = True, live: bool = True
+) -> str:
     header = ("benchmark", "measure", "value", "target")
     cells = [
         (
@@ -682,12 +708,13 @@ def render(database: str, broker: str, rows: list[Row], notes: list[str], *, han
             "Handoff: the next step's claim by a worker minus the previous step's finished_at; "
             "each handoff row is the median over the runs of that run's figure.",
         ]
-    out += [
-        "Live: commit = the change's RunEvent created_at (written in its transaction, just before "
-        "the commit); commit -> DOM is read in the page (MutationObserver, performance.timeOrigin "
-        "+ now()); a hint's latency is per client and per change, to the first hint after it.",
-        *notes,
-    ]
+    if live:
+        out.append(
+            "Live: commit = the change's RunEvent created_at (written in its transaction, just before "
+            "the commit); commit -> DOM is read in the page (MutationObserver, performance.timeOrigin "
+            "+ now()); a hint's latency is per client and per change, to the first hint after it."
+        )
+    out += notes
     stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     # Other processes on the machine slow every figure; the load average says how busy it was.
     load = os.getloadavg()[0]
