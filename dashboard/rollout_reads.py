@@ -127,6 +127,9 @@ def may_start(user: Any, workflow: Workflow) -> bool:
 CRITERION_HINTS = {"rate": "a share: 0.95 is 95%", "seconds": "seconds: 900 is 15 min", "money": "per run, in the cost's currency"}
 
 
+CRITERION_FIELDS = ["target", "window_days", "enabled"]
+
+
 def criterion_change_words(event: RolloutEvent) -> str:
     """A criterion_changed event in words: "Success rate: target 0.95 → 0.9, on → off"."""
     data = event.data or {}
@@ -134,8 +137,9 @@ def criterion_change_words(event: RolloutEvent) -> str:
     label = Metric(metric).label if metric in Metric.values else metric
     before, after = data.get("before") or {}, data.get("after") or {}
     parts = []
-    for name, value in after.items():
-        old = before.get(name)
+    # jsonb keeps keys in its own order (PostgreSQL): say them in the form's.
+    for name in sorted(after, key=lambda n: (CRITERION_FIELDS.index(n) if n in CRITERION_FIELDS else 99, n)):
+        value, old = after[name], before.get(name)
         if name == "enabled":
             parts.append(f"{'on' if old else 'off'} → {'on' if value else 'off'}")
         elif isinstance(value, (int, float)) and isinstance(old, (int, float)):
