@@ -17,7 +17,7 @@ from typing import Any
 from django.db.models import Count, Q
 
 from approvals.models import Decision, Item, ItemKind, ItemStatus
-from orchestration.rollouts.history import PersonWork, backdated
+from orchestration.rollouts.history import PersonWork, backdated, insert
 from orchestration.rollouts.metrics import ALL, percentile_aggregates, prefixed, samples
 
 APPROVAL_KINDS = (ItemKind.APPROVAL, ItemKind.GATE)
@@ -79,5 +79,5 @@ def people(work: list[PersonWork]) -> int:
         for w in work
     ]
     with backdated(Item):
-        Item.objects.bulk_create(rows, batch_size=2000)
+        insert(Item, rows)
     return len(rows)

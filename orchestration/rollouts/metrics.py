@@ -118,8 +118,8 @@ class Measures:
         return self.runs_started
 
 
-# Measures fields that add up across groups; the percentiles do not, they are ranked again
-# from their samples (see _Tally).
+# Measures fields that are counts (they add up); the percentiles do not, they are ranked from
+# their samples or by the database (see _Tally).
 COUNTS = tuple(
     f.name for f in fields(Measures) if f.name != "extra" and not f.name.endswith(("_p50", "_p95"))
 )
@@ -215,8 +215,8 @@ def samples(qs: QuerySet[Any], key: str | None, *, name: str, end: str, start: s
 
 @dataclass
 class _Tally:
-    """What measuring a group collects: counts, and samples (raw values, which add up across
-    groups, or percentiles the database computed, which do not)."""
+    """What measuring a group collects: counts, and for each percentile either the raw values
+    (ranked here) or the figure the database ranked."""
 
     counts: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -230,12 +230,6 @@ class _Tally:
                 self.ranked[name] = value
             else:
                 self.counts[name] += value or 0
-
-    def add(self, other: _Tally) -> None:
-        if other.ranked:
-            raise ValueError("percentiles computed by the database cannot be added up")
-        self.take(other.counts)
-        self.take(dict(other.samples))
 
     def measures(self) -> Measures:
         m = Measures()
@@ -330,8 +324,10 @@ def _as_q(runs: QuerySet[Run] | Q) -> Q:
 
 def measure(runs: QuerySet[Run] | Q, *, agent_version: Any = None) -> Measures:
     """The figures of `runs` (a queryset, or a Q over Run), from the raw rows, in a fixed
-    number of queries: four, two more for the approvals app's figures, and two more for
-    `agent_version`'s own attempts."""
+    number of queries whatever their number: runs, attempts, loops and the approvals app's
+    figures (four on PostgreSQL, which ranks percentiles in those queries; six elsewhere, where
+    the durations and the waits are fetched to be ranked), and for `agent_version` its own
+    attempts (one more; two elsewhere)."""
     q = _as_q(runs)
     tally = _tallies(q, None)[ALL]
     if agent_version is not None:
@@ -472,6 +468,34 @@ def snapshot_day(day: date, *, now: datetime | None = None) -> int:
     exactly what a recount gives.
     """
     now = now or timezone.now()
+    if connection.vendor != "postgresql":
+        # SQLite: counted outside the write transaction, whose lock stops every other writer.
+        daily, agents = _day_rows(day, now)
+        with transaction.atomic():
+            _replace_day(day, daily, agents)
+        return len(daily) + len(agents)
+    with transaction.atomic():
+        # PostgreSQL: counted under the day's lock, so a slower pass that counted earlier
+        # never overwrites a later one's figures.
+        _lock_day(day)
+        with connection.cursor() as cursor:
+            # These statements' row estimates are far off (the CTEs hide the day's size), which
+            # makes the planner JIT-compile them: a second of compiling for a second of work.
+            cursor.execute("SET LOCAL jit = off")
+        daily, agents = _day_rows(day, now)
+        _replace_day(day, daily, agents)
+    return len(daily) + len(agents)
+
+
+def _replace_day(day: date, daily: list[DailySnapshot], agents: list[AgentVersionSnapshot]) -> None:
+    # The day's rows whole: the versions with runs may differ from the last pass's.
+    DailySnapshot.objects.filter(day=day).delete()
+    AgentVersionSnapshot.objects.filter(day=day).delete()
+    DailySnapshot.objects.bulk_create(daily)
+    AgentVersionSnapshot.objects.bulk_create(agents)
+
+
+def _day_rows(day: date, now: datetime) -> tuple[list[DailySnapshot], list[AgentVersionSnapshot]]:
     since, until = day_bounds(day)
     runs = Q(created_at__gte=since, created_at__lt=until)
     if connection.vendor == "postgresql":
@@ -519,14 +543,7 @@ def snapshot_day(day: date, *, now: datetime | None = None) -> int:
                 **_figures(m),
             )
         )
-    with transaction.atomic():
-        _lock_day(day)
-        # Replace the day's rows whole: the versions with runs may differ from the last pass.
-        DailySnapshot.objects.filter(day=day).delete()
-        AgentVersionSnapshot.objects.filter(day=day).delete()
-        DailySnapshot.objects.bulk_create(daily)
-        AgentVersionSnapshot.objects.bulk_create(agents)
-    return len(daily) + len(agents)
+    return daily, agents
 
 
 def days_between(since: date, until: date) -> list[date]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -305,3 +306,90 @@ def test_the_rollup_command_names_the_option_of_a_bad_date(args: list[str], mess
 
     with pytest.raises(CommandError, match=message):
         call_command("rollup", *args)
+
+
+def test_a_workflow_with_two_versions_on_one_day_is_measured_over_both(workflow: Workflow) -> None:
+    from tests.rollouts.conftest import REVIEW
+    from tests.support import load_workflow
+
+    day = date(2026, 3, 20)
+    generate(workflow, {day: [RunPlan(start=HOUR, duration=10), RunPlan(start=2 * HOUR, duration=20, approval="approved", approval_wait=30)]})
+    load_workflow(REVIEW.replace("name: Review", "name: Review, second edition"))
+    assert workflow.versions.count() == 2
+    generate(workflow, {day: [RunPlan(start=3 * HOUR, duration=30, retries=1), RunPlan(start=4 * HOUR, status="failed", duration=40, approval="approved", approval_wait=90)]})
+    metrics.snapshot_day(day, now=NOW)
+    rows = {row.version.number if row.version else None: row for row in DailySnapshot.objects.filter(day=day)}
+    assert sorted(rows, key=str) == [1, 2, None]
+    assert (rows[1].runs_started, rows[1].duration_p95, rows[1].approval_wait_p50) == (2, 20.0, 30.0)
+    assert (rows[2].runs_started, rows[2].runs_failed, rows[2].retries, rows[2].duration_p50) == (2, 1, 1, 30.0)
+    whole = rows[None]
+    # Ranked over all four runs, not added up from the versions' percentiles.
+    assert (whole.runs_started, whole.runs_failed, whole.retries, whole.approvals_approved) == (4, 1, 1, 2)
+    assert (whole.duration_p50, whole.duration_p95, whole.approval_wait_p50, whole.approval_wait_p95) == (20.0, 40.0, 30.0, 90.0)
+
+
+def month_plan(day: date, index: int, rng: random.Random) -> RunPlan:
+    """A month in which day n has 4 + n % 3 runs and run i of it does the same things every day."""
+    n, failed = day.day, index == 0 and day.day % 2 == 0
+    return RunPlan(
+        status="failed" if failed else "succeeded",
+        duration=60 * (index + 1) + n,
+        retries=int(index == 1),
+        loops=n % 4 if index == 0 else 0,
+        tokens=100 * (index + 1),
+        cost=0.01 * (index + 1),
+        approval="approved" if index % 2 == 0 else "rejected",
+        approval_wait=10 * (index + 1) + n,
+        manual=index == 2,
+        exception=failed,
+    )
+
+
+def month_expected(n: int) -> dict[str, Any]:
+    k = 4 + n % 3
+    failed = int(n % 2 == 0)
+    middle = -(-k // 2)  # the nearest rank of p50; p95's is k for these few runs
+    return {
+        "runs_started": k, "runs_succeeded": k - failed, "runs_failed": failed, "runs_cancelled": 0,
+        "duration_p50": float(60 * middle + n), "duration_p95": float(60 * k + n),
+        "approvals_requested": k, "approvals_approved": middle, "approvals_rejected": k // 2, "approvals_expired": 0,
+        "approval_wait_p50": float(10 * middle + n), "approval_wait_p95": float(10 * k + n),
+        "manual_tasks": 1, "exceptions": failed, "retries": 1, "loop_iterations": n % 4,
+        "tokens": 100 * k * (k + 1) // 2, "cost": 0.01 * k * (k + 1) / 2,
+    }  # fmt: skip
+
+
+def test_a_month_of_runs_with_known_outcomes_gives_every_figure_of_its_days(workflow: Workflow) -> None:
+    now = datetime(2026, 3, 31, 0, 30, tzinfo=UTC)
+    report = history.make_history(
+        workflow=workflow,
+        days=31,
+        runs_per_day=lambda d: 4 + d.day % 3 if d.day <= 30 else 0,
+        now=now,
+        seed=11,
+        outcomes=month_plan,
+    )
+    assert report.runs == sum(4 + n % 3 for n in range(1, 31))
+    metrics.rollup(date(2026, 3, 1), now=now)
+    assert DailySnapshot.objects.filter(version=None).count() == 30
+    for n in (1, 2, 14, 29, 30):
+        row = DailySnapshot.objects.get(day=date(2026, 3, n), version=None)
+        assert figures_of(row) == pytest.approx(month_expected(n)), n
+
+
+def test_a_days_snapshot_takes_as_many_queries_for_sixty_runs_as_for_three(workflow: Workflow) -> None:
+    from django.db import connection as conn
+    from django.test.utils import CaptureQueriesContext
+
+    drafter = Agent.objects.get(name="drafter")
+    AgentVersion.objects.create(agent=drafter, label="v1", weight=1)
+    AgentVersion.objects.create(agent=drafter, label="v2", weight=1)
+    counted = []
+    for day, runs in ((date(2026, 3, 29), 3), (date(2026, 3, 30), 60)):
+        history.make_history(workflow=workflow, days=1, runs_per_day=runs, now=metrics.day_bounds(day)[1] - timedelta(seconds=1), seed=runs)
+        with CaptureQueriesContext(conn) as queries:
+            metrics.snapshot_day(day, now=NOW)
+        counted.append(len(queries))
+    assert counted[0] == counted[1]
+    assert DailySnapshot.objects.get(day=date(2026, 3, 30), version=None).runs_started == 60
+    assert AgentVersionSnapshot.objects.filter(day=date(2026, 3, 30)).count() == 2
