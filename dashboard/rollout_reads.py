@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from dashboard import charts
 from orchestration import access
-from orchestration.models import AgentVersionEvent, Run, StepRun, Workflow, WorkflowVersion
+from orchestration.models import Agent, AgentVersionEvent, Run, StepRun, Workflow, WorkflowVersion
 from orchestration.rollouts import gates, metrics, transitions
 from orchestration.rollouts.models import (
     NEXT_STAGE,
@@ -331,9 +331,12 @@ def rollout_page(rollout: Rollout, user: Any, *, now: datetime | None = None, no
         for v in gate.verdicts
     ]
     disabled = [c for c in criteria if not c.enabled]
+    compared = gates.compare_versions(rollout, now=now)
+    # One query for the agents' names, however many versions (version.agent would be one each).
+    names = dict(Agent.objects.filter(pk__in={f.version.agent_id for f in compared}).values_list("pk", "name"))
     by_agent: OrderedDict[str, list[gates.VersionFigures]] = OrderedDict()
-    for figures in gates.compare_versions(rollout, now=now):
-        by_agent.setdefault(figures.version.agent.name, []).append(figures)
+    for figures in compared:
+        by_agent.setdefault(names[figures.version.agent_id], []).append(figures)
     events = list(rollout.events.select_related("actor").order_by("-id")[:HISTORY_LIMIT])
     notes = list(rollout.notes.select_related("author").prefetch_related("runs").order_by("-created_at", "-id"))
     may_decide = transitions.may_decide(user, rollout)

@@ -18,6 +18,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from orchestration import access
+from orchestration.models import Agent
 from orchestration.rollouts import gates, transitions
 from orchestration.rollouts.models import DailySnapshot, Rollout
 
@@ -219,6 +220,8 @@ def summary_payload(rollout: Rollout) -> dict[str, Any]:
 
 def rollout_payload(rollout: Rollout, *, now: datetime | None = None) -> dict[str, Any]:
     gate = gates.evaluate(rollout, now=now)
+    compared = gates.compare_versions(rollout, now=now)
+    names = dict(Agent.objects.filter(pk__in={v.version.agent_id for v in compared}).values_list("pk", "name"))
     return {
         **summary_payload(rollout),
         "success_metric": rollout.success_metric,
@@ -252,7 +255,7 @@ def rollout_payload(rollout: Rollout, *, now: datetime | None = None) -> dict[st
         ],
         "versions": [
             {
-                "agent": v.version.agent.name,
+                "agent": names[v.version.agent_id],
                 "label": v.version.label,
                 "share": v.share,
                 "runs": v.runs,
@@ -265,7 +268,7 @@ def rollout_payload(rollout: Rollout, *, now: datetime | None = None) -> dict[st
                 "latency_p95": v.latency_p95,
                 "cost_per_run": v.cost_per_run,
             }
-            for v in gates.compare_versions(rollout, now=now)
+            for v in compared
         ],
     }
 
