@@ -49,7 +49,7 @@ venv install: $(STAMP)
 # BATON_BASE_URL is set (e.g. `make run PORT=8101`).
 run: $(STAMP)
 	$(PY) manage.py migrate --no-input
-	$(PY) manage.py load_demo
+	$(PY) manage.py load_demo --history
 	exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 # Debian's Chromium for the browser tests; playwright cannot download its own browser here.

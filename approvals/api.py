@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypedDict
@@ -25,6 +26,8 @@ from approvals import access, errors, transitions
 from approvals.auth import BearerToken, SessionWithCsrf
 from approvals.models import Item, ItemStatus
 from approvals.notifications import item_url
+from orchestration.rollouts import api as rollouts_api
+from orchestration.rollouts.transitions import GateFailed, NotAllowed, RolloutError
 
 api = NinjaAPI(
     title="Baton API",
@@ -211,6 +214,29 @@ for _refusal in errors.REFUSALS:
     api.add_exception_handler(_refusal, _refused)
 
 
+# "reason: required": a refusal that names the field it is about is about the input (422);
+# any other is about the rollout's state (409), like resuming one that is not paused.
+_FIELD_REFUSAL = re.compile(r"^(?P<field>[a-z_][a-z0-9_-]*): (?P<problem>.+)$", re.DOTALL)
+
+
+@api.exception_handler(RolloutError)
+def _rollout_refused(request: HttpRequest, exc: RolloutError) -> HttpResponse:
+    """Refusals of orchestration.rollouts.transitions (the /api/rollouts router's writes)."""
+    detail = str(exc)
+    if isinstance(exc, NotAllowed):
+        return _error(request, 403, detail)
+    if isinstance(exc, GateFailed):
+        failing = [rollouts_api.verdict_payload(v) for v in exc.gate.verdicts if not v.passed]
+        fields = {v["metric"]: f"{v['actual']} against {v['comparison']} {v['target']}" for v in failing}
+        data = {"detail": detail, "errors": fields, "fields": fields, "verdicts": failing}
+        return api.create_response(request, data, status=409)
+    match = _FIELD_REFUSAL.match(detail)
+    if match:
+        fields = {match["field"]: match["problem"]}
+        return api.create_response(request, {"detail": detail, "errors": fields, "fields": fields}, status=422)
+    return _error(request, 409, detail)
+
+
 @api.exception_handler(Item.DoesNotExist)
 def _missing(request: HttpRequest, exc: Item.DoesNotExist) -> HttpResponse:
     return _error(request, 404, "No such item.")
@@ -284,6 +310,9 @@ def _invalid_request(request: HttpRequest, exc: ValidationError) -> HttpResponse
 
 # ---------------------------------------------------------------------------------------------
 # Endpoints
+
+# Rollouts: orchestration's own router, answered by the handlers above.
+api.add_router("/rollouts", rollouts_api.router)
 
 
 @api.get("/approvals", response={200: list[ItemOut], 422: ErrorOut}, tags=["approvals"], summary="Your items")

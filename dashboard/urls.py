@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import views
+from dashboard import rollouts, views
 
 app_name = "dashboard"
 
@@ -13,4 +13,20 @@ urlpatterns = [
     path("agents/", views.agents, name="agents"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("runs/<int:run_id>/cancel/", views.cancel_run, name="cancel"),
+    path("rollouts/", rollouts.index, name="rollouts"),
+    path("rollouts/<slug:key>/", rollouts.detail, name="rollout"),
+    path("rollouts/<slug:key>/start/", rollouts.start, name="rollout_start"),
+    path("rollouts/<slug:key>/promote/", rollouts.promote, name="rollout_promote"),
+    path("rollouts/<slug:key>/pause/", rollouts.pause, name="rollout_pause"),
+    path("rollouts/<slug:key>/resume/", rollouts.resume, name="rollout_resume"),
+    path("rollouts/<slug:key>/roll-back/", rollouts.roll_back, name="rollout_roll_back"),
+    path("rollouts/<slug:key>/restart/", rollouts.restart, name="rollout_restart"),
+    path("rollouts/<slug:key>/criteria/<int:criterion_id>/", rollouts.criterion, name="rollout_criterion"),
+    path("rollouts/<slug:key>/windows/<int:window_id>/", rollouts.window_done, name="rollout_window"),
+    path("rollouts/<slug:key>/checklist/<int:item_id>/", rollouts.checklist_done, name="rollout_checklist"),
+    path("rollouts/<slug:key>/notes/", rollouts.add_note, name="rollout_note"),
+    path("rollouts/<slug:key>/notes/<int:note_id>/resolve/", rollouts.resolve_issue, name="rollout_resolve"),
+    path("rollouts/<slug:key>/weights/<slug:agent>/", rollouts.weights, name="rollout_weights"),
+    path("rollouts/<slug:key>/review/", rollouts.review, name="rollout_review"),
+    path("rollouts/<slug:key>/metrics.csv", rollouts.metrics_csv, name="rollout_csv"),
 ]

@@ -13,15 +13,17 @@ starts from its querysets, and every run or workflow a URL names is looked up th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, OuterRef, Q, Subquery
-from django.http import HttpResponse
+from django.http import HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -79,6 +81,12 @@ def runs(request: HtmxHttpRequest) -> HttpResponse:
     workflow_key = request.GET.get("workflow", "")
     if workflow_key:
         queryset = queryset.filter(workflow__key=workflow_key)
+    # A window of start times: the runs a rollout figure came from link here.
+    window, problems = started_window(request.GET)
+    if "started_after" in window:
+        queryset = queryset.filter(created_at__gte=window["started_after"])
+    if "started_before" in window:
+        queryset = queryset.filter(created_at__lt=window["started_before"])
     page = Paginator(queryset, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     page_runs = list(page.object_list)
     done = progress_for(page_runs)
@@ -102,9 +110,31 @@ def runs(request: HtmxHttpRequest) -> HttpResponse:
         "workflows": access.visible_workflows(request.user).values_list("key", "name"),
         "workflow_key": workflow_key,
         "filter_query": filters.urlencode(),
-        "filtered": bool(status or workflow_key),
+        "filtered": bool(status or workflow_key or window),
+        "window": window,
+        "window_problems": problems,
     }
     return partial_or_page(request, "dashboard/runs.html", "dashboard/_runs_table.html", context)
+
+
+def started_window(query: QueryDict) -> tuple[dict[str, datetime], list[str]]:
+    """`started_after` / `started_before` (an ISO date or date and time, in TIME_ZONE when it
+    names none), and a message per value that is not one; a bad value filters nothing."""
+    window: dict[str, datetime] = {}
+    problems: list[str] = []
+    for name in ("started_after", "started_before"):
+        text = query.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            if len(text) > 40:
+                raise ValueError
+            moment = datetime.fromisoformat(text.replace(" ", "+") if "T" in text else text)
+        except ValueError:
+            problems.append(f"{name}: {text[:40]!r} is not a date or time; write it like 2026-11-30 or 2026-11-30T09:00")
+            continue
+        window[name] = timezone.make_aware(moment) if timezone.is_naive(moment) else moment
+    return window, problems
 
 
 def _visible_parents(request: HtmxHttpRequest, runs: list[Run]) -> set[int]:

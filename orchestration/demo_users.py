@@ -45,9 +45,9 @@ def ensure_demo_users() -> list[str]:
         groups[name], created = Group.objects.get_or_create(name=name)
         if created:
             changes.append(f"created group {name}")
-    # ops browses the admin read-only: view permission on every orchestration model.
+    # ops browses the admin read-only: view permission on every orchestration model (rollouts too).
     view_orchestration = list(
-        Permission.objects.filter(content_type__app_label="orchestration", codename__startswith="view_")
+        Permission.objects.filter(content_type__app_label__in=["orchestration", "rollouts"], codename__startswith="view_")
     )
     User = get_user_model()
     for username, password, _ in DEMO_USERS:

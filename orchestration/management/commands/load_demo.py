@@ -4,21 +4,33 @@ Safe to run again (`make run` runs it every time): it creates what is missing an
 workflow and agent that already exists as it is, so edits made in admin survive. Users are
 updated rather than duplicated. To get the demo's own definitions back, start from an empty
 database (`make clean`).
+
+`--history` (which `make run` passes) also gives one workflow a rollout with a month of made-up
+past runs (trigger "history", which the rollout pages call demo data), once: when that
+workflow has no such runs yet.
 """
 
 from __future__ import annotations
 
 import json
+import random
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils import timezone
 
 from orchestration import definitions
 from orchestration.demo_users import DEMO_USERS, ensure_demo_users
-from orchestration.models import Agent, Workflow
+from orchestration.models import Agent, AgentVersion, Run, StepRun, Workflow
+from orchestration.rollouts import history, metrics
+from orchestration.rollouts import transitions as rollouts
+from orchestration.rollouts.models import NoteKind, Rollout
 from orchestration.spec import SpecError, find_cycle, load_text
+from orchestration.status import RunStatus
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo"
 
@@ -28,6 +40,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--quiet", action="store_true", help="Print nothing unless something fails.")
+        parser.add_argument(
+            "--history",
+            action="store_true",
+            help=f"Also give {HISTORY_WORKFLOW} a rollout with {HISTORY_DAYS} days of made-up runs (once).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         quiet = options["quiet"]
@@ -46,6 +63,8 @@ class Command(BaseCommand):
                     say(load_file(document))
                 except SpecError as exc:
                     raise CommandError(f"{path.name}:\n" + "\n".join(exc.problems)) from None
+        if options["history"]:
+            say(load_history())
         say("")
         say("Demo logins:")
         for username, password, role in DEMO_USERS:
@@ -133,3 +152,116 @@ def load_file(document: dict[str, Any]) -> str:
     _, version = definitions.import_document({"workflow": document["workflow"]}, note="load_demo")
     assert version is not None
     return f"published {spec['key']} v{version.number}{notes}"
+
+
+# ---------------------------------------------------------------------------------------------
+# --history: a rollout with a month behind it
+
+HISTORY_WORKFLOW = "approval-article-release"
+HISTORY_DAYS = 30
+HISTORY_AGENT = "release-drafter"
+ROLLOUT_STARTED_DAYS_AGO = 25
+# What failed runs of the demo failed of, on their last step (history writes no error text).
+FAILURE_CAUSES = [
+    "TimeoutError: the blog API did not answer within 30 s",
+    "TimeoutError: the blog API did not answer within 30 s",
+    "HTTPError 503: help centre unavailable (maintenance window)",
+    "ValueError: title is longer than the blog's 120 characters",
+]
+
+
+def demo_outcomes(today: date) -> history.Outcomes:
+    """history's realistic mix, worse in the last week (more failures, slower approvals), so
+    the page has a drift to show and a gate that fails."""
+    usual = history.realistic(approvals=True, manual=False)
+
+    def plan(day: date, index: int, rng: random.Random) -> history.RunPlan:
+        run = usual(day, index, rng)
+        if (today - day).days < 7:
+            if run.status == RunStatus.SUCCEEDED and rng.random() < 0.12:
+                run.status = RunStatus.FAILED
+            run.approval_wait *= 3
+            run.duration *= 1.6
+        return run
+
+    return plan
+
+
+def runs_per_day(day: date) -> int:
+    # Weekdays busier than weekends, as for a team's announcements.
+    return 4 if day.weekday() >= 5 else 9 + day.toordinal() % 4
+
+
+def load_history() -> str:
+    workflow = Workflow.objects.filter(key=HISTORY_WORKFLOW).first()
+    if workflow is None:
+        return f"no {HISTORY_WORKFLOW} workflow: no history"
+    if Run.objects.filter(workflow=workflow, trigger=history.TRIGGER).exists():
+        return f"kept the history of {HISTORY_WORKFLOW}"
+    ops = get_user_model().objects.get(username="ops")
+    now = timezone.now()
+    today = timezone.localdate(now)
+    rollout = Rollout.objects.filter(workflow=workflow).first()
+    if rollout is None:
+        rollout = rollouts.start_rollout(
+            workflow=workflow, owner=ops, actor=ops, started_on=today - timedelta(days=ROLLOUT_STARTED_DAYS_AGO)
+        )
+        # The brief's words have no transition of their own (admin edits them too).
+        rollout.success_metric = "Announcements go out within a working day of the draft, with legal's approval on record."
+        rollout.rollback_conditions = "More than one failed publication in a week, or legal rejects two drafts in a row."
+        rollout.save(update_fields=["success_metric", "rollback_conditions", "updated_at"])
+    _give_versions(HISTORY_AGENT, ops)
+    report = history.make_history(
+        workflow=workflow, days=HISTORY_DAYS, runs_per_day=runs_per_day, now=now, seed=10, outcomes=demo_outcomes(today)
+    )
+    _give_failures_causes(workflow)
+    metrics.rollup(today - timedelta(days=HISTORY_DAYS - 1), today, now=now)
+    # What the daily pass would have found: the gate's verdicts and the last week's drift.
+    rollouts.check_rollout(rollout=rollout, now=now)
+    first = rollout.windows.order_by("position").first()
+    if first is not None and not first.done:
+        rollouts.set_window_done(window=first, done=True, actor=ops)
+    failed = list(Run.objects.filter(workflow=workflow, trigger=history.TRIGGER, status=RunStatus.FAILED).order_by("-pk")[:2])
+    rollouts.add_note(
+        rollout=rollout,
+        kind=NoteKind.ISSUE,
+        text="Publishing times out when the blog API is slow; the publisher needs a longer timeout.",
+        actor=ops,
+        runs=failed,
+    )
+    rollouts.add_note(
+        rollout=rollout,
+        kind=NoteKind.REVIEW,
+        text="Legal's turnaround is fine on weekdays; drafts sent on Friday wait until Monday.",
+        actor=ops,
+    )
+    return f"history: {report.runs} runs of {HISTORY_WORKFLOW} over {HISTORY_DAYS} days, rollout owned by ops"
+
+
+def _give_versions(agent_name: str, actor: Any) -> None:
+    """Two versions of the drafter splitting its traffic (a canary), unless it has some: the
+    rollout page compares them."""
+    agent = Agent.objects.filter(name=agent_name).first()
+    if agent is None or agent.versions.exists():
+        return
+    # Created at weight 0 and given traffic through set_version_weights, so the weights'
+    # history says who did (as importing a workflow file does).
+    AgentVersion.objects.create(agent=agent, label="current", note="the prompt the pilot started with")
+    AgentVersion.objects.create(agent=agent, label="concise", note="a shorter prompt, as a canary")
+    definitions.set_version_weights(
+        agent=agent, weights={"current": 80, "concise": 20}, actor=actor, reason="demo: a canary of the shorter prompt"
+    )
+
+
+def _give_failures_causes(workflow: Workflow) -> None:
+    """An error on each generated failed run and its failing step, so the weekly review can
+    group failures by cause."""
+    rng = random.Random(10)
+    failed = list(Run.objects.filter(workflow=workflow, trigger=history.TRIGGER, status=RunStatus.FAILED))
+    steps = {s.run_id: s for s in StepRun.objects.filter(run__in=failed, status="failed")}
+    for run in failed:
+        run.error = rng.choice(FAILURE_CAUSES)
+        if run.pk in steps:
+            steps[run.pk].error = run.error
+    Run.objects.bulk_update(failed, ["error"], batch_size=1000)
+    StepRun.objects.bulk_update(list(steps.values()), ["error"], batch_size=1000)
