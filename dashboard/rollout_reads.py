@@ -69,14 +69,6 @@ DECISIONS = STAGE_CHANGES | {
     RolloutEventKind.WEIGHTS_CHANGED,
     RolloutEventKind.ISSUE_RESOLVED,
 }
-# The events that carry a gate's verdicts in data["gate"]: the list shows the latest.
-GATE_EVENTS = [
-    RolloutEventKind.GATE_CHECKED,
-    RolloutEventKind.PROMOTED,
-    RolloutEventKind.OVERRIDDEN,
-    RolloutEventKind.PROMOTION_REFUSED,
-]
-
 FIGURE_FIELDS = [
     "runs_started",
     "runs_succeeded",
@@ -172,7 +164,6 @@ class ListRow:
     can_start: bool = False
     marks: list[Mark] = field(default_factory=list)
     checked_at: datetime | None = None
-    marks_older: bool = False
     next_window: Window | None = None
     next_due: str = ""
     drifts: list[Drift] = field(default_factory=list)
@@ -185,9 +176,8 @@ class ListRow:
 def rollouts_list(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
     """Every workflow the user sees, with its rollout, in a fixed number of queries.
 
-    The gate marks are those of the latest gate check (the daily pass, a promotion or a
-    refusal records the verdicts on its event): evaluating every gate here would cost a
-    measurement per rollout on every visit.
+    The gate marks are those of the latest gate check (the daily pass records the verdicts on
+    the rollout): evaluating every gate here would cost a measurement per rollout per visit.
     """
     now = now or timezone.now()
     today = timezone.localdate(now)
@@ -200,33 +190,17 @@ def rollouts_list(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
         )
         .order_by("name")
     )
-    rollouts = [w.rollout for w in workflows if _rollout_of(w) is not None]
-    latest_gate: dict[int, RolloutEvent] = {}
-    if rollouts:
-        for event in (
-            RolloutEvent.objects.filter(rollout__in=[r.pk for r in rollouts], kind__in=GATE_EVENTS)
-            .order_by("rollout_id", "-id")
-            .only("rollout_id", "data", "created_at")
-        ):
-            # Newest first per rollout: keep the first seen. (Gate events are a few a day.)
-            latest_gate.setdefault(event.rollout_id, event)
     rows = []
     for workflow in workflows:
         rollout = _rollout_of(workflow)
         row = ListRow(workflow=workflow, rollout=rollout, can_start=rollout is None and may_start(user, workflow))
         if rollout is not None:
-            checked = latest_gate.get(rollout.pk)
-            if checked is not None:
-                row.marks = [
-                    Mark(metric=str(v.get("metric", "")), label=str(v.get("label", v.get("metric", ""))), passed=bool(v.get("passed")))
-                    for v in (checked.data or {}).get("gate", [])
-                    if isinstance(v, dict)
-                ]
-                row.checked_at = checked.created_at
-                # The daily check records verdicts only when the gate's answer flips: say
-                # when the marks are older than the last check.
-                last = rollout.gate_checked_at
-                row.marks_older = last is not None and checked.created_at < last - timedelta(minutes=1)
+            row.marks = [
+                Mark(metric=str(v.get("metric", "")), label=str(v.get("label", v.get("metric", ""))), passed=bool(v.get("passed")))
+                for v in rollout.gate_verdicts or []
+                if isinstance(v, dict)
+            ]
+            row.checked_at = rollout.gate_checked_at
             windows = list(rollout.windows.all())
             row.next_window = windows[0] if windows else None
             row.next_due = due_words(row.next_window.due_on, today) if row.next_window else ""

@@ -63,6 +63,8 @@ class Rollout(models.Model):
     # When the gate was last evaluated (on demand or by the daily pass) and its verdict.
     gate_checked_at = models.DateTimeField(null=True, blank=True)
     gate_passed = models.BooleanField(null=True, blank=True)
+    # That check's verdicts (gates.Gate.as_data()), which the rollouts list shows as marks.
+    gate_verdicts = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -469,15 +469,16 @@ def shift_weights(*, rollout: Rollout, agent: Agent, weights: dict[str, int], ac
 
 
 def check_rollout(*, rollout: Rollout, now: datetime | None = None) -> Gate:
-    """Evaluate the gate and the drift and record them: gate_checked_at and gate_passed, a
-    `gate_checked` event only when the verdict changed, Drift rows opened and cleared."""
+    """Evaluate the gate and the drift and record them: gate_checked_at, gate_passed and the
+    verdicts, a `gate_checked` event only when the verdict changed, Drift rows opened and
+    cleared."""
     now = now or timezone.now()
     with transaction.atomic():
         locked = _locked(rollout)
         gate = gates.evaluate(locked, now=now)
         changed = locked.gate_passed != gate.passed
-        locked.gate_checked_at, locked.gate_passed = now, gate.passed
-        locked.save(update_fields=["gate_checked_at", "gate_passed", "updated_at"])
+        locked.gate_checked_at, locked.gate_passed, locked.gate_verdicts = now, gate.passed, gate.as_data()
+        locked.save(update_fields=["gate_checked_at", "gate_passed", "gate_verdicts", "updated_at"])
         if changed:
             _event(locked, RolloutEventKind.GATE_CHECKED, None, data={"gate": gate.as_data(), "passed": gate.passed})
         _record_drift(locked, gates.drift(locked, now=now), now)
