@@ -24,6 +24,7 @@ from orchestration import access
 from orchestration.models import Agent, AgentVersionEvent, Run, StepRun, Workflow, WorkflowVersion
 from orchestration.rollouts import gates, metrics, transitions
 from orchestration.rollouts.models import (
+    FIGURE_FIELDS,
     NEXT_STAGE,
     DailySnapshot,
     Drift,
@@ -69,26 +70,6 @@ DECISIONS = STAGE_CHANGES | {
     RolloutEventKind.WEIGHTS_CHANGED,
     RolloutEventKind.ISSUE_RESOLVED,
 }
-FIGURE_FIELDS = [
-    "runs_started",
-    "runs_succeeded",
-    "runs_failed",
-    "runs_cancelled",
-    "duration_p50",
-    "duration_p95",
-    "approvals_requested",
-    "approvals_approved",
-    "approvals_rejected",
-    "approvals_expired",
-    "approval_wait_p50",
-    "approval_wait_p95",
-    "manual_tasks",
-    "exceptions",
-    "retries",
-    "loop_iterations",
-    "tokens",
-    "cost",
-]
 
 
 def stage_glyph(stage: str) -> str:
@@ -243,6 +224,19 @@ class VerdictRow:
         return "at least" if self.verdict.comparison == "gte" else "at most"
 
 
+def verdict_rows(workflow: Workflow, gate: gates.Gate) -> list[VerdictRow]:
+    """A gate's verdicts as the rollout page and the weekly review show them."""
+    return [
+        VerdictRow(
+            verdict=v,
+            target_text=charts.format_value(v.metric, v.target),
+            actual_text=charts.format_value(v.metric, v.actual) if v.actual is not None else missing_words(v.metric),
+            runs_url=runs_url(workflow.key, v.since, v.until),
+        )
+        for v in gate.verdicts
+    ]
+
+
 @dataclass
 class AgentVersions:
     agent_name: str
@@ -295,15 +289,7 @@ def rollout_page(rollout: Rollout, user: Any, *, now: datetime | None = None, no
     workflow = rollout.workflow
     criteria = list(rollout.criteria.all())
     gate = gates.evaluate(rollout, now=now)
-    verdicts = [
-        VerdictRow(
-            verdict=v,
-            target_text=charts.format_value(v.metric, v.target),
-            actual_text=charts.format_value(v.metric, v.actual) if v.actual is not None else missing_words(v.metric),
-            runs_url=runs_url(workflow.key, v.since, v.until),
-        )
-        for v in gate.verdicts
-    ]
+    verdicts = verdict_rows(workflow, gate)
     disabled = [c for c in criteria if not c.enabled]
     compared = gates.compare_versions(rollout, now=now)
     # One query for the agents' names, however many versions (version.agent would be one each).
@@ -445,15 +431,7 @@ def weekly_review(rollout: Rollout, user: Any, monday: date, *, now: datetime | 
             (e, criterion_change_words(e)) for e in events if e.kind == RolloutEventKind.CRITERION_CHANGED
         ],
         "gate": gate,
-        "verdicts": [
-            VerdictRow(
-                verdict=v,
-                target_text=charts.format_value(v.metric, v.target),
-                actual_text=charts.format_value(v.metric, v.actual) if v.actual is not None else missing_words(v.metric),
-                runs_url=runs_url(workflow.key, v.since, v.until),
-            )
-            for v in gate.verdicts
-        ],
+        "verdicts": verdict_rows(workflow, gate),
         "verdict_time": verdict_time,
         "runs_started": runs.count(),
         "runs_failed": runs.filter(status=RunStatus.FAILED).count(),
@@ -482,24 +460,13 @@ def csv_cell(value: Any) -> str:
 
 def parse_csv_range(since_text: str, until_text: str, today: date) -> tuple[date, date]:
     """The days asked for (ValueError naming the parameter): default the last 30, at most 366."""
-    until = _date("until", until_text) or today
-    since = _date("since", since_text) or until - timedelta(days=CSV_DEFAULT_DAYS - 1)
+    until = metrics.parse_day("until", until_text) or today
+    since = metrics.parse_day("since", since_text) or until - timedelta(days=CSV_DEFAULT_DAYS - 1)
     if since > until:
         raise ValueError("since: must be on or before until")
     if (until - since).days + 1 > MAX_CSV_DAYS:
         raise ValueError(f"since: at most {MAX_CSV_DAYS} days at a time (since to until)")
     return since, until
-
-
-def _date(name: str, text: str) -> date | None:
-    if not text:
-        return None
-    try:
-        if len(text) != 10:
-            raise ValueError
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{name}: {text[:20]!r} is not a date; write it like 2026-11-30") from None
 
 
 CSV_HEADER = ["day", "workflow", "scope", *FIGURE_FIELDS, "computed_at"]

@@ -11,7 +11,7 @@ VisibleOnly).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django.contrib import admin
 from django.http import HttpRequest
@@ -21,6 +21,7 @@ from django.utils.safestring import SafeString
 
 from orchestration.admin import ReadOnlyAdmin, ReadOnlyInline, VisibleOnly
 from orchestration.rollouts.models import (
+    FIGURE_FIELDS,
     AgentVersionSnapshot,
     ChecklistItem,
     Criterion,
@@ -31,27 +32,7 @@ from orchestration.rollouts.models import (
     Window,
 )
 
-FIGURES = (
-    "runs_started",
-    "runs_succeeded",
-    "runs_failed",
-    "runs_cancelled",
-    "duration_p50",
-    "duration_p95",
-    "approvals_requested",
-    "approvals_approved",
-    "approvals_rejected",
-    "approvals_expired",
-    "approval_wait_p50",
-    "approval_wait_p95",
-    "manual_tasks",
-    "exceptions",
-    "retries",
-    "loop_iterations",
-    "tokens",
-    "cost",
-    "computed_at",
-)
+FIGURES: tuple[str, ...] = (*FIGURE_FIELDS, "computed_at")
 
 
 class WindowInline(ReadOnlyInline[Window, Rollout]):
@@ -132,7 +113,7 @@ class DailySnapshotAdmin(ReadOnlyAdmin[DailySnapshot], VisibleOnly[DailySnapshot
     list_filter = ("workflow", "day")
     date_hierarchy = "day"
     list_select_related = ("workflow", "version")
-    fields = ("workflow", "version", "day", *FIGURES)
+    fields: ClassVar[tuple[str, ...]] = ("workflow", "version", "day", *FIGURES)
     readonly_fields = fields
 
     @admin.display(description="Scope")
@@ -147,7 +128,7 @@ class AgentVersionSnapshotAdmin(ReadOnlyAdmin[AgentVersionSnapshot]):
     list_filter = ("agent_version__agent", "day")
     date_hierarchy = "day"
     list_select_related = ("agent_version__agent",)
-    fields = ("agent_version", "day", "attempts", "latency_p50", "latency_p95", *FIGURES)
+    fields: ClassVar[tuple[str, ...]] = ("agent_version", "day", "attempts", "latency_p50", "latency_p95", *FIGURES)
     readonly_fields = fields
 
 

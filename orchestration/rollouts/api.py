@@ -19,7 +19,7 @@ from ninja.errors import HttpError
 
 from orchestration import access
 from orchestration.models import Agent
-from orchestration.rollouts import gates, transitions
+from orchestration.rollouts import gates, metrics, transitions
 from orchestration.rollouts.models import DailySnapshot, Rollout
 
 router = Router(tags=["rollouts"])
@@ -286,14 +286,10 @@ def get_rollout(request: HttpRequest, key: str) -> Any:
 
 
 def _day(name: str, text: str | None) -> date | None:
-    if not text:
-        return None
     try:
-        if len(text) != 10:
-            raise ValueError
-        return date.fromisoformat(text)
-    except ValueError:
-        raise HttpError(422, f"{name}: {text[:20]!r} is not a date; write it like 2026-11-30") from None
+        return metrics.parse_day(name, text or "")
+    except ValueError as exc:
+        raise HttpError(422, str(exc)) from None
 
 
 @router.get("/{key}/snapshots", response={200: list[SnapshotOut], 404: ErrorOut, 422: ErrorOut}, summary="Daily figures")

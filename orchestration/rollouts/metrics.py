@@ -345,6 +345,18 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, end
 
 
+def parse_day(name: str, text: str) -> date | None:
+    """A date typed as YYYY-MM-DD (a page's or the API's parameter `name`); None if empty."""
+    if not text:
+        return None
+    try:
+        if len(text) != 10:
+            raise ValueError
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{name}: {text[:20]!r} is not a date; write it like 2026-11-30") from None
+
+
 def runs_of_day(day: date) -> QuerySet[Run]:
     since, until = day_bounds(day)
     return Run.objects.filter(created_at__gte=since, created_at__lt=until)

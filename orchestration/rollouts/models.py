@@ -262,6 +262,10 @@ class Figures(models.Model):
         abstract = True
 
 
+# The figures a snapshot keeps, in the order of their fields (the CSV's and the admin's order).
+FIGURE_FIELDS: tuple[str, ...] = tuple(f.name for f in Figures._meta.fields if f.name not in ("day", "computed_at"))
+
+
 class DailySnapshot(Figures):
     """One day of one workflow: a row per version that had runs that day, and one row with
     version NULL for all of them together (percentiles cannot be added up across versions, so
