@@ -8,7 +8,7 @@ a value that means nothing is reported in words and filters nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,7 +31,7 @@ TEXT_MAX = 150
 WAITING = "waiting"
 STATUS_CHOICES = [
     (RunStatus.RUNNING.value, "Running"),
-    (WAITING, "Waiting (on a person, event, timer or child run)"),
+    (WAITING, "Waiting on someone or something"),
     *[(value, label) for value, label in RunStatus.choices if value != RunStatus.RUNNING],
 ]
 # The steps that are moving on their own: a worker has them, or will without anyone's help.
@@ -49,6 +49,11 @@ def waiting_q() -> Q:
     steps = StepRun.objects.filter(run=OuterRef("pk"))
     moving = steps.filter(status__in=ACTIVE_STEP).exclude(map_index__isnull=True, items_total__isnull=False)
     return Q(status=RunStatus.RUNNING) & Q(Exists(steps.filter(status=StepStatus.WAITING))) & ~Q(Exists(moving))
+
+
+def waiting_annotation() -> Exists:
+    """`is_waiting` for a queryset of runs: one subquery in the page's own query."""
+    return Exists(Run.objects.filter(waiting_q(), pk=OuterRef("pk")))
 
 
 @dataclass
@@ -247,7 +252,7 @@ class RunRow:
         return round(100 * self.done / self.total) if self.total else 0
 
 
-def progress_for(runs: list[Run]) -> dict[int, int]:
+def progress_for(runs: Sequence[Run]) -> dict[int, int]:
     """Finished steps per run, in one aggregate query over the runs' head rows.
 
     A step counts as finished when every head row it has is final: with a loop, a step sent
@@ -265,7 +270,7 @@ def progress_for(runs: list[Run]) -> dict[int, int]:
     return {row["run_id"]: row["steps"] - row["open"] for row in rows}
 
 
-def map_progress_for(runs: list[Run]) -> dict[int, list[MapProgress]]:
+def map_progress_for(runs: Sequence[Run]) -> dict[int, list[MapProgress]]:
     """The open for_each steps of these runs, items done / total (one query)."""
     heads = (
         StepRun.objects.filter(run__in=[r.pk for r in runs], map_index__isnull=True, items_total__isnull=False)
@@ -279,7 +284,7 @@ def map_progress_for(runs: list[Run]) -> dict[int, list[MapProgress]]:
     return found
 
 
-def waiting_words(runs: list[Run]) -> dict[int, str]:
+def waiting_words(runs: Sequence[Run]) -> dict[int, str]:
     """What each waiting run waits for, in words, from its waiting steps (one query).
 
     The seam for a richer summary ("waiting: approval by legal, due in 3 h"): anything that
@@ -300,10 +305,10 @@ def waiting_words(runs: list[Run]) -> dict[int, str]:
 
 
 # Replaceable as a whole: (runs) -> {run id: "waiting: ..."}.
-WaitingSummaries = Callable[[list[Run]], dict[int, str]]
+WaitingSummaries = Callable[[Sequence[Run]], dict[int, str]]
 
 
-def rows_for(user: Any, runs: list[Run], summaries: WaitingSummaries = waiting_words) -> list[RunRow]:
+def rows_for(user: Any, runs: Sequence[Run], summaries: WaitingSummaries = waiting_words) -> list[RunRow]:
     """The rows of one page in four queries at most, whatever its size."""
     done = progress_for(runs) if runs else {}
     maps = map_progress_for(runs) if runs else {}
@@ -331,7 +336,7 @@ def runs_page(user: Any, query: QueryDict) -> dict[str, Any]:
     filters = parse_filters(query, {key for key, _ in workflows})
     queryset = apply(
         access.visible_runs(user).select_related("workflow", "version", "started_by", "parent_step"), filters
-    ).annotate(is_waiting=Exists(Run.objects.filter(waiting_q(), pk=OuterRef("pk"))))
+    ).annotate(is_waiting=waiting_annotation())
     page = page_of(queryset, query, filters.problems)
     kept = query.copy()
     for name in ("after", "before"):

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Max, OuterRef, Subquery
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
@@ -24,9 +25,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from dashboard import agent_status, inputs, read_models, runs_list
+from dashboard import agent_status, inputs, read_models, runs_list, workflow_page
 from dashboard.web import HtmxHttpRequest, partial_or_page, wants_partial
-from orchestration import access, transitions
+from orchestration import access, definitions, transitions
 from orchestration.models import Run, Workflow, WorkflowVersion
 from orchestration.status import RunStatus
 
@@ -139,6 +140,32 @@ def start_run(request: HtmxHttpRequest, key: str) -> HttpResponse:
         return render(request, "dashboard/_start_form.html", context, status=422)
     # Without JavaScript the whole page comes back, this workflow's form showing the problem.
     return render(request, "dashboard/workflows.html", {"cards": _workflow_cards(request, {workflow.pk: form})}, status=422)
+
+
+@require_GET
+@login_required
+def workflow_detail(request: HtmxHttpRequest, key: str) -> HttpResponse:
+    workflow = access.get_workflow_for_user(request.user, key)
+    context = workflow_page.workflow_page(workflow, request.user, request.GET)
+    return partial_or_page(request, "dashboard/workflow.html", "dashboard/_version_diff.html", context)
+
+
+@require_POST
+@login_required
+def roll_back(request: HtmxHttpRequest, key: str) -> HttpResponse:
+    workflow = access.get_workflow_for_user(request.user, key)
+    if not access.can_change(request.user, workflow):
+        raise PermissionDenied("Only the workflow's owner (or an admin) may roll it back.")
+    text = request.POST.get("number", "")
+    try:
+        if not text.isdigit() or len(text) > 9:
+            raise definitions.RollBackRefused(f"{text[:20]!r} is not a version number.")
+        version = definitions.roll_back_to(workflow=workflow, number=int(text), actor=request.user)
+    except definitions.RollBackRefused as exc:
+        messages.warning(request, str(exc))
+    else:
+        messages.success(request, f"Published v{version.number}: {version.note}.")
+    return redirect("dashboard:workflow", key=workflow.key)
 
 
 # ---------------------------------------------------------------------------------------------
