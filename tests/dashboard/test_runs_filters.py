@@ -222,3 +222,12 @@ def test_a_for_each_shows_its_items_done_out_of_all(ops_client: Client, ops: Any
     execute_step(StepRun.objects.filter(parent=head).order_by("map_index").first().pk)  # type: ignore[union-attr]
     page = ops_client.get(reverse("dashboard:runs")).content.decode()
     assert "summarise: 1 / 2 items" in page
+
+
+def test_a_filter_changed_through_htmx_gets_its_explanation_in_the_table(
+    ops_client: Client, digest: WorkflowVersion
+) -> None:
+    response = ops_client.get(reverse("dashboard:runs"), {"status": "sleeping"}, HTTP_HX_REQUEST="true")
+    partial = response.content.decode()
+    assert partial.strip().startswith('<section id="runs-table"')
+    assert "status: &#x27;sleeping&#x27; is not a status" in partial
