@@ -13,137 +13,33 @@ starts from its querysets, and every run or workflow a URL names is looked up th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
-from django.db.models import Count, Max, OuterRef, Q, Subquery
-from django.http import HttpResponse, QueryDict
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Max, OuterRef, Subquery
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from dashboard import agent_status, inputs, read_models
+from dashboard import agent_status, inputs, read_models, runs_list, workflow_page
 from dashboard.web import HtmxHttpRequest, partial_or_page, wants_partial
-from orchestration import access, transitions
-from orchestration.models import Run, StepRun, Workflow, WorkflowVersion
-from orchestration.status import STEP_FINAL, RunStatus
-
-RUNS_PER_PAGE = 50
-
+from orchestration import access, definitions, transitions
+from orchestration.models import Run, Workflow, WorkflowVersion
+from orchestration.status import RunStatus
 
 # ---------------------------------------------------------------------------------------------
 # Runs
 
 
-@dataclass(frozen=True)
-class RunRow:
-    run: Run
-    done: int
-    total: int
-    # Whether the run that called this sub-workflow run may be shown (and linked to).
-    parent_visible: bool = False
-
-    @property
-    def percent(self) -> int:
-        return round(100 * self.done / self.total) if self.total else 0
-
-
-def progress_for(runs: list[Run]) -> dict[int, int]:
-    """Finished steps per run, in one aggregate query over the runs' head rows.
-
-    A step counts as finished when every head row it has is final: with a loop, a step sent
-    back for round 2 has a final round-1 row and an open round-2 row, and is not done.
-    """
-    rows = (
-        StepRun.objects.filter(run__in=[r.pk for r in runs], map_index__isnull=True)
-        .order_by()
-        .values("run_id")
-        .annotate(
-            steps=Count("step_key", distinct=True),
-            open=Count("step_key", distinct=True, filter=~Q(status__in=STEP_FINAL)),
-        )
-    )
-    return {row["run_id"]: row["steps"] - row["open"] for row in rows}
-
-
 @require_GET
 @login_required
 def runs(request: HtmxHttpRequest) -> HttpResponse:
-    queryset = access.visible_runs(request.user).select_related("workflow", "version", "started_by", "parent_step")
-    status = request.GET.get("status", "")
-    if status in RunStatus.values:
-        queryset = queryset.filter(status=status)
-    workflow_key = request.GET.get("workflow", "")
-    if workflow_key:
-        queryset = queryset.filter(workflow__key=workflow_key)
-    # A window of start times: the runs a rollout figure came from link here.
-    window, problems = started_window(request.GET)
-    if "started_after" in window:
-        queryset = queryset.filter(created_at__gte=window["started_after"])
-    if "started_before" in window:
-        queryset = queryset.filter(created_at__lt=window["started_before"])
-    page = Paginator(queryset, RUNS_PER_PAGE).get_page(request.GET.get("page"))
-    page_runs = list(page.object_list)
-    done = progress_for(page_runs)
-    parents = _visible_parents(request, page_runs)
-    rows = [
-        RunRow(
-            run=run,
-            done=done.get(run.pk, 0),
-            total=len(run.version.spec.get("steps", [])),
-            parent_visible=run.parent_step is not None and run.parent_step.run_id in parents,
-        )
-        for run in page_runs
-    ]
-    filters = request.GET.copy()
-    filters.pop("page", None)
-    context = {
-        "page": page,
-        "rows": rows,
-        "statuses": RunStatus.choices,
-        "status": status,
-        "workflows": access.visible_workflows(request.user).values_list("key", "name"),
-        "workflow_key": workflow_key,
-        "filter_query": filters.urlencode(),
-        "filtered": bool(status or workflow_key or window),
-        "window": window,
-        "window_problems": problems,
-    }
+    context = runs_list.runs_page(request.user, request.GET)
     return partial_or_page(request, "dashboard/runs.html", "dashboard/_runs_table.html", context)
-
-
-def started_window(query: QueryDict) -> tuple[dict[str, datetime], list[str]]:
-    """`started_after` / `started_before` (an ISO date or date and time, in TIME_ZONE when it
-    names none), and a message per value that is not one; a bad value filters nothing."""
-    window: dict[str, datetime] = {}
-    problems: list[str] = []
-    for name in ("started_after", "started_before"):
-        text = query.get(name, "").strip()
-        if not text:
-            continue
-        try:
-            if len(text) > 40:
-                raise ValueError
-            moment = datetime.fromisoformat(text.replace(" ", "+") if "T" in text else text)
-        except ValueError:
-            problems.append(f"{name}: {text[:40]!r} is not a date or time; write it like 2026-11-30 or 2026-11-30T09:00")
-            continue
-        window[name] = timezone.make_aware(moment) if timezone.is_naive(moment) else moment
-    return window, problems
-
-
-def _visible_parents(request: HtmxHttpRequest, runs: list[Run]) -> set[int]:
-    """Which of these sub-workflow runs' callers the user sees (one query, none without sub-runs).
-
-    A sub-workflow run may be seen through its own workflow while its caller is not: then the
-    page says nothing about the caller.
-    """
-    return access.visible_among(request.user, {run.parent_step.run_id for run in runs if run.parent_step is not None})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +140,32 @@ def start_run(request: HtmxHttpRequest, key: str) -> HttpResponse:
         return render(request, "dashboard/_start_form.html", context, status=422)
     # Without JavaScript the whole page comes back, this workflow's form showing the problem.
     return render(request, "dashboard/workflows.html", {"cards": _workflow_cards(request, {workflow.pk: form})}, status=422)
+
+
+@require_GET
+@login_required
+def workflow_detail(request: HtmxHttpRequest, key: str) -> HttpResponse:
+    workflow = access.get_workflow_for_user(request.user, key)
+    context = workflow_page.workflow_page(workflow, request.user, request.GET)
+    return partial_or_page(request, "dashboard/workflow.html", "dashboard/_version_diff.html", context)
+
+
+@require_POST
+@login_required
+def roll_back(request: HtmxHttpRequest, key: str) -> HttpResponse:
+    workflow = access.get_workflow_for_user(request.user, key)
+    if not access.can_change(request.user, workflow):
+        raise PermissionDenied("Only the workflow's owner (or an admin) may roll it back.")
+    text = request.POST.get("number", "")
+    try:
+        if not text.isdigit() or len(text) > 9:
+            raise definitions.RollBackRefused(f"{text[:20]!r} is not a version number.")
+        version = definitions.roll_back_to(workflow=workflow, number=int(text), actor=request.user)
+    except definitions.RollBackRefused as exc:
+        messages.warning(request, str(exc))
+    else:
+        messages.success(request, f"Published v{version.number}: {version.note}.")
+    return redirect("dashboard:workflow", key=workflow.key)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -140,6 +140,14 @@ def can_operate(user: Person, workflow: Workflow) -> bool:
     return bool(user.is_superuser) or operable_workflows(user).filter(pk=workflow.pk).exists()
 
 
+def can_change(user: Person, workflow: Workflow) -> bool:
+    """Whether this user may change the workflow itself (roll it back): its owner, superusers.
+    Operator groups run a workflow; they do not redefine it."""
+    if not _active(user):
+        return False
+    return bool(user.is_superuser) or (workflow.owner_id is not None and workflow.owner_id == _pk(user))
+
+
 def can_view_run(user: Person, run: Run) -> bool:
     """The question a websocket consumer asks before joining a run's group."""
     if not _active(user):

@@ -278,6 +278,41 @@ def _publish(
     )
 
 
+class RollBackRefused(ValueError):
+    """Why an earlier version was not published again, in words for the person who asked."""
+
+
+def roll_back_to(*, workflow: Workflow, number: int, actor: Any) -> WorkflowVersion:
+    """Publish version `number` again, unchanged, as the newest version.
+
+    Versions are immutable and runs point at the one they started on, so a roll back never
+    rewrites history: runs in flight keep their version and new runs take the copy. The draft is
+    left as it is (it may hold work in progress). Raises RollBackRefused when `number` is not a
+    version of the workflow, is already the latest, or has the latest's spec.
+    """
+    with transaction.atomic():
+        # The same lock as publishing: two roll backs (or a roll back and a publish) cannot
+        # both take the next number.
+        Workflow.objects.select_for_update(no_key=True).filter(pk=workflow.pk).first()
+        versions = workflow.versions.order_by("-number")
+        latest = versions.first()
+        target = versions.filter(number=number).first()
+        if target is None or latest is None:
+            raise RollBackRefused(f"{workflow.key} has no version {number}.")
+        if target.number == latest.number:
+            raise RollBackRefused(f"v{number} is already the latest version; nothing to roll back.")
+        if target.spec == latest.spec:
+            raise RollBackRefused(f"v{number} is the same as the latest version, v{latest.number}; nothing to roll back.")
+        who = actor.get_username() if actor is not None and actor.is_authenticated else "someone"
+        return WorkflowVersion.objects.create(
+            workflow=workflow,
+            number=latest.number + 1,
+            spec=target.spec,
+            published_by=actor if actor is not None and actor.is_authenticated else None,
+            note=f"rolled back to v{number} by {who}"[:200],
+        )
+
+
 MAX_WEIGHT = 10_000
 
 

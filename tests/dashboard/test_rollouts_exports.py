@@ -128,7 +128,7 @@ def test_a_bad_window_value_is_said_in_words_and_filters_nothing(ops_client: Cli
 
 
 def test_a_window_given_as_days_is_read_in_the_servers_time_zone(ops_client: Client, digest: WorkflowVersion) -> None:
-    from dashboard.views import started_window
+    from dashboard.runs_list import started_window
 
     window, problems = started_window({"started_after": "2026-11-30", "started_before": "2026-12-01T08:30:00+01:00"})  # type: ignore[arg-type]
     assert problems == []
