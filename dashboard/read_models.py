@@ -14,7 +14,7 @@ from typing import Any
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, F, Q, QuerySet, Sum
 
-from dashboard import agent_status, graph
+from dashboard import agent_status, graph, waiting_words
 from orchestration import access
 from orchestration.models import Agent, AgentKind, Attempt, Run, RunEvent, StepKind, StepRun
 from orchestration.reads import head_rows, latest_heads
@@ -48,6 +48,8 @@ class StepRow:
     version_label: str = ""
     # Every attempt of this row, oldest first (a for_each head has none: its items do).
     attempt_list: tuple[Attempt, ...] = ()
+    # What it waits for, when it waits: "waiting: approval by legal, due in 3 hours".
+    waiting: waiting_words.WaitingSummary | None = None
 
     @property
     def fold_id(self) -> str:
@@ -134,6 +136,8 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
     latest = event_page(run, newest_first=True)
     events = list(latest.object_list)[::-1]
     usage = run_usage(run)
+    # One query more only when a step waits on people or on a sub-workflow run.
+    waiting = waiting_words.step_summaries({run.pk: run}, rows)
     return {
         "run": run,
         "graph": graph.build(spec, heads),
@@ -147,6 +151,7 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
                 primary_called=row.pk in primary_called,
                 version_label=versions.get(row.pk, ""),
                 attempt_list=tuple(attempts.get(row.pk, ())),
+                waiting=waiting.get(row.pk),
             )
             for row in step_rows
         ],
@@ -163,6 +168,7 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
             )
             for row in sorted(compensations, key=lambda c: c.pk)
         ],
+        "waiting": waiting_words.by_run(rows, waiting).get(run.pk),
         "events": events,
         "events_total": latest.paginator.count,
         "events_first": latest.paginator.count - len(events) + 1,
