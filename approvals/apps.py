@@ -13,12 +13,16 @@ class ApprovalsConfig(AppConfig):
         from approvals.handler import PeopleHandler
         from approvals.rollout_figures import figures, people
         from approvals.transitions import sweep_deadlines
+        from approvals.waiting_words import open_items
+        from dashboard import waiting_words
         from orchestration import ticker, waiting
         from orchestration.rollouts import history, metrics
 
         waiting.register(PeopleHandler())
         ticker.register_sweep(sweep_deadlines)
         live.register()
+        # The runs list and the run page say who a waiting run waits on ("approval by legal").
+        waiting_words.register(open_items)
         # Rollout metrics count approvals, manual tasks and exceptions; generated history
         # gets its inbox items written here.
         metrics.register_figures(figures)

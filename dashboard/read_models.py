@@ -11,17 +11,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import F, Q, Sum
+from django.core.paginator import Page, Paginator
+from django.db.models import Count, F, Q, QuerySet, Sum
 
-from dashboard import agent_status, graph
+from dashboard import agent_status, graph, waiting_words
 from orchestration import access
 from orchestration.models import Agent, AgentKind, Attempt, Run, RunEvent, StepKind, StepRun
 from orchestration.reads import head_rows, latest_heads
-from orchestration.status import STEP_FINAL
+from orchestration.status import STEP_FINAL, StepStatus
 from orchestration.usage import run_usage
 
-# A for_each over thousands of items writes thousands of events; the page shows the latest.
-TIMELINE_LIMIT = 200
+# A for_each over thousands of items writes thousands of events: the run page shows the latest
+# page of the history, and the history's own page (dashboard:run_events) browses the rest.
+EVENTS_PER_PAGE = 100
+ITEMS_PER_PAGE = 50
+
+# The items list's filter: which item statuses each choice shows ("all" filters nothing).
+ITEM_FILTERS: dict[str, tuple[str, ...]] = {
+    "failed": (StepStatus.FAILED,),
+    "running": (StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.THROTTLED),
+    "waiting": (StepStatus.PENDING, StepStatus.WAITING),
+}
 
 
 @dataclass(frozen=True)
@@ -36,11 +46,33 @@ class StepRow:
     primary_called: bool = False
     # The agent version its attempts ran ("" for the agent's own config).
     version_label: str = ""
+    # Every attempt of this row, oldest first (a for_each head has none: its items do).
+    attempt_list: tuple[Attempt, ...] = ()
+    # What it waits for, when it waits: "waiting: approval by legal, due in 3 hours".
+    waiting: waiting_words.WaitingSummary | None = None
 
     @property
     def fold_id(self) -> str:
         # Lets static/js/baton.js keep an opened output open when the partial is swapped whole.
         return f"step-output-{self.step.pk}"
+
+    @property
+    def detail_id(self) -> str:
+        return f"step-detail-{self.step.pk}"
+
+
+def attempts_by_step(step_runs: QuerySet[Attempt]) -> dict[int, list[Attempt]]:
+    """Attempts grouped by their step row, oldest first, in one query."""
+    grouped: dict[int, list[Attempt]] = {}
+    for attempt in step_runs.select_related("agent_version").order_by("step_run_id", "number"):
+        grouped.setdefault(attempt.step_run_id, []).append(attempt)
+    return grouped
+
+
+def event_page(run: Run, *, page: Any = None, newest_first: bool = False) -> Page[RunEvent]:
+    """One page of the run's whole event history: two queries (the count and the page)."""
+    events = RunEvent.objects.filter(run=run).select_related("step_run", "actor")
+    return Paginator(events.order_by("-id" if newest_first else "id"), EVENTS_PER_PAGE).get_page(page)
 
 
 def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
@@ -95,16 +127,17 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
             primary_called.add(step_id)
         if label is not None and agent_name == step_agent:
             versions[parent_id or step_id] = label
+    # Every head row's attempts in one query; a for_each's items keep theirs for the items list.
+    attempts = attempts_by_step(Attempt.objects.filter(step_run__run=run, step_run__map_index__isnull=True))
     children = dict(
         Run.objects.filter(parent_step__run=run).order_by("pk").values_list("parent_step_id", "pk")
     )
-    events_total = run.events.count()
-    events = list(
-        RunEvent.objects.filter(run=run)
-        .select_related("step_run", "actor")
-        .order_by("-id")[:TIMELINE_LIMIT]
-    )[::-1]
+    # The latest hundred events, drawn oldest first as the run unfolded.
+    latest = event_page(run, newest_first=True)
+    events = list(latest.object_list)[::-1]
     usage = run_usage(run)
+    # One query more only when a step waits on people or on a sub-workflow run.
+    waiting = waiting_words.step_summaries({run.pk: run}, rows)
     return {
         "run": run,
         "graph": graph.build(spec, heads),
@@ -117,6 +150,8 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
                 attempts=item_attempts.get(row.pk, row.attempts),
                 primary_called=row.pk in primary_called,
                 version_label=versions.get(row.pk, ""),
+                attempt_list=tuple(attempts.get(row.pk, ())),
+                waiting=waiting.get(row.pk),
             )
             for row in step_rows
         ],
@@ -129,11 +164,14 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
                 child_run_id=None,
                 attempts=row.attempts,
                 version_label=versions.get(row.pk, ""),
+                attempt_list=tuple(attempts.get(row.pk, ())),
             )
             for row in sorted(compensations, key=lambda c: c.pk)
         ],
+        "waiting": waiting_words.by_run(rows, waiting).get(run.pk),
         "events": events,
-        "events_hidden": max(0, events_total - len(events)),
+        "events_total": latest.paginator.count,
+        "events_first": latest.paginator.count - len(events) + 1,
         "steps_total": len(order),
         "steps_done": sum(1 for key in order if key in heads and heads[key].status in STEP_FINAL),
         "usage": usage if usage["total_tokens"] or usage["cost"] else None,
@@ -154,4 +192,40 @@ def agents_page(user: Any) -> dict[str, Any]:
         "open_circuits": sum(1 for row in rows if row.circuit_state != "closed"),
         "in_flight": sum(row.in_flight for row in rows),
         "throttled": sum(row.throttled for row in rows),
+    }
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    item: StepRun
+    attempt_list: tuple[Attempt, ...]
+
+    @property
+    def detail_id(self) -> str:
+        return f"item-detail-{self.item.pk}"
+
+
+def step_items(run: Run, head: StepRun, *, status: str = "all", page: Any = None) -> dict[str, Any]:
+    """One page of a for_each step's items (`_step_items.html`), filtered by `status` (a key of
+    ITEM_FILTERS; anything else shows all), each with its attempts: four queries whatever the
+    number of items (filter counts, the page's count, the page, its attempts)."""
+    items = StepRun.objects.filter(parent=head)
+    counts = items.aggregate(
+        all=Count("id"), **{name: Count("id", filter=Q(status__in=statuses)) for name, statuses in ITEM_FILTERS.items()}
+    )
+    chosen = status if status in ITEM_FILTERS else "all"
+    if chosen != "all":
+        items = items.filter(status__in=ITEM_FILTERS[chosen])
+    items_page = Paginator(items.order_by("map_index", "id"), ITEMS_PER_PAGE).get_page(page)
+    page_items = list(items_page.object_list)
+    attempts = attempts_by_step(Attempt.objects.filter(step_run__in=[item.pk for item in page_items]))
+    return {
+        "run": run,
+        "head": head,
+        "page": items_page,
+        "rows": [ItemRow(item=item, attempt_list=tuple(attempts.get(item.pk, ()))) for item in page_items],
+        "status": chosen,
+        # What the pager's links keep of the query string.
+        "query": f"status={chosen}" + (f"&round={head.iteration}" if head.iteration > 1 else ""),
+        "filters": [(name, counts[name]) for name in ("all", *ITEM_FILTERS)],
     }

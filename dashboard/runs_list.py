@@ -8,7 +8,7 @@ a value that means nothing is reported in words and filters nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,9 +18,10 @@ from django.db.models.functions import Cast
 from django.http import QueryDict
 from django.utils import timezone
 
+from dashboard.waiting_words import WaitingSummary, waiting_summaries
 from orchestration import access
 from orchestration.models import Run, StepRun
-from orchestration.status import STEP_FINAL, RunStatus, StepStatus, WaitingFor
+from orchestration.status import STEP_FINAL, RunStatus, StepStatus
 
 PER_PAGE = 50
 # The text search scans each run's input as text; longer needles are refused, not truncated.
@@ -243,8 +244,8 @@ class RunRow:
     total: int
     # Whether the run that called this sub-workflow run may be shown (and linked to).
     parent_visible: bool = False
-    # "waiting: ..." when the run is waiting (see waiting_q), else "".
-    waiting: str = ""
+    # What the run waits for, in words and with a link (see waiting_q), when it is waiting.
+    waiting: WaitingSummary | None = None
     maps: tuple[MapProgress, ...] = ()
 
     @property
@@ -284,36 +285,12 @@ def map_progress_for(runs: Sequence[Run]) -> dict[int, list[MapProgress]]:
     return found
 
 
-def waiting_words(runs: Sequence[Run]) -> dict[int, str]:
-    """What each waiting run waits for, in words, from its waiting steps (one query).
-
-    The seam for a richer summary ("waiting: approval by legal, due in 3 h"): anything that
-    takes these runs and answers {run id: words} can stand here.
-    """
-    reasons: dict[int, list[str]] = {}
-    rows = (
-        StepRun.objects.filter(run__in=[r.pk for r in runs], status=StepStatus.WAITING)
-        .order_by("run_id", "id")
-        .values_list("run_id", "waiting_for")
-    )
-    labels = dict(WaitingFor.choices)
-    for run_id, waiting_for in rows:
-        words = str(labels.get(waiting_for, "something"))
-        if words not in reasons.setdefault(run_id, []):
-            reasons[run_id].append(words)
-    return {run_id: "waiting: " + ", ".join(words) for run_id, words in reasons.items()}
-
-
-# Replaceable as a whole: (runs) -> {run id: "waiting: ..."}.
-WaitingSummaries = Callable[[Sequence[Run]], dict[int, str]]
-
-
-def rows_for(user: Any, runs: Sequence[Run], summaries: WaitingSummaries = waiting_words) -> list[RunRow]:
+def rows_for(user: Any, runs: Sequence[Run]) -> list[RunRow]:
     """The rows of one page in four queries at most, whatever its size."""
     done = progress_for(runs) if runs else {}
     maps = map_progress_for(runs) if runs else {}
     waiting_ids = [run for run in runs if getattr(run, "is_waiting", False)]
-    waiting = summaries(waiting_ids) if waiting_ids else {}
+    waiting = waiting_summaries(waiting_ids) if waiting_ids else {}
     # A sub-workflow run may be seen through its own workflow while its caller is not: then
     # the page says nothing about the caller.
     parents = access.visible_among(user, {run.parent_step.run_id for run in runs if run.parent_step is not None})
@@ -323,7 +300,7 @@ def rows_for(user: Any, runs: Sequence[Run], summaries: WaitingSummaries = waiti
             done=done.get(run.pk, 0),
             total=len(run.version.spec.get("steps", [])),
             parent_visible=run.parent_step is not None and run.parent_step.run_id in parents,
-            waiting=waiting.get(run.pk, "waiting") if getattr(run, "is_waiting", False) else "",
+            waiting=waiting.get(run.pk, WaitingSummary("waiting")) if getattr(run, "is_waiting", False) else None,
             maps=tuple(maps.get(run.pk, ())),
         )
         for run in runs

@@ -19,7 +19,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Max, OuterRef, Subquery
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -28,7 +28,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from dashboard import agent_status, inputs, read_models, runs_list, workflow_page
 from dashboard.web import HtmxHttpRequest, partial_or_page, wants_partial
 from orchestration import access, definitions, transitions
-from orchestration.models import Run, Workflow, WorkflowVersion
+from orchestration.models import Run, StepRun, Workflow, WorkflowVersion
 from orchestration.status import RunStatus
 
 # ---------------------------------------------------------------------------------------------
@@ -207,3 +207,38 @@ def cancel_run(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
         return render(request, "dashboard/_run_live.html", read_models.run_page(run, request.user, notice), status=status)
     messages.add_message(request, level, notice)
     return redirect("dashboard:run", run_id=run.pk)
+
+
+def _page_number(request: HtmxHttpRequest) -> str | None:
+    # Paginator.get_page turns anything that is not a page number into the first or last page.
+    return request.GET.get("page", "")[:12] or None
+
+
+@require_GET
+@login_required
+def step_items(request: HtmxHttpRequest, run_id: int, key: str) -> HttpResponse:
+    """A for_each step's items, filtered and paginated; seen by whoever sees the run."""
+    run = access.get_run_for_user(request.user, run_id)
+    heads = StepRun.objects.filter(run=run, step_key=key[:100], map_index__isnull=True, items_total__isnull=False)
+    round_text = request.GET.get("round", "")[:6]
+    if round_text.isdigit():
+        heads = heads.filter(iteration=int(round_text))
+    head = heads.order_by("-iteration").first()
+    if head is None:
+        raise Http404("This run has no for_each step by that name.")
+    context = read_models.step_items(run, head, status=request.GET.get("status", "all")[:20], page=_page_number(request))
+    return partial_or_page(request, "dashboard/step_items.html", "dashboard/_step_items.html", context)
+
+
+@require_GET
+@login_required
+def run_events(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    """The run's whole event history, a hundred events a page, oldest or newest first."""
+    run = access.get_run_for_user(request.user, run_id)
+    newest_first = request.GET.get("order") == "newest"
+    context = {
+        "run": run,
+        "events": read_models.event_page(run, page=_page_number(request) or 1, newest_first=newest_first),
+        "order": "newest" if newest_first else "oldest",
+    }
+    return partial_or_page(request, "dashboard/run_events.html", "dashboard/_run_events.html", context)

@@ -155,7 +155,7 @@ def test_a_started_runs_steps_turn_green_without_a_reload(
     for key in ("research", "summarise", "publish"):
         expect(page.locator(f'.node[data-step="{key}"]')).to_have_attribute("data-status", "succeeded")
         expect(page.locator(f"#step-{key} .step-status .badge")).to_have_text("succeeded")
-    expect(page.locator("#step-summarise")).to_contain_text("3/3")
+    expect(page.locator("#step-summarise")).to_contain_text("3 / 3 items")
     assert same_page(page), "the run page was reloaded"
     assert Run.objects.get(pk=run.pk).status == "succeeded", log
     page.screenshot(path=str(screenshots / "live-run.png"), full_page=True)

@@ -89,7 +89,7 @@ def test_an_operations_lead_starts_a_run_and_watches_it_succeed(
         expect(status).to_have_text("succeeded", timeout=30_000)
         assert page.evaluate("window.batonTestMark") == "same page"
         expect(page.locator('.node[data-step="summarise"]')).to_have_attribute("data-status", "succeeded")
-        expect(page.locator("#step-summarise")).to_contain_text("3/3")
+        expect(page.locator("#step-summarise")).to_contain_text("3 / 3 items")
         run_url = page.url
         page.screenshot(path=str(screenshots / "run.png"), full_page=True)
 

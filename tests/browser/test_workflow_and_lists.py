@@ -80,7 +80,7 @@ def test_the_runs_list_filtered_to_waiting_shows_only_the_runs_waiting_on_someon
     page.locator('select[name="status"]').select_option("waiting")
     expect(page.locator(f'tr[data-run="{queued.pk}"]')).to_have_count(0)
     row = page.locator(f'tr[data-run="{waiting.pk}"]')
-    expect(row).to_contain_text("waiting: a person's approval")
+    expect(row).to_contain_text("waiting: approval by")
     expect(page).to_have_url(re.compile(r"/\?status=waiting"))
     page.screenshot(path=str(screenshots / "runs-waiting.png"), full_page=True)
     page.close()

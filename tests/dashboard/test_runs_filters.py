@@ -66,7 +66,10 @@ def test_a_waiting_run_says_what_it_waits_for(ops_client: Client, ops: Any, appr
     row = re.search(rf'<tr data-run="{run.pk}">(.*?)</tr>', page, re.DOTALL)
     assert row
     assert 'data-status="waiting"' in row.group(1)
-    assert "waiting: a person&#x27;s approval" in row.group(1)
+    waiting = re.search(r"data-waiting>(.*?)</div>", row.group(1), re.DOTALL)
+    assert waiting, row.group(1)
+    # Who it waits for, linked to the inbox item (dashboard/waiting_words.py).
+    assert waiting.group(1) == f'<a href="/approvals/{run.inbox_items.get().pk}/">waiting: approval by approver</a>'
 
 
 def test_it_filters_by_starter_and_by_trigger(ops_client: Client, ops: Any, digest: WorkflowVersion) -> None:
@@ -204,11 +207,11 @@ def test_a_filtered_later_page_takes_as_few_queries_as_the_first(
     later = "/?" + re.search(r'rel="next" href="\?([^"]+)"', first).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
     # session, user, the workflows one sees (for the filter, then the ids access.visible_runs
     # reads), the page with its waiting mark, progress, for_each progress, what the waiting
-    # runs wait for: nothing per row, and no COUNT.
-    with django_assert_num_queries(8):
+    # runs wait for (their waiting steps, then who and by when): nothing per row, and no COUNT.
+    with django_assert_num_queries(9):
         response = ops_client.get(later)
     assert response.content.count(b"<tr data-run=") == 50
-    with django_assert_num_queries(8):
+    with django_assert_num_queries(9):
         ops_client.get(reverse("dashboard:runs"), {"status": "waiting", "q": "t"})
 
 
