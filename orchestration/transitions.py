@@ -200,6 +200,11 @@ def rerun(*, run_id: int, actor: Any = None, input: Any = None, latest: bool = F
     original = Run.objects.select_related("workflow", "version").filter(pk=run_id).first()
     if original is None:
         raise LookupError(f"run {run_id} does not exist")
+    if original.parent_step_id:
+        # Its own run would be a top-level run of the sub-workflow, which whoever operates the
+        # calling run need not be allowed to start.
+        parent_run = StepRun.objects.only("run_id").get(pk=original.parent_step_id).run_id
+        raise InvalidTransition(f"run {run_id} is a sub-workflow run of run {parent_run}: rerun run {parent_run}")
     version = original.workflow.latest_version if latest else original.version
     if version is None:
         raise InvalidTransition(f"workflow '{original.workflow.key}' has no published version")
@@ -218,6 +223,7 @@ def rerun(*, run_id: int, actor: Any = None, input: Any = None, latest: bool = F
 
 
 def cancel_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
+    limits.check_text(reason, field="reason")
     with change() as work:
         try:
             run = _lock_run(run_id)

@@ -44,3 +44,12 @@ def test_an_edited_input_is_checked_against_the_versions_inputs_and_nothing_is_s
     with pytest.raises(ValueError, match="input `n`: required"):
         transitions.rerun(run_id=original.pk, input={"other": 1})
     assert not original.reruns.exists()
+
+
+def test_a_sub_workflow_run_is_rerun_through_the_run_that_called_it() -> None:
+    flow("    - {key: w, agent: echo, input: 1}", key="worker")
+    flow("    - {key: sub, workflow: worker}", key="manager")
+    run = drive(transitions.start_run(workflow="manager"))
+    child = run.steps.get(step_key="sub").child_runs.get()
+    with pytest.raises(transitions.InvalidTransition, match=f"rerun run {run.pk}"):
+        transitions.rerun(run_id=child.pk)
