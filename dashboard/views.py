@@ -12,6 +12,8 @@ starts from its querysets, and every run or workflow a URL names is looked up th
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,7 +31,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from dashboard import agent_status, inputs, read_models
 from dashboard.web import HtmxHttpRequest, partial_or_page, wants_partial
-from orchestration import access, transitions
+from orchestration import access, limits, transitions
 from orchestration.models import Run, StepRun, Workflow, WorkflowVersion
 from orchestration.status import STEP_FINAL, RunStatus
 
@@ -273,15 +275,74 @@ def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
 def cancel_run(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
     run = access.get_run_for_user(request.user, run_id, operate=True)
     try:
-        transitions.cancel_run(run_id=run.pk, actor=request.user)
+        transitions.cancel_run(run_id=run.pk, actor=request.user, reason=request.POST.get("reason", "").strip())
     except transitions.InvalidTransition:
         # Someone (or the run itself) got there first; the page shows what happened.
-        run.refresh_from_db()
-        notice, status, level = f"Run {run.pk} is already {run.status}.", 409, messages.WARNING
-    else:
-        run.refresh_from_db()
-        notice, status, level = f"Run {run.pk} cancelled.", 200, messages.SUCCESS
+        return _after_action(request, run, f"Run {run.pk} is already {Run.objects.get(pk=run.pk).status}.", 409)
+    except ValueError as exc:
+        return _after_action(request, run, f"Not cancelled: {exc}", 422)
+    return _after_action(request, run, f"Run {run.pk} cancelled.", 200)
+
+
+@require_POST
+@login_required
+def retry_run(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    """Retry from failure; the form may give one failed step's edited input as JSON."""
+    run = access.get_run_for_user(request.user, run_id, operate=True)
+    try:
+        step = request.POST.get("step", "").strip()
+        edited = _json_field(request.POST.get("input", ""), field="input")
+        given = {step: edited} if step and edited is not _BLANK else None
+        transitions.retry_run(run_id=run.pk, actor=request.user, reason=request.POST.get("reason", "").strip(), inputs=given)
+    except transitions.InvalidTransition as exc:
+        return _after_action(request, run, f"Not retried: {exc}.", 409)
+    except ValueError as exc:
+        return _after_action(request, run, f"Not retried: {exc}", 422)
+    return _after_action(request, run, f"Run {run.pk} retried from its failure.", 200)
+
+
+@require_POST
+@login_required
+def rerun_run(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    """A new run of the same (or latest) version, same or edited input: its page opens."""
+    run = access.get_run_for_user(request.user, run_id, operate=True)
+    try:
+        edited = _json_field(request.POST.get("input", ""), field="input")
+        again = transitions.rerun(
+            run_id=run.pk,
+            actor=request.user,
+            input=None if edited is _BLANK else edited,
+            latest=request.POST.get("latest") == "on",
+        )
+    except transitions.InvalidTransition as exc:
+        return _after_action(request, run, f"Not rerun: {exc}.", 409)
+    except ValueError as exc:
+        return _after_action(request, run, f"Not rerun: {exc}", 422)
+    url = reverse("dashboard:run", args=[again.pk])
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+_BLANK = object()
+
+
+def _json_field(text: str, *, field: str) -> Any:
+    """A JSON textarea: _BLANK when left empty; ValueError naming the field when too long or not JSON."""
+    if not text.strip():
+        return _BLANK
+    limit = limits.max_input_bytes()
+    if len(text) > limit:
+        raise ValueError(f"{field}: {len(text):,} characters; at most {limit:,} are allowed")
+    try:
+        return limits.load_json(text, field=field)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{field}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def _after_action(request: HtmxHttpRequest, run: Run, notice: str, status: int) -> HttpResponse:
+    """An operator action's answer: htmx gets the run's live partial with the notice; a plain
+    form post, the run page after a redirect, the notice as a message."""
+    run.refresh_from_db()
     if wants_partial(request):
         return render(request, "dashboard/_run_live.html", read_models.run_page(run, request.user, notice), status=status)
-    messages.add_message(request, level, notice)
+    messages.add_message(request, messages.SUCCESS if status == 200 else messages.WARNING, notice)
     return redirect("dashboard:run", run_id=run.pk)
