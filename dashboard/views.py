@@ -13,7 +13,6 @@ starts from its querysets, and every run or workflow a URL names is looked up th
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
