@@ -113,5 +113,5 @@ def fails_first(payload: Any, context: Any) -> Any:
     only = payload.get("only")
     targeted = only is None or only == context.index
     if context.attempt == 1 and payload.get("fail", True) and targeted:
-        raise PermanentError(f"first attempt refused (item {context.index})")
+        raise PermanentError("first attempt refused" + ("" if context.index is None else f" (item {context.index})"))
     return {**payload, "attempt": context.attempt}
