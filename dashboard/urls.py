@@ -15,6 +15,7 @@ urlpatterns = [
     path("runs/<int:run_id>/cancel/", views.cancel_run, name="cancel"),
     path("runs/<int:run_id>/retry/", views.retry_run, name="retry"),
     path("runs/<int:run_id>/rerun/", views.rerun_run, name="rerun"),
+    path("runs/bulk/", views.bulk_runs, name="runs_bulk"),
     path("rollouts/", rollouts.index, name="rollouts"),
     path("rollouts/<slug:key>/", rollouts.detail, name="rollout"),
     path("rollouts/<slug:key>/start/", rollouts.start, name="rollout_start"),

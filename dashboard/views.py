@@ -114,6 +114,8 @@ def runs(request: HtmxHttpRequest) -> HttpResponse:
         "filtered": bool(status or workflow_key or window),
         "window": window,
         "window_problems": problems,
+        # Bulk cancel / retry: the boxes are offered to whoever may operate some workflow.
+        "can_bulk": request.user.is_superuser or access.operable_workflows(request.user).exists(),
     }
     return partial_or_page(request, "dashboard/runs.html", "dashboard/_runs_table.html", context)
 
@@ -345,3 +347,89 @@ def _after_action(request: HtmxHttpRequest, run: Run, notice: str, status: int) 
         return render(request, "dashboard/_run_live.html", read_models.run_page(run, request.user, notice), status=status)
     messages.add_message(request, messages.SUCCESS if status == 200 else messages.WARNING, notice)
     return redirect("dashboard:run", run_id=run.pk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bulk actions from the runs list
+
+MAX_BULK_RUNS = 500
+BULK_ACTIONS = {
+    # action: (what the confirmation and result call it, the states a run must be in)
+    "cancel": ("Cancel", "cancelled", "running"),
+    "retry": ("Retry", "retried", "failed or cancelled"),
+}
+
+
+@require_POST
+@login_required
+def bulk_runs(request: HtmxHttpRequest) -> HttpResponse:
+    """Cancel or retry the runs ticked on the runs list: first a page that says how many runs
+    it will change (and why the others will not change), then, confirmed, each run on its own
+    transition; the list says how many were done and why the others were not."""
+    action = request.POST.get("action", "")
+    if action not in BULK_ACTIONS:
+        return render(request, "dashboard/runs_bulk.html", {"problem": "Choose Cancel or Retry."}, status=422)
+    texts = request.POST.getlist("run")
+    if len(texts) > MAX_BULK_RUNS:
+        problem = f"{len(texts):,} runs ticked; at most {MAX_BULK_RUNS} at a time."
+        return render(request, "dashboard/runs_bulk.html", {"problem": problem}, status=422)
+    ids = sorted({int(text) for text in texts if text.isdigit() and len(text) < 12})
+    if not ids:
+        return render(request, "dashboard/runs_bulk.html", {"problem": "Tick the runs first."}, status=422)
+    reason = request.POST.get("reason", "").strip()
+    back = _runs_list_url(request.POST.get("back", ""))
+    found = {run.pk: run for run in access.visible_runs(request.user).select_related("workflow", "parent_step").filter(pk__in=ids)}
+    allowed, refused = [], {"you may not see": 0, "you may not change": 0, "not in a state for it": 0}
+    for pk in ids:
+        run = found.get(pk)
+        if run is None:
+            refused["you may not see"] += 1
+        elif not access.can_operate_run(request.user, run):
+            refused["you may not change"] += 1
+        elif not _bulk_applies(action, run):
+            refused["not in a state for it"] += 1
+        else:
+            allowed.append(run)
+    if request.POST.get("confirmed") != "yes":
+        verb, _, states = BULK_ACTIONS[action]
+        context = {
+            "action": action,
+            "question": f"{verb} {len(allowed)} {states} run{'' if len(allowed) == 1 else 's'}?",
+            "allowed": allowed,
+            "refused": {why: count for why, count in refused.items() if count},
+            "reason": reason,
+            "back": back,
+            "back_query": back.partition("?")[2],
+        }
+        return render(request, "dashboard/runs_bulk.html", context, status=200 if allowed else 409)
+    done, failed_again = 0, []
+    for run in allowed:
+        try:
+            if action == "cancel":
+                transitions.cancel_run(run_id=run.pk, actor=request.user, reason=reason)
+            else:
+                transitions.retry_run(run_id=run.pk, actor=request.user, reason=reason)
+            done += 1
+        except (transitions.InvalidTransition, ValueError) as exc:
+            # Changed since the confirmation (it ended, someone else retried it): say so.
+            failed_again.append(f"#{run.pk}: {exc}")
+    _, past, _ = BULK_ACTIONS[action]
+    notice = f"{done} run{'' if done == 1 else 's'} {past}."
+    others = [f"{count} {why}" for why, count in refused.items() if count] + failed_again
+    if others:
+        notice += " Not " + past + ": " + "; ".join(others[:20]) + ("; …" if len(others) > 20 else "") + "."
+    messages.add_message(request, messages.SUCCESS if done and not others else messages.WARNING, notice)
+    return redirect(back)
+
+
+def _bulk_applies(action: str, run: Run) -> bool:
+    if action == "cancel":
+        return run.status == RunStatus.RUNNING
+    # A sub-workflow's run is retried through its caller (transitions.retry_run says so).
+    return run.status in (RunStatus.FAILED, RunStatus.CANCELLED) and run.parent_step_id is None
+
+
+def _runs_list_url(query: str) -> str:
+    """The runs list with the filters it was ticked under: only a query string is taken back."""
+    filters = QueryDict(query[:2000].lstrip("?"))
+    return reverse("dashboard:runs") + ("?" + filters.urlencode() if filters else "")
