@@ -84,6 +84,22 @@ def test_only_the_failed_map_item_runs_again_and_the_others_keep_their_outputs()
     assert Attempt.objects.filter(step_run=items[1]).count() == 2
 
 
+def test_a_map_with_concurrency_runs_its_failed_items_again_held_to_its_slots(settings: Any) -> None:
+    settings.BATON_CONTINUE_SECONDS = 0
+    flow(
+        "    - {key: m, agent: fails-first, for_each: '[0, 1, 2, 3]', concurrency: 1, input: {i: '{{ item }}', only: 1}}",
+        extra="  output: '{{ steps.m.output }}'",
+    )
+    run = failed()
+    items = dict(StepRun.objects.filter(run=run, map_index__isnull=False).values_list("map_index", "status"))
+    assert items == {0: "succeeded", 1: "failed", 2: "cancelled", 3: "cancelled"}
+    transitions.retry_run(run_id=run.pk)
+    queued = list(StepRun.objects.filter(run=run, status=StepStatus.QUEUED).values_list("map_index", flat=True))
+    assert queued == [1], "one slot: the others wait their turn"
+    run = drive(run)
+    assert run.status == RunStatus.SUCCEEDED and [o["i"] for o in run.output] == [0, 1, 2, 3]
+
+
 def test_a_failed_step_inside_a_loop_runs_again_in_the_round_it_failed_in() -> None:
     flow(
         "    - {key: write, agent: echo, input: {round: '{{ iteration }}'}}\n"
