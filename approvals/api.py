@@ -26,6 +26,7 @@ from approvals import access, errors, transitions
 from approvals.auth import BearerToken, SessionWithCsrf
 from approvals.models import Item, ItemStatus
 from approvals.notifications import item_url
+from orchestration import runs_api
 from orchestration.rollouts import api as rollouts_api
 from orchestration.rollouts.transitions import GateFailed, NotAllowed, RolloutError
 
@@ -313,6 +314,8 @@ def _invalid_request(request: HttpRequest, exc: ValidationError) -> HttpResponse
 
 # Rollouts: orchestration's own router, answered by the handlers above.
 api.add_router("/rollouts", rollouts_api.router)
+# Operator actions on runs (retry, rerun, cancel): orchestration's router, refusals answered there.
+api.add_router("/runs", runs_api.router)
 
 
 @api.get("/approvals", response={200: list[ItemOut], 422: ErrorOut}, tags=["approvals"], summary="Your items")

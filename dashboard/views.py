@@ -12,6 +12,7 @@ starts from its querysets, and every run or workflow a URL names is looked up th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Max, OuterRef, Subquery
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -27,7 +28,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from dashboard import agent_status, inputs, read_models, runs_list, workflow_page
 from dashboard.web import HtmxHttpRequest, partial_or_page, wants_partial
-from orchestration import access, definitions, transitions
+from orchestration import access, definitions, limits, transitions
 from orchestration.models import Run, StepRun, Workflow, WorkflowVersion
 from orchestration.status import RunStatus
 
@@ -39,6 +40,8 @@ from orchestration.status import RunStatus
 @login_required
 def runs(request: HtmxHttpRequest) -> HttpResponse:
     context = runs_list.runs_page(request.user, request.GET)
+    # Bulk cancel / retry: the boxes are offered to whoever may operate some workflow.
+    context["can_bulk"] = request.user.is_superuser or access.operable_workflows(request.user).exists()
     return partial_or_page(request, "dashboard/runs.html", "dashboard/_runs_table.html", context)
 
 
@@ -195,17 +198,76 @@ def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
 def cancel_run(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
     run = access.get_run_for_user(request.user, run_id, operate=True)
     try:
-        transitions.cancel_run(run_id=run.pk, actor=request.user)
+        transitions.cancel_run(run_id=run.pk, actor=request.user, reason=request.POST.get("reason", "").strip())
     except transitions.InvalidTransition:
         # Someone (or the run itself) got there first; the page shows what happened.
-        run.refresh_from_db()
-        notice, status, level = f"Run {run.pk} is already {run.status}.", 409, messages.WARNING
-    else:
-        run.refresh_from_db()
-        notice, status, level = f"Run {run.pk} cancelled.", 200, messages.SUCCESS
+        return _after_action(request, run, f"Run {run.pk} is already {Run.objects.get(pk=run.pk).status}.", 409)
+    except ValueError as exc:
+        return _after_action(request, run, f"Not cancelled: {exc}", 422)
+    return _after_action(request, run, f"Run {run.pk} cancelled.", 200)
+
+
+@require_POST
+@login_required
+def retry_run(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    """Retry from failure; the form may give one failed step's edited input as JSON."""
+    run = access.get_run_for_user(request.user, run_id, operate=True)
+    try:
+        step = request.POST.get("step", "").strip()
+        edited = _json_field(request.POST.get("input", ""), field="input")
+        given = {step: edited} if step and edited is not _BLANK else None
+        transitions.retry_run(run_id=run.pk, actor=request.user, reason=request.POST.get("reason", "").strip(), inputs=given)
+    except transitions.InvalidTransition as exc:
+        return _after_action(request, run, f"Not retried: {exc}.", 409)
+    except ValueError as exc:
+        return _after_action(request, run, f"Not retried: {exc}", 422)
+    return _after_action(request, run, f"Run {run.pk} retried from its failure.", 200)
+
+
+@require_POST
+@login_required
+def rerun_run(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
+    """A new run of the same (or latest) version, same or edited input: its page opens."""
+    run = access.get_run_for_user(request.user, run_id, operate=True)
+    try:
+        edited = _json_field(request.POST.get("input", ""), field="input")
+        again = transitions.rerun(
+            run_id=run.pk,
+            actor=request.user,
+            input=None if edited is _BLANK else edited,
+            latest=request.POST.get("latest") == "on",
+        )
+    except transitions.InvalidTransition as exc:
+        return _after_action(request, run, f"Not rerun: {exc}.", 409)
+    except ValueError as exc:
+        return _after_action(request, run, f"Not rerun: {exc}", 422)
+    url = reverse("dashboard:run", args=[again.pk])
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+_BLANK = object()
+
+
+def _json_field(text: str, *, field: str) -> Any:
+    """A JSON textarea: _BLANK when left empty; ValueError naming the field when too long or not JSON."""
+    if not text.strip():
+        return _BLANK
+    limit = limits.max_input_bytes()
+    if len(text) > limit:
+        raise ValueError(f"{field}: {len(text):,} characters; at most {limit:,} are allowed")
+    try:
+        return limits.load_json(text, field=field)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{field}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def _after_action(request: HtmxHttpRequest, run: Run, notice: str, status: int) -> HttpResponse:
+    """An operator action's answer: htmx gets the run's live partial with the notice; a plain
+    form post, the run page after a redirect, the notice as a message."""
+    run.refresh_from_db()
     if wants_partial(request):
         return render(request, "dashboard/_run_live.html", read_models.run_page(run, request.user, notice), status=status)
-    messages.add_message(request, level, notice)
+    messages.add_message(request, messages.SUCCESS if status == 200 else messages.WARNING, notice)
     return redirect("dashboard:run", run_id=run.pk)
 
 
@@ -242,3 +304,89 @@ def run_events(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
         "order": "newest" if newest_first else "oldest",
     }
     return partial_or_page(request, "dashboard/run_events.html", "dashboard/_run_events.html", context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bulk actions from the runs list
+
+MAX_BULK_RUNS = 500
+BULK_ACTIONS = {
+    # action: (what the confirmation and result call it, the states a run must be in)
+    "cancel": ("Cancel", "cancelled", "running"),
+    "retry": ("Retry", "retried", "failed or cancelled"),
+}
+
+
+@require_POST
+@login_required
+def bulk_runs(request: HtmxHttpRequest) -> HttpResponse:
+    """Cancel or retry the runs ticked on the runs list: first a page that says how many runs
+    it will change (and why the others will not change), then, confirmed, each run on its own
+    transition; the list says how many were done and why the others were not."""
+    action = request.POST.get("action", "")
+    if action not in BULK_ACTIONS:
+        return render(request, "dashboard/runs_bulk.html", {"problem": "Choose Cancel or Retry."}, status=422)
+    texts = request.POST.getlist("run")
+    if len(texts) > MAX_BULK_RUNS:
+        problem = f"{len(texts):,} runs ticked; at most {MAX_BULK_RUNS} at a time."
+        return render(request, "dashboard/runs_bulk.html", {"problem": problem}, status=422)
+    ids = sorted({int(text) for text in texts if text.isdigit() and len(text) < 12})
+    if not ids:
+        return render(request, "dashboard/runs_bulk.html", {"problem": "Tick the runs first."}, status=422)
+    reason = request.POST.get("reason", "").strip()
+    back = _runs_list_url(request.POST.get("back", ""))
+    found = {run.pk: run for run in access.visible_runs(request.user).select_related("workflow", "parent_step").filter(pk__in=ids)}
+    allowed, refused = [], {"you may not see": 0, "you may not change": 0, "not in a state for it": 0}
+    for pk in ids:
+        run = found.get(pk)
+        if run is None:
+            refused["you may not see"] += 1
+        elif not access.can_operate_run(request.user, run):
+            refused["you may not change"] += 1
+        elif not _bulk_applies(action, run):
+            refused["not in a state for it"] += 1
+        else:
+            allowed.append(run)
+    if request.POST.get("confirmed") != "yes":
+        verb, _, states = BULK_ACTIONS[action]
+        context = {
+            "action": action,
+            "question": f"{verb} {len(allowed)} {states} run{'' if len(allowed) == 1 else 's'}?",
+            "allowed": allowed,
+            "refused": {why: count for why, count in refused.items() if count},
+            "reason": reason,
+            "back": back,
+            "back_query": back.partition("?")[2],
+        }
+        return render(request, "dashboard/runs_bulk.html", context, status=200 if allowed else 409)
+    done, failed_again = 0, []
+    for run in allowed:
+        try:
+            if action == "cancel":
+                transitions.cancel_run(run_id=run.pk, actor=request.user, reason=reason)
+            else:
+                transitions.retry_run(run_id=run.pk, actor=request.user, reason=reason)
+            done += 1
+        except (transitions.InvalidTransition, ValueError) as exc:
+            # Changed since the confirmation (it ended, someone else retried it): say so.
+            failed_again.append(f"#{run.pk}: {exc}")
+    _, past, _ = BULK_ACTIONS[action]
+    notice = f"{done} run{'' if done == 1 else 's'} {past}."
+    others = [f"{count} {why}" for why, count in refused.items() if count] + failed_again
+    if others:
+        notice += " Not " + past + ": " + "; ".join(others[:20]) + ("; …" if len(others) > 20 else "") + "."
+    messages.add_message(request, messages.SUCCESS if done and not others else messages.WARNING, notice)
+    return redirect(back)
+
+
+def _bulk_applies(action: str, run: Run) -> bool:
+    if action == "cancel":
+        return run.status == RunStatus.RUNNING
+    # A sub-workflow's run is retried through its caller (transitions.retry_run says so).
+    return run.status in (RunStatus.FAILED, RunStatus.CANCELLED) and run.parent_step_id is None
+
+
+def _runs_list_url(query: str) -> str:
+    """The runs list with the filters it was ticked under: only a query string is taken back."""
+    filters = QueryDict(query[:2000].lstrip("?"))
+    return reverse("dashboard:runs") + ("?" + filters.urlencode() if filters else "")

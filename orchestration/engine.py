@@ -971,22 +971,29 @@ def collect_items(parent: StepRun) -> list[Any]:
 
 
 def retry_escalated(work: Work, run: Run, step: StepRun, *, input: Any, why: str, actor: Any) -> None:
-    """Run an escalated step again (the owner's retry), with the given input.
+    """Run an escalated step again (the owner's retry), with the given input."""
+    run_step_again(work, run, step, input=input, why=why, actor=actor, from_status=StepStatus.WAITING)
+
+
+def run_step_again(
+    work: Work, run: Run, step: StepRun, *, input: Any, why: str, actor: Any, from_status: str
+) -> None:
+    """Give a step that failed (escalated, or failed with its run) new attempts, with `input`.
 
     A sub-workflow step starts a new child run; a map runs again only its failed (and
-    cancelled) items; an agent step goes back to its own agent, and back to its gate when
-    the action needs approval of an input nobody approved.
+    cancelled) items, keeping the outputs of the others; an agent step goes back to its own
+    agent, and back to its gate when the action needs approval of an input nobody approved.
+    Attempts before the retry stay as history (attempts_base): the retry policy counts anew.
     """
     spec = step_spec(run, step.step_key)
     step.waiting_for = ""
     step.error = ""
     step.error_class = ""
+    step.finished_at = None
     step.input = input
 
     def retried(to_status: str, message: str = why) -> None:
-        work.event(
-            run, EventKind.STEP_QUEUED, step=step, from_status=StepStatus.WAITING, to_status=to_status, message=message, actor=actor
-        )
+        work.event(run, EventKind.STEP_QUEUED, step=step, from_status=from_status, to_status=to_status, message=message, actor=actor)
 
     if step.kind == StepKind.WORKFLOW:
         retried(StepStatus.WAITING)
@@ -999,12 +1006,24 @@ def retry_escalated(work: Work, run: Run, step: StepRun, *, input: Any, why: str
                 "pk", "status", "map_index"
             )
         )
+        # Held back by `concurrency` like the first time: they wait as pending for a slot.
+        slots = spec.get("concurrency")
         StepRun.objects.filter(pk__in=[pk for pk, _, _ in again]).update(
-            status=StepStatus.QUEUED, queued_at=timezone.now(), error="", error_class="", attempts_base=F("attempts")
+            status=StepStatus.PENDING if slots else StepStatus.QUEUED,
+            queued_at=None if slots else timezone.now(),
+            finished_at=None,
+            error="",
+            error_class="",
+            claim_token="",
+            attempts_base=F("attempts"),
         )
         step.status = StepStatus.RUNNING
         step.save()
         retried(step.status, f"{why}: its {len(again)} failed item(s) run again")
+        if slots:
+            running = StepRun.objects.filter(parent=step).exclude(status__in=STEP_FINAL).exclude(status=StepStatus.PENDING).count()
+            release_next_items(work, run, step, max(slots - running, 0))
+            return
         for pk, before, index in again:
             item = StepRun(pk=pk, run_id=run.pk, parent_id=step.pk)
             work.event(
@@ -1027,6 +1046,125 @@ def retry_escalated(work: Work, run: Run, step: StepRun, *, input: Any, why: str
     step.save()
     retried(step.status)
     work.send.append(step.pk)
+
+
+class CannotRetry(Exception):
+    """The run cannot resume from its failure; the message says why (nothing was written)."""
+
+
+def retry_from_failure(
+    work: Work, run: Run, *, inputs: dict[str, Any], why: str, actor: Any, as_child: bool = False
+) -> list[str]:
+    """Resume a failed or cancelled run from where it stopped; returns the keys run again.
+
+    Succeeded steps keep their outputs. A step that failed after it had run (an agent that
+    was called, a map, a sub-workflow) gets new attempts with its stored input, or the edited
+    one in `inputs` (step key -> input), and so does one cancelled while it ran; a step that
+    failed before it ran (a bad template) and the steps cancelled before they ran start
+    afresh, as the engine starts any step; steps after them, never started, follow as usual.
+    Loops resume in the round they stopped in.
+
+    A failed sub-workflow step resumes its child run the same way (its succeeded steps keep
+    their outputs too, and the child stays the one record of that work); with edited input,
+    or when the child cannot resume (its work was undone), it starts a new child run.
+    `as_child`: this run is such a child, resumed by its parent's retry under the parent's lock.
+    """
+    if StepRun.objects.filter(run=run, kind=StepKind.COMPENSATION).exists():
+        raise CannotRetry(
+            f"run {run.pk} has undone its completed steps (compensations ran): resuming it would "
+            "act on undone work; rerun it instead"
+        )
+    if run.parent_step_id and not as_child:
+        parent_run = StepRun.objects.only("run_id").get(pk=run.parent_step_id).run_id
+        raise CannotRetry(f"run {run.pk} is a sub-workflow run of run {parent_run}: retry run {parent_run}")
+    heads = reads.latest_heads(StepRun.objects.filter(run=run, map_index__isnull=True).exclude(kind=StepKind.COMPENSATION))
+    stopped = {key: head for key, head in heads.items() if head.status in (StepStatus.FAILED, StepStatus.CANCELLED)}
+    again = {key: head for key, head in stopped.items() if _ran(head)}
+    for key in inputs:
+        if key not in again or again[key].items_total:
+            raise CannotRetry(f"step '{key}': only the input of a failed agent or sub-workflow step can be edited")
+    before = run.status
+    run.status = RunStatus.RUNNING
+    run.error = ""
+    run.ends_as = ""
+    run.finished_at = None
+    run.save(update_fields=["status", "error", "ends_as", "finished_at"])
+    work.event(
+        run,
+        EventKind.RUN_RETRIED,
+        from_status=before,
+        to_status=run.status,
+        message=why,
+        actor=actor,
+        data={"steps": sorted(stopped), "edited_input": sorted(inputs)},
+    )
+    for key, head in stopped.items():
+        if key in again:
+            continue
+        # Starts afresh below: advance renders its input and starts it as the first time.
+        before = head.status
+        StepRun.objects.filter(pk=head.pk).update(
+            status=StepStatus.PENDING,
+            error="",
+            error_class="",
+            finished_at=None,
+            started_at=None,
+            queued_at=None,
+            waiting_for="",
+            wake_at=None,
+            claim_token="",
+            fallback_from="",
+            attempts_base=F("attempts"),
+        )
+        work.event(run, EventKind.STEP_QUEUED, step=head, from_status=before, to_status=StepStatus.PENDING, message=why, actor=actor)
+    for key, head in again.items():
+        step = StepRun.objects.get(pk=head.pk)
+        edited = key in inputs
+        if step.kind == StepKind.WORKFLOW and not edited and _resume_child(work, run, step, why=why, actor=actor):
+            continue
+        run_step_again(
+            work,
+            run,
+            step,
+            input=inputs[key] if edited else step.input,
+            why=f"{why} with edited input" if edited else why,
+            actor=actor,
+            from_status=head.status,
+        )
+        if run.status != RunStatus.RUNNING:
+            return sorted(stopped)  # it failed again at once (a sub-workflow gone)
+    advance(work, run)
+    return sorted(stopped)
+
+
+def _resume_child(work: Work, run: Run, step: StepRun, *, why: str, actor: Any) -> bool:
+    """Resume a failed sub-workflow step's latest child run from its failure; False if it cannot."""
+    child = Run.objects.filter(parent_step=step).order_by("-id").select_for_update(no_key=True).first()
+    if child is None or child.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+        return False
+    if StepRun.objects.filter(run=child, kind=StepKind.COMPENSATION).exists():
+        return False
+    before = step.status
+    step.status = StepStatus.WAITING
+    step.waiting_for = WaitingFor.WORKFLOW
+    step.error = ""
+    step.error_class = ""
+    step.finished_at = None
+    step.save(update_fields=["status", "waiting_for", "error", "error_class", "finished_at"])
+    work.event(
+        run, EventKind.STEP_WAITING, step=step, from_status=before, to_status=step.status,
+        message=f"{why}: sub-workflow run {child.pk} resumes from its failure", actor=actor,
+    )
+    retry_from_failure(work, child, inputs={}, why=f"{why} (parent run {run.pk})", actor=actor, as_child=True)
+    return True
+
+
+def _ran(head: StepRun) -> bool:
+    """Whether a stopped step had started its work, so that a retry repeats that work with its
+    input (a map: only its unfinished items) instead of starting the step afresh."""
+    if head.kind == StepKind.WORKFLOW:
+        return head.child_runs.exists()
+    return head.kind == StepKind.AGENT and (head.attempts > 0 or bool(head.items_total))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -253,6 +253,11 @@ class Run(models.Model):
     parent_step = models.ForeignKey(
         "StepRun", null=True, blank=True, related_name="child_runs", on_delete=models.CASCADE
     )
+    # An operator's rerun: the run this one started again (same or latest version, same or
+    # edited input). The original may be deleted; the rerun stays.
+    rerun_of = models.ForeignKey(
+        "self", null=True, blank=True, related_name="reruns", on_delete=models.SET_NULL
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

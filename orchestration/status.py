@@ -61,6 +61,8 @@ class EventKind(models.TextChoices):
     RUN_SUCCEEDED = "run.succeeded", "Run succeeded"
     RUN_FAILED = "run.failed", "Run failed"
     RUN_CANCELLED = "run.cancelled", "Run cancelled"
+    RUN_RETRIED = "run.retried", "Run retried from its failure"
+    RUN_RERUN = "run.rerun", "Run started again as a new run"
     STEP_QUEUED = "step.queued", "Step queued"
     STEP_STARTED = "step.started", "Step started"
     STEP_SUCCEEDED = "step.succeeded", "Step succeeded"

@@ -24,7 +24,7 @@ from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from orchestration import dispatch, engine, guards, reads, rows, version_choice
+from orchestration import dispatch, engine, guards, limits, reads, rows, version_choice
 from orchestration.agents.base import usage_figures
 from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
 from orchestration.specs import step_spec
@@ -169,19 +169,61 @@ def start_run(
         raise LookupError(f"workflow '{workflow.key}' has no published version")
     values = engine.validate_run_input(version.spec, input)
     with change() as work:
-        run = Run.objects.create(
-            workflow=workflow,
-            version=version,
-            input=values,
-            started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
-            trigger=trigger,
+        run = _start(work, workflow, version, values, started_by=started_by, trigger=trigger)
+    return run
+
+
+def _start(
+    work: Work, workflow: Workflow, version: WorkflowVersion, values: dict[str, Any], *, started_by: Any, trigger: str, rerun_of: Run | None = None
+) -> Run:
+    run = Run.objects.create(
+        workflow=workflow,
+        version=version,
+        input=values,
+        started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
+        trigger=trigger,
+        rerun_of=rerun_of,
+    )
+    again = f", rerun of run {rerun_of.pk}" if rerun_of else ""
+    work.event(run, EventKind.RUN_STARTED, to_status=run.status, actor=started_by, message=f"version {version.number}, trigger {trigger}{again}")
+    engine.advance(work, run)
+    return run
+
+
+def rerun(*, run_id: int, actor: Any = None, input: Any = None, latest: bool = False) -> Run:
+    """Start a new run of the run's version (or its workflow's latest), with its input or an
+    edited one (checked against that version's inputs, as the start form checks), linked to it.
+
+    Raises LookupError for an unknown run, ValueError naming every bad input field, and
+    InvalidTransition when the workflow has no published version to run.
+    """
+    original = Run.objects.select_related("workflow", "version").filter(pk=run_id).first()
+    if original is None:
+        raise LookupError(f"run {run_id} does not exist")
+    if original.parent_step_id:
+        # Its own run would be a top-level run of the sub-workflow, which whoever operates the
+        # calling run need not be allowed to start.
+        parent_run = StepRun.objects.only("run_id").get(pk=original.parent_step_id).run_id
+        raise InvalidTransition(f"run {run_id} is a sub-workflow run of run {parent_run}: rerun run {parent_run}")
+    version = original.workflow.latest_version if latest else original.version
+    if version is None:
+        raise InvalidTransition(f"workflow '{original.workflow.key}' has no published version")
+    values = engine.validate_run_input(version.spec, original.input if input is None else input)
+    with change() as work:
+        run = _start(work, original.workflow, version, values, started_by=actor, trigger="rerun", rerun_of=original)
+        edited = " with edited input" if input is not None else ""
+        work.event(
+            original,
+            EventKind.RUN_RERUN,
+            actor=actor,
+            message=f"rerun as run {run.pk} (version {version.number}){edited}",
+            data={"rerun": run.pk, "version": version.number, "edited_input": input is not None},
         )
-        work.event(run, EventKind.RUN_STARTED, to_status=run.status, actor=started_by, message=f"version {version.number}, trigger {trigger}")
-        engine.advance(work, run)
     return run
 
 
 def cancel_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
+    limits.check_text(reason, field="reason")
     with change() as work:
         try:
             run = _lock_run(run_id)
@@ -193,6 +235,34 @@ def cancel_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
             raise InvalidTransition(f"run {run_id} is undoing its completed steps; it ends when they finish")
         who = getattr(actor, "username", None) or "an operator"
         engine.fail_run(work, run, reason or f"cancelled by {who}", status=RunStatus.CANCELLED, actor=actor)
+    return run
+
+
+def retry_run(*, run_id: int, actor: Any = None, reason: str = "", inputs: dict[str, Any] | None = None) -> Run:
+    """An operator resumes a failed or cancelled run from its failure (engine.retry_from_failure),
+    optionally with edited input for failed steps (step key -> input, each checked like a run's).
+
+    Raises LookupError for an unknown run, ValueError naming a bad input, InvalidTransition
+    saying why a run cannot resume (not failed or cancelled, compensated, a sub-workflow run).
+    """
+    limits.check_text(reason, field="reason")
+    inputs = dict(inputs or {})
+    limit = limits.max_input_bytes()
+    for key, value in inputs.items():
+        limits.check_json_value(value, field=f"input of step '{key}'", max_bytes=limit)
+    with change() as work:
+        try:
+            run = _lock_run(run_id)
+        except Run.DoesNotExist:
+            raise LookupError(f"run {run_id} does not exist") from None
+        if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+            raise InvalidTransition(f"run {run_id} is {run.status}: only a failed or cancelled run can be retried")
+        who = getattr(actor, "username", None) or "an operator"
+        why = f"retried by {who}" + (f": {reason}" if reason else "")
+        try:
+            engine.retry_from_failure(work, run, inputs=inputs, why=why, actor=actor)
+        except engine.CannotRetry as exc:
+            raise InvalidTransition(str(exc)) from None
     return run
 
 

@@ -104,3 +104,14 @@ def reveal(payload: Any, context: Any) -> Any:
 def priced(payload: Any, context: Any) -> AgentResult:
     """Reports the usage its input asks for, sensible or not."""
     return AgentResult(output={"ok": True}, usage=(payload or {}).get("usage", {}))
+
+
+def fails_first(payload: Any, context: Any) -> Any:
+    """Fails for good on a step's (or an item's) first attempt, unless payload['fail'] is false,
+    or only for the item payload['only'] when given; later attempts echo the payload."""
+    payload = payload if isinstance(payload, dict) else {"value": payload}
+    only = payload.get("only")
+    targeted = only is None or only == context.index
+    if context.attempt == 1 and payload.get("fail", True) and targeted:
+        raise PermanentError("first attempt refused" + ("" if context.index is None else f" (item {context.index})"))
+    return {**payload, "attempt": context.attempt}
