@@ -4,7 +4,9 @@ pass's gate check and drift signals.
 
 Each function is keyword-only, locks the rollout row, checks the state it starts from, runs in
 one transaction and appends a RolloutEvent (who, from, to, why, the gate's verdicts).
-Views, the API, admin and the daily pass call these and nothing else writes a rollout.
+Views, the API and the daily pass call these for every change that has a history. The brief's
+own words (owner, success metric, rollback conditions, drift margin) are plain edits in the
+admin, which keeps no event for them.
 """
 
 from __future__ import annotations
