@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from orchestration import dispatch, transitions
@@ -49,13 +50,29 @@ class TickReport:
         return any((self.retried, self.lost, self.resent, self.woken, self.resumed, self.released, self.swept))
 
 
+def _database_gone(exc: Exception) -> bool:
+    """True when the connection itself is lost: the whole tick stops and the worker says so once.
+
+    A lock timeout or a bad row is an OperationalError too, but leaves the connection usable;
+    those stay one logged failure, and the rest of the tick goes on.
+    """
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return False
+    try:
+        return not connection.is_usable()
+    except Exception:
+        return True
+
+
 def _each(rows: Any, action: Callable[..., Any]) -> int:
     """Apply one transition per row; one bad row is logged and must not stop the sweep."""
     done = 0
     for row in rows:
         try:
             done += int(bool(action(*row) if isinstance(row, tuple) else action(row)))
-        except Exception:
+        except Exception as exc:
+            if _database_gone(exc):
+                raise
             logger.exception("ticker: %s failed for %s", getattr(action, "__name__", action), row)
     return done
 
@@ -149,12 +166,16 @@ def tick(now: datetime | None = None) -> TickReport:
     for agent in transitions.throttled_agents():
         try:
             report.released += transitions.release_throttled(agent=agent)
-        except Exception:
+        except Exception as exc:
+            if _database_gone(exc):
+                raise
             logger.exception("ticker: releasing throttled steps of %s failed", agent.name)
     for sweep in SWEEPS:
         try:
             report.swept += sweep(now)
-        except Exception:
+        except Exception as exc:
+            if _database_gone(exc):
+                raise
             logger.exception("ticker: sweep %s failed", getattr(sweep, "__name__", sweep))
     if report:
         logger.info("tick: %s", report)
