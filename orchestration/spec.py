@@ -1112,9 +1112,9 @@ def check_input_value(definition: Mapping[str, Any], value: Any) -> str | None:
         return _string_problem(definition, value)
     elif isinstance(value, list):
         if "min_items" in definition and len(value) < definition["min_items"]:
-            return f"{_count(len(value), 'item')}; at least {definition['min_items']} are needed"
+            return f"{_count(len(value), 'item')}, at least {definition['min_items']} are needed"
         if "max_items" in definition and len(value) > definition["max_items"]:
-            return f"{_count(len(value), 'item')}; at most {definition['max_items']} are allowed"
+            return f"{_count(len(value), 'item')}, at most {definition['max_items']} are allowed"
         if "items" in definition:
             for number, entry in enumerate(value, start=1):
                 error = check_input_value(definition["items"], entry)
@@ -1127,12 +1127,12 @@ def _string_problem(definition: Mapping[str, Any], value: str) -> str | None:
     if definition.get("required") and not value.strip():
         return "required"
     if "min_length" in definition and len(value) < definition["min_length"]:
-        return f"{_count(len(value), 'character')}; at least {definition['min_length']} are needed"
+        return f"{_count(len(value), 'character')}, at least {definition['min_length']} are needed"
     if "max_length" in definition and len(value) > definition["max_length"]:
-        return f"{_count(len(value), 'character')}; at most {definition['max_length']} are allowed"
+        return f"{_count(len(value), 'character')}, at most {definition['max_length']} are allowed"
     if "pattern" in definition:
         if len(value) > MAX_PATTERN_INPUT:
-            return f"{_count(len(value), 'character')}; at most {MAX_PATTERN_INPUT:,} are checked against a pattern"
+            return f"{_count(len(value), 'character')}, at most {MAX_PATTERN_INPUT:,} are checked against a pattern"
         if re.fullmatch(definition["pattern"], value) is None:
             return f"{value!r} does not match the pattern {definition['pattern']}"
     if definition.get("format") == "email":
