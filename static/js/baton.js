@@ -229,11 +229,12 @@
 
 // A start form's list entered one input per item (templates/dashboard/_start_form.html): the
 // server draws the items and two blank slots, which is enough without JavaScript; here the
-// "Add another" and "Remove" buttons appear and work. Blank inputs are skipped by the server,
+// "Add another" and "Remove" buttons appear and work, and one blank slot is kept. Blank inputs are skipped by the server,
 // so removing the last row only empties it. Delegated, so forms htmx swaps in work too.
 (function () {
   "use strict";
   function rows(list) { return list.querySelectorAll(".item-list__row"); }
+  function isBlank(row) { const control = row.querySelector("input, select"); return !control || !control.value.trim(); }
 
   function renumber(list) {
     const legend = list.querySelector("legend");
@@ -251,6 +252,12 @@
     const lists = root.matches && root.matches("[data-item-list]") ? [root] : root.querySelectorAll("[data-item-list]");
     lists.forEach(function (list) {
       list.querySelectorAll("[data-item-add], [data-item-remove]").forEach(function (button) { button.hidden = false; });
+      // The spare slots are for a page without JavaScript; with "Add another", one blank is enough.
+      let all = rows(list);
+      while (all.length > 1 && isBlank(all[all.length - 1]) && isBlank(all[all.length - 2])) {
+        all[all.length - 1].remove();
+        all = rows(list);
+      }
       renumber(list);
     });
   });
