@@ -141,12 +141,13 @@ def test_a_refund_below_the_minimum_is_refused_naming_the_field(refunds: Workflo
 
 def test_every_keyword_is_checked_and_every_problem_named_at_once(refunds: Workflow) -> None:
     message = started(refund=10, reason="no", order="ab-1234", email="not-an-address", tags=["late", "stolen"])
-    assert message.split("; ") == [
+    # In the schema's stored order, which PostgreSQL's jsonb keeps by key length: compare as a set.
+    assert set(message.split("; ")) == {
         "input `reason`: 2 characters, at least 3 are needed",
         "input `order`: 'ab-1234' does not match the pattern [A-Z]{2}-[0-9]{4}",
         "input `email`: 'not-an-address' is not an email address",
         "input `tags`: item 2: 'stolen' is not one of ['late', 'broken', 'lost']",
-    ]
+    }
 
 
 def test_a_list_is_held_to_its_item_counts(refunds: Workflow) -> None:
