@@ -112,7 +112,11 @@ class InputField:
     @property
     def slots(self) -> list[str]:
         """The item inputs' values: the items, then blank slots up to `max_items`."""
-        room = BLANK_SLOTS if not self.max_items else max(0, min(BLANK_SLOTS, int(self.max_items) - len(self.items)))
+        room = (
+            BLANK_SLOTS
+            if not self.max_items
+            else max(0, min(BLANK_SLOTS, int(self.max_items) - len(self.items)))
+        )
         return [*self.items, *([""] * room)] or [""]
 
 
@@ -159,7 +163,12 @@ def _control(definition: Mapping[str, Any]) -> Control:
 
 def _item_schema(definition: Mapping[str, Any], item_lists: bool) -> Mapping[str, Any] | None:
     items = definition.get("items")
-    if item_lists and definition.get("type") == "list" and isinstance(items, Mapping) and items.get("type") in ITEM_BY_ITEM:
+    if (
+        item_lists
+        and definition.get("type") == "list"
+        and isinstance(items, Mapping)
+        and items.get("type") in ITEM_BY_ITEM
+    ):
         return items
     return None
 

@@ -991,8 +991,8 @@ def _normalise_input(
 def _pattern_problem(pattern: Any) -> str | None:
     """Why `pattern` may not be used, or None. A regular expression runs on what anyone may
     type, so it is bounded (its length, and the length of text it is run on, MAX_PATTERN_INPUT)
-    and one that nests repetition (`(a+)+`), which takes exponential time on a near miss, is
-    refused outright."""
+    and one shaped to backtrack exponentially on a near miss (`(a+)+`, `(a|ab)*`) is refused
+    outright: Python's `re` has no time limit, and a stuck match holds a web worker."""
     if not isinstance(pattern, str) or not pattern:
         return "must be a regular expression (text)"
     if len(pattern) > MAX_PATTERN_CHARS:
@@ -1001,8 +1001,9 @@ def _pattern_problem(pattern: Any) -> str | None:
         re.compile(pattern)
     except (re.error, RecursionError, OverflowError) as exc:
         return f"not a valid regular expression ({exc})"
-    if _nests_repetition(pattern):
-        return "repeats a part that itself repeats (such as `(a+)+`), which can take exponential time: write it without the nesting"
+    risk = _backtracking_risk(pattern)
+    if risk:
+        return f"{risk}, which can take exponential time on a near miss: write it another way"
     return None
 
 
@@ -1015,35 +1016,49 @@ except (ImportError, AttributeError):  # pragma: no cover
     _RE_PARSER, _RE_SUBPATTERN = None, ()
 
 
-def _nests_repetition(pattern: str) -> bool:
+def _backtracking_risk(pattern: str) -> str | None:
+    """Why `pattern` may take exponential time on a near miss, or None: a variable repetition
+    inside another (`(a+)+`), or a repeated choice whose alternatives may start alike
+    (`(a|ab)*`). A cautious reading: `([a-z]+\\.)+` is safe yet refused; say it otherwise."""
     try:
         tree = _RE_PARSER.parse(pattern)
-    except Exception:  # the private parser moved: compile() above already vouched for the pattern
-        return False
+    except Exception:  # the private parser moved: compile() already vouched for the pattern
+        return None
 
-    def repeats(node: Any, inside: bool) -> bool:
+    def children(argument: Any) -> list[Any]:
+        found: list[Any] = []
+        for part in argument if isinstance(argument, (list, tuple)) else [argument]:
+            if isinstance(part, _RE_SUBPATTERN):
+                found.append(part)
+            elif isinstance(part, (list, tuple)):
+                found += [inner for inner in part if isinstance(inner, _RE_SUBPATTERN)]
+        return found
+
+    def first_literal(branch: Any) -> Any:
+        items = list(branch)
+        return items[0][1] if items and str(items[0][0]) == "LITERAL" else None
+
+    def walk(node: Any, inside: bool) -> str | None:
         for op, argument in node:
             name = str(op)
             if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
                 low, high, body = argument
-                if high > 1 and high != low:  # `b{2}` is no choice, so no backtracking
-                    if inside:
-                        return True
-                    if repeats(body, True):
-                        return True
-                elif repeats(body, inside):
-                    return True
+                varies = high > 1 and high != low  # `b{2}` is no choice, so no backtracking
+                if varies and inside:
+                    return "repeats a part that itself repeats (such as `(a+)+`)"
+                found = walk(body, inside or varies)
+            elif name == "BRANCH" and inside:
+                starts = [first_literal(branch) for branch in argument[1]]
+                if None in starts or len(set(starts)) < len(starts):
+                    return "repeats a choice whose alternatives may start alike (such as `(a|ab)*`)"
+                found = next((w for w in (walk(c, inside) for c in children(argument)) if w), None)
             else:
-                for part in argument if isinstance(argument, (list, tuple)) else [argument]:
-                    if isinstance(part, _RE_SUBPATTERN) and repeats(part, inside):
-                        return True
-                    if isinstance(part, (list, tuple)):
-                        for inner in part:
-                            if isinstance(inner, _RE_SUBPATTERN) and repeats(inner, inside):
-                                return True
-        return False
+                found = next((w for w in (walk(c, inside) for c in children(argument)) if w), None)
+            if found:
+                return found
+        return None
 
-    return repeats(tree, False)
+    return walk(tree, False)
 
 
 TRUE_WORDS = frozenset({"true", "on", "yes", "1"})

@@ -54,7 +54,10 @@ def test_a_rerun_with_a_refund_below_the_minimum_is_422_naming_the_field(
 
 def test_a_rerun_with_input_that_fits_starts(client: Client, people: dict[str, Any], refunded: Run) -> None:
     response = client.post(
-        f"/api/runs/{refunded.pk}/rerun", {"input": {"refund": 0}}, content_type="application/json", headers=bearer(people["ops"])
+        f"/api/runs/{refunded.pk}/rerun",
+        {"input": {"refund": 0}},
+        content_type="application/json",
+        headers=bearer(people["ops"]),
     )
     assert response.status_code == 200, response.json()
     assert Run.objects.get(pk=response.json()["id"]).input == {"refund": 0}

@@ -74,7 +74,9 @@ def test_a_field_is_labelled_by_its_title_or_its_name_humanised_and_described_by
     ops_client: Client, refunds: WorkflowVersion
 ) -> None:
     html = form_html(ops_client)
-    assert re.search(r'<label class="field__label" for="input-refunds-refund_amount">\s*Refund amount <abbr', html)
+    assert re.search(
+        r'<label class="field__label" for="input-refunds-refund_amount">\s*Refund amount <abbr', html
+    )
     assert re.search(r'<label class="field__label" for="input-refunds-reason">\s*Why\s', html)
     assert 'aria-describedby="input-refunds-refund_amount-help"' in tag(html, "refund_amount")
     assert '<p class="field__help" id="input-refunds-refund_amount-help">In euros</p>' in html
@@ -95,13 +97,18 @@ def test_a_list_of_strings_is_one_input_per_item_with_spare_slots_up_to_its_most
     ops_client: Client, refunds: WorkflowVersion
 ) -> None:
     html = form_html(ops_client)
-    items = re.findall(r'<input type="text" name="tags" value="([^"]*)" aria-label="Tags, item (\d)" minlength="2">', html)
+    items = re.findall(
+        r'<input type="text" name="tags" value="([^"]*)" aria-label="Tags, item (\d)" minlength="2">', html
+    )
     # Two defaults and one spare slot: max_items is 3.
     assert items == [("late", "1"), ("broken", "2"), ("", "3")]
     assert "data-item-add hidden>Add another</button>" in html
     assert "data-item-remove hidden>Remove</button>" in html
     # A list of choices is a select per item; a list of objects stays a JSON box.
-    assert re.search(r'<select name="kinds" aria-label="Kinds, item 1">\s*<option value="">—</option>\s*<option value="a">a</option>', html)
+    assert re.search(
+        r'<select name="kinds" aria-label="Kinds, item 1">\s*<option value="">—</option>\s*<option value="a">a</option>',
+        html,
+    )
     assert re.search(r'<textarea id="input-refunds-lines" name="lines"', html)
 
 
@@ -110,13 +117,17 @@ def test_a_list_of_strings_is_one_input_per_item_with_spare_slots_up_to_its_most
 
 def test_item_inputs_become_a_typed_list_and_blank_slots_are_skipped(refunds: WorkflowVersion) -> None:
     schema = refunds.spec["inputs"]
-    values, errors = inputs.parse(schema, QueryDict("refund_amount=3&tags=ab&tags=&tags=cd&counts=2&counts=&kinds=b"))
+    values, errors = inputs.parse(
+        schema, QueryDict("refund_amount=3&tags=ab&tags=&tags=cd&counts=2&counts=&kinds=b")
+    )
     assert errors == {}
     assert values["tags"] == ["ab", "cd"] and values["counts"] == [2] and values["kinds"] == ["b"]
 
 
 def test_an_item_that_is_not_its_type_is_named_by_its_number(refunds: WorkflowVersion) -> None:
-    _, errors = inputs.parse(refunds.spec["inputs"], QueryDict("refund_amount=1&counts=2&counts=many&kinds=z"))
+    _, errors = inputs.parse(
+        refunds.spec["inputs"], QueryDict("refund_amount=1&counts=2&counts=many&kinds=z")
+    )
     assert errors["counts"] == "item 2: enter a whole number"
     assert errors["kinds"] == "item 1: 'z' is not one of the choices"
 
@@ -157,7 +168,9 @@ def test_a_refund_below_the_minimum_is_refused_beside_its_field_and_what_was_typ
     assert not Run.objects.exists()
 
 
-def test_a_filled_in_form_starts_the_run_with_typed_values(ops_client: Client, refunds: WorkflowVersion) -> None:
+def test_a_filled_in_form_starts_the_run_with_typed_values(
+    ops_client: Client, refunds: WorkflowVersion
+) -> None:
     response = ops_client.post(
         START, {"refund_amount": "12.5", "order": "AB-1234", "tags": ["ab", "", "cd"], "counts": ["4"]}
     )

@@ -67,27 +67,66 @@ def refunds(db: Any) -> Workflow:
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        ("x: {type: string, minimum: 0}", "input 'x': field `minimum` applies only to integer and number inputs, not string"),
-        ("x: {type: integer, pattern: '[0-9]+'}", "input 'x': field `pattern` applies only to string inputs, not integer"),
-        ("x: {type: string, min_items: 1}", "input 'x': field `min_items` applies only to list inputs, not string"),
-        ("x: {type: integer, minimum: 10, maximum: 5}", "input 'x': field `minimum` (10) is more than field `maximum` (5)"),
-        ("x: {type: string, min_length: 9, max_length: 2}", "field `min_length` (9) is more than field `max_length` (2)"),
+        (
+            "x: {type: string, minimum: 0}",
+            "input 'x': field `minimum` applies only to integer and number inputs, not string",
+        ),
+        (
+            "x: {type: integer, pattern: '[0-9]+'}",
+            "input 'x': field `pattern` applies only to string inputs, not integer",
+        ),
+        (
+            "x: {type: string, min_items: 1}",
+            "input 'x': field `min_items` applies only to list inputs, not string",
+        ),
+        (
+            "x: {type: integer, minimum: 10, maximum: 5}",
+            "input 'x': field `minimum` (10) is more than field `maximum` (5)",
+        ),
+        (
+            "x: {type: string, min_length: 9, max_length: 2}",
+            "field `min_length` (9) is more than field `max_length` (2)",
+        ),
         ("x: {type: integer, minimum: zero}", "input 'x': field `minimum` must be a number, not 'zero'"),
-        ("x: {type: string, max_length: -1}", "field `max_length` must be a whole number of at least 0, not -1"),
-        ("x: {type: integer, minimum: 0, default: -1}", "input 'x': field `default`: -1 is less than the minimum 0"),
-        ("x: {type: string, format: email, default: nobody}", "field `default`: 'nobody' is not an email address"),
-        ("x: {type: integer, enum: [1, two]}", "input 'x': field `enum`: the choice 'two' does not fit (expected integer, got str)"),
-        ("x: {type: integer, enum: [1, 50], maximum: 10}", "the choice 50 does not fit (50 is more than the maximum 10)"),
+        (
+            "x: {type: string, max_length: -1}",
+            "field `max_length` must be a whole number of at least 0, not -1",
+        ),
+        (
+            "x: {type: integer, minimum: 0, default: -1}",
+            "input 'x': field `default`: -1 is less than the minimum 0",
+        ),
+        (
+            "x: {type: string, format: email, default: nobody}",
+            "field `default`: 'nobody' is not an email address",
+        ),
+        (
+            "x: {type: integer, enum: [1, two]}",
+            "input 'x': field `enum`: the choice 'two' does not fit (expected integer, got str)",
+        ),
+        (
+            "x: {type: integer, enum: [1, 50], maximum: 10}",
+            "the choice 50 does not fit (50 is more than the maximum 10)",
+        ),
         ("x: {type: string, format: phone}", "input 'x': field `format`: 'phone' is not one of ['email']"),
         ("x: {type: string, pattern: '[a-'}", "input 'x': field `pattern`: not a valid regular expression"),
         ("x: {type: string, pattern: '(a+)+b'}", "field `pattern`: repeats a part that itself repeats"),
+        (
+            "x: {type: string, pattern: '(a|ab)*c'}",
+            "field `pattern`: repeats a choice whose alternatives may start alike",
+        ),
         ("x: {type: list, items: {type: list}}", "field `items.type`: 'list' is not one of"),
         ("x: {type: list, items: {type: integer, minimum: 1, default: 3}}", "unknown field `items.default`"),
-        ("x: {type: list, items: {type: string}, default: [1]}", "field `default`: item 1: expected string, got int"),
+        (
+            "x: {type: list, items: {type: string}, default: [1]}",
+            "field `default`: item 1: expected string, got int",
+        ),
         ("x: {type: list, max_items: 1, default: [a, b]}", "field `default`: 2 items, at most 1 are allowed"),
     ],
 )
-def test_a_schema_keyword_that_makes_no_sense_is_refused_naming_the_input(db: Any, inputs: str, message: str) -> None:
+def test_a_schema_keyword_that_makes_no_sense_is_refused_naming_the_input(
+    db: Any, inputs: str, message: str
+) -> None:
     assert message in rejected(inputs)
 
 
@@ -98,12 +137,15 @@ def test_an_unknown_keyword_is_refused_naming_the_allowed_ones(db: Any) -> None:
 
 
 def test_a_pattern_is_bounded_in_length(db: Any) -> None:
-    assert "field `pattern`: 501 characters; at most 500 are allowed" in rejected(f"x: {{type: string, pattern: '{'a' * 501}'}}")
+    assert "field `pattern`: 501 characters; at most 500 are allowed" in rejected(
+        f"x: {{type: string, pattern: '{'a' * 501}'}}"
+    )
 
 
-def test_a_fixed_repetition_inside_a_repetition_is_allowed(db: Any) -> None:
-    definitions.import_document(load_text(workflow("x: {type: string, pattern: '(ab{2})*'}")))
-    assert Workflow.objects.filter(key="refunds").exists()
+@pytest.mark.parametrize("pattern", ["(ab{2})*", "(foo|bar)+", "[A-Z]{2}-[0-9]{4}", "(x|y)*z"])
+def test_a_pattern_without_a_risky_shape_is_accepted(db: Any, pattern: str) -> None:
+    definitions.import_document(load_text(workflow(f"x: {{type: string, pattern: '{pattern}'}}")))
+    assert Workflow.objects.get(key="refunds").latest_version.spec["inputs"]["x"]["pattern"] == pattern
 
 
 def test_the_export_gives_the_keywords_back_and_imports_again_unchanged(refunds: Workflow) -> None:
@@ -140,7 +182,9 @@ def test_a_refund_below_the_minimum_is_refused_naming_the_field(refunds: Workflo
 
 
 def test_every_keyword_is_checked_and_every_problem_named_at_once(refunds: Workflow) -> None:
-    message = started(refund=10, reason="no", order="ab-1234", email="not-an-address", tags=["late", "stolen"])
+    message = started(
+        refund=10, reason="no", order="ab-1234", email="not-an-address", tags=["late", "stolen"]
+    )
     # In the schema's stored order, which PostgreSQL's jsonb keeps by key length: compare as a set.
     assert set(message.split("; ")) == {
         "input `reason`: 2 characters, at least 3 are needed",
@@ -163,7 +207,8 @@ def test_a_blank_required_string_is_refused_like_a_missing_one(db: Any) -> None:
 
 def test_a_value_that_fits_starts_the_run_with_it(refunds: Workflow) -> None:
     run = transitions.start_run(
-        workflow="refunds", input={"refund": 0, "reason": "late", "order": "AB-1234", "email": "ann@example.com"}
+        workflow="refunds",
+        input={"refund": 0, "reason": "late", "order": "AB-1234", "email": "ann@example.com"},
     )
     assert run.input["refund"] == 0 and run.input["tags"] == ["late"]
 
@@ -173,6 +218,6 @@ def test_a_pattern_is_matched_whole_not_only_at_the_start(refunds: Workflow) -> 
 
 
 def test_a_pattern_runs_on_bounded_text_only() -> None:
-    # (a|aa)* passes the nesting check yet backtracks a long time on a long near miss.
-    message = check_input_value({"type": "string", "pattern": "(a|aa)*c"}, "a" * (MAX_PATTERN_INPUT + 1))
+    # Backtracking grows with the text even for a pattern of no risky shape.
+    message = check_input_value({"type": "string", "pattern": "a*c"}, "a" * (MAX_PATTERN_INPUT + 1))
     assert message == "1,001 characters, at most 1,000 are checked against a pattern"
