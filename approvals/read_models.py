@@ -165,7 +165,10 @@ def item_page(item: Item, user: Any, state: PanelState | None = None) -> dict[st
     manual_form = None
     if item.kind == ItemKind.MANUAL:
         data = values if state.form == "submit" else None
-        manual_form = inputs.build_form(item.form or {}, data, state.errors if state.form == "submit" else None)
+        # The task panel draws every list as a JSON box (no item-by-item inputs there yet).
+        manual_form = inputs.build_form(
+            item.form or {}, data, state.errors if state.form == "submit" else None, item_lists=False
+        )
     suggestions: list[Any] = []
     if acts:
         suggestions = list(

@@ -274,7 +274,7 @@ def submit(request: HtmxHttpRequest, item_id: int) -> HttpResponse:
     item = _get_item(request, item_id)
     # Form text becomes JSON values here; whether they are acceptable (required, type, enum)
     # is submit_manual's call, the same check the API goes through.
-    data, errors = inputs.parse(item.form or {}, request.POST)
+    data, errors = inputs.parse(item.form or {}, request.POST, item_lists=False)
     if errors:
         # Text that is no number or no JSON stops here; the rest is checked all the same, so
         # the person sees every problem at once rather than one round trip per field.

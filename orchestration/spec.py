@@ -8,6 +8,7 @@ The format is documented in docs/workflow-format.md.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, NotRequired, Required, TypedDict, cast
 
 import yaml
+from django.core.exceptions import ValidationError
+from django.core.validators import EmailValidator
 
 from orchestration import limits
 from orchestration.agents import registry as agent_registry
@@ -104,7 +107,6 @@ LLM_CONFIG = {
     "timeout",
 }
 DOCUMENT_FIELDS = {"agents", "workflow"}
-INPUT_FIELDS = {"type", "required", "default", "description", "enum"}
 INPUT_TYPES = {
     "string": (str,),
     "integer": (int,),
@@ -113,6 +115,47 @@ INPUT_TYPES = {
     "list": (list,),
     "object": (dict,),
 }
+# What a list's `items` may be: one level of list, its items scalars or objects.
+ITEM_TYPES = {kind: types for kind, types in INPUT_TYPES.items() if kind != "list"}
+# The keywords an item schema takes: no name of its own to label, no default, no required.
+ITEM_FIELDS = frozenset({"type", "enum", "minimum", "maximum", "min_length", "max_length", "pattern", "format"})
+INPUT_FIELDS = ITEM_FIELDS | {"required", "default", "title", "description", "min_items", "max_items", "items"}
+_KEYWORD_ORDER = (
+    "required",
+    "title",
+    "description",
+    "enum",
+    "minimum",
+    "maximum",
+    "min_length",
+    "max_length",
+    "pattern",
+    "format",
+    "min_items",
+    "max_items",
+    "items",
+    "default",
+)
+# Which types a keyword means something for; the rest apply to every type.
+_APPLIES_TO = {
+    "minimum": frozenset({"integer", "number"}),
+    "maximum": frozenset({"integer", "number"}),
+    "min_length": frozenset({"string"}),
+    "max_length": frozenset({"string"}),
+    "pattern": frozenset({"string"}),
+    "format": frozenset({"string"}),
+    "min_items": frozenset({"list"}),
+    "max_items": frozenset({"list"}),
+    "items": frozenset({"list"}),
+}
+_COUNTS = frozenset({"min_length", "max_length", "min_items", "max_items"})
+INPUT_FORMATS = frozenset({"email"})
+MAX_TITLE_CHARS = 200
+MAX_DESCRIPTION_CHARS = 2_000
+MAX_ENUM_CHOICES = 500
+MAX_PATTERN_CHARS = 500
+# A pattern runs on at most this much text: backtracking on a near miss grows with the text.
+MAX_PATTERN_INPUT = 1_000
 RETRY_FIELDS = {"attempts", "backoff", "max_backoff", "jitter"}
 LOOP_FIELDS = {"back_to", "until", "max_iterations", "on_exhausted"}
 WAIT_FIELDS = {"event", "for", "timeout"}
@@ -188,13 +231,36 @@ class AgentSpec(TypedDict):
     versions: list[AgentVersionSpec]  # by label; empty: the agent runs with its own config
 
 
+class ItemSpec(TypedDict):
+    """What each item of a `list` input must be (docs/workflow-format.md, "Inputs")."""
+
+    type: Literal["string", "integer", "number", "boolean", "object"]
+    enum: NotRequired[list[Any]]
+    minimum: NotRequired[float]
+    maximum: NotRequired[float]
+    min_length: NotRequired[int]
+    max_length: NotRequired[int]
+    pattern: NotRequired[str]
+    format: NotRequired[Literal["email"]]
+
+
 class InputSpec(TypedDict):
     """One workflow input or manual-task form field."""
 
     type: Literal["string", "integer", "number", "boolean", "list", "object"]
     required: NotRequired[Literal[True]]
+    title: NotRequired[str]
     description: NotRequired[str]
     enum: NotRequired[list[Any]]
+    minimum: NotRequired[float]
+    maximum: NotRequired[float]
+    min_length: NotRequired[int]
+    max_length: NotRequired[int]
+    pattern: NotRequired[str]
+    format: NotRequired[Literal["email"]]
+    min_items: NotRequired[int]
+    max_items: NotRequired[int]
+    items: NotRequired[ItemSpec]
     default: NotRequired[Any]
 
 
@@ -819,34 +885,180 @@ def _normalise_inputs(raw: Any, where: str, problems: Problems) -> dict[str, Inp
         if not isinstance(definition, dict):
             problems.add(at, "must be a mapping such as {type: string, required: true}")
             continue
-        for unknown in sorted(set(definition) - INPUT_FIELDS):
-            problems.add(at, f"unknown field `{unknown}`")
-        kind = definition.get("type", "string")
-        if kind not in INPUT_TYPES:
-            problems.add(at, f"field `type`: {kind!r} is not one of {sorted(INPUT_TYPES)}")
-            continue
-        item: InputSpec = {"type": kind}
-        if definition.get("required"):
-            item["required"] = True
-        if definition.get("description"):
-            item["description"] = str(definition["description"])
-        if "enum" in definition:
-            if not isinstance(definition["enum"], list) or not definition["enum"]:
-                problems.add(at, "field `enum` must be a non-empty list")
-            else:
-                item["enum"] = definition["enum"]
-        if "default" in definition:
-            error = check_input_value(item, definition["default"])
-            if error is None:
-                try:
-                    limits.check_json_value(definition["default"], field="field `default`", max_bytes=limits.max_input_bytes())
-                except ValueError as exc:
-                    error = str(exc).removeprefix("field `default`: ")
-            if error:
-                problems.add(at, f"field `default`: {error}")
-            item["default"] = definition["default"]
-        inputs[str(name)] = item
+        item = _normalise_input(definition, at, INPUT_FIELDS, problems)
+        if item is not None:
+            inputs[str(name)] = cast(InputSpec, item)
     return inputs
+
+
+def _normalise_input(
+    definition: dict[str, Any], at: str, allowed: frozenset[str], problems: Problems, prefix: str = ""
+) -> dict[str, Any] | None:
+    """One input (or, with `prefix` "items.", the schema of a list's items), checked keyword by
+    keyword. The keys keep the file's order and values, so the export gives the file back."""
+    for unknown in sorted(set(definition) - allowed, key=str):
+        problems.add(at, f"unknown field `{prefix}{unknown}` (allowed: {', '.join(sorted(allowed))})")
+    kind = definition.get("type", "string")
+    if not isinstance(kind, str) or kind not in (INPUT_TYPES if not prefix else ITEM_TYPES):
+        choices = sorted(INPUT_TYPES if not prefix else ITEM_TYPES)
+        problems.add(at, f"field `{prefix}type`: {kind!r} is not one of {choices}")
+        return None
+    before = len(problems.items)
+    item: dict[str, Any] = {"type": kind}
+    # A fixed order, the one specs were always stored in (required, description, enum, default)
+    # with the later keywords between: the same file gives the same spec.
+    for key in _KEYWORD_ORDER:
+        if key not in definition or key not in allowed:
+            continue
+        value = definition[key]
+        label = f"field `{prefix}{key}`"
+        applies = _APPLIES_TO.get(key)
+        if applies is not None and kind not in applies:
+            problems.add(at, f"{label} applies only to {' and '.join(sorted(applies))} inputs, not {kind}")
+            continue
+        if key == "required":
+            if value:
+                item["required"] = True
+        elif key in ("title", "description"):
+            if value is None or value == "":
+                continue
+            value = str(value)
+            limit = MAX_TITLE_CHARS if key == "title" else MAX_DESCRIPTION_CHARS
+            if len(value) > limit:
+                problems.add(at, f"{label} must be text of at most {limit:,} characters")
+                continue
+            item[key] = value
+        elif key in ("minimum", "maximum"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.add(at, f"{label} must be a number, not {value!r}")
+                continue
+            item[key] = value
+        elif key in _COUNTS:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                problems.add(at, f"{label} must be a whole number of at least 0, not {value!r}")
+                continue
+            item[key] = value
+        elif key == "pattern":
+            error = _pattern_problem(value)
+            if error:
+                problems.add(at, f"{label}: {error}")
+                continue
+            item[key] = value
+        elif key == "format":
+            if value not in INPUT_FORMATS:
+                problems.add(at, f"{label}: {value!r} is not one of {sorted(INPUT_FORMATS)}")
+                continue
+            item[key] = value
+        elif key == "items":
+            if not isinstance(value, dict):
+                problems.add(at, f"{label} must be a mapping such as {{type: string}}")
+                continue
+            items = _normalise_input(value, at, ITEM_FIELDS, problems, prefix="items.")
+            if items is not None:
+                item[key] = items
+        elif key == "enum":
+            item[key] = value  # checked below, once the other keywords are known
+        elif key == "default":
+            item[key] = value
+    for low, high in (("minimum", "maximum"), ("min_length", "max_length"), ("min_items", "max_items")):
+        if low in item and high in item and item[low] > item[high]:
+            problems.add(at, f"field `{prefix}{low}` ({item[low]}) is more than field `{prefix}{high}` ({item[high]})")
+    if len(problems.items) > before:
+        return item  # the values below would be checked against a schema that is itself wrong
+    if "enum" in item:
+        choices = item["enum"]
+        if not isinstance(choices, list) or not choices or len(choices) > MAX_ENUM_CHOICES:
+            problems.add(at, f"field `{prefix}enum` must be a non-empty list of at most {MAX_ENUM_CHOICES} choices")
+            del item["enum"]
+        else:
+            plain = {k: v for k, v in item.items() if k not in ("enum", "default")}
+            for choice in choices:
+                error = check_input_value(plain, choice)
+                if error:
+                    problems.add(at, f"field `{prefix}enum`: the choice {choice!r} does not fit ({error})")
+    if "default" in item:
+        error = check_input_value(item, item["default"])
+        if error is None:
+            try:
+                limits.check_json_value(item["default"], field="field `default`", max_bytes=limits.max_input_bytes())
+            except ValueError as exc:
+                error = str(exc).removeprefix("field `default`: ")
+        if error:
+            problems.add(at, f"field `{prefix}default`: {error}")
+    return item
+
+
+def _pattern_problem(pattern: Any) -> str | None:
+    """Why `pattern` may not be used, or None. A regular expression runs on what anyone may
+    type, so it is bounded (its length, and the length of text it is run on, MAX_PATTERN_INPUT)
+    and one shaped to backtrack exponentially on a near miss (`(a+)+`, `(a|ab)*`) is refused
+    outright: Python's `re` has no time limit, and a stuck match holds a web worker."""
+    if not isinstance(pattern, str) or not pattern:
+        return "must be a regular expression (text)"
+    if len(pattern) > MAX_PATTERN_CHARS:
+        return f"{len(pattern):,} characters; at most {MAX_PATTERN_CHARS:,} are allowed"
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        return f"not a valid regular expression ({exc})"
+    risk = _backtracking_risk(pattern)
+    if risk:
+        return f"{risk}, which can take exponential time on a near miss: write it another way"
+    return None
+
+
+# The standard library's own regular-expression parser, to look at a pattern's shape. Private
+# (re._parser since 3.11): if it goes away, the nesting check is skipped, the bounds remain.
+try:
+    _RE_PARSER: Any = importlib.import_module("re._parser")
+    _RE_SUBPATTERN: Any = _RE_PARSER.SubPattern
+except (ImportError, AttributeError):  # pragma: no cover
+    _RE_PARSER, _RE_SUBPATTERN = None, ()
+
+
+def _backtracking_risk(pattern: str) -> str | None:
+    """Why `pattern` may take exponential time on a near miss, or None: a variable repetition
+    inside another (`(a+)+`), or a repeated choice whose alternatives may start alike
+    (`(a|ab)*`). A cautious reading: `([a-z]+\\.)+` is safe yet refused; say it otherwise."""
+    try:
+        tree = _RE_PARSER.parse(pattern)
+    except Exception:  # the private parser moved: compile() already vouched for the pattern
+        return None
+
+    def children(argument: Any) -> list[Any]:
+        found: list[Any] = []
+        for part in argument if isinstance(argument, (list, tuple)) else [argument]:
+            if isinstance(part, _RE_SUBPATTERN):
+                found.append(part)
+            elif isinstance(part, (list, tuple)):
+                found += [inner for inner in part if isinstance(inner, _RE_SUBPATTERN)]
+        return found
+
+    def first_literal(branch: Any) -> Any:
+        items = list(branch)
+        return items[0][1] if items and str(items[0][0]) == "LITERAL" else None
+
+    def walk(node: Any, inside: bool) -> str | None:
+        for op, argument in node:
+            name = str(op)
+            if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                low, high, body = argument
+                varies = high > 1 and high != low  # `b{2}` is no choice, so no backtracking
+                if varies and inside:
+                    return "repeats a part that itself repeats (such as `(a+)+`)"
+                found = walk(body, inside or varies)
+            elif name == "BRANCH" and inside:
+                starts = [first_literal(branch) for branch in argument[1]]
+                if None in starts or len(set(starts)) < len(starts):
+                    return "repeats a choice whose alternatives may start alike (such as `(a|ab)*`)"
+                found = next((w for w in (walk(c, inside) for c in children(argument)) if w), None)
+            else:
+                found = next((w for w in (walk(c, inside) for c in children(argument)) if w), None)
+            if found:
+                return found
+        return None
+
+    return walk(tree, False)
 
 
 TRUE_WORDS = frozenset({"true", "on", "yes", "1"})
@@ -895,6 +1107,9 @@ def value_from_text(kind: str, raw: Any) -> Any:
 
 
 def check_input_value(definition: Mapping[str, Any], value: Any) -> str | None:
+    """What is wrong with `value` for this input, in words that follow "input `name`: ", or
+    None. The one check of every entry point: the start form, the API, commands, reruns,
+    manual task forms and a schema's own default and choices."""
     kind = definition.get("type", "string")
     types = INPUT_TYPES[kind]
     if isinstance(value, bool) and kind != "boolean":
@@ -903,7 +1118,48 @@ def check_input_value(definition: Mapping[str, Any], value: Any) -> str | None:
         return f"expected {kind}, got {type(value).__name__}"
     if "enum" in definition and value not in definition["enum"]:
         return f"{value!r} is not one of {definition['enum']}"
+    if kind in ("integer", "number"):
+        if "minimum" in definition and value < definition["minimum"]:
+            return f"{value} is less than the minimum {definition['minimum']}"
+        if "maximum" in definition and value > definition["maximum"]:
+            return f"{value} is more than the maximum {definition['maximum']}"
+    elif isinstance(value, str):
+        return _string_problem(definition, value)
+    elif isinstance(value, list):
+        if "min_items" in definition and len(value) < definition["min_items"]:
+            return f"{_count(len(value), 'item')}, at least {definition['min_items']} are needed"
+        if "max_items" in definition and len(value) > definition["max_items"]:
+            return f"{_count(len(value), 'item')}, at most {definition['max_items']} are allowed"
+        if "items" in definition:
+            for number, entry in enumerate(value, start=1):
+                error = check_input_value(definition["items"], entry)
+                if error:
+                    return f"item {number}: {error}"
     return None
+
+
+def _string_problem(definition: Mapping[str, Any], value: str) -> str | None:
+    if definition.get("required") and not value.strip():
+        return "required"
+    if "min_length" in definition and len(value) < definition["min_length"]:
+        return f"{_count(len(value), 'character')}, at least {definition['min_length']} are needed"
+    if "max_length" in definition and len(value) > definition["max_length"]:
+        return f"{_count(len(value), 'character')}, at most {definition['max_length']} are allowed"
+    if "pattern" in definition:
+        if len(value) > MAX_PATTERN_INPUT:
+            return f"{_count(len(value), 'character')}, at most {MAX_PATTERN_INPUT:,} are checked against a pattern"
+        if re.fullmatch(definition["pattern"], value) is None:
+            return f"{value!r} does not match the pattern {definition['pattern']}"
+    if definition.get("format") == "email":
+        try:
+            EmailValidator()(value)
+        except ValidationError:
+            return f"{value!r} is not an email address"
+    return None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 class _ParsedStep(NamedTuple):

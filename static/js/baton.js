@@ -226,3 +226,65 @@
 
   window.setInterval(tick, 1000);
 })();
+
+// A start form's list entered one input per item (templates/dashboard/_start_form.html): the
+// server draws the items and two blank slots, which is enough without JavaScript; here the
+// "Add another" and "Remove" buttons appear and work, and one blank slot is kept. Blank inputs are skipped by the server,
+// so removing the last row only empties it. Delegated, so forms htmx swaps in work too.
+(function () {
+  "use strict";
+  function rows(list) { return list.querySelectorAll(".item-list__row"); }
+  function isBlank(row) { const control = row.querySelector("input, select"); return !control || !control.value.trim(); }
+
+  function renumber(list) {
+    const legend = list.querySelector("legend");
+    const label = legend ? legend.firstChild.textContent.trim() : "Item";
+    rows(list).forEach(function (row, index) {
+      const control = row.querySelector("input, select");
+      if (control) control.setAttribute("aria-label", label + ", item " + (index + 1));
+    });
+    const add = list.querySelector("[data-item-add]");
+    const items = list.querySelector("[data-max-items]");
+    if (add && items) add.disabled = rows(list).length >= Number(items.dataset.maxItems);
+  }
+
+  htmx.onLoad(function (root) {
+    const lists = root.matches && root.matches("[data-item-list]") ? [root] : root.querySelectorAll("[data-item-list]");
+    lists.forEach(function (list) {
+      list.querySelectorAll("[data-item-add], [data-item-remove]").forEach(function (button) { button.hidden = false; });
+      // The spare slots are for a page without JavaScript; with "Add another", one blank is enough.
+      let all = rows(list);
+      while (all.length > 1 && isBlank(all[all.length - 1]) && isBlank(all[all.length - 2])) {
+        all[all.length - 1].remove();
+        all = rows(list);
+      }
+      renumber(list);
+    });
+  });
+
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest && event.target.closest("[data-item-add], [data-item-remove]");
+    const list = button && button.closest("[data-item-list]");
+    if (!list) return;
+    if (button.hasAttribute("data-item-add")) {
+      const last = rows(list)[rows(list).length - 1];
+      const row = last.cloneNode(true);
+      const control = row.querySelector("input, select");
+      control.value = "";
+      last.after(row);
+      renumber(list);
+      control.focus();
+      return;
+    }
+    const row = button.closest(".item-list__row");
+    if (rows(list).length > 1) {
+      const next = row.nextElementSibling || row.previousElementSibling;
+      row.remove();
+      renumber(list);
+      const focus = next && next.querySelector("input, select");
+      if (focus) focus.focus();
+    } else {
+      row.querySelector("input, select").value = "";
+    }
+  });
+})();

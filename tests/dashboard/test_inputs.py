@@ -95,7 +95,7 @@ def test_the_start_form_refuses_a_value_that_cannot_be_stored_with_422_and_the_f
         response = ops_client.post(START, data, headers=headers)
         assert response.status_code == 422
         page = response.content.decode()
-        assert f'<p class="field__error">{field}: ' in page and problem in page
+        assert f'<p class="field__error" id="input-digest-{field}-error">{field}: ' in page and problem in page
     assert not Run.objects.exists()
 
 

@@ -51,7 +51,7 @@ def digest_text_with_version_2() -> str:
 def test_the_start_form_follows_the_input_schema(ops_client: Client, digest: WorkflowVersion) -> None:
     form = card(ops_client.get(reverse("dashboard:workflows")).content.decode(), "digest")
     assert f'action="{START}"' in form
-    assert re.search(r'<input type="text" id="input-digest-topic" name="topic" value="" required>', form)
+    assert re.search(r'<input type="text" id="input-digest-topic" name="topic" value="" required aria-describedby="input-digest-topic-help">', form)
     assert 'title="required">*</abbr>' in form
     assert "What the digest is about" in form
     assert re.search(r'<input type="number" id="input-digest-count" name="count" value="3" step="1">', form)
@@ -96,7 +96,7 @@ def test_a_missing_required_input_is_named_and_nothing_is_started(ops_client: Cl
     assert response.status_code == 422  # refused, with the page showing why
     assert "The run was not started." in page
     assert "topic: required" in page
-    assert '<p class="field__error">topic: required</p>' in page
+    assert '<p class="field__error" id="input-digest-topic-error">topic: required</p>' in page
     assert 'name="count" value="4"' in page  # what was typed stays typed
     assert "<html" in page  # the whole workflows page, this form showing the problem
     assert not Run.objects.exists()
