@@ -140,6 +140,13 @@ class Workflow(models.Model):
     )
     # Whether the person who started a run may approve its approvals and gates.
     allow_self_approval = models.BooleanField(default=False)
+    # The draft's triggers, as the file writes them (`triggers:`); published with the version,
+    # and the triggers app keeps its rows in step with the latest published version.
+    triggers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='A list like [{"cron": "0 9 * * 1-5", "input": {"topic": "digest"}}]; see docs/triggers.md.',
+    )
     # Who sees the workflow and its runs, and who may start and cancel them, besides the
     # owner and superusers (the rule is orchestration/access.py). Not versioned: runs of
     # every version follow the workflow's current setting.
