@@ -262,7 +262,7 @@ def accept_webhook(*, key: str, body: bytes, signature: str, timestamp: str, now
             with transaction.atomic():
                 SeenSignature.objects.create(signature=given.lower(), seen_at=now)
         except IntegrityError:
-            return _refuse(workflow, trigger, 409, "replayed", "this delivery was accepted before (same signature): a replay")
+            return _refuse(workflow, trigger, 401, "replayed", "this delivery was accepted before (same signature): a replay")
         try:
             with transaction.atomic():
                 values = templating.render(trigger.input, {"body": payload}) if trigger.input is not None else payload
