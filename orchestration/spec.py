@@ -117,7 +117,7 @@ INPUT_TYPES = {
 }
 RETRY_FIELDS = {"attempts", "backoff", "max_backoff", "jitter"}
 LOOP_FIELDS = {"back_to", "until", "max_iterations", "on_exhausted"}
-WAIT_FIELDS = {"event", "for", "timeout"}
+WAIT_FIELDS = {"event", "match", "for", "duration", "timeout", "on_timeout"}
 AGENT_KINDS_AVAILABLE = {"python", "simulated", "http", "llm"}
 DEFAULT_RETRY: RetrySpec = {"attempts": 3, "backoff": 1.0, "max_backoff": 60.0, "jitter": True}
 
@@ -251,7 +251,13 @@ class ManualSpec(TypedDict, total=False):
 
 
 # `for` is a keyword, hence the functional form. `event` or `for` is there; `timeout` only with `event`.
-WaitSpec = TypedDict("WaitSpec", {"event": str, "for": Duration, "timeout": Duration}, total=False)
+# `match` (a template) picks the one event, by its key, that this run waits for; `duration`
+# is accepted in files as another name for `for`.
+WaitSpec = TypedDict(
+    "WaitSpec",
+    {"event": str, "match": str, "for": Duration, "timeout": Duration, "on_timeout": Literal["fail", "continue"]},
+    total=False,
+)
 
 
 class LoopSpec(TypedDict):
@@ -1146,6 +1152,21 @@ def _check_manual(options: dict[str, Any], at: str, catalog: Catalog, problems: 
 
 
 def _check_wait(options: dict[str, Any], at: str, problems: Problems) -> None:
+    if "duration" in options:
+        if "for" in options:
+            problems.add(at, "field `wait`: give `duration` or `for`, not both (they are the same)")
+        options["for"] = options.pop("duration")
+    if options.get("event") is not None and (not isinstance(options["event"], str) or len(options["event"]) > 100):
+        problems.add(at, "field `wait.event` must be an event name of at most 100 characters")
+    for name in ("match", "on_timeout"):
+        if name in options and not options.get("event"):
+            problems.add(at, f"field `wait.{name}` only applies to a wait for an `event`")
+    if "match" in options and (not isinstance(options["match"], str) or len(options["match"]) > 1000):
+        problems.add(at, "field `wait.match` must be a template giving the event's key, e.g. \"{{ input.order_id }}\"")
+    if options.get("on_timeout", "fail") not in ("fail", "continue"):
+        problems.add(at, f"field `wait.on_timeout`: {options['on_timeout']!r} is not 'fail' or 'continue'")
+    if "on_timeout" in options and "timeout" not in options:
+        problems.add(at, "field `wait.on_timeout` needs a `timeout`")
     if not options.get("event") and options.get("for") is None:
         problems.add(at, "field `wait` needs `event` (a name to wait for) or `for` (a duration)")
     if options.get("event") and "for" in options:

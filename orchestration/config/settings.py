@@ -189,6 +189,8 @@ BATON_ROLLUP_SECONDS = env_float("BATON_ROLLUP_SECONDS", 300.0, minimum=0.0)
 BATON_WEBHOOK_TOLERANCE_SECONDS = env_int("BATON_WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1)
 BATON_WEBHOOK_REPLAY_SECONDS = env_int("BATON_WEBHOOK_REPLAY_SECONDS", 86400, minimum=300)
 BATON_WEBHOOK_MAX_BYTES = env_int("BATON_WEBHOOK_MAX_BYTES", 262144, minimum=1024)
+# An event nobody waits for yet is kept this long for the first step that comes to wait for it.
+BATON_EVENT_KEEP_SECONDS = env_int("BATON_EVENT_KEEP_SECONDS", 7 * 86400, minimum=0)
 # How long one worker task may go on running the next steps of a sequence itself (0: never).
 BATON_CONTINUE_SECONDS = env_float("BATON_CONTINUE_SECONDS", 30.0, minimum=0.0)
 # On SIGTERM a worker takes no new step and has this long to finish the ones in hand; what is

@@ -28,8 +28,19 @@ class TriggerAdmin(VisibleOnly[Trigger]):
     search_fields = ("workflow__key", "event_name", "cron")
     actions = ("pause", "resume")
     readonly_fields = (
-        "workflow", "version", "position", "kind", "cron", "timezone", "catch_up", "event_name",
-        "secret_env", "input", "paused", "next_fire_at", "last_fired_at",
+        "workflow",
+        "version",
+        "position",
+        "kind",
+        "cron",
+        "timezone",
+        "catch_up",
+        "event_name",
+        "secret_env",
+        "input",
+        "paused",
+        "next_fire_at",
+        "last_fired_at",
     )
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -39,7 +50,11 @@ class TriggerAdmin(VisibleOnly[Trigger]):
         return False
 
     def _operable(self, request: HttpRequest, queryset: QuerySet[Trigger]) -> list[Trigger]:
-        return [row for row in queryset.select_related("workflow") if access.can_operate(request.user, row.workflow)]
+        return [
+            row
+            for row in queryset.select_related("workflow")
+            if access.can_operate(request.user, row.workflow)
+        ]
 
     @admin.action(description="Pause the selected triggers")
     def pause(self, request: HttpRequest, queryset: QuerySet[Trigger]) -> None:

@@ -33,13 +33,17 @@ class Trigger(models.Model):
     # The name of the environment variable that holds the webhook's secret; never the secret.
     secret_env = models.CharField(max_length=100, blank=True)
     input = models.JSONField(null=True, blank=True)
-    paused = models.BooleanField(default=False, help_text="A paused trigger starts nothing; its missed slots are skipped.")
+    paused = models.BooleanField(
+        default=False, help_text="A paused trigger starts nothing; its missed slots are skipped."
+    )
     next_fire_at = models.DateTimeField(null=True, blank=True)
     last_fired_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["workflow", "position"]
-        constraints = [models.UniqueConstraint(fields=["workflow", "position"], name="trigger_position_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "position"], name="trigger_position_unique")
+        ]
         indexes = [models.Index(fields=["kind", "next_fire_at"], name="trigger_due_idx")]
 
     def __str__(self) -> str:
@@ -64,7 +68,9 @@ class Firing(models.Model):
     """One cron slot or one webhook delivery, and what came of it (append-only)."""
 
     workflow = models.ForeignKey(Workflow, related_name="firings", on_delete=models.CASCADE)
-    trigger = models.ForeignKey(Trigger, null=True, blank=True, related_name="firings", on_delete=models.SET_NULL)
+    trigger = models.ForeignKey(
+        Trigger, null=True, blank=True, related_name="firings", on_delete=models.SET_NULL
+    )
     kind = models.CharField(max_length=10, choices=TriggerKind.choices)
     # A cron slot (in UTC); unique per trigger, so two tickers never fire one slot twice.
     slot = models.DateTimeField(null=True, blank=True)
@@ -78,9 +84,15 @@ class Firing(models.Model):
         constraints = [models.UniqueConstraint(fields=["trigger", "slot"], name="firing_slot_once")]
         indexes = [models.Index(fields=["workflow", "-at"], name="firing_workflow_time_idx")]
 
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.get_outcome_display().lower()} at {self.at:%Y-%m-%d %H:%M}"
+
 
 class SeenSignature(models.Model):
     """Webhook signatures already accepted: the same delivery sent again is refused as a replay."""
 
     signature = models.CharField(max_length=64, unique=True)
     seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.signature[:12]}… seen {self.seen_at:%Y-%m-%d %H:%M}"

@@ -23,7 +23,11 @@ def for_workflow(workflow: Workflow, *, with_firings: bool) -> TriggersView:
     triggers = list(Trigger.objects.filter(workflow=workflow).order_by("position"))
     firings: list[Firing] = []
     if with_firings and triggers:
-        firings = list(Firing.objects.filter(workflow=workflow).select_related("trigger").order_by("-at", "-id")[:FIRINGS_SHOWN])
+        firings = list(
+            Firing.objects.filter(workflow=workflow)
+            .select_related("trigger")
+            .order_by("-at", "-id")[:FIRINGS_SHOWN]
+        )
     return TriggersView(triggers, firings)
 
 

@@ -80,9 +80,12 @@ def sync_version(version: WorkflowVersion, now: datetime | None = None) -> None:
 
 
 def _replace_rows(version: WorkflowVersion, wanted: list[dict[str, Any]], now: datetime) -> None:
-    old = {row.position: row for row in Trigger.objects.select_for_update().filter(workflow_id=version.workflow_id)}
+    old = {
+        row.position: row
+        for row in Trigger.objects.select_for_update().filter(workflow_id=version.workflow_id)
+    }
     for position, spec in enumerate(wanted):
-        kind = next(kind for kind in ("cron", "webhook", "event") if kind in spec)
+        kind: str = next(kind for kind in ("cron", "webhook", "event") if kind in spec)
         fields: dict[str, Any] = {
             "version": version,
             "kind": kind,
@@ -94,7 +97,11 @@ def _replace_rows(version: WorkflowVersion, wanted: list[dict[str, Any]], now: d
             "input": spec.get("input"),
         }
         row = old.pop(position, None)
-        same_schedule = row is not None and row.kind == kind and (row.cron, row.timezone) == (fields["cron"], fields["timezone"])
+        same_schedule = (
+            row is not None
+            and row.kind == kind
+            and (row.cron, row.timezone) == (fields["cron"], fields["timezone"])
+        )
         if row is None:
             row = Trigger(workflow_id=version.workflow_id, position=position)
         for name, value in fields.items():
@@ -111,7 +118,9 @@ def fire_due(now: datetime | None = None) -> int:
     """Start the runs of every schedule whose slot has come; returns how many runs started."""
     now = now or timezone.now()
     started = 0
-    due = Trigger.objects.filter(kind=TriggerKind.CRON, paused=False, next_fire_at__lte=now).values_list("pk", flat=True)[:BATCH]
+    due = Trigger.objects.filter(kind=TriggerKind.CRON, paused=False, next_fire_at__lte=now).values_list(
+        "pk", flat=True
+    )[:BATCH]
     for pk in list(due):
         try:
             started += _fire(pk, now)
@@ -137,7 +146,9 @@ def _fire(pk: int, now: datetime) -> int:
         slots, total = due_slots(trigger, now, keep=trigger.catch_up + 2)
         on_time = [slot for slot in slots if now - slot <= ON_TIME]
         missed = total - len(on_time)
-        caught_up = [slot for slot in slots if slot not in on_time][-trigger.catch_up :] if trigger.catch_up else []
+        caught_up = (
+            [slot for slot in slots if slot not in on_time][-trigger.catch_up :] if trigger.catch_up else []
+        )
         started = 0
         if missed > len(caught_up):
             first = trigger.next_fire_at
@@ -165,13 +176,21 @@ def _start_for_slot(trigger: Trigger, slot: datetime) -> int:
     try:
         with transaction.atomic():
             firing = Firing.objects.create(
-                workflow=trigger.workflow, trigger=trigger, kind=TriggerKind.CRON, slot=slot, outcome=FiringOutcome.STARTED
+                workflow=trigger.workflow,
+                trigger=trigger,
+                kind=TriggerKind.CRON,
+                slot=slot,
+                outcome=FiringOutcome.STARTED,
             )
     except IntegrityError:
         return 0  # fired already (by another ticker)
     try:
         with transaction.atomic():
-            values = templating.render(trigger.input, {"slot": local.isoformat()}) if trigger.input is not None else None
+            values = (
+                templating.render(trigger.input, {"slot": local.isoformat()})
+                if trigger.input is not None
+                else None
+            )
             run = core.start_run(workflow=trigger.workflow, input=values, trigger="cron")
     except (ValueError, LookupError, templating.TemplateError) as exc:
         firing.outcome, firing.detail = FiringOutcome.FAILED, str(exc)[:500]
@@ -198,7 +217,9 @@ def set_paused(*, trigger: Trigger, paused: bool, now: datetime | None = None) -
 def sweep(now: datetime) -> int:
     """The ticker's pass: due schedules fired, old replay records forgotten."""
     done = fire_due(now)
-    SeenSignature.objects.filter(seen_at__lt=now - timedelta(seconds=settings.BATON_WEBHOOK_REPLAY_SECONDS)).delete()
+    SeenSignature.objects.filter(
+        seen_at__lt=now - timedelta(seconds=settings.BATON_WEBHOOK_REPLAY_SECONDS)
+    ).delete()
     return done
 
 
@@ -217,7 +238,13 @@ class Delivery:
 
 
 def _refuse(workflow: Workflow, trigger: Trigger | None, status: int, error: str, detail: str) -> Delivery:
-    Firing.objects.create(workflow=workflow, trigger=trigger, kind=TriggerKind.WEBHOOK, outcome=FiringOutcome.REFUSED, detail=detail[:500])
+    Firing.objects.create(
+        workflow=workflow,
+        trigger=trigger,
+        kind=TriggerKind.WEBHOOK,
+        outcome=FiringOutcome.REFUSED,
+        detail=detail[:500],
+    )
     return Delivery(status, error, detail)
 
 
@@ -225,11 +252,15 @@ def signature_of(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def accept_webhook(*, key: str, body: bytes, signature: str, timestamp: str, now: datetime | None = None) -> Delivery:
+def accept_webhook(
+    *, key: str, body: bytes, signature: str, timestamp: str, now: datetime | None = None
+) -> Delivery:
     """Check one delivery to POST /hooks/<key> and start its run; every outcome is recorded
     (except for a workflow that has no webhook at all: nothing to record it on)."""
     now = now or timezone.now()
-    trigger = Trigger.objects.select_related("workflow").filter(workflow__key=key, kind=TriggerKind.WEBHOOK).first()
+    trigger = (
+        Trigger.objects.select_related("workflow").filter(workflow__key=key, kind=TriggerKind.WEBHOOK).first()
+    )
     if trigger is None:
         return Delivery(404, "not_found", f"workflow {key!r} has no webhook trigger")
     workflow = trigger.workflow
@@ -237,7 +268,9 @@ def accept_webhook(*, key: str, body: bytes, signature: str, timestamp: str, now
         return _refuse(workflow, trigger, 409, "paused", "the webhook trigger is paused")
     secret = os.environ.get(trigger.secret_env, "")
     if not secret:
-        return _refuse(workflow, trigger, 503, "not_configured", f"the server has no secret in {trigger.secret_env}")
+        return _refuse(
+            workflow, trigger, 503, "not_configured", f"the server has no secret in {trigger.secret_env}"
+        )
     given = signature.strip().removeprefix("sha256=")
     if not given:
         return _refuse(workflow, trigger, 401, "unauthorized", "the X-Baton-Signature header is missing")
@@ -246,10 +279,19 @@ def accept_webhook(*, key: str, body: bytes, signature: str, timestamp: str, now
     try:
         sent_at = datetime.fromtimestamp(int(timestamp.strip()), tz=UTC)
     except (ValueError, OverflowError, OSError):
-        return _refuse(workflow, trigger, 401, "unauthorized", "the X-Baton-Timestamp header is missing or not a Unix time")
+        return _refuse(
+            workflow,
+            trigger,
+            401,
+            "unauthorized",
+            "the X-Baton-Timestamp header is missing or not a Unix time",
+        )
     if abs((now - sent_at).total_seconds()) > settings.BATON_WEBHOOK_TOLERANCE_SECONDS:
         return _refuse(
-            workflow, trigger, 401, "unauthorized",
+            workflow,
+            trigger,
+            401,
+            "unauthorized",
             f"the timestamp is {abs((now - sent_at).total_seconds()):,.0f} s from the server's clock; "
             f"at most {settings.BATON_WEBHOOK_TOLERANCE_SECONDS} s is accepted",
         )
@@ -262,15 +304,100 @@ def accept_webhook(*, key: str, body: bytes, signature: str, timestamp: str, now
             with transaction.atomic():
                 SeenSignature.objects.create(signature=given.lower(), seen_at=now)
         except IntegrityError:
-            return _refuse(workflow, trigger, 401, "replayed", "this delivery was accepted before (same signature): a replay")
+            return _refuse(
+                workflow,
+                trigger,
+                401,
+                "replayed",
+                "this delivery was accepted before (same signature): a replay",
+            )
         try:
             with transaction.atomic():
-                values = templating.render(trigger.input, {"body": payload}) if trigger.input is not None else payload
+                values = (
+                    templating.render(trigger.input, {"body": payload})
+                    if trigger.input is not None
+                    else payload
+                )
                 run = core.start_run(workflow=workflow, input=values, trigger="webhook")
         except (ValueError, LookupError, templating.TemplateError) as exc:
             Firing.objects.create(
-                workflow=workflow, trigger=trigger, kind=TriggerKind.WEBHOOK, outcome=FiringOutcome.FAILED, detail=str(exc)[:500]
+                workflow=workflow,
+                trigger=trigger,
+                kind=TriggerKind.WEBHOOK,
+                outcome=FiringOutcome.FAILED,
+                detail=str(exc)[:500],
             )
             return Delivery(422, "invalid_input", str(exc))
-        Firing.objects.create(workflow=workflow, trigger=trigger, kind=TriggerKind.WEBHOOK, outcome=FiringOutcome.STARTED, run=run)
+        Firing.objects.create(
+            workflow=workflow,
+            trigger=trigger,
+            kind=TriggerKind.WEBHOOK,
+            outcome=FiringOutcome.STARTED,
+            run=run,
+        )
     return Delivery(202, run=run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+@dataclass
+class EventOutcome:
+    """What POST /api/events did: the event row, the runs it started (run, workflow key), the
+    steps it resumed (run id, step key), the workflows whose input it did not fit (key, why),
+    and whether it was kept for a step not waiting yet."""
+
+    event: Any
+    started: list[tuple[Run, str]]
+    resumed: list[tuple[int, str]]
+    failed: list[tuple[str, str]]
+    kept: bool
+
+
+def send_event(*, name: str, key: str = "", payload: Any = None, actor: Any = None) -> EventOutcome:
+    """Resume the steps waiting for the event and start the workflows subscribed to it, each
+    only where `actor` may operate the workflow (others are left as if nothing came)."""
+    from orchestration import access
+
+    delivered = core.deliver_event(
+        name=name,
+        key=key,
+        payload=payload,
+        actor=actor,
+        may_resume=lambda run: access.can_operate_run(actor, run),
+    )
+    started: list[tuple[Run, str]] = []
+    failed: list[tuple[str, str]] = []
+    context = {"event": {"name": name, "key": key, "payload": payload}}
+    subscribed = Trigger.objects.filter(kind=TriggerKind.EVENT, event_name=name, paused=False).select_related(
+        "workflow"
+    )
+    for trigger in subscribed.order_by("workflow__key", "position")[:BATCH]:
+        workflow = trigger.workflow
+        if not access.can_operate(actor, workflow):
+            continue
+        try:
+            with transaction.atomic():
+                values = templating.render(trigger.input, context) if trigger.input is not None else payload
+                run = core.start_run(workflow=workflow, input=values, started_by=actor, trigger="event")
+                Firing.objects.create(
+                    workflow=workflow,
+                    trigger=trigger,
+                    kind=TriggerKind.EVENT,
+                    outcome=FiringOutcome.STARTED,
+                    run=run,
+                    detail=f"event {name}" + (f" key {key}" if key else ""),
+                )
+        except (ValueError, LookupError, templating.TemplateError) as exc:
+            Firing.objects.create(
+                workflow=workflow,
+                trigger=trigger,
+                kind=TriggerKind.EVENT,
+                outcome=FiringOutcome.FAILED,
+                detail=str(exc)[:500],
+            )
+            failed.append((workflow.key, str(exc)))
+            continue
+        started.append((run, workflow.key))
+    return EventOutcome(delivered.event, started, delivered.resumed, failed, delivered.kept)

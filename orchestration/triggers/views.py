@@ -39,4 +39,6 @@ def webhook(request: HttpRequest, key: str) -> JsonResponse:
     )
     if delivery.run is None:
         return _error(delivery.status, delivery.error, delivery.detail)
-    return JsonResponse({"run": delivery.run.pk, "status": delivery.run.status, "workflow": key}, status=delivery.status)
+    return JsonResponse(
+        {"run": delivery.run.pk, "status": delivery.run.status, "workflow": key}, status=delivery.status
+    )

@@ -56,7 +56,9 @@ def test_a_published_schedule_knows_its_next_slot_in_its_time_zone(ops: Any) -> 
     assert trigger.next_fire_at == datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
 
-def test_the_ticker_starts_one_run_at_the_slot_with_the_rendered_input_and_records_the_trigger(ops: Any) -> None:
+def test_the_ticker_starts_one_run_at_the_slot_with_the_rendered_input_and_records_the_trigger(
+    ops: Any,
+) -> None:
     with time_machine.travel(MONDAY_0859, tick=False) as clock:
         trigger = publish()
         ticker.tick()
@@ -67,7 +69,11 @@ def test_the_ticker_starts_one_run_at_the_slot_with_the_rendered_input_and_recor
     [run] = cron_runs()
     assert run.input == {"topic": "daily digest", "slot": "2026-11-30T09:00:00+00:00"}
     firing = Firing.objects.get(run=run)
-    assert (firing.trigger, firing.outcome, firing.slot) == (trigger, FiringOutcome.STARTED, datetime(2026, 11, 30, 9, 0, tzinfo=UTC))
+    assert (firing.trigger, firing.outcome, firing.slot) == (
+        trigger,
+        FiringOutcome.STARTED,
+        datetime(2026, 11, 30, 9, 0, tzinfo=UTC),
+    )
     trigger.refresh_from_db()
     assert trigger.next_fire_at == datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -112,7 +118,11 @@ def test_a_paused_trigger_fires_nothing_and_resumed_fires_at_its_next_slot_only(
 
 def test_a_slot_whose_input_is_refused_is_recorded_as_not_started_and_the_schedule_goes_on(ops: Any) -> None:
     with time_machine.travel(MONDAY_0859, tick=False) as clock:
-        load_workflow(DIGEST.replace("CRON", "0 * * * *").replace("CATCH_UP", "1").replace('topic: "daily digest", ', ""))
+        load_workflow(
+            DIGEST.replace("CRON", "0 * * * *")
+            .replace("CATCH_UP", "1")
+            .replace('topic: "daily digest", ', "")
+        )
         clock.move_to(MONDAY_0859 + timedelta(minutes=1, seconds=1))
         ticker.tick()
     failed = Firing.objects.get()
@@ -121,7 +131,9 @@ def test_a_slot_whose_input_is_refused_is_recorded_as_not_started_and_the_schedu
     assert Trigger.objects.get().next_fire_at == datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
 
-def test_a_new_version_with_the_same_schedule_keeps_its_pause_and_a_changed_one_starts_afresh(ops: Any) -> None:
+def test_a_new_version_with_the_same_schedule_keeps_its_pause_and_a_changed_one_starts_afresh(
+    ops: Any,
+) -> None:
     with time_machine.travel(MONDAY_0859, tick=False):
         trigger = publish()
         transitions.set_paused(trigger=trigger, paused=True)
@@ -161,5 +173,5 @@ def test_a_bad_schedule_is_refused_at_import_naming_the_field(ops: Any, cron: st
 def test_the_export_writes_the_triggers_back(ops: Any) -> None:
     publish()
     text = definitions.export_document("digest")
-    assert 'cron: 0 9 * * 1-5' in text
+    assert "cron: 0 9 * * 1-5" in text
     assert "catch_up: 1" in text

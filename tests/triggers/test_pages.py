@@ -55,7 +55,9 @@ def page(user: Any) -> str:
     return response.content.decode()
 
 
-def test_the_page_shows_the_schedule_with_its_next_run_and_the_webhook_without_its_secret(crm: Workflow, ops: Any) -> None:
+def test_the_page_shows_the_schedule_with_its_next_run_and_the_webhook_without_its_secret(
+    crm: Workflow, ops: Any
+) -> None:
     html = page(ops)
     assert "<code>0 9 * * 1-5</code>" in html
     assert "Europe/Paris" in html
@@ -70,11 +72,25 @@ def test_a_paused_schedule_says_so(crm: Workflow, ops: Any) -> None:
     assert "‖ paused" in page(ops)
 
 
-def test_the_owner_sees_refused_deliveries_and_a_viewer_does_not(crm: Workflow, ops: Any, outsider: Any) -> None:
-    Client().post("/hooks/crm", b"{}", content_type="application/json", HTTP_X_BATON_SIGNATURE="sha256=" + "0" * 64, HTTP_X_BATON_TIMESTAMP=str(int(time.time())))
+def test_the_owner_sees_refused_deliveries_and_a_viewer_does_not(
+    crm: Workflow, ops: Any, outsider: Any
+) -> None:
+    Client().post(
+        "/hooks/crm",
+        b"{}",
+        content_type="application/json",
+        HTTP_X_BATON_SIGNATURE="sha256=" + "0" * 64,
+        HTTP_X_BATON_TIMESTAMP=str(int(time.time())),
+    )
     body = b'{"ok": true}'
     signature = hmac.new(b"very-secret-value", body, hashlib.sha256).hexdigest()
-    Client().post("/hooks/crm", body, content_type="application/json", HTTP_X_BATON_SIGNATURE=signature, HTTP_X_BATON_TIMESTAMP=str(int(time.time())))
+    Client().post(
+        "/hooks/crm",
+        body,
+        content_type="application/json",
+        HTTP_X_BATON_SIGNATURE=signature,
+        HTTP_X_BATON_TIMESTAMP=str(int(time.time())),
+    )
     owner_view = page(ops)
     assert "the signature does not match the body" in owner_view
     assert 'data-firing="started"' in owner_view

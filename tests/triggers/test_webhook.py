@@ -49,9 +49,13 @@ def crm(ops: Any, monkeypatch: Any) -> Trigger:
     return Trigger.objects.get(workflow__key="crm")
 
 
-def deliver(body: bytes, *, signature: str | None = None, timestamp: float | None = None, key: str = "crm") -> Any:
+def deliver(
+    body: bytes, *, signature: str | None = None, timestamp: float | None = None, key: str = "crm"
+) -> Any:
     headers = {
-        "HTTP_X_BATON_SIGNATURE": signature if signature is not None else "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        "HTTP_X_BATON_SIGNATURE": signature
+        if signature is not None
+        else "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
         "HTTP_X_BATON_TIMESTAMP": str(int(timestamp if timestamp is not None else time.time())),
     }
     return Client().post(f"/hooks/{key}", body, content_type="application/json", **headers)
@@ -74,10 +78,15 @@ def test_a_signed_delivery_starts_a_run_with_the_input_rendered_from_the_body(cr
     [
         ("sha256=" + "0" * 64, "the signature does not match the body"),
         ("", "the X-Baton-Signature header is missing"),
-        ("sha256=" + hmac.new(b"another secret", b'{"customer_id": "C-42"}', hashlib.sha256).hexdigest(), "does not match"),
+        (
+            "sha256=" + hmac.new(b"another secret", b'{"customer_id": "C-42"}', hashlib.sha256).hexdigest(),
+            "does not match",
+        ),
     ],
 )
-def test_a_bad_or_missing_signature_gets_401_and_starts_nothing(crm: Trigger, signature: str, reason: str) -> None:
+def test_a_bad_or_missing_signature_gets_401_and_starts_nothing(
+    crm: Trigger, signature: str, reason: str
+) -> None:
     response = deliver(b'{"customer_id": "C-42"}', signature=signature)
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
