@@ -29,6 +29,7 @@ from approvals.notifications import item_url
 from orchestration import runs_api
 from orchestration.rollouts import api as rollouts_api
 from orchestration.rollouts.transitions import GateFailed, NotAllowed, RolloutError
+from orchestration.triggers import api as events_api
 
 api = NinjaAPI(
     title="Baton API",
@@ -316,6 +317,8 @@ def _invalid_request(request: HttpRequest, exc: ValidationError) -> HttpResponse
 api.add_router("/rollouts", rollouts_api.router)
 # Operator actions on runs (retry, rerun, cancel): orchestration's router, refusals answered there.
 api.add_router("/runs", runs_api.router)
+# Outside events (resume waiting runs, start subscribed workflows): the triggers app's router.
+api.add_router("/events", events_api.router)
 
 
 @api.get("/approvals", response={200: list[ItemOut], 422: ErrorOut}, tags=["approvals"], summary="Your items")

@@ -20,6 +20,7 @@ from orchestration import access
 from orchestration.models import Run, Workflow, WorkflowVersion
 from orchestration.spec import dump_document
 from orchestration.status import RUN_FINAL, RunStatus
+from orchestration.triggers import reads as trigger_reads
 
 # The page lists this many versions, newest first; older ones are still in the admin.
 VERSIONS_SHOWN = 100
@@ -153,4 +154,5 @@ def workflow_page(workflow: Workflow, user: Any, query: QueryDict, form: inputs.
         "can_start": latest is not None and access.can_operate(user, workflow),
         "can_change": access.can_change(user, workflow),
         "form": form or inputs.build_form(schema),
+        "triggers": trigger_reads.for_workflow(workflow, with_firings=access.can_change(user, workflow)),
     }

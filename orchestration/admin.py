@@ -458,7 +458,7 @@ class WorkflowAdmin(VisibleOnly[Workflow]):
     list_select_related = ("owner",)
     search_fields = ("key", "name", "description")
     formfield_overrides = JSON_FORM_FIELD
-    fields = ("key", "name", "description", "owner", "viewer_groups", "operator_groups", "inputs", "output")
+    fields = ("key", "name", "description", "owner", "viewer_groups", "operator_groups", "inputs", "output", "triggers")
     filter_horizontal = ("viewer_groups", "operator_groups")
     inlines = (DraftStepInline, VersionInline)
     actions = ("publish_selected",)

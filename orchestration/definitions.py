@@ -6,7 +6,7 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from django.contrib.auth import get_user_model
@@ -134,6 +134,7 @@ def _save_draft(spec: WorkflowSpec) -> Workflow:
             "on_cancel": spec.get("on_cancel", "nothing"),
             "on_failure": spec.get("on_failure", "fail"),
             "allow_self_approval": spec.get("allow_self_approval", False),
+            "triggers": spec.get("triggers") or [],
         },
     )
     # A file without `access` leaves only the owner (and superusers) with access, as it says.
@@ -237,6 +238,8 @@ def draft_to_raw(workflow: Workflow) -> dict[str, Any]:
     access = workflow_access(workflow)
     if access:
         raw["access"] = access
+    if workflow.triggers:
+        raw["triggers"] = workflow.triggers
     if workflow.output.strip():
         text = workflow.output.strip()
         parsed = yaml.safe_load(text) if not text.startswith("{{") else text
@@ -269,13 +272,31 @@ def _publish(
     latest = workflow.versions.order_by("-number").first()
     if latest is not None and latest.spec == spec:
         return latest  # nothing changed: publishing again would only add a duplicate version
-    return WorkflowVersion.objects.create(
+    return _new_version(workflow, (latest.number if latest else 0) + 1, spec, user=user, note=note)
+
+
+def _new_version(workflow: Workflow, number: int, spec: Any, *, user: Any, note: str) -> WorkflowVersion:
+    version = WorkflowVersion.objects.create(
         workflow=workflow,
-        number=(latest.number if latest else 0) + 1,
+        number=number,
         spec=spec,
         published_by=user if user is not None and user.is_authenticated else None,
         note=note[:200],
     )
+    for hook in ON_PUBLISH:
+        hook(version)
+    return version
+
+
+# What other apps keep in step with the published version (the triggers app's rows), called
+# inside the publishing transaction; registered in AppConfig.ready so this module never
+# imports them.
+ON_PUBLISH: list[Callable[[WorkflowVersion], None]] = []
+
+
+def register_on_publish(hook: Callable[[WorkflowVersion], None]) -> None:
+    if hook not in ON_PUBLISH:
+        ON_PUBLISH.append(hook)
 
 
 class RollBackRefused(ValueError):
@@ -304,13 +325,7 @@ def roll_back_to(*, workflow: Workflow, number: int, actor: Any) -> WorkflowVers
         if target.spec == latest.spec:
             raise RollBackRefused(f"v{number} is the same as the latest version, v{latest.number}; nothing to roll back.")
         who = actor.get_username() if actor is not None and actor.is_authenticated else "someone"
-        return WorkflowVersion.objects.create(
-            workflow=workflow,
-            number=latest.number + 1,
-            spec=target.spec,
-            published_by=actor if actor is not None and actor.is_authenticated else None,
-            note=f"rolled back to v{number} by {who}"[:200],
-        )
+        return _new_version(workflow, latest.number + 1, target.spec, user=actor, note=f"rolled back to v{number} by {who}")
 
 
 MAX_WEIGHT = 10_000

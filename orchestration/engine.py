@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from orchestration import guards, limits, reads, version_choice, waiting
 from orchestration.durations import parse_duration
-from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow
+from orchestration.models import Agent, Attempt, Event, Run, StepKind, StepRun, Workflow
 from orchestration.rows import insert_row, insert_rows
 from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
 from orchestration.specs import UNDO, load_agent, loop_waits, spec_for, step_spec
@@ -303,11 +303,22 @@ def _start(
         limit = wait.get("for") or wait.get("timeout")
         if limit is not None:
             head.wake_at = now + timedelta(seconds=parse_duration(limit))
+        if wait.get("event"):
+            head.wait_event = wait["event"]
+            try:
+                head.wait_key = _event_key(render(wait["match"], context)) if "match" in wait else ""
+            except (TemplateError, ValueError) as exc:
+                head.status = StepStatus.PENDING
+                head.save()
+                fail_step(work, run, head, f"wait.match: {exc}", ErrorClass.PERMANENT)
+                return
     else:
         # A person (approval, manual) or a sub-workflow run: the kind says which.
         head.waiting_for = WaitingFor(step["kind"])
     head.save()
-    work.event(run, EventKind.STEP_WAITING, step=head, to_status=head.status, message=_waiting_for(step))
+    work.event(run, EventKind.STEP_WAITING, step=head, to_status=head.status, message=_waiting_for(step, head))
+    if head.wait_event:
+        _take_kept_event(work, run, head)
     if step["kind"] == StepKind.WORKFLOW:
         _start_child(work, run, step, head)
     elif step["kind"] in (StepKind.APPROVAL, StepKind.MANUAL):
@@ -534,16 +545,54 @@ def gate_again(work: Work, run: Run, step: dict[str, Any], head: StepRun) -> Non
     _wait_for_gate(work, run, step, head, template_context(run, iteration=head.iteration))
 
 
-def _waiting_for(step: dict[str, Any]) -> str:
+def _waiting_for(step: dict[str, Any], head: StepRun | None = None) -> str:
     kind = step["kind"]
     if kind == StepKind.WORKFLOW:
         return f"waiting for sub-workflow '{step['workflow']}'"
     if kind == StepKind.WAIT:
         wait = step["wait"]
         if wait.get("event"):
-            return f"waiting for event '{wait['event']}'"
+            key = f" with key '{head.wait_key}'" if head is not None and head.wait_key else ""
+            return f"waiting for event '{wait['event']}'{key}"
         return f"waiting {wait['for']}"
     return f"waiting for a person ({kind})"
+
+
+def _event_key(value: Any) -> str:
+    """An event key as the events store it: text, at most 200 characters."""
+    key = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if len(key) > 200:
+        raise ValueError(f"the key is {len(key)} characters; at most 200 are allowed")
+    return key
+
+
+def _take_kept_event(work: Work, run: Run, head: StepRun) -> None:
+    """An event that came before this step began to wait for it: the step takes it now."""
+    kept = (
+        Event.objects.select_for_update(skip_locked=True)
+        .filter(name=head.wait_event, consumed_by__isnull=True, keep_until__gt=timezone.now())
+        .filter(**({"key": head.wait_key} if head.wait_key else {}))
+        .order_by("received_at", "id")
+        .first()
+    )
+    if kept is None:
+        return
+    kept.consumed_by = head
+    kept.save(update_fields=["consumed_by"])
+    head.status = StepStatus.SUCCEEDED
+    head.output = kept.payload
+    head.finished_at = timezone.now()
+    head.wake_at = None
+    head.save(update_fields=["status", "output", "finished_at", "wake_at"])
+    work.event(
+        run,
+        EventKind.STEP_SUCCEEDED,
+        step=head,
+        from_status=StepStatus.WAITING,
+        to_status=head.status,
+        message=f"event '{kept.name}' received {kept.received_at:%Y-%m-%d %H:%M:%S} UTC, before the step began to wait",
+    )
+    after_success(work, run, head)
 
 
 def _start_child(work: Work, run: Run, step: dict[str, Any], head: StepRun) -> None:

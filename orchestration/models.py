@@ -140,6 +140,13 @@ class Workflow(models.Model):
     )
     # Whether the person who started a run may approve its approvals and gates.
     allow_self_approval = models.BooleanField(default=False)
+    # The draft's triggers, as the file writes them (`triggers:`); published with the version,
+    # and the triggers app keeps its rows in step with the latest published version.
+    triggers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='A list like [{"cron": "0 9 * * 1-5", "input": {"topic": "digest"}}]; see docs/triggers.md.',
+    )
     # Who sees the workflow and its runs, and who may start and cancel them, besides the
     # owner and superusers (the rule is orchestration/access.py). Not versioned: runs of
     # every version follow the workflow's current setting.
@@ -319,6 +326,9 @@ class StepRun(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     wake_at = models.DateTimeField(null=True, blank=True)
+    # A wait for an event: its name and the key rendered from `match` ("" matches any key).
+    wait_event = models.CharField(max_length=100, blank=True)
+    wait_key = models.CharField(max_length=200, blank=True)
     usage = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -345,6 +355,10 @@ class StepRun(models.Model):
             models.Index(fields=["status", "queued_at"], name="steprun_queued_idx"),
             # for_each: the next held-back item of a parent.
             models.Index(fields=["parent", "status", "map_index"], name="steprun_items_idx"),
+            # An event finds the steps waiting for it.
+            models.Index(
+                fields=["wait_event", "wait_key"], condition=Q(status="waiting", kind="wait"), name="steprun_wait_event_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -400,6 +414,35 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.step_run}"
+
+
+class Event(models.Model):
+    """An outside event sent to Baton (POST /api/events): it resumes the steps waiting for its
+    name and key, and, when none is waiting yet, is kept until `keep_until` for the first step
+    that comes to wait for it."""
+
+    name = models.CharField(max_length=100)
+    key = models.CharField(max_length=200, blank=True)
+    payload = models.JSONField(null=True, blank=True)
+    sent_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    received_at = models.DateTimeField()
+    keep_until = models.DateTimeField()
+    # The step that took it after it was kept (one only); steps waiting when it came are in
+    # their runs' events.
+    consumed_by = models.OneToOneField(
+        "StepRun", null=True, blank=True, related_name="consumed_event", on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["name", "key", "received_at"], condition=Q(consumed_by__isnull=True), name="event_kept_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.key}".strip()
 
 
 class RunEvent(AppendOnly):

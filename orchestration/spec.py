@@ -28,6 +28,7 @@ from orchestration.templating import (
     TemplateError,
     check_expression,
     check_template,
+    environment,
     referenced_steps,
 )
 
@@ -63,6 +64,7 @@ WORKFLOW_FIELDS = {
     "on_failure",
     "allow_self_approval",
     "access",
+    "triggers",
 }
 APPROVERS_FIELDS = {"users", "groups"}
 # Who sees and who operates the workflow's runs, besides its owner (orchestration/access.py).
@@ -158,7 +160,7 @@ MAX_PATTERN_CHARS = 500
 MAX_PATTERN_INPUT = 1_000
 RETRY_FIELDS = {"attempts", "backoff", "max_backoff", "jitter"}
 LOOP_FIELDS = {"back_to", "until", "max_iterations", "on_exhausted"}
-WAIT_FIELDS = {"event", "for", "timeout"}
+WAIT_FIELDS = {"event", "match", "for", "duration", "timeout", "on_timeout"}
 AGENT_KINDS_AVAILABLE = {"python", "simulated", "http", "llm"}
 DEFAULT_RETRY: RetrySpec = {"attempts": 3, "backoff": 1.0, "max_backoff": 60.0, "jitter": True}
 
@@ -315,7 +317,13 @@ class ManualSpec(TypedDict, total=False):
 
 
 # `for` is a keyword, hence the functional form. `event` or `for` is there; `timeout` only with `event`.
-WaitSpec = TypedDict("WaitSpec", {"event": str, "for": Duration, "timeout": Duration}, total=False)
+# `match` (a template) picks the one event, by its key, that this run waits for; `duration`
+# is accepted in files as another name for `for`.
+WaitSpec = TypedDict(
+    "WaitSpec",
+    {"event": str, "match": str, "for": Duration, "timeout": Duration, "on_timeout": Literal["fail", "continue"]},
+    total=False,
+)
 
 
 class LoopSpec(TypedDict):
@@ -369,6 +377,23 @@ class WorkflowSpec(TypedDict):
     on_failure: Literal["fail", "escalate"]
     allow_self_approval: bool
     access: NotRequired[AccessSpec]  # only when given, so older specs compare equal
+    triggers: NotRequired[list[TriggerSpec]]  # only when given, likewise
+
+
+class TriggerSpec(TypedDict, total=False):
+    """What starts runs besides people: one of `cron`, `webhook` or `event`, with an `input`
+    template rendered against what the trigger saw (`slot`, `body`, `event`)."""
+
+    cron: str
+    timezone: str
+    catch_up: int
+    webhook: WebhookSpec
+    event: str
+    input: Any
+
+
+class WebhookSpec(TypedDict):
+    secret_env: str  # the name of the environment variable holding the secret, never the secret
 
 
 def _check_slug(value: str, where: str, name: str, problems: Problems) -> None:
@@ -815,6 +840,7 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> WorkflowSpec:
     if on_cancel not in ("nothing", "compensate"):
         problems.add(where, f"field `on_cancel`: {on_cancel!r} is not 'nothing' or 'compensate'")
     access = _normalise_access(raw.get("access"), where, catalog, problems)
+    triggers = normalise_triggers(raw.get("triggers"), where, problems)
     spec: WorkflowSpec = {
         "key": key,
         "name": str(name),
@@ -830,6 +856,8 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> WorkflowSpec:
     # Only when given, so that the specs of workflows without it stay as they were.
     if access:
         spec["access"] = access
+    if triggers:
+        spec["triggers"] = triggers
     if spec["output"] is not None:
         trees = _check_templates(spec["output"], where, "output", problems)
         for missing in sorted(referenced_steps(trees) - seen):
@@ -1380,6 +1408,21 @@ def _check_manual(options: dict[str, Any], at: str, catalog: Catalog, problems: 
 
 
 def _check_wait(options: dict[str, Any], at: str, problems: Problems) -> None:
+    if "duration" in options:
+        if "for" in options:
+            problems.add(at, "field `wait`: give `duration` or `for`, not both (they are the same)")
+        options["for"] = options.pop("duration")
+    if options.get("event") is not None and (not isinstance(options["event"], str) or len(options["event"]) > 100):
+        problems.add(at, "field `wait.event` must be an event name of at most 100 characters")
+    for name in ("match", "on_timeout"):
+        if name in options and not options.get("event"):
+            problems.add(at, f"field `wait.{name}` only applies to a wait for an `event`")
+    if "match" in options and (not isinstance(options["match"], str) or len(options["match"]) > 1000):
+        problems.add(at, "field `wait.match` must be a template giving the event's key, e.g. \"{{ input.order_id }}\"")
+    if options.get("on_timeout", "fail") not in ("fail", "continue"):
+        problems.add(at, f"field `wait.on_timeout`: {options['on_timeout']!r} is not 'fail' or 'continue'")
+    if "on_timeout" in options and "timeout" not in options:
+        problems.add(at, "field `wait.on_timeout` needs a `timeout`")
     if not options.get("event") and options.get("for") is None:
         problems.add(at, "field `wait` needs `event` (a name to wait for) or `for` (a duration)")
     if options.get("event") and "for" in options:
@@ -1630,6 +1673,117 @@ def _version_to_file(version: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+TRIGGER_KINDS = ("cron", "webhook", "event")
+CRON_FIELDS = {"cron", "timezone", "catch_up", "input"}
+MAX_TRIGGERS = 20
+MAX_CATCH_UP = 10
+# What each trigger's `input` template may name.
+TRIGGER_CONTEXT = {"cron": {"slot"}, "webhook": {"body"}, "event": {"event"}}
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,99}")
+_EVENT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
+
+
+def normalise_triggers(raw: Any, where: str, problems: Problems) -> list[TriggerSpec]:
+    """`triggers:` — a list of `{cron: ...}`, `{webhook: {secret_env: ...}}` or `{event: name}`."""
+    if raw is None or raw == []:
+        return []
+    if not isinstance(raw, list):
+        problems.add(where, "field `triggers` must be a list of {cron: ...}, {webhook: ...} or {event: ...}")
+        return []
+    if len(raw) > MAX_TRIGGERS:
+        problems.add(where, f"field `triggers`: {len(raw)} triggers; at most {MAX_TRIGGERS} are allowed")
+        return []
+    triggers: list[TriggerSpec] = []
+    for index, item in enumerate(raw):
+        at = f"{where}, trigger {index + 1}"
+        if not isinstance(item, dict):
+            problems.add(at, "must be a mapping with one of `cron`, `webhook` or `event`")
+            continue
+        kinds = [kind for kind in TRIGGER_KINDS if kind in item]
+        if len(kinds) != 1:
+            problems.add(at, "needs exactly one of `cron`, `webhook` or `event`")
+            continue
+        kind = kinds[0]
+        allowed = CRON_FIELDS if kind == "cron" else {kind, "input"}
+        for unknown in sorted(set(item) - allowed, key=str):
+            problems.add(at, f"unknown field `{unknown}` (a {kind} trigger takes {', '.join(f'`{f}`' for f in sorted(allowed))})")
+        trigger: TriggerSpec = {}
+        if kind == "cron":
+            _normalise_cron(item, at, problems, trigger)
+        elif kind == "webhook":
+            options = item["webhook"]
+            secret_env = options.get("secret_env") if isinstance(options, dict) else None
+            if not isinstance(options, dict) or set(options) != {"secret_env"}:
+                problems.add(at, "field `webhook` must be {secret_env: NAME_OF_AN_ENVIRONMENT_VARIABLE}")
+            elif not isinstance(secret_env, str) or not _ENV_NAME.fullmatch(secret_env):
+                problems.add(at, f"field `webhook.secret_env`: {secret_env!r} is not an environment variable name (A-Z, 0-9, _)")
+            else:
+                trigger["webhook"] = {"secret_env": secret_env}
+        else:
+            name = item["event"]
+            if not isinstance(name, str) or not _EVENT_NAME.fullmatch(name):
+                problems.add(at, f"field `event`: {name!r} is not an event name (lower-case letters, digits, `.`, `_`, `-`; at most 100)")
+            else:
+                trigger["event"] = name
+        if "input" in item:
+            trees = _check_templates(item["input"], at, "input", problems)
+            for name in sorted(_root_names(trees) - TRIGGER_CONTEXT[kind]):
+                names = ", ".join(f"`{n}`" for n in sorted(TRIGGER_CONTEXT[kind]))
+                problems.add(at, f"field `input`: `{name}` is not known to a {kind} trigger (it may use {names})")
+            trigger["input"] = item["input"]
+        triggers.append(trigger)
+    if sum("webhook" in t for t in triggers) > 1:
+        problems.add(where, "field `triggers`: one webhook per workflow (it is POST /hooks/<workflow key>)")
+    return triggers
+
+
+def _normalise_cron(item: Mapping[str, Any], at: str, problems: Problems, trigger: TriggerSpec) -> None:
+    from croniter import croniter
+
+    expression = item["cron"]
+    if not isinstance(expression, str) or len(expression) > 200 or not croniter.is_valid(expression):
+        problems.add(at, f"field `cron`: {expression!r} is not a cron expression (five fields, e.g. \"0 9 * * 1-5\")")
+    elif len(expression.split()) != 5:
+        problems.add(at, f"field `cron`: {expression!r} has {len(expression.split())} fields; use the five of minute hour day month weekday")
+    else:
+        trigger["cron"] = expression
+    if "timezone" in item:
+        zone = item["timezone"]
+        if not isinstance(zone, str) or not _known_zone(zone):
+            problems.add(at, f"field `timezone`: {zone!r} is not a time zone name (e.g. Europe/Paris)")
+        else:
+            trigger["timezone"] = zone
+    if "catch_up" in item:
+        catch_up = item["catch_up"]
+        if isinstance(catch_up, bool) or not isinstance(catch_up, int) or not 0 <= catch_up <= MAX_CATCH_UP:
+            problems.add(at, f"field `catch_up`: {catch_up!r} is not a whole number from 0 to {MAX_CATCH_UP}")
+        else:
+            trigger["catch_up"] = catch_up
+
+
+def _known_zone(name: str) -> bool:
+    import zoneinfo
+
+    if len(name) > 60:
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _root_names(trees: list[Any]) -> set[str]:
+    """The top-level names a template reads (`body` in `{{ body.id }}`), minus those it sets."""
+    from jinja2 import nodes
+
+    names: set[str] = set()
+    for tree in trees:
+        stored = {node.name for node in tree.find_all(nodes.Name) if node.ctx in ("store", "param")}
+        names |= {node.name for node in tree.find_all(nodes.Name) if node.ctx == "load"} - stored
+    return names - set(environment().globals)
+
+
 def retry_to_file(retry: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(retry)
     for name in ("backoff", "max_backoff"):
@@ -1656,6 +1810,8 @@ def workflow_to_file(spec: Mapping[str, Any]) -> dict[str, Any]:
         out["allow_self_approval"] = True
     if spec.get("access"):
         out["access"] = spec["access"]
+    if spec.get("triggers"):
+        out["triggers"] = spec["triggers"]
     steps = []
     for step in spec["steps"]:
         item: dict[str, Any] = {"key": step["key"]}

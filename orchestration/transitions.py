@@ -20,13 +20,13 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from orchestration import dispatch, engine, guards, limits, reads, rows, version_choice
 from orchestration.agents.base import usage_figures
-from orchestration.models import Agent, Attempt, Run, StepKind, StepRun, Workflow, WorkflowVersion
+from orchestration.models import Agent, Attempt, Event, Run, StepKind, StepRun, Workflow, WorkflowVersion
 from orchestration.specs import step_spec
 from orchestration.status import (
     RUN_FINAL,
@@ -663,6 +663,7 @@ def resolve_waiting_step(
     error: str = "",
     actor: Any = None,
     expected_kind: str | None = None,
+    why: str = "",
 ) -> StepRun:
     """Finish a step that waits (approval, manual task, event, timer, child run)."""
     step_run = StepRun.objects.only("run_id").get(pk=step_run_id)
@@ -681,7 +682,7 @@ def resolve_waiting_step(
         step.finished_at = timezone.now()
         step.wake_at = None
         step.save(update_fields=["status", "output", "finished_at", "wake_at"])
-        work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor)
+        work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor, message=why)
         engine.after_success(work, run, step)
     return step
 
@@ -769,19 +770,67 @@ def abort_run(*, run_id: int, actor: Any = None, reason: str = "") -> Run:
 
 
 def signal_event(*, run_id: int, event_name: str, payload: Any = None, actor: Any = None) -> int:
-    """Deliver a named event to a run; returns how many waiting steps it resolved."""
-    waiting = StepRun.objects.filter(run_id=run_id, kind=StepKind.WAIT, status=StepStatus.WAITING)
+    """Deliver a named event to one run; returns how many waiting steps it resolved. The
+    step's output is the event's payload."""
+    waiting = StepRun.objects.filter(run_id=run_id, kind=StepKind.WAIT, status=StepStatus.WAITING, wait_event=event_name)
+    return _resume_waiting(list(waiting.values_list("pk", flat=True)), payload, actor=actor, why=f"event '{event_name}'")
+
+
+def _resume_waiting(step_ids: list[int], payload: Any, *, actor: Any, why: str) -> int:
     resolved = 0
-    for step in waiting:
-        run = Run.objects.get(pk=run_id)
-        wait = step_spec(run, step.step_key).get("wait", {})
-        if wait.get("event") == event_name:
-            try:
-                resolve_waiting_step(step_run_id=step.pk, output={"event": event_name, "payload": payload}, actor=actor)
-                resolved += 1
-            except InvalidTransition:
-                pass  # resolved by someone else between our read and our lock
+    for pk in step_ids:
+        try:
+            resolve_waiting_step(step_run_id=pk, output=payload, actor=actor, expected_kind=StepKind.WAIT, why=why)
+            resolved += 1
+        except InvalidTransition:
+            pass  # resolved by someone else (or timed out) between our read and our lock
     return resolved
+
+
+@dataclass
+class Delivered:
+    """What an event came to: the steps it resumed (run id, step key) and whether it was kept
+    for a step that has not begun to wait yet."""
+
+    event: Event
+    resumed: list[tuple[int, str]]
+    kept: bool
+
+
+MAX_EVENT_STEPS = 1_000
+
+
+def deliver_event(
+    *, name: str, key: str = "", payload: Any = None, actor: Any = None, may_resume: Callable[[Run], bool] | None = None
+) -> Delivered:
+    """An outside event: every step waiting for `name` (with this key, or with no key of its
+    own) takes the payload as its output, each once, each in its own transaction; when none is
+    waiting, the event is kept for BATON_EVENT_KEEP_SECONDS for the first step that comes to
+    wait for it.
+
+    `may_resume(run)` says whether the sender may resume that run (the API's permission
+    check); runs it refuses are left waiting as if the event had not come.
+    """
+    now = timezone.now()
+    waiting = (
+        StepRun.objects.filter(kind=StepKind.WAIT, status=StepStatus.WAITING, wait_event=name)
+        .filter(Q(wait_key=key) | Q(wait_key=""))
+        .select_related("run__workflow")
+        .order_by("pk")[:MAX_EVENT_STEPS]
+    )
+    steps = [step for step in waiting if may_resume is None or may_resume(step.run)]
+    why = f"event '{name}'" + (f" with key '{key}'" if key else "")
+    resumed = [(step.run_id, step.step_key) for step in steps if _resume_waiting([step.pk], payload, actor=actor, why=why)]
+    keep = timedelta(seconds=0 if resumed else settings.BATON_EVENT_KEEP_SECONDS)
+    event = Event.objects.create(
+        name=name,
+        key=key,
+        payload=payload,
+        sent_by=actor if getattr(actor, "is_authenticated", False) else None,
+        received_at=now,
+        keep_until=now + keep,
+    )
+    return Delivered(event, resumed, kept=not resumed and keep.total_seconds() > 0)
 
 
 def wake_timer(*, step_run_id: int) -> bool:
@@ -792,8 +841,23 @@ def wake_timer(*, step_run_id: int) -> bool:
         if step.status != StepStatus.WAITING or step.wake_at is None or step.wake_at > timezone.now():
             return False
         wait = step_spec(run, step.step_key).get("wait", {})
-        if wait.get("event"):
+        if wait.get("event") and wait.get("on_timeout", "fail") == "fail":
             engine.fail_step(work, run, step, f"event '{wait['event']}' did not arrive within {wait.get('timeout')}", ErrorClass.TIMEOUT)
+            return True
+        if wait.get("event"):
+            step.status = StepStatus.SUCCEEDED
+            step.output = {"timed_out": True}
+            step.finished_at = timezone.now()
+            step.save(update_fields=["status", "output", "finished_at"])
+            work.event(
+                run,
+                EventKind.STEP_SUCCEEDED,
+                step=step,
+                from_status=StepStatus.WAITING,
+                to_status=step.status,
+                message=f"event '{wait['event']}' did not arrive within {wait.get('timeout')}; the run goes on (on_timeout: continue)",
+            )
+            engine.after_success(work, run, step)
             return True
         step.status = StepStatus.SUCCEEDED
         step.output = {"waited": wait.get("for")}

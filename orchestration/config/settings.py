@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "channels",
     "orchestration",
     "orchestration.rollouts",
+    "orchestration.triggers",
     "approvals",
     "dashboard",
 ]
@@ -182,6 +183,14 @@ BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 60.0, min
 # Rollout metrics: the ticker refreshes the daily snapshots (and checks each rollout's gate
 # once a day) at most this often.
 BATON_ROLLUP_SECONDS = env_float("BATON_ROLLUP_SECONDS", 300.0, minimum=0.0)
+# Webhook triggers (docs/triggers.md): how far a delivery's X-Baton-Timestamp may be from the
+# server's clock, how long an accepted signature is remembered (the same body signed the same
+# way is a replay for that long), and the largest body read.
+BATON_WEBHOOK_TOLERANCE_SECONDS = env_int("BATON_WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1)
+BATON_WEBHOOK_REPLAY_SECONDS = env_int("BATON_WEBHOOK_REPLAY_SECONDS", 86400, minimum=300)
+BATON_WEBHOOK_MAX_BYTES = env_int("BATON_WEBHOOK_MAX_BYTES", 262144, minimum=1024)
+# An event nobody waits for yet is kept this long for the first step that comes to wait for it.
+BATON_EVENT_KEEP_SECONDS = env_int("BATON_EVENT_KEEP_SECONDS", 7 * 86400, minimum=0)
 # How long one worker task may go on running the next steps of a sequence itself (0: never).
 BATON_CONTINUE_SECONDS = env_float("BATON_CONTINUE_SECONDS", 30.0, minimum=0.0)
 # On SIGTERM a worker takes no new step and has this long to finish the ones in hand; what is

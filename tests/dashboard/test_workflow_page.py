@@ -167,8 +167,9 @@ def test_the_page_takes_as_many_queries_with_many_runs_and_versions_as_with_one(
     for index in range(15):
         drive(transitions.start_run(workflow="digest", input={"topic": f"t{index}"}))
     # session, user, the workflow, may see it, versions, recent runs, their progress and
-    # for_each progress, two figures, may start, may change: none per run or per version.
-    with django_assert_num_queries(12):
+    # for_each progress, two figures, may start, may change, its triggers: none per run or
+    # per version.
+    with django_assert_num_queries(13):
         html = page(ops_client)
     assert html.count("<tr data-run=") == 10
     assert "Every run of Daily digest" in html and 'href="/?workflow=digest"' in html

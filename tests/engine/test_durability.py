@@ -158,3 +158,40 @@ def test_a_killed_steps_retry_goes_ahead_of_a_backlog(tmp_path: Path) -> None:
     # The retry ran as soon as its lease had run out, not after the items queued before it.
     waited_behind = sum(1 for started in fan_started if started < retry.started_at)
     assert waited_behind < 80, f"the retry started after {waited_behind} of the 120 items queued before it"
+
+
+def test_a_durable_sleep_survives_its_worker_being_killed_and_ends_on_the_next_worker() -> None:
+    load_workflow(
+        AGENTS
+        + """
+workflow:
+  key: nap
+  name: Nap
+  steps:
+    - {key: before, agent: echo, input: 1}
+    - {key: sleep, after: [before], wait: {duration: 5s}}
+    - {key: after, agent: echo, after: [sleep], input: 2}
+"""
+    )
+    first = WorkerCluster(workers=1).start()
+    try:
+        run = transitions.start_run(workflow="nap")
+        wait_for(
+            lambda: StepRun.objects.filter(run=run, step_key="sleep", status=StepStatus.WAITING).exists(),
+            timeout=30,
+            message=f"the sleep to begin\n{first.log()}",
+        )
+        # Every process of the cluster, ticker included, dies at once: the wake-up time is
+        # all that is left, in the database.
+        assert first.process is not None
+        os.killpg(first.process.pid, signal.SIGKILL)
+        first.process.wait(timeout=10)
+    finally:
+        first.stop()
+    assert StepRun.objects.get(run=run, step_key="sleep").status == StepStatus.WAITING
+    with WorkerCluster(workers=1) as second:
+        run = wait_for(lambda: finished(run), timeout=60, message=f"run to finish\n{second.log()}")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    sleep = StepRun.objects.get(run=run, step_key="sleep")
+    assert sleep.output == {"waited": "5s"}
+    assert RunEvent.objects.filter(run=run, step_run=sleep, kind=EventKind.STEP_SUCCEEDED).count() == 1

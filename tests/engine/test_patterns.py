@@ -424,7 +424,7 @@ def test_cancelling_a_parent_cancels_its_child_runs() -> None:
 
 
 def test_a_wait_step_holds_no_worker_and_an_event_resumes_it() -> None:
-    flow("    - {key: paid, wait: {event: payment.received}}\n    - {key: ship, agent: echo, after: [paid], input: '{{ steps.paid.output.payload.amount }}'}")
+    flow("    - {key: paid, wait: {event: payment.received}}\n    - {key: ship, agent: echo, after: [paid], input: '{{ steps.paid.output.amount }}'}")
     run = drive(transitions.start_run(workflow="wf"))
     assert run.status == RunStatus.RUNNING
     assert head(run, "paid").status == StepStatus.WAITING
