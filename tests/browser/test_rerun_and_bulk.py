@@ -47,7 +47,7 @@ def test_a_run_is_rerun_with_edited_input_and_the_new_run_succeeds(
         page.get_by_text("Rerun as a new run").click()
         page.get_by_label("Input (JSON; edit it or leave it as it was)").fill('{"order": "A-2"}')
         page.get_by_role("button", name="Rerun", exact=True).click()
-        page.wait_for_url(re.compile(r"/runs/(?!%d/)\d+/$" % first.pk))
+        page.wait_for_url(re.compile(rf"/runs/(?!{first.pk}/)\d+/$"))
         again = Run.objects.get(rerun_of=first)
         assert page.url.endswith(f"/runs/{again.pk}/")
         expect(page.get_by_text(f"Rerun of run #{first.pk}")).to_be_visible()
