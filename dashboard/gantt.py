@@ -37,7 +37,7 @@ MAX_ROWS = 50
 
 # Geometry, in pixels. The chart keeps its natural size and scrolls sideways inside its box on
 # a narrow screen: shrunk, its labels and markers would be unreadable.
-TRACK_WIDTH = 900
+TRACK_WIDTH = 1000
 ROW_HEIGHT = 28
 BAR_HEIGHT = 16
 THIN_HEIGHT = 6
