@@ -52,7 +52,7 @@ ERROR_CHARS = 160
 TICK_STEPS = (
     0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30,
     60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
-    86400, 172800, 604800,
+    86400, 172800, 604800, 2592000, 31536000,
 )  # fmt: skip
 MAX_TICKS = 8
 
@@ -306,13 +306,13 @@ def build(
 
 def _changes_from_row(head: StepRun) -> list[tuple[datetime, str, str]]:
     """A step's moves when its events say none (rows written without the engine, such as the
-    generated history): queued when created, running from its start, then its end."""
-    moves = [(head.queued_at or head.created_at, StepStatus.QUEUED.value, "")]
+    generated history): queued when sent, running from its start, then its end."""
+    moves = [(head.queued_at, StepStatus.QUEUED.value, "")] if head.queued_at is not None else []
     if head.started_at is not None:
         moves.append((head.started_at, StepStatus.RUNNING.value, ""))
     if head.finished_at is not None and head.status in STEP_FINAL:
         moves.append((head.finished_at, head.status, ""))
-    return moves
+    return sorted(moves, key=lambda move: move[0])
 
 
 def _words(kind: str, seconds: float, message: str, row: Row) -> str:
@@ -416,9 +416,18 @@ def _laid_out(rows: list[Row], *, more: int, span: float, now: float | None) -> 
         if row.end_at is not None:
             # The glyph just after the end, clear of the last bar.
             row.end_x = round(max([x(row.end_at)] + [s.right for s in row.segments]) + 4, 1)
+    return Gantt(
+        rows=rows, more=max(0, more), span=span, ticks=axis(span), now_x=None if now is None else x(now)
+    )
+
+
+def axis(span: float) -> list[Tick]:
+    """The time axis of a chart `span` seconds wide: ticks at a round spacing (1 s, 30 s, 5 min,
+    1 h, ...), at most MAX_TICKS of them, labelled as every duration on the pages is."""
     step = next((s for s in TICK_STEPS if span / s <= MAX_TICKS), TICK_STEPS[-1])
-    ticks = []
+    usable = TRACK_WIDTH - END_ROOM
+    # A hair under a whole number of steps still gets its last tick (floating point).
     count = int(span / step + 1e-9)
-    for n in range(count + 1):
-        ticks.append(Tick(x=x(n * step), label=human_duration(n * step)))
-    return Gantt(rows=rows, more=max(0, more), span=span, ticks=ticks, now_x=None if now is None else x(now))
+    return [
+        Tick(x=round(n * step / span * usable, 1), label=human_duration(n * step)) for n in range(count + 1)
+    ]

@@ -60,7 +60,9 @@ def test_the_timeline_shows_the_retry_the_approval_wait_and_the_throttled_step_o
     )
     expect(row(page, "legal_review").locator(".seg--waiting")).to_have_count(1)
     expect(row(page, "legal_review").locator(".seg--waiting title")).to_contain_text("1 min 35 s")
-    expect(row(page, "translate_de").locator(".seg--throttled title")).to_contain_text("waiting for a slot, 9 s")
+    expect(row(page, "translate_de").locator(".seg--throttled title")).to_contain_text(
+        "waiting for a slot, 9 s"
+    )
     expect(row(page, "translate_fr").locator(".seg--throttled")).to_have_count(0)
     expect(row(page, "sections").locator(".seg--span title")).to_contain_text("3 items: 3 succeeded")
     expect(page.locator(".gantt__end--succeeded")).to_have_count(6)
@@ -87,12 +89,16 @@ def test_the_timeline_shows_the_retry_the_approval_wait_and_the_throttled_step_o
     phone.goto(f"{web_server.url}/runs/{run.pk}/")
     box = phone.locator(".gantt-scroll")
     expect(box).to_be_visible()
-    assert box.evaluate("el => el.scrollWidth > el.clientWidth"), "the timeline fits a phone without scrolling?"
+    assert box.evaluate("el => el.scrollWidth > el.clientWidth"), (
+        "the timeline fits a phone without scrolling?"
+    )
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390, "the page scrolls sideways"
     # The step names stay in view while the bars scroll under them.
     box.evaluate("el => { el.scrollLeft = 400; }")
     label = row(phone, "draft").locator(".gantt__label")
-    assert label.evaluate("el => el.getBoundingClientRect().left") >= box.evaluate("el => el.getBoundingClientRect().left")
+    assert label.evaluate("el => el.getBoundingClientRect().left") >= box.evaluate(
+        "el => el.getBoundingClientRect().left"
+    )
     phone.locator("#gantt").screenshot(path=str(screenshots / "run-gantt-phone.png"))
 
 
@@ -122,13 +128,17 @@ def test_on_a_real_worker_the_timeline_shows_the_retry_then_follows_the_approval
     load_workflow(WORKFLOW)
     with WorkerCluster(workers=1) as cluster:
         run = transitions.start_run(workflow="notice", started_by=ops)
-        item = wait_for(lambda: Item.objects.filter(run=run).first(), timeout=60, message=f"the approval\n{cluster.log()}")
+        item = wait_for(
+            lambda: Item.objects.filter(run=run).first(), timeout=60, message=f"the approval\n{cluster.log()}"
+        )
         page = signed_in(chromium, web_server, ops)
         page.goto(f"{web_server.url}/runs/{run.pk}/")
         expect(page.locator("#live-status")).to_have_attribute("data-state", "live", timeout=PUSHED)
         draft = row(page, "draft")
         expect(draft.locator(".seg--attempt.seg--failed")).to_have_count(1)
-        expect(draft.locator(".seg--attempt.seg--failed title")).to_contain_text("failed: temporary outage on attempt 1")
+        expect(draft.locator(".seg--attempt.seg--failed title")).to_contain_text(
+            "failed: temporary outage on attempt 1"
+        )
         expect(draft.locator(".seg--backoff")).to_have_count(1)
         expect(draft.locator(".seg--attempt.seg--succeeded")).to_have_count(1)
         waiting = row(page, "sign_off").locator(".seg--waiting")

@@ -92,7 +92,9 @@ class Launch:
         self.wait(1)
         fr_claim = transitions.claim_step(step_run_id=fr.pk, worker="w1")
         assert fr_claim is not None
-        assert transitions.claim_step(step_run_id=de.pk, worker="w2") is None, "the second translation got a slot"
+        assert transitions.claim_step(step_run_id=de.pk, worker="w2") is None, (
+            "the second translation got a slot"
+        )
         self.wait(9)
         transitions.record_success(claim=fr_claim, output={"lang": "fr"})
         self.wait(0.6)
@@ -100,7 +102,9 @@ class Launch:
 
     def sections(self) -> None:
         self.wait(1)
-        for index, item in enumerate(StepRun.objects.filter(parent=head(self.run, "sections")).order_by("map_index")):
+        for index, item in enumerate(
+            StepRun.objects.filter(parent=head(self.run, "sections")).order_by("map_index")
+        ):
             self.work(item, seconds=3 + index, worker=f"w{index % 2 + 1}")
 
 
