@@ -288,7 +288,9 @@ def build(
             )
         for attempt in head_attempts:
             row.segments.append(_attempt_segment(attempt, seconds, open_end, run.is_final))
-        if row.end_at is None and head.status in STEP_FINAL and head.finished_at is not None:
+        # The step's own finish time where it has one: its end event is written a moment later,
+        # in the transaction that records the outcome.
+        if head.status in STEP_FINAL and head.finished_at is not None:
             row.end_at = seconds(head.finished_at)
         row.segments.sort(key=lambda s: (s.start, s.end))
         rows.append(row)

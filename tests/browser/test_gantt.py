@@ -137,7 +137,7 @@ def test_on_a_real_worker_the_timeline_shows_the_retry_then_follows_the_approval
         draft = row(page, "draft")
         expect(draft.locator(".seg--attempt.seg--failed")).to_have_count(1)
         expect(draft.locator(".seg--attempt.seg--failed title")).to_contain_text(
-            "failed: temporary outage on attempt 1"
+            "failed: ConnectionError: temporary outage on attempt 1"
         )
         expect(draft.locator(".seg--backoff")).to_have_count(1)
         expect(draft.locator(".seg--attempt.seg--succeeded")).to_have_count(1)
