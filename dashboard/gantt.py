@@ -354,7 +354,7 @@ def _attempt_segment(
     elif attempt.status == AttemptStatus.SUCCEEDED:
         label += ", succeeded"
     else:
-        label += ", running" if attempt.finished_at is None and not run_final else ", never finished"
+        label += ", running" if not run_final else ", still running when the run ended"
     return Segment(
         "attempt",
         start,

@@ -21,8 +21,9 @@ from orchestration.models import Attempt, Run, StepRun
 from orchestration.reads import head_rows
 from orchestration.status import RunStatus
 from tests.dashboard.big_runs import big_run, big_workflow
+from tests.dashboard.conftest import AGENTS
 from tests.dashboard.gantt_demo import Launch, head, launch_run
-from tests.support import load_workflow
+from tests.support import drive, load_workflow
 
 pytestmark = pytest.mark.django_db
 
@@ -217,3 +218,43 @@ def test_names_and_errors_on_the_timeline_are_escaped(ops_client: Client, ops: A
     assert "failed: &lt;img src=x onerror=alert(2)&gt;" in drawn
     assert Run.objects.get(pk=run.pk).status == RunStatus.FAILED
     assert 'class="gantt__end gantt__end--failed"' in drawn
+
+
+def test_each_round_of_a_loop_is_a_row_of_its_own(ops: Any) -> None:
+    load_workflow(
+        AGENTS
+        + """
+workflow:
+  key: drafting
+  name: Drafting
+  owner: ops
+  steps:
+    - {key: write, agent: echo}
+    - {key: review, agent: editor, after: [write], input: {approve_on: 2}, loop: {back_to: write, until: "{{ steps.review.output.ok }}", max_iterations: 3}}
+"""
+    )
+    run = drive(transitions.start_run(workflow="drafting"))
+    chart = gantt.for_run(run)
+
+    assert [row.label for row in chart.rows] == ["write", "write · round 2", "review", "review · round 2"]
+    assert all(row.end_glyph == "✓" for row in chart.rows)
+
+
+def test_a_cancelled_run_stops_its_open_segments_at_its_end_and_marks_the_steps_cancelled(
+    ops: Any, approver: Any
+) -> None:
+    with time_machine.travel(START, tick=False) as clock:
+        launch = Launch(clock, ops, approver)
+        launch.wait(2)
+        claim = transitions.claim_step(step_run_id=head(launch.run, "research").pk, worker="w1")
+        assert claim is not None
+        launch.wait(30)
+        transitions.cancel_run(run_id=launch.run.pk, actor=ops, reason="wrong topic")
+    launch.run.refresh_from_db()
+    chart = gantt.for_run(launch.run, now=START + timedelta(hours=2))
+
+    research = row_of(chart, "research")
+    assert research.end_glyph == "⊘" and research.end_at == 32.0
+    assert all(not segment.open and segment.end <= 32.0 for segment in research.segments)
+    assert chart.now_x is None
+    assert chart.span == 32.0
