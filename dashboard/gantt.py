@@ -119,8 +119,9 @@ class Segment:
 
     @property
     def mark_x(self) -> float:
-        # A failed attempt's ✕: inside the bar's end when it is wide enough, else just after.
-        return round(self.right - 7 if self.width >= 16 else self.right + 6, 1)
+        # A failed attempt's ✕: inside the bar's end when it is wide enough, else over its middle
+        # (haloed in the stylesheet), where it cannot land on the next segment or the end marker.
+        return round(self.right - 7 if self.width >= 16 else self.x + self.width / 2, 1)
 
 
 @dataclass
@@ -209,7 +210,8 @@ class Gantt:
 
 
 def for_run(run: Run, *, now: datetime | None = None) -> Gantt:
-    """The run's timeline, reading its head rows and their attempts too (four queries)."""
+    """The run's timeline, reading its head rows, their attempts and its version's steps too
+    (for a caller without them; the run page hands its own to build)."""
     heads = list(StepRun.objects.filter(run=run, map_index__isnull=True).order_by("iteration", "id"))
     attempts: dict[int, list[Attempt]] = {}
     for attempt in Attempt.objects.filter(step_run__run=run, step_run__map_index__isnull=True).order_by(
@@ -242,7 +244,8 @@ def build(
     pending = [key for key in spec_keys if key not in started]
     total = len(heads) + len(pending)
     drawn = list(heads[:MAX_ROWS])
-    t0 = run.created_at
+    # The run's start; rows written without the engine (generated history) may start earlier.
+    t0 = min([run.created_at] + [head.started_at for head in drawn if head.started_at is not None])
     # What is still going is drawn to now; in a run that ended, to its end.
     open_end = run.finished_at or now
 
