@@ -75,7 +75,6 @@ def test_the_timeline_shows_the_retry_the_approval_wait_and_the_throttled_step_o
     assert page.locator(".seg--waiting .seg__pattern").get_attribute("fill") == "url(#gantt-hatch)"
     assert page.locator(".seg--throttled .seg__pattern").get_attribute("fill") == "url(#gantt-dots)"
     page.get_by_text("The timeline as a table").click()
-    gantt.scroll_into_view_if_needed()
     page.screenshot(path=str(screenshots / "run-gantt.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 1100})
     page.evaluate("window.scrollTo(0, 0)")
