@@ -233,12 +233,15 @@ def build(
     *,
     spec_keys: Sequence[str] = (),
     items: Mapping[int, ItemCounts] | None = None,
+    waiting: Mapping[int, str] | None = None,
     now: datetime | None = None,
 ) -> Gantt:
     """The timeline of `run` from its head rows in the order to draw them, their attempts (by
     step row id, oldest first), the spec's step keys (a step not started yet is an empty row)
-    and its for_each items' counts (item_counts; read here when not given). One query, the
-    drawn steps' status events, and one more without `items`."""
+    and its for_each items' counts (item_counts; read here when not given). `waiting` says in
+    words what a step waits for now ("waiting: approval by legal, due in 3 hours", the run
+    page's waiting words), for its open wait's tooltip. One query, the drawn steps' status
+    events, and one more without `items`."""
     now = now or timezone.now()
     started = {head.step_key for head in heads}
     pending = [key for key in spec_keys if key not in started]
@@ -274,18 +277,22 @@ def build(
             if status in STEP_FINAL:
                 row.end_at = seconds(at)
                 continue
+            # Moving again after an end (an owner's retry of a failed step): it has not ended.
+            row.end_at = None
             kind = KIND_OF_STATUS.get(StepStatus(status)) if status in StepStatus.values else None
             if kind is None or (kind == "span" and head_attempts):
                 continue
             is_open = index + 1 == len(steps)
             until = open_end if is_open else steps[index + 1][0]
             start, end = seconds(at), seconds(max(at, until))
+            if kind == "waiting" and is_open and waiting and waiting.get(head.pk):
+                message = waiting[head.pk]
             row.segments.append(
                 Segment(
                     kind,
                     start,
                     end,
-                    _words(kind, end - start, message, row),
+                    _words(kind, end - start, message, row, still_going=is_open and not run.is_final),
                     open=is_open and not run.is_final,
                 )
             )
@@ -320,9 +327,9 @@ def _changes_from_row(head: StepRun) -> list[tuple[datetime, str, str]]:
     return sorted(moves, key=lambda move: move[0])
 
 
-def _words(kind: str, seconds: float, message: str, row: Row) -> str:
+def _words(kind: str, seconds: float, message: str, row: Row, *, still_going: bool = False) -> str:
     """A segment's tooltip: what the step was doing, for how long, and why if the log says."""
-    took = human_duration(seconds)
+    took = human_duration(seconds) + (" so far" if still_going else "")
     if kind == "queued":
         return f"queued, waiting for a worker, {took}" + (f": {message}" if message else "")
     if kind == "throttled":

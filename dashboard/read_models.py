@@ -139,7 +139,14 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
         "run": run,
         "graph": graph.build(spec, heads),
         # One query more (the steps' status events), whatever the run's size.
-        "gantt": gantt.build(run, step_rows + compensations, attempts, spec_keys=list(order), items=items),
+        "gantt": gantt.build(
+            run,
+            step_rows + compensations,
+            attempts,
+            spec_keys=list(order),
+            items=items,
+            waiting={pk: summary.text for pk, summary in waiting.items()},
+        ),
         "steps": [
             StepRow(
                 step=row,

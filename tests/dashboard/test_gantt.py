@@ -80,7 +80,7 @@ def test_an_approval_wait_is_hatched_and_runs_to_now_while_the_run_waits(ops: An
     assert kinds(legal) == ["waiting"]
     waiting = legal.segments[0]
     assert (round(waiting.start, 1), waiting.end, waiting.open) == (41.9, 300.0, True)
-    assert waiting.label == "waiting for a person (approval), 4 min 18 s"
+    assert waiting.label == "waiting for a person (approval), 4 min 18 s so far"
     assert legal.end_at is None and legal.end_glyph == ""
     assert chart.now_x is not None and chart.now_x == pytest.approx(waiting.right, abs=0.2)
     # The steps after it have not started: empty rows, so the chart shows what is still ahead.
@@ -258,3 +258,16 @@ def test_a_cancelled_run_stops_its_open_segments_at_its_end_and_marks_the_steps_
     assert all(not segment.open and segment.end <= 32.0 for segment in research.segments)
     assert chart.now_x is None
     assert chart.span == 32.0
+
+
+def test_on_the_run_page_an_open_wait_says_who_it_waits_for_in_the_pages_words(
+    ops_client: Client, ops: Any, approver: Any
+) -> None:
+    run = launch_run(ops, approver, start=timezone.now() - timedelta(minutes=3), to_the_end=False)
+    drawn = gantt_html(ops_client.get(reverse("dashboard:run", args=[run.pk])).content.decode())
+
+    waiting = re.search(r'<g class="seg seg--waiting seg--open"[^>]*>\s*<title>([^<]*)</title>', drawn)
+    assert waiting, "no open wait on the timeline"
+    assert waiting.group(1).startswith("legal_review: waiting: approval by approver, due in ")
+    assert waiting.group(1).endswith(" so far")
+    assert 'class="gantt__now"' in drawn
