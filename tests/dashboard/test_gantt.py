@@ -271,3 +271,24 @@ def test_on_the_run_page_an_open_wait_says_who_it_waits_for_in_the_pages_words(
     assert waiting.group(1).startswith("legal_review: waiting: approval by approver, due in ")
     assert waiting.group(1).endswith(" so far")
     assert 'class="gantt__now"' in drawn
+
+
+def test_a_failed_step_retried_by_its_owner_shows_both_rounds_of_attempts_and_ends_once(ops: Any) -> None:
+    load_workflow(
+        'agents: [{name: picky, kind: python, config: {callable: "tests.agents.basic:fails_first"}, retry: {attempts: 1}}]\n'
+        "workflow: {key: picky, name: Picky, owner: ops, steps: [{key: charge, agent: picky, input: {order: A-1}}]}"
+    )
+    run = drive(transitions.start_run(workflow="picky", started_by=ops))
+    assert run.status == RunStatus.FAILED
+    assert row_of(gantt.for_run(run), "charge").end_glyph == "✕"
+
+    transitions.retry_run(run_id=run.pk, actor=ops, reason="the processor is back")
+    run.refresh_from_db()
+    charge = row_of(gantt.for_run(run), "charge")
+    assert kinds(charge) == ["queued", "attempt:failed", "queued"]
+    assert (charge.end_at, charge.end_glyph) == (None, "")
+
+    run = drive(run)
+    charge = row_of(gantt.for_run(run), "charge")
+    assert kinds(charge) == ["queued", "attempt:failed", "queued", "attempt:succeeded"]
+    assert charge.end_glyph == "✓"
