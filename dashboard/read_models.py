@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet
 
-from dashboard import agent_status, graph, waiting_words
+from dashboard import agent_status, gantt, graph, waiting_words
 from orchestration import access
 from orchestration.models import Agent, AgentKind, Attempt, Run, RunEvent, StepKind, StepRun
 from orchestration.reads import head_rows, latest_heads
@@ -93,13 +93,9 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
         ).values_list("name", flat=True)
     )
     # A for_each head is never attempted itself; its items are.
-    item_attempts = dict(
-        StepRun.objects.filter(run=run, parent__isnull=False)
-        .order_by()
-        .values("parent_id")
-        .annotate(total=Sum("attempts"))
-        .values_list("parent_id", "total")
-    )
+    # One grouped count of the items by head and status serves the Gantt timeline as well.
+    items = gantt.item_counts(run)
+    item_attempts = {pk: counts.attempts for pk, counts in items.items()}
     # One query over the run's attempts answers two questions, whatever the number of steps:
     # which agent version each step ran (a for_each head's through its items; a run keeps one
     # version per agent, so one label per step), counting only attempts of the step's current
@@ -138,9 +134,19 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
     usage = run_usage(run)
     # One query more only when a step waits on people or on a sub-workflow run.
     waiting = waiting_words.step_summaries({run.pk: run}, rows)
+    compensations.sort(key=lambda c: c.pk)
     return {
         "run": run,
         "graph": graph.build(spec, heads),
+        # One query more (the steps' status events), whatever the run's size.
+        "gantt": gantt.build(
+            run,
+            step_rows + compensations,
+            attempts,
+            spec_keys=list(order),
+            items=items,
+            waiting={pk: summary.text for pk, summary in waiting.items()},
+        ),
         "steps": [
             StepRow(
                 step=row,
@@ -166,7 +172,7 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
                 version_label=versions.get(row.pk, ""),
                 attempt_list=tuple(attempts.get(row.pk, ())),
             )
-            for row in sorted(compensations, key=lambda c: c.pk)
+            for row in compensations
         ],
         "waiting": waiting_words.by_run(rows, waiting).get(run.pk),
         "events": events,

@@ -98,9 +98,9 @@ def test_the_run_page_takes_the_same_queries_for_two_steps_as_for_fifty_steps_of
     large = big_run(big_workflow(50), steps=50, attempts=3, items=300, events=450)
     # session, user, run, may ops see it, may ops cancel it, head rows, simulated agents, item
     # attempts, agent versions, head attempts, child runs, event count, event page, usage (2),
-    # the run's reruns (the actions' links).
+    # the run's reruns (the actions' links), the steps' status events (the Gantt timeline).
     for run in (small, large):
-        with django_assert_num_queries(16):
+        with django_assert_num_queries(17):
             response = ops_client.get(reverse("dashboard:run", args=[run.pk]))
         assert response.status_code == 200
     page = response.content.decode()
@@ -115,7 +115,7 @@ def test_the_read_model_takes_the_same_queries_however_large_the_run(
     large = big_run(big_workflow(50), steps=50, attempts=3, items=300, events=450)
     # As the page's, less the session, user, run and "may ops see it".
     for run in (small, large):
-        with django_assert_num_queries(11):
+        with django_assert_num_queries(12):
             context = run_page(run, ops)
     assert sum(len(row.attempt_list) for row in context["steps"]) == 150
 
