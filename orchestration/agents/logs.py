@@ -220,6 +220,6 @@ def _tee_streams() -> None:
     # in sys.stdout meanwhile, and that one must be wrapped too.
     with _tee_lock:
         if not isinstance(sys.stdout, _Tee):
-            sys.stdout = _Tee(sys.stdout, "stdout")  # type: ignore[assignment]
+            sys.stdout = _Tee(sys.stdout, "stdout")
         if not isinstance(sys.stderr, _Tee):
-            sys.stderr = _Tee(sys.stderr, "stderr")  # type: ignore[assignment]
+            sys.stderr = _Tee(sys.stderr, "stderr")

@@ -111,7 +111,11 @@ def flow(steps: str, *, owner: str = "") -> None:
 
 
 def attempts(run: Run, key: str) -> list[Attempt]:
-    return list(Attempt.objects.filter(step_run__run=run, step_run__step_key=key).order_by("step_run__map_index", "number"))
+    return list(
+        Attempt.objects.filter(step_run__run=run, step_run__step_key=key).order_by(
+            "step_run__map_index", "number"
+        )
+    )
 
 
 def said(attempt: Attempt) -> list[tuple[str, str, str]]:
@@ -133,7 +137,10 @@ def test_what_a_python_agent_prints_and_logs_lands_on_its_attempt_in_order() -> 
         ("PRINT", "stderr", "a note on stderr"),
         ("PRINT", "stdout", "no newline at the end"),
     ]
-    assert all(attempt.started_at <= timezone.datetime.fromisoformat(line["at"]) <= attempt.finished_at for line in attempt.log)
+    assert all(
+        attempt.started_at <= timezone.datetime.fromisoformat(line["at"]) <= attempt.finished_at
+        for line in attempt.log
+    )
 
 
 def test_printing_still_reaches_the_workers_own_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,7 +157,9 @@ def test_each_attempt_keeps_its_own_lines_and_a_failed_one_keeps_them_beside_its
         run = drive(transitions.start_run(workflow="wf"), clock=clock)
     assert run.status == RunStatus.SUCCEEDED
     first, second = attempts(run, "fetch")
-    assert first.status == AttemptStatus.FAILED and "ConnectionError: warehouse unreachable" in first.traceback
+    assert (
+        first.status == AttemptStatus.FAILED and "ConnectionError: warehouse unreachable" in first.traceback
+    )
     assert said(first) == [
         ("PRINT", "stdout", "attempt 1 starts"),
         ("ERROR", "tests.agents.talkative", "the warehouse did not answer"),
@@ -161,7 +170,9 @@ def test_each_attempt_keeps_its_own_lines_and_a_failed_one_keeps_them_beside_its
 def test_a_step_the_worker_continues_with_keeps_its_own_lines_too() -> None:
     # The second step is claimed in the transaction that records the first
     # (record_success_and_take_next): each result still carries its own attempt's lines.
-    flow("    - {key: one, agent: items, input: first}\n    - {key: two, agent: items, after: [one], input: second}")
+    flow(
+        "    - {key: one, agent: items, input: first}\n    - {key: two, agent: items, after: [one], input: second}"
+    )
     run = drive(transitions.start_run(workflow="wf"))
     assert run.status == RunStatus.SUCCEEDED
     assert [said(a) for a in attempts(run, "one") + attempts(run, "two")] == [
@@ -182,7 +193,16 @@ def test_every_item_of_a_map_keeps_its_own_lines() -> None:
 
 
 def context_for(step: str) -> AgentContext:
-    return AgentContext(run_id=1, step_key=step, attempt=1, iteration=0, item=None, index=None, agent=step, idempotency_key=step)
+    return AgentContext(
+        run_id=1,
+        step_key=step,
+        attempt=1,
+        iteration=0,
+        item=None,
+        index=None,
+        agent=step,
+        idempotency_key=step,
+    )
 
 
 def test_two_agent_calls_in_two_threads_keep_their_own_lines(settings: Any) -> None:
@@ -213,7 +233,10 @@ def test_two_agent_calls_in_two_threads_keep_their_own_lines(settings: Any) -> N
     for step in ("left", "right"):
         expected = []
         for number in range(20):
-            expected += [("PRINT", "stdout", f"{step} {number}"), ("INFO", logger.name, f"{step} logged {number}")]
+            expected += [
+                ("PRINT", "stdout", f"{step} {number}"),
+                ("INFO", logger.name, f"{step} logged {number}"),
+            ]
         assert captured[step] == expected
 
 
@@ -263,7 +286,9 @@ def test_lines_past_the_limit_are_counted_not_kept_and_a_last_line_says_how_many
 
 def test_an_attempt_keeps_at_most_its_bytes(settings: Any) -> None:
     settings.BATON_ATTEMPT_LOG_BYTES = 1024
-    flow("    - {key: loud, agent: shouts, input: {lines: 30, width: 93}}")  # 100 bytes a line, 101 from line 10
+    flow(
+        "    - {key: loud, agent: shouts, input: {lines: 30, width: 93}}"
+    )  # 100 bytes a line, 101 from line 10
     run = drive(transitions.start_run(workflow="wf"))
     [attempt] = attempts(run, "loud")
     kept = [line for line in attempt.log if line["level"] != "CUT"]
@@ -291,7 +316,9 @@ def test_a_nul_in_a_printed_line_is_stored_as_text_not_refused_by_the_database()
 # --- secrets ------------------------------------------------------------------------------------
 
 
-def test_a_secret_is_redacted_in_every_line_before_it_is_cut_or_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_secret_is_redacted_in_every_line_before_it_is_cut_or_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("BATON_SECRET_LOGS_TOKEN", SECRET)
     flow("    - {key: call, agent: leaks}")
     run = drive(transitions.start_run(workflow="wf"))
@@ -336,6 +363,8 @@ def test_a_lost_attempt_has_no_lines() -> None:
     step = StepRun.objects.get(run=run, step_key="read")
     claim = transitions.claim_step(step_run_id=step.pk, worker="doomed:1")
     assert claim is not None
-    assert transitions.expire_lease(step_run_id=step.pk, token=claim.token, attempt=claim.attempt, run_id=run.pk)
+    assert transitions.expire_lease(
+        step_run_id=step.pk, token=claim.token, attempt=claim.attempt, run_id=run.pk
+    )
     [attempt] = attempts(run, "read")
     assert attempt.status == AttemptStatus.FAILED and attempt.log == [] and attempt.log_count == 0
