@@ -36,6 +36,10 @@ CUT = "CUT"
 CUT_SOURCE = "baton"
 # How many line limits of text printed without a newline are held, waiting for one.
 HELD_LINES = 16
+# HTTP clients whose INFO and DEBUG lines are not kept: they repeat a request's full URL (a
+# token in its query included) and the http and llm kinds write their own summary instead.
+# Their warnings are kept.
+QUIET = frozenset({"httpx", "httpx2", "httpcore", "openai", "urllib3"})
 
 
 class LogLine(TypedDict):
@@ -162,7 +166,9 @@ class AttemptLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         capture = _current.get()
-        if capture is not None:
+        if capture is not None and not (
+            record.levelno < logging.WARNING and record.name.split(".")[0] in QUIET
+        ):
             try:
                 text = record.getMessage()
                 if record.exc_info:
