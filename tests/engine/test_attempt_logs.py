@@ -20,7 +20,7 @@ from orchestration.agents import AgentContext, invoke
 from orchestration.agents import logs as agent_logs
 from orchestration.models import Attempt, Run, StepRun
 from orchestration.status import AttemptStatus, RunStatus
-from tests.support import drive, load_workflow
+from tests.support import WorkerCluster, drive, load_workflow, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -267,6 +267,41 @@ def test_a_real_agent_call_through_invoke_is_captured_only_in_its_own_context(se
     print("after the call")
     assert [line["text"] for line in capture.lines()] == ["item inside"]
     assert outside == ["None"]
+
+
+@pytest.mark.cluster
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_records_the_lines_and_its_own_log_still_shows_prints_and_warnings(
+    settings: Any,
+) -> None:
+    flow(
+        "    - {key: read, agent: talkative, input: {order: A-7}}\n    - {key: also, agent: talkative, input: {order: B-2}}"
+    )
+    with WorkerCluster(
+        workers=2, env={"BATON_PYTHON_AGENTS": ",".join(settings.BATON_PYTHON_AGENTS)}
+    ) as cluster:
+        run = transitions.start_run(workflow="wf")
+        wait_for(
+            lambda: Run.objects.get(pk=run.pk).is_final,
+            timeout=30,
+            message=f"the run to finish\n{cluster.log()}",
+        )
+        log = cluster.log()
+    assert Run.objects.get(pk=run.pk).status == RunStatus.SUCCEEDED, log
+    for key, order in (("read", "A-7"), ("also", "B-2")):
+        [attempt] = attempts(run, key)
+        assert [text for _, _, text in said(attempt)] == [
+            "reading the order",
+            f"order {order} has 3 lines",
+            "line 2 is out of stock",
+            "a note on stderr",
+            "no newline at the end",
+        ]
+    # The worker's own output is as it was: what agents print, their warnings (logging's last
+    # resort, their logger having no handler), and Baton's own lines.
+    assert "reading the order" in log and "a note on stderr" in log
+    assert "line 2 is out of stock" in log and "order A-7 has 3 lines" not in log
+    assert "baton worker ready" in log
 
 
 # --- bounds -------------------------------------------------------------------------------------
