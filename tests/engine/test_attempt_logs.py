@@ -403,3 +403,14 @@ def test_a_lost_attempt_has_no_lines() -> None:
     )
     [attempt] = attempts(run, "read")
     assert attempt.status == AttemptStatus.FAILED and attempt.log == [] and attempt.log_count == 0
+
+
+def test_the_admin_shows_an_attempts_lines_read_only_and_escaped(client: Any, admin_user: Any) -> None:
+    flow("    - {key: bad, agent: hostile}")
+    run = drive(transitions.start_run(workflow="wf"))
+    [attempt] = attempts(run, "bad")
+    client.force_login(admin_user)
+    page = client.get(f"/admin/orchestration/attempt/{attempt.pk}/change/").content.decode()
+    assert "Log lines" in page
+    assert "PRINT stdout: &lt;script&gt;alert(&#x27;log&#x27;)&lt;/script&gt;" in page
+    assert "<script>alert(" not in page
