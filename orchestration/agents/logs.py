@@ -67,6 +67,13 @@ class Capture:
         self.lock = threading.Lock()
 
     def add(self, level: str, source: str, text: str) -> None:
+        with self.lock:
+            if len(self.kept) >= self.max_lines or self.kept_bytes >= self.max_bytes:
+                # Full already: an agent printing in a loop costs a count per line, not a
+                # redaction (so the bytes dropped are counted before any secret is replaced).
+                self.dropped_lines += 1
+                self.dropped_bytes += len(text.rstrip("\n").encode(errors="replace"))
+                return
         text = storable(agent_secrets.redact_text(text.rstrip("\n"), self.secrets))
         size = len(text.encode())
         if size > self.max_line_bytes:
