@@ -433,7 +433,7 @@ class Attempt(models.Model):
             entries.append(
                 {
                     "at": at,
-                    "after": max(after, 0.0) if after is not None else None,
+                    "after": _offset(max(after, 0.0)) if after is not None else "",
                     "level": str(line.get("level", "")),
                     "source": str(line.get("source", "")),
                     "text": str(line.get("text", "")),
@@ -441,6 +441,18 @@ class Attempt(models.Model):
                 }
             )
         return entries
+
+
+def _offset(seconds: float) -> str:
+    """How long after its attempt started a line was written, as a person reads it."""
+    if seconds < 10:
+        return f"+{seconds:.2f} s"
+    if seconds < 60:
+        return f"+{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"+{minutes} min {rest} s"
+    return f"+{minutes // 60} h {minutes % 60} min"
 
 
 class RunEvent(AppendOnly):

@@ -5,6 +5,7 @@ var/screenshots for a person to look at)."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,14 @@ from tests.support import drive, load_workflow
 pytestmark = pytest.mark.browser
 
 HERE = "tests.browser.test_run_details"
-LOG_LINES = [
-    {"at": "2026-12-01T10:00:01.250000+00:00", "level": "INFO", "source": "shop.orders", "text": "asking upstream for order A-7"},
-    {"at": "2026-12-01T10:00:31.250000+00:00", "level": "PRINT", "source": "stdout", "text": "<script>alert('x')</script> still waiting"},
-]
+
+
+def log_lines(started: datetime) -> list[dict[str, str]]:
+    """Two lines as the worker stores them, 1.25 s and 75 s after the attempt started."""
+    return [
+        {"at": (started + timedelta(seconds=1.25)).isoformat(), "level": "INFO", "source": "shop.orders", "text": "asking upstream for order A-7"},
+        {"at": (started + timedelta(seconds=75)).isoformat(), "level": "PRINT", "source": "stdout", "text": "<script>alert('x')</script> still waiting"},
+    ]
 
 CHECKOUT = f"""
 agents:
@@ -51,7 +56,8 @@ def test_a_failed_steps_traceback_opens_from_the_run_page(
     run = big_run(big_workflow(59), steps=59, attempts=3, items=300, events=450)
     last = StepRun.objects.get(run=run, step_key="s59")
     StepRun.objects.filter(pk=last.pk).update(status=StepStatus.FAILED, error="TimeoutError: upstream took too long", error_class=ErrorClass.TRANSIENT, output=None)
-    Attempt.objects.filter(step_run=last, number=3).update(status=AttemptStatus.FAILED, error="TimeoutError: upstream took too long", traceback=TRACEBACK, log=LOG_LINES)
+    third = Attempt.objects.get(step_run=last, number=3)
+    Attempt.objects.filter(pk=third.pk).update(status=AttemptStatus.FAILED, error="TimeoutError: upstream took too long", traceback=TRACEBACK, log=log_lines(third.started_at))
     Run.objects.filter(pk=run.pk).update(status=RunStatus.FAILED, error="step s59 failed: TimeoutError: upstream took too long")
 
     page = logged_in_page(chromium, web_server)
@@ -68,6 +74,8 @@ def test_a_failed_steps_traceback_opens_from_the_run_page(
     expect(log.locator("summary")).to_have_text("2 log lines")
     expect(log.locator(".log-lines")).not_to_be_visible()
     log.locator("summary").click()
+    expect(log.locator(".log-line").nth(0).locator("time")).to_have_text("+1.25 s")
+    expect(log.locator(".log-line").nth(1).locator("time")).to_have_text("+1 min 15 s")
     expect(log.locator(".log-line").nth(1)).to_contain_text("<script>alert('x')</script> still waiting")
     traceback.scroll_into_view_if_needed()
     page.screenshot(path=str(screenshots / "run-page-traceback.png"))
