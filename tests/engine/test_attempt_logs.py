@@ -4,6 +4,7 @@ attempt, bounded, redacted, never mixed with another call's, and shown escaped o
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -302,6 +303,17 @@ def test_a_real_worker_records_the_lines_and_its_own_log_still_shows_prints_and_
     assert "reading the order" in log and "a note on stderr" in log
     assert "line 2 is out of stock" in log and "order A-7 has 3 lines" not in log
     assert "baton worker ready" in log
+
+
+def test_a_thread_the_agent_runs_in_a_copy_of_its_context_is_captured_with_it() -> None:
+    def worker() -> None:
+        logger.info("from the agent's own thread")
+
+    with agent_logs.capturing() as capture:
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(worker,))
+        thread.start()
+        thread.join()
+    assert [line["text"] for line in capture.lines()] == ["from the agent's own thread"]
 
 
 # --- bounds -------------------------------------------------------------------------------------
