@@ -807,6 +807,7 @@ class AttemptAdmin(VersionLabel, ReadOnlyAdmin[Attempt], VisibleOnly[Attempt]):
         "error_class",
         "error",
         "traceback_text",
+        "log_text",
         "usage",
         "total_tokens",
         "cost",
@@ -819,6 +820,14 @@ class AttemptAdmin(VersionLabel, ReadOnlyAdmin[Attempt], VisibleOnly[Attempt]):
     @admin.display(description="Traceback")
     def traceback_text(self, obj: Attempt) -> SafeString:
         return format_html("<pre>{}</pre>", obj.traceback)
+
+    @admin.display(description="Log lines")
+    def log_text(self, obj: Attempt) -> SafeString:
+        # Agent text, escaped line by line like the traceback.
+        lines = format_html_join(
+            "\n", "{} {} {}: {}", ((e["at"] or "", e["level"], e["source"], e["text"]) for e in obj.log_entries)
+        )
+        return format_html("<pre>{}</pre>", lines) if obj.log else format_html("{}", "—")
 
 
 @admin.register(RunEvent)

@@ -7,6 +7,7 @@ what runs next in orchestration/engine.py.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -392,6 +393,10 @@ class Attempt(models.Model):
     error = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
     usage = models.JSONField(default=dict, blank=True)
+    # What the agent logged and printed during this attempt, and the http/llm request
+    # summaries: [{at, level, source, text}], bounded and redacted by orchestration/agents/logs.py
+    # before it is stored with the outcome. A lost attempt (its worker killed) has none.
+    log = models.JSONField(default=list, blank=True)
     # The agent version this attempt ran with (NULL: the agent's own config).
     agent_version = models.ForeignKey(
         AgentVersion, null=True, blank=True, related_name="attempts", on_delete=models.PROTECT
@@ -414,6 +419,54 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.step_run}"
+
+    @property
+    def log_count(self) -> int:
+        """How many lines the attempt kept (the line saying what was cut is not one of them)."""
+        return sum(1 for line in self._log() if line.get("level") != "CUT")
+
+    @property
+    def log_cut(self) -> bool:
+        return any(line.get("level") == "CUT" for line in self._log())
+
+    def _log(self) -> list[dict[str, Any]]:
+        # Read defensively: the column is JSON, and a page must not break on an odd row.
+        return [line for line in self.log if isinstance(line, dict)] if isinstance(self.log, list) else []
+
+    @property
+    def log_entries(self) -> list[dict[str, Any]]:
+        """The log lines as a page shows them: when (and how long after the attempt started),
+        level, source, text, and whether it is the line saying what was dropped."""
+        entries = []
+        for line in self._log():
+            try:
+                at: datetime | None = datetime.fromisoformat(str(line.get("at")))
+            except ValueError:
+                at = None
+            after = (at - self.started_at).total_seconds() if at and self.started_at else None
+            entries.append(
+                {
+                    "at": at,
+                    "after": _offset(max(after, 0.0)) if after is not None else "",
+                    "level": str(line.get("level", "")),
+                    "source": str(line.get("source", "")),
+                    "text": str(line.get("text", "")),
+                    "cut": line.get("level") == "CUT",
+                }
+            )
+        return entries
+
+
+def _offset(seconds: float) -> str:
+    """How long after its attempt started a line was written, as a person reads it."""
+    if seconds < 10:
+        return f"+{seconds:.2f} s"
+    if seconds < 60:
+        return f"+{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"+{minutes} min {rest} s"
+    return f"+{minutes // 60} h {minutes % 60} min"
 
 
 class Event(models.Model):

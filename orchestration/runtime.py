@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ from orchestration.agents import (
     idempotency_key,
     invoke,
 )
+from orchestration.agents import logs as agent_logs
 from orchestration.agents import secrets as agent_secrets
 from orchestration.durations import format_duration
 from orchestration.models import Agent
@@ -212,12 +213,15 @@ class Outcome:
     message: str = ""
     traceback: str = ""
     retry_after: float | None = None
+    # The attempt's log lines (orchestration/agents/logs.py), already bounded and redacted.
+    log: list[agent_logs.LogLine] = field(default_factory=list)
 
 
 def _run_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event) -> Outcome:
     # Redacted here, before anything is stored: a remote service may echo a token back in a
     # successful answer as well as in an error, and outputs are shown to every viewer.
-    return _redacted(_call_agent(agent, claim, stop), agent_secrets.values())
+    secrets = agent_secrets.values()
+    return _redacted(_call_agent(agent, claim, stop, secrets), secrets)
 
 
 def _redacted(outcome: Outcome, secrets: list[str]) -> Outcome:
@@ -231,10 +235,20 @@ def _redacted(outcome: Outcome, secrets: list[str]) -> Outcome:
     outcome.output = agent_secrets.redact(outcome.output, secrets)
     outcome.message = agent_secrets.redact_text(outcome.message, secrets)
     outcome.traceback = agent_secrets.redact_text(outcome.traceback, secrets)
+    # The log lines need nothing here: the capture redacts each line before it cuts one.
     return outcome
 
 
-def _call_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event) -> Outcome:
+def _call_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event, secrets: list[str]) -> Outcome:
+    """The agent's outcome, with what it logged and printed meanwhile (in this context only:
+    another agent call running at the same time in this process keeps its own lines)."""
+    with agent_logs.capturing(secrets=secrets) as capture:
+        outcome = _outcome_of(agent, claim, stop)
+    outcome.log = capture.lines()
+    return outcome
+
+
+def _outcome_of(agent: Agent, claim: transitions.Claim, stop: threading.Event) -> Outcome:
     spec = version_step_spec(claim.version_id, claim.step_key)
     timeout = spec.get("timeout") or agent.timeout_seconds
     context = AgentContext(
@@ -276,6 +290,7 @@ def _record_failure(claim: transitions.Claim, outcome: Outcome) -> None:
             message=outcome.message,
             traceback=outcome.traceback,
             retry_after=outcome.retry_after,
+            log=outcome.log,
         ),
         what=f"recording the failure of step {claim.step_run_id}",
     )
@@ -311,12 +326,19 @@ def run_step(step_run_id: int) -> None:
         # no next step: it is queued for another worker as usual.
         if stopping() or time.monotonic() - started >= settings.BATON_CONTINUE_SECONDS:
             _with_database(
-                partial(transitions.record_success, claim=claim, output=outcome.output, usage=usage),
+                partial(transitions.record_success, claim=claim, output=outcome.output, usage=usage, log=outcome.log),
                 what=f"recording the result of step {claim.step_run_id}",
             )
             return
         claim = _with_database(
-            partial(transitions.record_success_and_take_next, claim=claim, output=outcome.output, usage=usage, worker=worker),
+            partial(
+                transitions.record_success_and_take_next,
+                claim=claim,
+                output=outcome.output,
+                usage=usage,
+                log=outcome.log,
+                worker=worker,
+            ),
             what=f"recording the result of step {claim.step_run_id}",
         )
 
@@ -358,12 +380,12 @@ def run_items(step_run_ids: list[int]) -> None:
                     break
                 looked = time.monotonic()
             started = timezone.now()
-            outcome = _redacted(_call_agent(agent, claim, heartbeat.stop), secrets)
+            outcome = _redacted(_call_agent(agent, claim, heartbeat.stop, secrets), secrets)
             if outcome.result is None:
                 _record_failure(claim, outcome)
                 continue
             successes.append(
-                transitions.Success(claim, outcome.output, outcome.result.usage, started, timezone.now())
+                transitions.Success(claim, outcome.output, outcome.result.usage, started, timezone.now(), outcome.log)
             )
     transitions.record_item_successes(successes=successes)
 

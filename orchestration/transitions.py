@@ -405,16 +405,20 @@ class Success:
     usage: dict[str, Any]
     started_at: Any
     finished_at: Any
+    # The attempt's log lines (orchestration/agents/logs.py), stored with its result.
+    log: list[Any] = field(default_factory=list)
 
 
-def record_success(*, claim: Claim, output: Any, usage: dict[str, Any] | None = None) -> bool:
+def record_success(
+    *, claim: Claim, output: Any, usage: dict[str, Any] | None = None, log: list[Any] | None = None
+) -> bool:
     """Store a worker's result; False (and nothing written) if the claim is no longer valid."""
     with change() as work:
-        return _record_success(work, claim, output, usage)
+        return _record_success(work, claim, output, usage, log=log)
 
 
 def record_success_and_take_next(
-    *, claim: Claim, output: Any, usage: dict[str, Any] | None = None, worker: str
+    *, claim: Claim, output: Any, usage: dict[str, Any] | None = None, log: list[Any] | None = None, worker: str
 ) -> Claim | None:
     """Store a result and, when the engine picks this run's next step for this worker, claim
     it in the same transaction: the worker runs it next with no broker round trip.
@@ -428,7 +432,7 @@ def record_success_and_take_next(
     )
     with change() as work:
         work.continue_for_run = claim.run_id
-        if not _record_success(work, claim, output, usage, taker) or work.continue_with is None:
+        if not _record_success(work, claim, output, usage, taker, log=log) or work.continue_with is None:
             return None
         if taker.step is not None and taker.step.pk == work.continue_with:
             return _claim_of(taker.step, version_id=claim.version_id, chosen=taker.chosen)
@@ -438,10 +442,16 @@ def record_success_and_take_next(
 
 
 def _record_success(
-    work: Work, claim: Claim, output: Any, usage: dict[str, Any] | None, taker: engine.Taker | None = None
+    work: Work,
+    claim: Claim,
+    output: Any,
+    usage: dict[str, Any] | None,
+    taker: engine.Taker | None = None,
+    *,
+    log: list[Any] | None = None,
 ) -> bool:
     now = timezone.now()
-    run, won, heads = _lock_run_and_finish(claim, output, usage or {}, now)
+    run, won, heads = _lock_run_and_finish(claim, output, usage or {}, now, log or [])
     if not won:
         # A late or duplicate delivery: the lease expired and another attempt owns the
         # step, or the run was cancelled. Its result must not count.
@@ -475,7 +485,7 @@ def _record_success(
 
 
 def _lock_run_and_finish(
-    claim: Claim, output: Any, usage: dict[str, Any], now: Any
+    claim: Claim, output: Any, usage: dict[str, Any], now: Any, log: list[Any]
 ) -> tuple[Run, bool, list[StepRun] | None]:
     """Lock the claim's run, then record its success if the claim still holds (compare-and-set
     on the step's status and token) and end its attempt: the run, whether it held, and on
@@ -502,7 +512,7 @@ def _lock_run_and_finish(
         "lease_expires_at": None,
     }
     attempt_where = {"number": claim.attempt}
-    attempt_values = {"status": AttemptStatus.SUCCEEDED, "finished_at": now, **_usage_values(usage)}
+    attempt_values = {"status": AttemptStatus.SUCCEEDED, "finished_at": now, "log": log, **_usage_values(usage)}
     connection = transaction.get_connection()
     if connection.vendor != "postgresql":
         run = _lock_run(claim.run_id)
@@ -583,6 +593,7 @@ def record_item_successes(*, successes: list[Success]) -> int:
                     "step_run_id": s.claim.step_run_id,
                     "number": s.claim.attempt,
                     **_usage_values(s.usage or {}),
+                    "log": s.log,
                     "started_at": s.started_at,
                     "finished_at": s.finished_at,
                 }
@@ -625,9 +636,11 @@ def record_failure(
     traceback: str = "",
     usage: dict[str, Any] | None = None,
     retry_after: float | None = None,
+    log: list[Any] | None = None,
 ) -> bool:
     """A failed attempt: the engine retries the step later by its policy, hands it to a
-    fallback or fails it for good. False (nothing written) if the claim is no longer valid."""
+    fallback or fails it for good. False (nothing written) if the claim is no longer valid.
+    `log` is the attempt's log lines, stored with its error in the same transaction."""
     now = timezone.now()
     with change() as work:
         run = _lock_run(claim.run_id)
@@ -642,6 +655,7 @@ def record_failure(
             error_class=error_class,
             error=message[:2000],
             traceback=traceback[-20000:],
+            log=log or [],
             **_usage_values(usage or {}),
         )
         limited = guards.record_outcome(step.agent_name, succeeded=False, error_class=error_class, now=now)

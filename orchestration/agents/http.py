@@ -14,8 +14,10 @@ import re
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from orchestration import outbound
+from orchestration.agents import logs as agent_logs
 from orchestration.agents import secrets as agent_secrets
 from orchestration.agents.base import (
     AgentContext,
@@ -62,6 +64,26 @@ def redact(text: str, secrets: list[str]) -> str:
     return agent_secrets.redact_text(text, secrets)
 
 
+def loggable_url(url: str) -> str:
+    """The URL for a log line: the query's names without their values (a token is often passed
+    as `?key=...`), and no user or password."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(an unreadable URL)"
+    query = "&".join(f"{name}=…" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, f"{host}{port}", parts.path, query, ""))
+
+
+def summary(method: str, url: str, result: str, started: float, size: int | None = None) -> str:
+    """One request as a log line: method, URL, what came of it, bytes, milliseconds."""
+    took = f"{(time.monotonic() - started) * 1000:.0f} ms"
+    sent = f", {size:,} bytes" if size is not None else ""
+    return f"{method.upper()} {loggable_url(url)} → {result}{sent}, {took}"
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -105,21 +127,28 @@ def _call(config: dict[str, Any], payload: Any, context: AgentContext, headers: 
     url = config["url"]
     headers["Idempotency-Key"] = context.idempotency_key
     timeout = timeout_for(config, context)
+    method = str(config.get("method", "POST"))
     started = time.monotonic()
     try:
-        response = outbound.request(
-            config.get("method", "POST"), url, json_body=payload, headers=headers, timeout=timeout
-        )
+        response = outbound.request(method, url, json_body=payload, headers=headers, timeout=timeout)
     except outbound.OutboundRefused as exc:
+        agent_logs.note("http", summary(method, url, "refused", started), level="WARNING")
         raise PermanentError(f"request refused: {exc}") from None
     except outbound.OutboundTooLarge as exc:
+        agent_logs.note("http", summary(method, url, "answer too large", started), level="WARNING")
         raise PermanentError(str(exc)) from None
     except outbound.OutboundTimeout as exc:
+        agent_logs.note("http", summary(method, url, "no answer in time", started), level="WARNING")
         raise StepTimeout(str(exc)) from None
     except outbound.OutboundUnavailable as exc:
+        agent_logs.note("http", summary(method, url, "unreachable", started), level="WARNING")
         raise TransientError(str(exc)) from None
     latency_ms = round((time.monotonic() - started) * 1000, 1)
     status = response.status
+    # The status and size only: bodies and headers may carry what the service was sent.
+    agent_logs.note(
+        "http", summary(method, url, f"HTTP {status}", started, len(response.body)), level="INFO" if status < 400 else "WARNING"
+    )
     if status == 429:
         raise TransientError(
             f"HTTP 429 Too Many Requests from {url}",

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from orchestration import outbound
+from orchestration.agents import logs as agent_logs
 from orchestration.agents import secrets as agent_secrets
 from orchestration.agents.base import (
     AgentContext,
@@ -28,7 +29,7 @@ from orchestration.agents.base import (
     StepTimeout,
     TransientError,
 )
-from orchestration.agents.http import retry_after_seconds, timeout_for
+from orchestration.agents.http import loggable_url, retry_after_seconds, timeout_for
 from orchestration.templating import TemplateError, render
 
 # Without the model's tokenizer at hand, ~4 characters per token is the usual estimate for
@@ -160,6 +161,12 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
         if config.get(name) is not None:
             options[name] = config[name]
     started = time.monotonic()
+
+    def note(result: str, level: str = "WARNING") -> None:
+        # Model, what came of the call, tokens, time: never the prompt, the answer or a header.
+        took = f"{(time.monotonic() - started) * 1000:.0f} ms"
+        agent_logs.note("llm", f"model {config['model']} at {loggable_url(url)} → {result}, {took}", level=level)
+
     try:
         completion = client.chat.completions.create(
             model=config["model"],
@@ -168,15 +175,20 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
             **options,
         )
     except outbound.OutboundRefused as exc:
+        note("refused")
         raise PermanentError(f"request refused: {exc}") from None
     except outbound.OutboundTooLarge as exc:
+        note("answer too large")
         raise PermanentError(str(exc)) from None
     except openai.APITimeoutError:
+        note("no answer in time")
         raise StepTimeout(f"the model at {url} did not answer in time") from None
     except openai.APIConnectionError as exc:
+        note("unreachable")
         # The cause is outbound's own message ("cannot reach HOST: Connection refused").
         raise TransientError(str(exc.__cause__ or f"cannot reach the model at {url}")) from None
     except openai.APIStatusError as exc:
+        note(f"HTTP {exc.status_code}")
         # Some providers echo the rejected key in their error body.
         secret = api_key if key_env else ""
         detail = _redact(json.dumps(exc.body)[:500], secret) if exc.body is not None else ""
@@ -208,6 +220,11 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
         "latency_ms": latency_ms,
         "cost": cost(config, prompt_tokens, completion_tokens),
     }
+    note(
+        f"HTTP 200, {prompt_tokens + completion_tokens:,} tokens ({prompt_tokens:,} prompt + "
+        f"{completion_tokens:,} completion)",
+        level="INFO",
+    )
     if config.get("response", "text") == "json":
         try:
             output: Any = json.loads(_strip_fences(text))

@@ -224,6 +224,14 @@ BATON_PYTHON_AGENTS = [
 BATON_AGENT_SECRETS = [
     e.strip() for e in env_str("BATON_AGENT_SECRETS", "BATON_SECRET_*,OPENAI_API_KEY").split(",") if e.strip()
 ]
+# The log lines an attempt keeps (orchestration/agents/logs.py): what its agent logged and
+# printed, and the http and llm kinds' request summaries. Enough for a person to follow one
+# attempt on its page, small enough that a run page with hundreds of attempts stays light and
+# an agent printing in a loop cannot fill the database: lines past either limit are counted,
+# not kept, and a last line says how many were dropped. A longer line is cut to the line limit.
+BATON_ATTEMPT_LOG_LINES = env_int("BATON_ATTEMPT_LOG_LINES", 200, minimum=1)
+BATON_ATTEMPT_LOG_BYTES = env_int("BATON_ATTEMPT_LOG_BYTES", 32_768, minimum=1024)
+BATON_ATTEMPT_LOG_LINE_BYTES = env_int("BATON_ATTEMPT_LOG_LINE_BYTES", 2048, minimum=128)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -285,8 +293,14 @@ LOGGING = {
     # Agents' secret values never reach a log line (see orchestration/agents/secrets.py).
     "filters": {"redact_secrets": {"()": "orchestration.agents.secrets.RedactSecrets"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]}
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]},
+        # Keeps what an agent logs during an attempt with that attempt; it takes nothing away
+        # from the other handlers (orchestration/agents/logs.py).
+        "attempt_log": {"class": "orchestration.agents.logs.AttemptLogHandler"},
     },
+    # INFO, not logging's default WARNING, so that an agent's logger.info() lines, from a logger
+    # nobody configured, reach the attempt; the worker's own output is unchanged.
+    "root": {"handlers": ["attempt_log"], "level": env_str("BATON_AGENT_LOG_LEVEL", "INFO")},
     "loggers": {
         "baton": {"handlers": ["console"], "level": env_str("BATON_LOG_LEVEL", "INFO")},
         "django_q": {"handlers": ["console"], "level": env_str("BATON_Q_LOG_LEVEL", "WARNING")},

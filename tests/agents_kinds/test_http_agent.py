@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -89,6 +90,54 @@ def test_a_503_is_retried_with_growing_delays_until_the_service_answers(server: 
     assert "HTTP 503" in first.error
     assert "overloaded" in first.traceback, "the response body is kept with the attempt"
     assert len(server.seen("/hook")) == 3
+
+
+LINE = re.compile(r"^POST (?P<url>\S+) → (?P<result>.+?)(, (?P<bytes>[\d,]+) bytes)?, (?P<ms>\d+) ms$")
+
+
+def summaries(attempt: Attempt) -> list[dict[str, str]]:
+    found = []
+    for line in attempt.log:
+        assert (line["source"], line["level"]) in {("http", "INFO"), ("http", "WARNING")}, line
+        match = LINE.match(line["text"])
+        assert match, line["text"]
+        found.append({"level": line["level"], **{k: v for k, v in match.groupdict().items() if v is not None}})
+    return found
+
+
+def test_each_attempt_logs_one_line_per_request_without_query_values_headers_or_bodies(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATON_SECRET_TEST_TOKEN", SECRET)
+    server.script("/hook", Reply(503, {"error": f"{SECRET} overloaded"}), Reply(200, {"status": "shipped"}, delay=0.05))
+    install(
+        server,
+        config={"url": f"{server.url}/hook?api_key=q-{SECRET}&page=2", "headers": {"Authorization": "Bearer ${BATON_SECRET_TEST_TOKEN}"}},
+    )
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        run = drive(transitions.start_run(workflow="wf"), clock=clock)
+    assert run.status == RunStatus.SUCCEEDED
+    first, second = attempts_of(run)
+    url = f"{server.url}/hook?api_key=…&page=…"
+    [failed] = summaries(first)
+    assert {k: failed[k] for k in ("level", "url", "result", "bytes")} == {
+        "level": "WARNING", "url": url, "result": "HTTP 503", "bytes": str(len(json.dumps({"error": f"{SECRET} overloaded"}))),
+    }
+    [answered] = summaries(second)
+    assert {k: answered[k] for k in ("level", "url", "result")} == {"level": "INFO", "url": url, "result": "HTTP 200"}
+    assert int(answered["ms"]) >= 50
+    stored = json.dumps([first.log, second.log])
+    assert SECRET not in stored and "Bearer" not in stored and "shipped" not in stored and "overloaded" not in stored
+
+
+def test_an_unreachable_service_is_logged_as_such_on_the_attempt(settings: Any) -> None:
+    settings.BATON_HTTP_ALLOWED_HOSTS = "127.0.0.1"
+    with refusing_port() as url:
+        install(SimpleNamespace(url=url), retry={"attempts": 1})
+        run = drive(transitions.start_run(workflow="wf"))
+    [attempt] = attempts_of(run)
+    [line] = summaries(attempt)
+    assert (line["level"], line["url"], line["result"]) == ("WARNING", f"{url}/hook", "unreachable")
 
 
 @pytest.mark.parametrize("status", [400, 404])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -150,6 +151,29 @@ def test_a_500_is_transient_and_retried(model: FakeOpenAI) -> None:
     assert first.error_class == ErrorClass.TRANSIENT and "HTTP 500" in first.error
     assert "upstream exploded" in first.traceback
     assert second.status == "succeeded"
+
+
+def test_each_call_logs_the_model_its_status_tokens_and_time_but_never_the_prompt_or_the_key(model: FakeOpenAI) -> None:
+    model.script(
+        model.PATH,
+        Reply(500, {"error": {"message": f"upstream exploded near {KEY}"}}),
+        Reply(200, completion("the secret answer", prompt_tokens=1200, completion_tokens=34)),
+    )
+    install(model, prompt="a private prompt about {{ input }}")
+    run = drive_with_clock(transitions.start_run(workflow="wf"))
+    assert run.status == RunStatus.SUCCEEDED
+    first, second = attempts_of(run)
+    where = f"model fake-model at {model.base_url}"
+    [failed] = first.log
+    assert (failed["level"], failed["source"]) == ("WARNING", "llm")
+    assert re.fullmatch(rf"{re.escape(where)} → HTTP 500, \d+ ms", failed["text"]), failed["text"]
+    [answered] = second.log
+    assert (answered["level"], answered["source"]) == ("INFO", "llm")
+    assert re.fullmatch(
+        rf"{re.escape(where)} → HTTP 200, 1,234 tokens \(1,200 prompt \+ 34 completion\), \d+ ms", answered["text"]
+    ), answered["text"]
+    stored = json.dumps([first.log, second.log])
+    assert KEY not in stored and "private prompt" not in stored and "secret answer" not in stored
 
 
 def test_an_unreachable_model_is_transient(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
