@@ -1,0 +1,144 @@
+"""At phone width (390 × 844) every main page fits the screen: no sideways page scroll, the
+navigation's links wrap onto their own rows and are big enough to tap, and the run graph keeps
+its natural size inside a box that scrolls (issue 11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+
+from approvals.models import Item
+from orchestration import transitions
+from tests.support import drive, load_workflow
+
+pytestmark = pytest.mark.browser
+
+PHONE = {"width": 390, "height": 844}
+
+# Wide on purpose: five steps side by side make a graph far wider than a phone.
+WIDE = """
+agents:
+  - {name: writer, kind: python, config: {callable: "tests.agents.basic:echo"}}
+workflow:
+  key: launch
+  name: Launch the spring catalogue everywhere at once
+  owner: ops
+  steps:
+    - {key: draft_the_catalogue_copy, agent: writer, input: {headline: Spring}}
+    - {key: translate_to_french, agent: writer, after: [draft_the_catalogue_copy]}
+    - {key: translate_to_german, agent: writer, after: [draft_the_catalogue_copy]}
+    - {key: translate_to_spanish, agent: writer, after: [draft_the_catalogue_copy]}
+    - {key: translate_to_italian, agent: writer, after: [draft_the_catalogue_copy]}
+    - key: marketing_sign_off
+      after: [translate_to_french, translate_to_german, translate_to_spanish, translate_to_italian]
+      approval:
+        title: Publish the spring catalogue in four languages?
+        approvers: {groups: [marketing]}
+        deadline: 2h
+    - {key: publish, agent: writer, after: [marketing_sign_off]}
+"""
+
+
+def phone_page(chromium: Any, web_server: Any, user: Any) -> Any:
+    page = chromium.new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    page.set_default_timeout(15_000)
+    web_server.sign_in(page, user)
+    return page
+
+
+def page_width(page: Any) -> int:
+    """How wide the page's content is: wider than the viewport means the page scrolls sideways."""
+    return int(page.evaluate("Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"))
+
+
+def test_the_main_pages_fit_a_phone_and_the_navigation_is_tappable(
+    web_server: Any, transactional_db: Any, ops: Any, chromium: Any, screenshots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    ops.groups.add(Group.objects.get_or_create(name="marketing")[0])
+    load_workflow(WIDE)
+    run = drive(transitions.start_run(workflow="launch", started_by=ops))
+    item = Item.objects.get(run=run)
+    page = phone_page(chromium, web_server, ops)
+
+    pages = {
+        "runs": "/",
+        "run": f"/runs/{run.pk}/",
+        "inbox": "/approvals/",
+        "item": f"/approvals/{item.pk}/",
+        "workflow": "/workflows/launch/",
+        "workflows": "/workflows/",
+    }
+    for name, path in pages.items():
+        page.goto(f"{web_server.url}{path}")
+        expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+        page.screenshot(path=str(screenshots / f"phone-{name}.png"))
+        assert page_width(page) <= PHONE["width"], f"the {name} page scrolls sideways at 390 px"
+    # The workflow page's recent runs say what the run waits for in words, as the runs list does.
+    page.goto(f"{web_server.url}/workflows/launch/")
+    waiting = page.locator(f'tr[data-run="{run.pk}"] [data-waiting]')
+    expect(waiting).to_contain_text("approval by marketing")
+    expect(waiting.get_by_role("link")).to_have_attribute("href", f"/approvals/{item.pk}/")
+    page.close()
+
+
+def test_every_navigation_link_is_in_view_big_enough_to_tap_and_works(
+    web_server: Any, transactional_db: Any, ops: Any, chromium: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    ops.is_staff = True  # the longest navigation: Admin as well
+    ops.save()
+    page = phone_page(chromium, web_server, ops)
+    page.goto(f"{web_server.url}/")
+    nav = page.get_by_role("navigation", name="Main")
+    names = ["Runs", "Workflows", "Agents", "Rollouts", "Approvals", "Admin"]
+    for name in names:
+        box = nav.get_by_role("link", name=name).bounding_box()
+        assert box is not None, f"{name} is not shown"
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], f"{name} sits off the screen"
+        assert box["height"] >= 40 and box["width"] >= 40, f"{name} is {box['width']}×{box['height']} px"
+    for name, heading in [("Workflows", "Workflows"), ("Approvals", "Approvals"), ("Runs", "Runs")]:
+        nav.get_by_role("link", name=name).tap()
+        expect(page.locator("h1")).to_have_text(heading)
+        expect(nav.get_by_role("link", name=name)).to_have_attribute("aria-current", "page")
+    page.close()
+
+
+def test_a_graph_wider_than_the_phone_scrolls_inside_its_box(
+    web_server: Any, transactional_db: Any, ops: Any, chromium: Any, screenshots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    ops.groups.add(Group.objects.get_or_create(name="marketing")[0])
+    load_workflow(WIDE)
+    run = drive(transitions.start_run(workflow="launch", started_by=ops))
+    page = phone_page(chromium, web_server, ops)
+    page.goto(f"{web_server.url}/runs/{run.pk}/")
+
+    box = page.locator(".graph-scroll").first
+    expect(box).to_be_visible()
+    first = page.locator('.node[data-step="draft_the_catalogue_copy"]')
+    last = page.locator('.node[data-step="publish"]')
+    expect(first).to_be_in_viewport()
+    sizes = box.evaluate(
+        "b => ({client: b.clientWidth, scroll: b.scrollWidth, right: b.getBoundingClientRect().right})"
+    )
+    assert sizes["scroll"] > sizes["client"], "the graph was shrunk or cut, not kept at its size"
+    assert sizes["right"] <= PHONE["width"]
+    box.screenshot(path=str(screenshots / "phone-graph-start.png"))
+
+    # Swiped to its end, the last step shows and opens its row in the steps below.
+    box.evaluate("b => { b.scrollLeft = b.scrollWidth; }")
+    last.scroll_into_view_if_needed()
+    last_box = last.bounding_box()
+    assert last_box is not None and last_box["x"] + last_box["width"] <= PHONE["width"] + 1
+    box.screenshot(path=str(screenshots / "phone-graph-end.png"))
+    last.tap()
+    expect(page).to_have_url(f"{web_server.url}/runs/{run.pk}/#step-publish")
+    assert page_width(page) <= PHONE["width"]
+    page.close()
