@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group
 from django.db import OperationalError, connection
+from django.template import loader
 from django.test import Client
 
 from orchestration import transitions
@@ -237,3 +238,33 @@ def test_the_api_says_the_database_is_down_in_json(client_of: Callable[[Any], Cl
     assert response.status_code == 503
     assert response["Content-Type"].startswith("application/json")
     assert "database is unavailable" in json.loads(response.content)["detail"]
+
+
+# --- 400 ----------------------------------------------------------------------------------
+
+
+def test_a_request_django_refuses_to_read_is_the_products_400_and_changes_nothing(
+    client_of: Callable[[Any], Client], open_run: Run, ops: Any, settings: Any
+) -> None:
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    fields = {f"field{n}": "x" for n in range(11)}
+
+    response = client_of(ops).post(f"/runs/{open_run.pk}/cancel/", fields)
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert '<h1 id="error-title">Baton could not read this request</h1>' in page
+    assert "nothing was changed" in reason_on(page)
+    assert 'href="/static/css/baton.css"' in page and 'href="/"' in page
+    assert "TooManyFields" not in page and "DATA_UPLOAD" not in page
+    open_run.refresh_from_db()
+    assert open_run.status == RunStatus.RUNNING
+
+
+def test_the_400_and_500_pages_render_from_nothing_and_ask_nothing_of_the_database(
+    django_assert_num_queries: Any,
+) -> None:
+    with django_assert_num_queries(0):
+        for name in ("400.html", "500.html"):
+            page = loader.get_template(name).render()
+            assert 'class="card error-page"' in page and "data-refusal-reason" in page
