@@ -72,12 +72,22 @@ def test_the_main_pages_fit_a_phone_and_the_navigation_is_tappable(
         "item": f"/approvals/{item.pk}/",
         "workflow": "/workflows/launch/",
         "workflows": "/workflows/",
+        "agents": "/agents/",
+        "rollouts": "/rollouts/",
+        "decided": "/approvals/decided/",
+        "404": "/runs/999999/",
     }
     for name, path in pages.items():
         page.goto(f"{web_server.url}{path}")
         expect(page.get_by_role("navigation", name="Main")).to_be_visible()
         page.screenshot(path=str(screenshots / f"phone-{name}.png"))
         assert page_width(page) <= PHONE["width"], f"the {name} page scrolls sideways at 390 px"
+    # The inbox's tabs sit side by side in full, the current one too.
+    page.goto(f"{web_server.url}/approvals/decided/")
+    for tab in page.locator(".tabs__tab").all():
+        box = tab.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        assert box["height"] >= 40
     # The workflow page's recent runs say what the run waits for in words, as the runs list does.
     page.goto(f"{web_server.url}/workflows/launch/")
     waiting = page.locator(f'tr[data-run="{run.pk}"] [data-waiting]')
