@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.management import call_command
 
 from approvals.models import Item
 from orchestration import transitions
-from tests.support import drive, load_workflow
+from orchestration.management.commands.load_demo import HISTORY_WORKFLOW
+from orchestration.models import Run
+from tests.support import WebServer, drive, load_workflow
 
 pytestmark = pytest.mark.browser
 
@@ -54,6 +58,30 @@ def page_width(page: Any) -> int:
     return int(page.evaluate("Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"))
 
 
+# The outermost elements that reach past the right edge: what to fix when a page is too wide.
+OVERFLOWING = """() => {
+  const limit = document.documentElement.clientWidth;
+  const wide = [];
+  for (const el of document.body.querySelectorAll("*")) {
+    const box = el.getBoundingClientRect();
+    if (box.right <= limit + 1 || box.width === 0) continue;
+    let inside = false;  // already counted through an ancestor, or scrolled inside a box
+    for (let up = el.parentElement; up && up !== document.body; up = up.parentElement) {
+      const style = getComputedStyle(up);
+      if (wide.includes(up) || ["auto", "scroll", "hidden"].includes(style.overflowX)) { inside = true; break; }
+    }
+    if (!inside) wide.push(el);
+  }
+  return wide.slice(0, 8).map(el => el.tagName.toLowerCase() + "." + [...el.classList].join(".") + (el.id ? "#" + el.id : "") + (el.getAttribute("aria-labelledby") ? "[" + el.getAttribute("aria-labelledby") + "]" : "") + " " + Math.round(el.getBoundingClientRect().right) + "px");
+}"""
+
+
+def assert_fits(page: Any, name: str) -> None:
+    assert page_width(page) <= PHONE["width"], (
+        f"the {name} page scrolls sideways at 390 px: {page.evaluate(OVERFLOWING)}"
+    )
+
+
 def test_the_main_pages_fit_a_phone_and_the_navigation_is_tappable(
     web_server: Any, transactional_db: Any, ops: Any, chromium: Any, screenshots: Path
 ) -> None:
@@ -81,7 +109,7 @@ def test_the_main_pages_fit_a_phone_and_the_navigation_is_tappable(
         page.goto(f"{web_server.url}{path}")
         expect(page.get_by_role("navigation", name="Main")).to_be_visible()
         page.screenshot(path=str(screenshots / f"phone-{name}.png"))
-        assert page_width(page) <= PHONE["width"], f"the {name} page scrolls sideways at 390 px"
+        assert_fits(page, name)
     # The inbox's tabs sit side by side in full, the current one too.
     page.goto(f"{web_server.url}/approvals/decided/")
     for tab in page.locator(".tabs__tab").all():
@@ -152,3 +180,27 @@ def test_a_graph_wider_than_the_phone_scrolls_inside_its_box(
     expect(page).to_have_url(f"{web_server.url}/runs/{run.pk}/#step-publish")
     assert page_width(page) <= PHONE["width"]
     page.close()
+
+
+def test_the_demo_rollout_and_its_runs_fit_a_phone(
+    transactional_db: Any, chromium: Any, screenshots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    # The demo's figures: charts, the gate table, the agents' versions side by side.
+    call_command("load_demo", quiet=True, history=True)
+    key = HISTORY_WORKFLOW
+    run = Run.objects.filter(workflow__key=key).order_by("-pk").first()
+    assert run is not None
+    with WebServer() as server:
+        page = phone_page(chromium, server, get_user_model().objects.get(username="ops"))
+        for name, path in {
+            "rollout": f"/rollouts/{key}/",
+            "demo-runs": "/",
+            "demo-run": f"/runs/{run.pk}/",
+        }.items():
+            page.goto(f"{server.url}{path}")
+            expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+            page.screenshot(path=str(screenshots / f"phone-{name}.png"))
+            assert_fits(page, name)
+        page.close()
