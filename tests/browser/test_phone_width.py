@@ -201,6 +201,6 @@ def test_the_demo_rollout_and_its_runs_fit_a_phone(
         }.items():
             page.goto(f"{server.url}{path}")
             expect(page.get_by_role("navigation", name="Main")).to_be_visible()
-            page.screenshot(path=str(screenshots / f"phone-{name}.png"))
+            page.screenshot(path=str(screenshots / f"phone-{name}.png"), full_page=True)
             assert_fits(page, name)
         page.close()
