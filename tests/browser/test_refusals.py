@@ -16,7 +16,7 @@ from approvals import transitions as decisions
 from approvals.models import Item, ItemStatus
 from orchestration import transitions
 from orchestration.status import RunStatus
-from tests.support import drive, load_workflow
+from tests.support import WebServer, drive, load_workflow
 
 pytestmark = [pytest.mark.browser]
 
@@ -236,3 +236,27 @@ def test_a_page_left_open_across_a_new_sign_in_says_to_reload_and_changes_nothin
     page.get_by_role("button", name="Cancel run").click()
     expect(page.locator(".run-summary .badge")).to_have_text("cancelled")
     page.context.close()
+
+
+def test_a_request_too_large_for_the_server_says_how_large_it_may_be(
+    transactional_db: Any, ops: Any, approver: Any, chromium: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    Group.objects.create(name="editors")
+    load_workflow(OPEN_RUN)
+    run = drive(transitions.start_run(workflow="notes", started_by=ops))
+    # The request-size refusal is one bare paragraph, not a page: baton.js shows its text.
+    with WebServer(env={"BATON_MAX_REQUEST_BYTES": "4096"}) as server:
+        page = run_page(chromium, server, run.pk, "ops", "ops-pass-1")
+        page.get_by_label("Reason (optional)").fill("because " * 600)
+        page.get_by_role("button", name="Cancel run").click()
+        expect(page.get_by_role("alert")).to_have_text(
+            re.compile(
+                r"^The request body is [\d,]+ bytes; at most 4,096 are accepted \(BATON_MAX_REQUEST_BYTES\)\.$"
+            )
+        )
+        expect(page.get_by_role("button", name="Cancel run")).to_be_visible()
+        page.context.close()
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING
