@@ -204,3 +204,18 @@ def test_the_demo_rollout_and_its_runs_fit_a_phone(
             page.screenshot(path=str(screenshots / f"phone-{name}.png"), full_page=True)
             assert_fits(page, name)
         page.close()
+
+
+def test_the_sign_in_page_fits_a_phone(
+    web_server: Any, transactional_db: Any, ops: Any, chromium: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    page = chromium.new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    page.goto(f"{web_server.url}/login/")
+    assert_fits(page, "sign-in")
+    page.get_by_label("Username").fill("ops")
+    page.get_by_label("Password").fill("ops-pass-1")
+    page.get_by_role("button", name="Sign in").tap()
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    page.close()
