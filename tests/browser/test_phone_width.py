@@ -110,6 +110,13 @@ def test_the_main_pages_fit_a_phone_and_the_navigation_is_tappable(
         expect(page.get_by_role("navigation", name="Main")).to_be_visible()
         page.screenshot(path=str(screenshots / f"phone-{name}.png"))
         assert_fits(page, name)
+    # A run's row is a small card: what it waits for on a line of its own, under the name.
+    page.goto(f"{web_server.url}/")
+    row = page.locator(f'tr[data-run="{run.pk}"]')
+    name_box, status_box = row.locator(".c-workflow").bounding_box(), row.locator(".c-status").bounding_box()
+    assert name_box is not None and status_box is not None
+    assert status_box["y"] >= name_box["y"] + name_box["height"], "the status overlaps the workflow's name"
+    row.screenshot(path=str(screenshots / "phone-runs-row.png"))
     # The inbox's tabs sit side by side in full, the current one too.
     page.goto(f"{web_server.url}/approvals/decided/")
     for tab in page.locator(".tabs__tab").all():
