@@ -35,7 +35,8 @@
 // are swapped in as usual (see the htmx-config meta in base.html); every other refusal, and
 // any answer that is only text or JSON, shows its message in one alert region at the top of
 // the page. The server's reason is read from a text/plain body, a JSON {"detail": …}, or the
-// element marked data-refusal-reason in an HTML page (templates/403.html, 404.html, 500.html).
+// element marked data-refusal-reason in an HTML page (templates/403.html, 403_csrf.html,
+// 404.html, 500.html), or the text of an HTML fragment that is no more than its message.
 (function () {
   "use strict";
   const LIMIT = 400;
@@ -113,7 +114,10 @@
     } else if (type === "html") {
       const page = new DOMParser().parseFromString(body, "text/html");
       const marked = page.querySelector("[data-refusal-reason]") || page.querySelector("[role=alert]");
-      text = marked ? marked.textContent : "";
+      // A bare fragment with no page around it (the request-size refusal's one paragraph,
+      // Django's plain "Bad Request (400)") is the message itself; a whole page is not.
+      const whole = page.querySelector("main, header, nav, form");
+      text = marked ? marked.textContent : whole ? "" : page.body.textContent;
     } else {
       text = body;
     }

@@ -15,7 +15,8 @@ from django.contrib.auth.models import Group
 from approvals import transitions as decisions
 from approvals.models import Item, ItemStatus
 from orchestration import transitions
-from tests.support import drive, load_workflow
+from orchestration.status import RunStatus
+from tests.support import WebServer, drive, load_workflow
 
 pytestmark = [pytest.mark.browser]
 
@@ -129,3 +130,133 @@ def test_an_open_item_page_reassigned_elsewhere_says_so_at_once_and_offers_nothi
     item.refresh_from_db()
     assert item.status == ItemStatus.PENDING and not item.votes.exists()
     page.close()
+
+
+# The run page's actions go through the same one mechanism: the refusal is the styled 403 page,
+# and static/js/baton.js shows its marked sentence instead of swapping it in.
+OPEN_RUN = """
+agents:
+  - {name: writer, kind: python, config: {callable: "tests.agents.basic:echo"}}
+workflow:
+  key: notes
+  name: Release notes
+  owner: ops
+  access: {operators: [editors]}
+  steps:
+    - {key: draft, agent: writer, input: {headline: Tide pools}}
+    - key: review
+      after: [draft]
+      approval: {title: 'Publish the notes?', approvers: {users: [approver]}, deadline: 2h}
+"""
+NOT_AN_OPERATOR = (
+    "You may see this run but not change it: ask its workflow's owner to add you to an operator group."
+)
+STALE = (
+    "This page is out of date (you may have signed in again in another tab), so Baton did not act on it."
+    " Reload the page and try again; nothing was changed."
+)
+
+
+def run_page(chromium: Any, web_server: Any, run_id: int, username: str, password: str) -> Any:
+    """The run page, signed in at the login form, not following changes (see the first test)."""
+    # A context of its own, so that a test may open a second tab in it.
+    page = chromium.new_context(viewport={"width": 1360, "height": 900}).new_page()
+    page.set_default_timeout(15_000)
+    page.route("**/static/js/live.js", lambda route: route.fulfill(body="", content_type="text/javascript"))
+    page.goto(f"{web_server.url}/login/?next=/runs/{run_id}/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{web_server.url}/runs/{run_id}/")
+    page.on("dialog", lambda dialog: dialog.accept())  # "Cancel run #…?"
+    return page
+
+
+def test_an_operator_taken_off_the_workflow_meanwhile_is_told_why_cancel_was_refused(
+    web_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any, screenshots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    editors = Group.objects.create(name="editors")
+    erin = get_user_model().objects.create_user("erin", "erin@example.com", "erin-pass-1")
+    erin.groups.add(editors)
+    Group.objects.create(name="readers")
+    load_workflow(OPEN_RUN.replace("operators: [editors]", "operators: [editors], viewers: [readers]"))
+    erin.groups.add(Group.objects.get(name="readers"))
+    run = drive(transitions.start_run(workflow="notes", started_by=ops))
+    page = run_page(chromium, web_server, run.pk, "erin", "erin-pass-1")
+    cancel = page.get_by_role("button", name="Cancel run")
+    expect(cancel).to_be_visible()
+
+    # While the page is open, erin leaves the operators (she stays a reader).
+    erin.groups.remove(editors)
+
+    cancel.click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_have_text(NOT_AN_OPERATOR)
+    expect(alert).to_be_in_viewport()
+    page.screenshot(path=str(screenshots / "refused-cancel.png"))
+    # The 403 page was not swapped into the run's part: the run page is whole, the run open.
+    expect(page.locator("#run-live .run-summary")).to_be_visible()
+    expect(page.locator("#run-live .error-page")).to_have_count(0)
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING and run.finished_at is None
+    page.context.close()
+
+
+def test_a_page_left_open_across_a_new_sign_in_says_to_reload_and_changes_nothing(
+    web_server: Any, transactional_db: Any, ops: Any, approver: Any, chromium: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    Group.objects.create(name="editors")
+    load_workflow(OPEN_RUN)
+    run = drive(transitions.start_run(workflow="notes", started_by=ops))
+    page = run_page(chromium, web_server, run.pk, "ops", "ops-pass-1")
+    expect(page.get_by_role("button", name="Cancel run")).to_be_visible()
+
+    # In another tab ops signs out and in again: a new CSRF token, which the open page lacks.
+    other = page.context.new_page()
+    other.goto(f"{web_server.url}/")
+    other.get_by_role("button", name="Log out").click()
+    other.goto(f"{web_server.url}/login/")
+    other.get_by_label("Username").fill("ops")
+    other.get_by_label("Password").fill("ops-pass-1")
+    other.get_by_role("button", name="Sign in").click()
+    other.wait_for_url(f"{web_server.url}/")
+    other.close()
+
+    page.get_by_role("button", name="Cancel run").click()
+    expect(page.get_by_role("alert")).to_have_text(STALE)
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING
+
+    # As it says: after a reload the same button works.
+    page.reload()
+    page.get_by_role("button", name="Cancel run").click()
+    expect(page.locator(".run-summary .badge")).to_have_text("cancelled")
+    page.context.close()
+
+
+def test_a_request_too_large_for_the_server_says_how_large_it_may_be(
+    transactional_db: Any, ops: Any, approver: Any, chromium: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    Group.objects.create(name="editors")
+    load_workflow(OPEN_RUN)
+    run = drive(transitions.start_run(workflow="notes", started_by=ops))
+    # The request-size refusal is one bare paragraph, not a page: baton.js shows its text.
+    with WebServer(env={"BATON_MAX_REQUEST_BYTES": "4096"}) as server:
+        page = run_page(chromium, server, run.pk, "ops", "ops-pass-1")
+        page.get_by_label("Reason (optional)").fill("because " * 600)
+        page.get_by_role("button", name="Cancel run").click()
+        expect(page.get_by_role("alert")).to_have_text(
+            re.compile(
+                r"^The request body is [\d,]+ bytes; at most 4,096 are accepted \(BATON_MAX_REQUEST_BYTES\)\.$"
+            )
+        )
+        expect(page.get_by_role("button", name="Cancel run")).to_be_visible()
+        page.context.close()
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING
