@@ -451,6 +451,10 @@ class VersionInline(ReadOnlyInline[WorkflowVersion, Workflow]):
     ordering = ("-number",)
     verbose_name_plural = "published versions"
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowVersion]:
+        # Trials of the draft are listed with the versions (WorkflowVersionAdmin), not here.
+        return super().get_queryset(request).filter(trial=False)
+
 
 @admin.register(Workflow)
 class WorkflowAdmin(VisibleOnly[Workflow]):
@@ -490,7 +494,7 @@ class WorkflowAdmin(VisibleOnly[Workflow]):
         # Subqueries rather than Max()/Count() over two joins: joining versions and runs at
         # once would multiply rows (versions x runs per workflow) before aggregating.
         latest = (
-            WorkflowVersion.objects.filter(workflow=OuterRef("pk")).order_by("-number").values("number")[:1]
+            WorkflowVersion.objects.filter(workflow=OuterRef("pk"), trial=False).order_by("-number").values("number")[:1]
         )
         runs = (
             Run.objects.filter(workflow=OuterRef("pk"))
@@ -581,12 +585,12 @@ class DraftStepAdmin(VisibleOnly[DraftStep]):
 
 @admin.register(WorkflowVersion)
 class WorkflowVersionAdmin(ReadOnlyAdmin[WorkflowVersion], VisibleOnly[WorkflowVersion]):
-    list_display = ("__str__", "workflow", "number", "published_by", "published_at", "note")
+    list_display = ("__str__", "workflow", "number", "trial", "published_by", "published_at", "note")
     list_select_related = ("workflow", "published_by")
     # Only workflows the reader sees: the plain filter would list every workflow's name.
-    list_filter = (("workflow", admin.RelatedOnlyFieldListFilter),)
+    list_filter = (("workflow", admin.RelatedOnlyFieldListFilter), "trial")
     workflow_path = "workflow"
-    fields = ("workflow", "number", "published_by", "published_at", "note", "spec_as_file")
+    fields = ("workflow", "number", "trial", "published_by", "published_at", "note", "spec_as_file")
     readonly_fields = fields
 
     @admin.display(description="Spec (as it would be exported)")
