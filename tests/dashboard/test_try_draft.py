@@ -175,3 +175,10 @@ def test_it_needs_a_login_a_post_and_the_csrf_token(client: Client, ops: Any, di
     strict.force_login(ops)
     assert strict.post(TRY, {"topic": "tides"}).status_code == 403
     assert Run.objects.count() == 0
+
+
+def test_a_trial_run_is_rerun_only_on_the_latest_published_version(ops: Any, digest: WorkflowVersion) -> None:
+    trial = definitions.try_draft(workflow=digest.workflow, input={"topic": "a"}, actor=ops)
+    with pytest.raises(transitions.InvalidTransition, match="is a trial of the draft"):
+        transitions.rerun(run_id=trial.pk, actor=ops)
+    assert transitions.rerun(run_id=trial.pk, actor=ops, latest=True).version == digest
