@@ -387,14 +387,26 @@ def name_paths(trees: list[nodes.Node]) -> list[NamePath]:
             continue
         free = meta.find_undeclared_variables(tree) - globals_
         defined = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+        # `x | default(...)` and `x is defined` are written for a name that may be missing:
+        # they work whatever the context holds, so what they read is not listed.
+        guarded = {
+            id(inner)
+            for node in tree.find_all((nodes.Filter, nodes.Test))
+            if node.name in _GUARDS and node.node is not None
+            for inner in (node.node, *node.node.find_all(nodes.Node))
+        }
         for node in tree.find_all((nodes.Name, nodes.Getattr, nodes.Getitem)):
             path = _path_of(node)
-            if path is None or path[0] not in free:
+            if path is None or path[0] not in free or id(node) in guarded:
                 continue
             found.setdefault(path[:1], None)
             if path[0] not in defined:
                 found.setdefault(path, None)
     return list(found)
+
+
+# Filters and tests that make sense of a missing name.
+_GUARDS = frozenset({"default", "d", "defined", "undefined"})
 
 
 def _failure(source: str, exc: BaseException) -> str:

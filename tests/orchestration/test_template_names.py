@@ -76,6 +76,11 @@ def test_name_paths_leaves_out_what_the_template_defines_and_the_sandbox_globals
     assert name_paths(trees) == []
 
 
+def test_name_paths_leaves_out_what_is_read_through_default_or_is_defined() -> None:
+    trees = check_template("{{ input.tone | default('plain') }}{% if steps.review is defined %}{{ run.id }}{% endif %}")
+    assert name_paths(trees) == [("run",), ("run", "id")]
+
+
 def test_name_paths_stops_a_path_at_a_computed_part() -> None:
     assert name_paths([check_expression("steps[input.which].output")]) == [("steps",), ("input",), ("input", "which")]
 
@@ -168,6 +173,19 @@ def test_where_a_shape_is_not_known_anything_goes(db: Any) -> None:
       agent: echo
       after: [research, echoed, mapped, covered]
       input: "{{ steps.research.output.anything }} {{ steps.echoed.output.x }} {{ steps.mapped.output }} {{ steps.covered.output.y }}\""""
+        )
+    )
+
+
+def test_a_name_read_through_default_or_is_defined_may_be_missing(db: Any) -> None:
+    accepted(
+        document(
+            """    - {key: research, agent: researcher}
+    - key: write
+      agent: echo
+      after: [research]
+      when: "steps.research.output.verdict is defined or loop is undefined"
+      input: "{{ input.style | default('plain') }} {{ steps.research.output.title | d('untitled') }}\""""
         )
     )
 
