@@ -32,6 +32,7 @@ from orchestration.spec import (
     SpecError,
     StepSpec,
     WorkflowSpec,
+    agent_templates,
     children_of,
     dump_document,
     known_output_keys,
@@ -51,16 +52,20 @@ def current_catalog() -> Catalog:
         workflows[workflow.key] = children_of(version.spec) if version else set()
     agents = list(Agent.objects.prefetch_related("versions"))
     outputs = {}
+    templates = {}
     for agent in agents:
-        keys = known_output_keys(_agent_shape(agent))
+        shape = _agent_shape(agent)
+        keys = known_output_keys(shape)
         if keys is not None:
             outputs[agent.name] = keys
+        templates[agent.name] = agent_templates(shape)
     return Catalog(
         agents={a.name for a in agents},
         workflows=workflows,
         users=set(get_user_model().objects.values_list("username", flat=True)),
         groups=set(Group.objects.values_list("name", flat=True)),
         outputs=outputs,
+        templates=templates,
     )
 
 
@@ -70,7 +75,7 @@ def _agent_shape(agent: Agent) -> dict[str, Any]:
         "kind": agent.kind,
         "fallback": agent.fallback,
         "config": agent.config,
-        "versions": [{"config": v.config} for v in agent.versions.all()],
+        "versions": [{"label": v.label, "config": v.config} for v in agent.versions.all()],
     }
 
 

@@ -494,6 +494,7 @@ def _check_config(kind: str, config: dict[str, Any], where: str, problems: Probl
         _check_llm(config, where, problems)
     for problem in agent_secrets.problems(kind, config):
         problems.add(where, problem)
+    check_agent_template_names(kind, config, where, problems)
 
 
 def config_problems(kind: str, config: dict[str, Any]) -> list[str]:
@@ -704,6 +705,8 @@ class Catalog:
     # Agent name -> the keys of every output it can give, for agents whose output shape is
     # known (known_output_keys); the others are missing and their outputs are not checked.
     outputs: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Agent name -> its templated config fields (agent_templates), which read the step's input.
+    templates: dict[str, list[AgentTemplate]] = field(default_factory=dict)
 
 
 def normalise_workflow(raw: Any, catalog: Catalog) -> WorkflowSpec:
@@ -737,6 +740,7 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> WorkflowSpec:
         users=catalog.users,
         groups=catalog.groups,
         outputs=catalog.outputs,
+        templates=catalog.templates,
     )
     for index, raw_step in enumerate(raw_steps):
         parsed = _normalise_step(raw_step, index, where, local, problems)
@@ -1350,6 +1354,81 @@ def known_output_keys(agent: Mapping[str, Any]) -> frozenset[str] | None:
     return frozenset(keys)
 
 
+# What an agent's own templates read (agents/llm.py, agents/simulated.py). Their `input` is the
+# step's input as rendered, not the run's.
+AGENT_TEMPLATE_CONTEXT: dict[str, dict[str, tuple[str, ...]]] = {
+    "llm": {"prompt": ("input",), "system": ("input",)},
+    "simulated": {"output": ("input", "attempt", "iteration", "item", "index", "agent")},
+}
+
+
+class AgentTemplate(NamedTuple):
+    field: str  # as the file names it: "config.prompt", "versions.concise.config.prompt"
+    value: Any
+    roots: tuple[str, ...]
+
+
+def agent_templates(agent: Mapping[str, Any]) -> list[AgentTemplate]:
+    """The agent's templated config fields, its versions' own included."""
+    fields = AGENT_TEMPLATE_CONTEXT.get(str(agent.get("kind")), {})
+    found: list[AgentTemplate] = []
+    configs = [("config", agent.get("config") or {})] + [
+        (f"versions.{v.get('label', '?')}.config", v.get("config") or {}) for v in agent.get("versions") or []
+    ]
+    for prefix, config in configs:
+        if isinstance(config, dict):
+            found += [AgentTemplate(f"{prefix}.{name}", config[name], roots) for name, roots in fields.items() if name in config]
+    return found
+
+
+def check_agent_template_names(kind: str, config: dict[str, Any], where: str, problems: Problems) -> None:
+    """An agent's templates may read only what its kind renders them with."""
+    for name, roots in AGENT_TEMPLATE_CONTEXT.get(kind, {}).items():
+        if name not in config:
+            continue
+        for path in name_paths(_trees(config[name], False)):
+            if path[0] not in roots:
+                problems.add(
+                    where,
+                    f"field `config.{name}`: `{path[0]}` is not something this template can read "
+                    f"(it can read {_listed(roots)}){_did_you_mean(path[0], roots)}",
+                )
+
+
+def _input_keys(step: StepSpec, spec: WorkflowSpec) -> frozenset[str] | None:
+    """The keys of the input an agent step hands its agent, when they are known before it runs
+    (engine.default_input): a literal mapping's, the run's declared inputs for a first step,
+    the keys of the steps it comes after otherwise."""
+    if "input" in step:
+        value = step["input"]
+        return frozenset(str(k) for k in value) if isinstance(value, dict) else None
+    if step.get("for_each"):
+        return None  # each item is the input
+    if not step["after"]:
+        return frozenset(spec["inputs"]) if spec["inputs"] else None
+    return frozenset(step["after"])
+
+
+def _check_agent_inputs(step: StepSpec, spec: WorkflowSpec, catalog: Catalog, at: str, problems: Problems) -> None:
+    """The step's agent (and its fallback) may read only keys the step's input has."""
+    keys = _input_keys(step, spec) if step["kind"] == "agent" else None
+    if keys is None:
+        return
+    for name in dict.fromkeys(n for n in (step.get("agent"), step.get("fallback")) if n):
+        said: set[str] = set()
+        for template in catalog.templates.get(name, []):
+            for path in name_paths(_trees(template.value, False)):
+                if path[0] != "input" or len(path) < 2 or path[1] in keys or hasattr(dict, path[1]):
+                    continue
+                problem = (
+                    f"agent '{name}', field `{template.field}`: `{'.'.join(path)}` is not in the step's input "
+                    f"(input: {_listed(keys)}){_did_you_mean(path[1], keys, path[:1])}"
+                )
+                if problem not in said:
+                    said.add(problem)
+                    problems.add(at, problem)
+
+
 def _did_you_mean(name: str, choices: Iterable[str], before: tuple[str, ...] = ()) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f"; did you mean `{'.'.join((*before, close[0]))}`?" if close else ""
@@ -1438,6 +1517,7 @@ def check_template_names(spec: WorkflowSpec, catalog: Catalog, where: str, probl
         at = f"{where}, step '{step['key']}'"
         for name, value, roots in _template_fields(step):
             checks.append((at, name, value, roots, name in ("when", "for_each", "loop.until")))
+        _check_agent_inputs(step, spec, catalog, at, problems)
     if spec["output"] is not None:
         checks.append((where, "output", spec["output"], STEP_CONTEXT, False))
     for at, name, value, roots, expression in checks:
@@ -1477,18 +1557,21 @@ def validate_document(document: dict[str, Any], catalog: Catalog) -> tuple[list[
     workflow = None
     if "workflow" in document:
         outputs = dict(catalog.outputs)
+        templates = dict(catalog.templates)
         for agent in agents:
             # The file's agents replace the saved ones of the same name once it is imported.
             outputs.pop(agent["name"], None)
             keys = known_output_keys(agent)
             if keys is not None:
                 outputs[agent["name"]] = keys
+            templates[agent["name"]] = agent_templates(agent)
         local = Catalog(
             agents=catalog.agents | names,
             workflows=catalog.workflows,
             users=catalog.users,
             groups=catalog.groups,
             outputs=outputs,
+            templates=templates,
         )
         try:
             workflow = normalise_workflow(document["workflow"], local)

@@ -232,3 +232,46 @@ def test_publishing_a_draft_checks_its_names(db: Any) -> None:
         definitions.publish_draft(version.workflow)
     assert "step 'write': field `input`: `input.topik` is not an input (inputs: tone, topic)" in str(caught.value)
     assert version.workflow.versions.count() == 1
+
+
+# --- an agent's own templates read the step's input -------------------------------------------
+
+WRITER = """
+  - name: writer
+    kind: llm
+    config: {model: m, base_url: "http://127.0.0.1:9/v1", prompt: "Write about {{ input.topic }} in a {{ input.tone }} tone"}
+"""
+
+
+def test_an_agents_prompt_may_read_only_keys_the_steps_input_has(db: Any) -> None:
+    text = document('    - {key: write, agent: writer, input: {topic: "{{ input.topic }}", mood: "{{ input.tone }}"}}')
+    message = refused(text.replace("agents:\n", "agents:" + WRITER, 1))
+    assert (
+        "step 'write': agent 'writer', field `config.prompt`: `input.tone` is not in the step's input "
+        "(input: mood, topic)"
+    ) in message
+
+
+def test_a_first_step_without_input_hands_its_agent_the_runs_input(db: Any) -> None:
+    ok = document("    - {key: write, agent: writer}")
+    accepted(ok.replace("agents:\n", "agents:" + WRITER, 1))
+    message = refused(
+        document("    - {key: write, agent: writer}", inputs="{topic: {type: string}}").replace(
+            "agents:\n", "agents:" + WRITER, 1
+        )
+    )
+    assert "agent 'writer', field `config.prompt`: `input.tone` is not in the step's input (input: topic)" in message
+
+
+def test_an_agent_whose_step_input_is_not_a_literal_mapping_may_read_anything(db: Any) -> None:
+    accepted(
+        document('    - {key: write, agent: writer, input: "{{ input }}"}').replace("agents:\n", "agents:" + WRITER, 1)
+    )
+
+
+def test_an_agents_template_may_read_only_what_its_kind_renders_it_with(db: Any) -> None:
+    agents = AGENTS.replace('output: "{{ input }}"', 'output: "{{ inputs }} {{ attempt }} {{ agent }}"')
+    assert agents != AGENTS
+    message = refused(agents + "workflow: {key: w, name: W, steps: [{key: a, agent: echo}]}\n")
+    assert "agent 'parrot': field `config.output`: `inputs` is not something this template can read" in message
+    assert "`attempt`" not in message and "`agent` is not" not in message
