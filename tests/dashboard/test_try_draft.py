@@ -7,6 +7,7 @@ page's figures keep to the published versions, and the trial run says what it is
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from django.urls import reverse
 from orchestration import definitions, transitions
 from orchestration.models import Agent, DraftStep, Run, RunEvent, Workflow, WorkflowVersion
 from orchestration.status import EventKind, RunStatus
+from tests.approvals.test_race import at_once
 from tests.support import drive
 
 pytestmark = pytest.mark.django_db
@@ -182,3 +184,17 @@ def test_a_trial_run_is_rerun_only_on_the_latest_published_version(ops: Any, dig
     with pytest.raises(transitions.InvalidTransition, match="is a trial of the draft"):
         transitions.rerun(run_id=trial.pk, actor=ops)
     assert transitions.rerun(run_id=trial.pk, actor=ops, latest=True).version == digest
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_owners_trying_one_changed_draft_at_once_share_one_trial(ops: Any, digest: WorkflowVersion) -> None:
+    """Real concurrent transactions (meant for PostgreSQL, where the workflow's row lock
+    decides): the second waits for the first, then finds its trial of the same draft."""
+    edit_draft()
+    runs = at_once(
+        partial(definitions.try_draft, workflow=digest.workflow, input={"topic": "a"}, actor=ops),
+        partial(definitions.try_draft, workflow=digest.workflow, input={"topic": "b"}, actor=ops),
+    )
+    assert all(isinstance(r, Run) for r in runs), runs
+    assert WorkflowVersion.objects.filter(trial=True).count() == 1
+    assert {r.version_id for r in runs} == {WorkflowVersion.objects.get(trial=True).pk}
