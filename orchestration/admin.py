@@ -539,6 +539,16 @@ class WorkflowAdmin(VisibleOnly[Workflow]):
                     messages.WARNING,
                 )
             return HttpResponseRedirect(request.get_full_path())
+        # "Save and try the draft": the sample input is typed on the workflow's page, whose
+        # form starts the trial (dashboard/try_draft.py), for those who may change it.
+        if "_try" in request.POST:
+            if not access.can_change(request.user, obj):
+                self.message_user(
+                    request, "The draft was saved; only its owner (or an admin) may try it.", messages.WARNING
+                )
+                return HttpResponseRedirect(request.get_full_path())
+            self.message_user(request, f"The draft of {obj.key} was saved: try it with a sample input below.", messages.INFO)
+            return HttpResponseRedirect(reverse("dashboard:workflow", args=[obj.key]) + "#try-title")
         return super().response_change(request, obj)
 
     def _publish(self, request: HttpRequest, workflow: Workflow) -> bool:

@@ -6,11 +6,13 @@ page's figures keep to the published versions, and the trial run says what it is
 
 from __future__ import annotations
 
+import json
 import re
 from functools import partial
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
@@ -18,6 +20,7 @@ from orchestration import definitions, transitions
 from orchestration.models import Agent, DraftStep, Run, RunEvent, Workflow, WorkflowVersion
 from orchestration.status import EventKind, RunStatus
 from tests.approvals.test_race import at_once
+from tests.orchestration.test_load_demo_keeps_edits import management_forms
 from tests.support import drive
 
 pytestmark = pytest.mark.django_db
@@ -198,3 +201,22 @@ def test_two_owners_trying_one_changed_draft_at_once_share_one_trial(ops: Any, d
     assert all(isinstance(r, Run) for r in runs), runs
     assert WorkflowVersion.objects.filter(trial=True).count() == 1
     assert {r.version_id for r in runs} == {WorkflowVersion.objects.get(trial=True).pk}
+
+
+def test_the_admin_saves_the_draft_and_sends_its_owner_to_the_try_form(client: Client, ops: Any, digest: WorkflowVersion) -> None:
+    ops.is_staff = True
+    ops.save(update_fields=["is_staff"])
+    ops.user_permissions.add(*Permission.objects.filter(codename__in=["change_workflow", "view_workflow"]))
+    client.force_login(ops)
+    change = reverse("admin:orchestration_workflow_change", args=[digest.workflow.pk])
+    page_ = client.get(change)
+    assert 'name="_try"' in page_.content.decode()
+    form = page_.context["adminform"].form
+    data = {name: form[name].value() for name in ("key", "name", "description", "output")}
+    data.update(inputs=json.dumps(digest.workflow.inputs), _try="Save and try the draft")
+    data["description"] = "Tried from the admin."
+    response = client.post(change, {**data, **management_forms(page_)})
+    assert response.status_code == 302 and response["Location"] == "/workflows/digest/#try-title"
+    assert Workflow.objects.get(key="digest").description == "Tried from the admin."
+    assert "try it with a sample input below" in page(client)
+    assert Run.objects.count() == 0 and not WorkflowVersion.objects.filter(trial=True).exists()
