@@ -419,7 +419,7 @@ def weekly_review(rollout: Rollout, user: Any, monday: date, *, now: datetime | 
         "previous_week": week_label(monday - timedelta(days=7)),
         "next_week": week_label(monday + timedelta(days=7)) if until <= now else "",
         "published": list(
-            WorkflowVersion.objects.filter(workflow=workflow, published_at__gte=since, published_at__lt=until)
+            WorkflowVersion.objects.filter(workflow=workflow, trial=False, published_at__gte=since, published_at__lt=until)
             .select_related("published_by")
             .order_by("number")
         ),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import rollouts, views
+from dashboard import rollouts, try_draft, views
 
 app_name = "dashboard"
 
@@ -12,6 +12,7 @@ urlpatterns = [
     path("workflows/<slug:key>/", views.workflow_detail, name="workflow"),
     path("workflows/<slug:key>/start/", views.start_run, name="start"),
     path("workflows/<slug:key>/roll-back/", views.roll_back, name="workflow_roll_back"),
+    path("workflows/<slug:key>/try/", try_draft.try_draft, name="workflow_try_draft"),
     path("agents/", views.agents, name="agents"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("runs/<int:run_id>/cancel/", views.cancel_run, name="cancel"),

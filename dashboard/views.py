@@ -76,7 +76,7 @@ def _schema(version: WorkflowVersion | None) -> dict[str, Any]:
 def _workflow_cards(request: HtmxHttpRequest, forms: dict[int, inputs.StartForm] | None = None) -> list[WorkflowCard]:
     """The workflows this user sees, with their latest version, run counts and LLM warnings,
     in six queries."""
-    latest = WorkflowVersion.objects.filter(workflow=OuterRef("pk")).order_by("-number").values("pk")[:1]
+    latest = WorkflowVersion.objects.filter(workflow=OuterRef("pk"), trial=False).order_by("-number").values("pk")[:1]
     workflows = list(
         access.visible_workflows(request.user).select_related("owner").annotate(latest_id=Subquery(latest))
     )

@@ -1,5 +1,6 @@
 """What a workflow's page shows: its published graph, its versions and a diff of any two, its
-last runs, how its runs went over 30 days, and whether the reader may start or roll it back.
+last runs, how its runs went over 30 days, whether the reader may start or roll it back, and
+for those who may change it, the form that tries its draft.
 
 Nothing here writes; the caller has checked that `user` may see the workflow.
 """
@@ -91,7 +92,8 @@ def stats_for(workflow: Workflow) -> Stats:
     the median duration of the finished ones. Two queries whatever the number of runs: counts,
     then the one middle row by duration (the index on created_at bounds the scan)."""
     since = timezone.now() - timedelta(days=STATS_DAYS)
-    recent = Run.objects.filter(workflow=workflow, created_at__gte=since)
+    # Trials of the draft say nothing about how the published workflow does.
+    recent = Run.objects.filter(workflow=workflow, created_at__gte=since).exclude(version__trial=True)
     counts = recent.aggregate(
         runs=Count("id"),
         finished=Count("id", filter=Q(status__in=RUN_FINAL, finished_at__isnull=False)),
@@ -120,8 +122,44 @@ def _number(query: QueryDict, name: str, numbers: set[int], default: int | None,
     return value
 
 
-def workflow_page(workflow: Workflow, user: Any, query: QueryDict, form: inputs.StartForm | None = None) -> dict[str, Any]:
-    versions = list(workflow.versions.select_related("published_by").order_by("-number")[:VERSIONS_SHOWN])
+@dataclass(frozen=True)
+class TryDraft:
+    """The "try this draft" form: a start form for the draft's inputs, and what stopped the
+    last attempt (the draft's problems, as publishing names them)."""
+
+    form: inputs.StartForm
+    problems: list[str]
+
+    @property
+    def has_errors(self) -> bool:
+        return bool(self.problems) or self.form.has_errors
+
+
+def draft_schema(workflow: Workflow) -> dict[str, dict[str, Any]]:
+    """The draft's inputs as far as a form can show them without validating the draft (which
+    the page does not do: it would cost a dozen queries). An entry that is not a mapping is
+    left out; trying the draft then names it."""
+    raw = workflow.inputs if isinstance(workflow.inputs, dict) else {}
+    return {str(name): definition for name, definition in raw.items() if isinstance(definition, dict)}
+
+
+def try_draft_form(
+    workflow: Workflow,
+    schema: dict[str, dict[str, Any]] | None = None,
+    data: QueryDict | None = None,
+    errors: dict[str, str] | None = None,
+    problems: list[str] | None = None,
+) -> TryDraft:
+    return TryDraft(inputs.build_form(draft_schema(workflow) if schema is None else schema, data, errors), problems or [])
+
+
+def workflow_page(
+    workflow: Workflow, user: Any, query: QueryDict, form: inputs.StartForm | None = None, trial: TryDraft | None = None
+) -> dict[str, Any]:
+    # Trials of the draft are not versions one compares, rolls back to or starts runs on.
+    versions = list(
+        workflow.versions.filter(trial=False).select_related("published_by").order_by("-number")[:VERSIONS_SHOWN]
+    )
     latest = versions[0] if versions else None
     by_number = {v.number: v for v in versions}
     problems: list[str] = []
@@ -138,6 +176,7 @@ def workflow_page(workflow: Workflow, user: Any, query: QueryDict, form: inputs.
         .order_by("-created_at", "-id")[:RECENT_RUNS]
     )
     schema = (latest.spec.get("inputs") or {}) if latest is not None else {}
+    can_change = access.can_change(user, workflow)
     return {
         "workflow": workflow,
         "version": latest,
@@ -152,7 +191,8 @@ def workflow_page(workflow: Workflow, user: Any, query: QueryDict, form: inputs.
         "stats": stats_for(workflow),
         "stats_days": STATS_DAYS,
         "can_start": latest is not None and access.can_operate(user, workflow),
-        "can_change": access.can_change(user, workflow),
+        "can_change": can_change,
         "form": form or inputs.build_form(schema),
-        "triggers": trigger_reads.for_workflow(workflow, with_firings=access.can_change(user, workflow)),
+        "triggers": trigger_reads.for_workflow(workflow, with_firings=can_change),
+        "trial": (trial or try_draft_form(workflow)) if can_change else None,
     }

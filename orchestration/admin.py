@@ -451,6 +451,10 @@ class VersionInline(ReadOnlyInline[WorkflowVersion, Workflow]):
     ordering = ("-number",)
     verbose_name_plural = "published versions"
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowVersion]:
+        # Trials of the draft are listed with the versions (WorkflowVersionAdmin), not here.
+        return super().get_queryset(request).filter(trial=False)
+
 
 @admin.register(Workflow)
 class WorkflowAdmin(VisibleOnly[Workflow]):
@@ -490,7 +494,7 @@ class WorkflowAdmin(VisibleOnly[Workflow]):
         # Subqueries rather than Max()/Count() over two joins: joining versions and runs at
         # once would multiply rows (versions x runs per workflow) before aggregating.
         latest = (
-            WorkflowVersion.objects.filter(workflow=OuterRef("pk")).order_by("-number").values("number")[:1]
+            WorkflowVersion.objects.filter(workflow=OuterRef("pk"), trial=False).order_by("-number").values("number")[:1]
         )
         runs = (
             Run.objects.filter(workflow=OuterRef("pk"))
@@ -535,6 +539,16 @@ class WorkflowAdmin(VisibleOnly[Workflow]):
                     messages.WARNING,
                 )
             return HttpResponseRedirect(request.get_full_path())
+        # "Save and try the draft": the sample input is typed on the workflow's page, whose
+        # form starts the trial (dashboard/try_draft.py), for those who may change it.
+        if "_try" in request.POST:
+            if not access.can_change(request.user, obj):
+                self.message_user(
+                    request, "The draft was saved; only its owner (or an admin) may try it.", messages.WARNING
+                )
+                return HttpResponseRedirect(request.get_full_path())
+            self.message_user(request, f"The draft of {obj.key} was saved: try it with a sample input below.", messages.INFO)
+            return HttpResponseRedirect(reverse("dashboard:workflow", args=[obj.key]) + "#try-title")
         return super().response_change(request, obj)
 
     def _publish(self, request: HttpRequest, workflow: Workflow) -> bool:
@@ -581,12 +595,12 @@ class DraftStepAdmin(VisibleOnly[DraftStep]):
 
 @admin.register(WorkflowVersion)
 class WorkflowVersionAdmin(ReadOnlyAdmin[WorkflowVersion], VisibleOnly[WorkflowVersion]):
-    list_display = ("__str__", "workflow", "number", "published_by", "published_at", "note")
+    list_display = ("__str__", "workflow", "number", "trial", "published_by", "published_at", "note")
     list_select_related = ("workflow", "published_by")
     # Only workflows the reader sees: the plain filter would list every workflow's name.
-    list_filter = (("workflow", admin.RelatedOnlyFieldListFilter),)
+    list_filter = (("workflow", admin.RelatedOnlyFieldListFilter), "trial")
     workflow_path = "workflow"
-    fields = ("workflow", "number", "published_by", "published_at", "note", "spec_as_file")
+    fields = ("workflow", "number", "trial", "published_by", "published_at", "note", "spec_as_file")
     readonly_fields = fields
 
     @admin.display(description="Spec (as it would be exported)")

@@ -14,11 +14,13 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Q
 
+from orchestration import transitions
 from orchestration.models import (
     Agent,
     AgentVersion,
     AgentVersionEvent,
     DraftStep,
+    Run,
     StepKind,
     Workflow,
     WorkflowVersion,
@@ -30,8 +32,10 @@ from orchestration.spec import (
     SpecError,
     StepSpec,
     WorkflowSpec,
+    agent_templates,
     children_of,
     dump_document,
+    known_output_keys,
     normalise_workflow,
     validate_document,
 )
@@ -41,17 +45,38 @@ def current_catalog() -> Catalog:
     workflows: dict[str, set[str]] = {}
     latest: dict[int, WorkflowVersion] = {}
     version: WorkflowVersion | None
-    for version in WorkflowVersion.objects.order_by("workflow_id", "number"):
+    for version in WorkflowVersion.objects.filter(trial=False).order_by("workflow_id", "number"):
         latest[version.workflow_id] = version
     for workflow in Workflow.objects.all():
         version = latest.get(workflow.pk)
         workflows[workflow.key] = children_of(version.spec) if version else set()
+    agents = list(Agent.objects.prefetch_related("versions"))
+    outputs = {}
+    templates = {}
+    for agent in agents:
+        shape = _agent_shape(agent)
+        keys = known_output_keys(shape)
+        if keys is not None:
+            outputs[agent.name] = keys
+        templates[agent.name] = agent_templates(shape)
     return Catalog(
-        agents=set(Agent.objects.values_list("name", flat=True)),
+        agents={a.name for a in agents},
         workflows=workflows,
         users=set(get_user_model().objects.values_list("username", flat=True)),
         groups=set(Group.objects.values_list("name", flat=True)),
+        outputs=outputs,
+        templates=templates,
     )
+
+
+def _agent_shape(agent: Agent) -> dict[str, Any]:
+    # What known_output_keys reads, from a row whose versions are prefetched.
+    return {
+        "kind": agent.kind,
+        "fallback": agent.fallback,
+        "config": agent.config,
+        "versions": [{"label": v.label, "config": v.config} for v in agent.versions.all()],
+    }
 
 
 def check_document(document: dict[str, Any]) -> tuple[list[AgentSpec], WorkflowSpec | None]:
@@ -259,7 +284,7 @@ def workflow_access(workflow: Workflow) -> dict[str, list[str]]:
 
 def publish_draft(workflow: Workflow, *, user: Any = None, note: str = "") -> WorkflowVersion:
     """Validate the draft and freeze it as the next version; raises SpecError, saving nothing."""
-    spec = normalise_workflow(draft_to_raw(workflow), current_catalog())
+    spec = check_draft(workflow)
     with transaction.atomic():
         return _publish(workflow, spec, user=user, note=note or "published from the draft")
 
@@ -269,7 +294,7 @@ def _publish(
 ) -> WorkflowVersion:
     # Lock the workflow row so two publishers cannot both take the same number.
     Workflow.objects.select_for_update(no_key=True).filter(pk=workflow.pk).first()
-    latest = workflow.versions.order_by("-number").first()
+    latest = workflow.versions.filter(trial=False).order_by("-number").first()
     if latest is not None and latest.spec == spec:
         return latest  # nothing changed: publishing again would only add a duplicate version
     return _new_version(workflow, (latest.number if latest else 0) + 1, spec, user=user, note=note)
@@ -299,6 +324,49 @@ def register_on_publish(hook: Callable[[WorkflowVersion], None]) -> None:
         ON_PUBLISH.append(hook)
 
 
+def check_draft(workflow: Workflow) -> WorkflowSpec:
+    """The draft validated as publishing would (references and template names included);
+    raises SpecError listing every problem."""
+    return normalise_workflow(draft_to_raw(workflow), current_catalog())
+
+
+TRIAL_TRIGGER = "trial"
+
+
+def try_draft(*, workflow: Workflow, input: Any, actor: Any) -> Run:
+    """Start a run of the draft as it stands, without publishing it.
+
+    The draft is checked as publishing checks it and frozen as a trial version (reused while
+    the draft does not change): runs need an immutable spec to point at, and a trial is never
+    the workflow's latest version, so new runs and the rollouts keep the published one. The
+    run's start event names its trigger, "trial", and who started it.
+
+    Raises SpecError naming every problem of the draft and ValueError naming every bad input
+    field (start_run's check against the draft's inputs); nothing is written in either case.
+    """
+    spec = check_draft(workflow)
+    with transaction.atomic():
+        # The publishers' lock: two trials of one draft cannot both take the same number.
+        Workflow.objects.select_for_update(no_key=True).filter(pk=workflow.pk).first()
+        last = workflow.versions.filter(trial=True).order_by("-number").first()
+        if last is not None and last.spec == spec:
+            version = last
+        else:
+            who = actor.get_username() if actor is not None and actor.is_authenticated else "someone"
+            version = WorkflowVersion.objects.create(
+                workflow=workflow,
+                number=(last.number if last else 0) + 1,
+                spec=spec,
+                trial=True,
+                published_by=actor if actor is not None and actor.is_authenticated else None,
+                note=f"trial of the draft by {who}"[:200],
+            )
+        # A bad input raises here and rolls the new trial version back with it.
+        return transitions.start_run(
+            workflow=workflow, version=version, input=input, started_by=actor, trigger=TRIAL_TRIGGER
+        )
+
+
 class RollBackRefused(ValueError):
     """Why an earlier version was not published again, in words for the person who asked."""
 
@@ -315,7 +383,8 @@ def roll_back_to(*, workflow: Workflow, number: int, actor: Any) -> WorkflowVers
         # The same lock as publishing: two roll backs (or a roll back and a publish) cannot
         # both take the next number.
         Workflow.objects.select_for_update(no_key=True).filter(pk=workflow.pk).first()
-        versions = workflow.versions.order_by("-number")
+        # A trial of the draft is no version to roll back to.
+        versions = workflow.versions.filter(trial=False).order_by("-number")
         latest = versions.first()
         target = versions.filter(number=number).first()
         if target is None or latest is None:

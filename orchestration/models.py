@@ -174,7 +174,8 @@ class Workflow(models.Model):
 
     @property
     def latest_version(self) -> WorkflowVersion | None:
-        return self.versions.order_by("-number").first()
+        """The newest published version: what new runs start on. Never a trial."""
+        return self.versions.filter(trial=False).order_by("-number").first()
 
 
 class StepKind(models.TextChoices):
@@ -227,20 +228,33 @@ class WorkflowVersion(models.Model):
     )
     published_at = models.DateTimeField(auto_now_add=True)
     note = models.CharField(max_length=200, blank=True)
+    # A snapshot of the draft made only to try it (definitions.try_draft): numbered apart
+    # (trial 1, 2, ...), never the latest version, never rolled back to or compared with, and
+    # left out of the workflow's figures. Its runs are marked "trial of the draft".
+    trial = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["workflow", "-number"]
         constraints = [
-            models.UniqueConstraint(fields=["workflow", "number"], name="version_number_unique")
+            models.UniqueConstraint(
+                fields=["workflow", "number"], condition=models.Q(trial=False), name="version_number_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["workflow", "number"], condition=models.Q(trial=True), name="trial_number_unique"
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.workflow.key} v{self.number}"
+        return f"{self.workflow.key} {self.label}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if self.pk is not None:
             raise ValueError("Workflow versions are immutable; publish a new version instead.")
         super().save(*args, **kwargs)
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.number} of the draft" if self.trial else f"v{self.number}"
 
 
 class Run(models.Model):

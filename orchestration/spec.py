@@ -8,6 +8,7 @@ The format is documented in docs/workflow-format.md.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import math
@@ -29,6 +30,7 @@ from orchestration.templating import (
     check_expression,
     check_template,
     environment,
+    name_paths,
     referenced_steps,
 )
 
@@ -583,6 +585,7 @@ def _check_config(kind: str, config: dict[str, Any], where: str, problems: Probl
         _check_llm(config, where, problems)
     for problem in agent_secrets.problems(kind, config):
         problems.add(where, problem)
+    check_agent_template_names(kind, config, where, problems)
 
 
 def config_problems(kind: str, config: dict[str, Any]) -> list[str]:
@@ -790,6 +793,11 @@ class Catalog:
     workflows: dict[str, set[str]]  # workflow key -> keys of sub-workflows it calls
     users: set[str] | None = None  # usernames a workflow may name (None: not checked)
     groups: set[str] | None = None  # group names approvers may name (None: not checked)
+    # Agent name -> the keys of every output it can give, for agents whose output shape is
+    # known (known_output_keys); the others are missing and their outputs are not checked.
+    outputs: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Agent name -> its templated config fields (agent_templates), which read the step's input.
+    templates: dict[str, list[AgentTemplate]] = field(default_factory=dict)
 
 
 def normalise_workflow(raw: Any, catalog: Catalog) -> WorkflowSpec:
@@ -817,7 +825,14 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> WorkflowSpec:
     undo_refs: dict[str, list[str]] = {}
     seen: set[str] = set()
     # A step may name this very workflow; that is reported as recursion, not as unknown.
-    local = Catalog(agents=catalog.agents, workflows={**catalog.workflows, key: set()}, users=catalog.users, groups=catalog.groups)
+    local = Catalog(
+        agents=catalog.agents,
+        workflows={**catalog.workflows, key: set()},
+        users=catalog.users,
+        groups=catalog.groups,
+        outputs=catalog.outputs,
+        templates=catalog.templates,
+    )
     for index, raw_step in enumerate(raw_steps):
         parsed = _normalise_step(raw_step, index, where, local, problems)
         if parsed is None:
@@ -864,6 +879,10 @@ def normalise_workflow(raw: Any, catalog: Catalog) -> WorkflowSpec:
             problems.add(where, f"field `output` refers to unknown step '{missing}'")
     _check_graph(spec, refs, undo_refs, where, problems)
     _check_recursion(spec, catalog, where, problems)
+    if not problems.items:
+        # Names are checked on a workflow that is otherwise sound: the graph says which steps
+        # come earlier, and every template compiles.
+        check_template_names(spec, catalog, where, problems)
     problems.raise_if_any()
     return spec
 
@@ -1599,6 +1618,217 @@ def children_of(spec: Mapping[str, Any]) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The names templates read, checked at import and publish
+
+# What a workflow's templates are rendered with (engine.template_context): a map step's input
+# also has `item` and `index`, a compensation's input has `step` (the step it undoes).
+STEP_CONTEXT = ("input", "steps", "run", "iteration")
+MAP_CONTEXT = (*STEP_CONTEXT, "item", "index")
+COMPENSATE_CONTEXT = (*STEP_CONTEXT, "step")
+# What `steps.<key>` holds (engine.template_context), and `run`.
+STEP_RESULT_FIELDS = ("output", "status", "iteration", "error")
+RUN_FIELDS = ("id", "workflow")
+# A simulated agent's output when its config gives none (agents/simulated.py).
+SIMULATED_DEFAULT_OUTPUT = frozenset({"agent", "summary", "input"})
+
+
+def known_output_keys(agent: Mapping[str, Any]) -> frozenset[str] | None:
+    """The keys of every output the agent can give, or None when that is not known before it
+    runs: only a simulated agent's output is known, when it is a literal mapping (or left out)
+    in its config and in every version's config laid over it."""
+    if agent.get("kind") != "simulated" or agent.get("fallback"):
+        return None
+    keys: set[str] = set()
+    configs = [agent.get("config") or {}] + [
+        {**(agent.get("config") or {}), **(v.get("config") or {})} for v in agent.get("versions") or []
+    ]
+    for config in configs:
+        output = config.get("output")
+        if "output" not in config:
+            keys |= SIMULATED_DEFAULT_OUTPUT
+        elif isinstance(output, dict):
+            keys |= {str(k) for k in output}
+        else:
+            return None  # a template such as "{{ input }}": its shape is the run's
+    return frozenset(keys)
+
+
+# What an agent's own templates read (agents/llm.py, agents/simulated.py). Their `input` is the
+# step's input as rendered, not the run's.
+AGENT_TEMPLATE_CONTEXT: dict[str, dict[str, tuple[str, ...]]] = {
+    "llm": {"prompt": ("input",), "system": ("input",)},
+    "simulated": {"output": ("input", "attempt", "iteration", "item", "index", "agent")},
+}
+
+
+class AgentTemplate(NamedTuple):
+    field: str  # as the file names it: "config.prompt", "versions.concise.config.prompt"
+    value: Any
+    roots: tuple[str, ...]
+
+
+def agent_templates(agent: Mapping[str, Any]) -> list[AgentTemplate]:
+    """The agent's templated config fields, its versions' own included."""
+    fields = AGENT_TEMPLATE_CONTEXT.get(str(agent.get("kind")), {})
+    found: list[AgentTemplate] = []
+    configs = [("config", agent.get("config") or {})] + [
+        (f"versions.{v.get('label', '?')}.config", v.get("config") or {}) for v in agent.get("versions") or []
+    ]
+    for prefix, config in configs:
+        if isinstance(config, dict):
+            found += [AgentTemplate(f"{prefix}.{name}", config[name], roots) for name, roots in fields.items() if name in config]
+    return found
+
+
+def check_agent_template_names(kind: str, config: dict[str, Any], where: str, problems: Problems) -> None:
+    """An agent's templates may read only what its kind renders them with."""
+    for name, roots in AGENT_TEMPLATE_CONTEXT.get(kind, {}).items():
+        if name not in config:
+            continue
+        for path in name_paths(_trees(config[name], False)):
+            if path[0] not in roots:
+                problems.add(
+                    where,
+                    f"field `config.{name}`: `{path[0]}` is not something this template can read "
+                    f"(it can read {_listed(roots)}){_did_you_mean(path[0], roots)}",
+                )
+
+
+def _input_keys(step: StepSpec, spec: WorkflowSpec) -> frozenset[str] | None:
+    """The keys of the input an agent step hands its agent, when they are known before it runs
+    (engine.default_input): a literal mapping's, the run's declared inputs for a first step,
+    the keys of the steps it comes after otherwise."""
+    if "input" in step:
+        value = step["input"]
+        return frozenset(str(k) for k in value) if isinstance(value, dict) else None
+    if step.get("for_each"):
+        return None  # each item is the input
+    if not step["after"]:
+        return frozenset(spec["inputs"]) if spec["inputs"] else None
+    return frozenset(step["after"])
+
+
+def _check_agent_inputs(step: StepSpec, spec: WorkflowSpec, catalog: Catalog, at: str, problems: Problems) -> None:
+    """The step's agent (and its fallback) may read only keys the step's input has."""
+    keys = _input_keys(step, spec) if step["kind"] == "agent" else None
+    if keys is None:
+        return
+    for name in dict.fromkeys(n for n in (step.get("agent"), step.get("fallback")) if n):
+        said: set[str] = set()
+        for template in catalog.templates.get(name, []):
+            for path in name_paths(_trees(template.value, False)):
+                if path[0] != "input" or len(path) < 2 or path[1] in keys or hasattr(dict, path[1]):
+                    continue
+                problem = (
+                    f"agent '{name}', field `{template.field}`: `{'.'.join(path)}` is not in the step's input "
+                    f"(input: {_listed(keys)}){_did_you_mean(path[1], keys, path[:1])}"
+                )
+                if problem not in said:
+                    said.add(problem)
+                    problems.add(at, problem)
+
+
+def _did_you_mean(name: str, choices: Iterable[str], before: tuple[str, ...] = ()) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"; did you mean `{'.'.join((*before, close[0]))}`?" if close else ""
+
+
+def _listed(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names)) or "none"
+
+
+def _output_keys(step: StepSpec, spec: WorkflowSpec, catalog: Catalog) -> frozenset[str] | None:
+    """The keys of the step's output when they are known before it runs, else None."""
+    if step["kind"] != "agent" or step.get("for_each") or step.get("fallback"):
+        return None  # a map gives a list; a fallback agent gives its own shape
+    if step.get("on_failure", spec["on_failure"]) == "escalate":
+        return None  # the owner may skip the step with an output of their choosing
+    return catalog.outputs.get(step.get("agent", ""))
+
+
+def _path_problem(
+    path: tuple[str, ...], roots: tuple[str, ...], spec: WorkflowSpec, outputs: Mapping[str, frozenset[str] | None]
+) -> str | None:
+    """What is wrong with one name a template reads, or None when it may be there at run time."""
+    written = ".".join(path)
+    root = path[0]
+    if root not in roots:
+        return f"`{root}` is not something this template can read (it can read {_listed(roots)}){_did_you_mean(root, roots)}"
+    if len(path) < 2 or hasattr(dict, path[1]):
+        return None  # `input.get('x')`, `steps.items()`: dict methods, as the sandbox allows
+    if root == "input" and spec["inputs"] and path[1] not in spec["inputs"]:
+        names = spec["inputs"]
+        return f"`{written}` is not an input (inputs: {_listed(names)}){_did_you_mean(path[1], names, path[:1])}"
+    if root == "run" and path[1] not in RUN_FIELDS:
+        return f"`{written}`: a run has {_listed(RUN_FIELDS)}{_did_you_mean(path[1], RUN_FIELDS, path[:1])}"
+    if root != "steps" or len(path) < 3 or path[1] not in outputs:
+        return None  # unknown steps and their order are _check_graph's to name
+    step_key, part = path[1], path[2]
+    if part not in STEP_RESULT_FIELDS and not hasattr(dict, part):
+        return (
+            f"`{written}`: a step has {_listed(STEP_RESULT_FIELDS)}, not `{part}`"
+            f"{_did_you_mean(part, STEP_RESULT_FIELDS, path[:2])}"
+        )
+    keys = outputs[step_key]
+    if part == "output" and len(path) > 3 and keys is not None and path[3] not in keys and not hasattr(dict, path[3]):
+        return (
+            f"`{written}` is not in the output of step `{step_key}` (output: {_listed(keys)})"
+            f"{_did_you_mean(path[3], keys, path[:3])}"
+        )
+    return None
+
+
+def _template_fields(step: StepSpec) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """Each templated field of a step: its name in the file, its value, the names it may read."""
+    fields: list[tuple[str, Any, tuple[str, ...]]] = []
+    if "input" in step:
+        fields.append(("input", step["input"], MAP_CONTEXT if step.get("for_each") else STEP_CONTEXT))
+    for name in ("when", "for_each"):
+        if step.get(name):
+            fields.append((name, step.get(name), STEP_CONTEXT))
+    if "loop" in step:
+        fields.append(("loop.until", step["loop"]["until"], STEP_CONTEXT))
+    if "gate" in step:
+        fields.append(("gate", step["gate"], STEP_CONTEXT))
+    if step["kind"] in ("approval", "manual", "wait"):
+        fields.append((step["kind"], step.get(step["kind"]), STEP_CONTEXT))
+    if "input" in step.get("compensate", {}):
+        fields.append(("compensate.input", step["compensate"]["input"], COMPENSATE_CONTEXT))
+    return fields
+
+
+def _trees(value: Any, expression: bool) -> list[Any]:
+    try:
+        return [check_expression(value)] if expression else check_template(value)
+    except TemplateError:
+        return []  # already reported where the field was read
+
+
+def check_template_names(spec: WorkflowSpec, catalog: Catalog, where: str, problems: Problems) -> None:
+    """Refuse a template that reads a name its context will never have: a root name the
+    context lacks, an input the workflow does not declare, a field a step result or a run does
+    not have, or a key missing from a step output whose shape is known (known_output_keys).
+    Where the shape is not known, anything is allowed. Which steps exist and come earlier is
+    _check_graph's part."""
+    outputs = {s["key"]: _output_keys(s, spec, catalog) for s in spec["steps"]}
+    checks: list[tuple[str, str, Any, tuple[str, ...], bool]] = []
+    for step in spec["steps"]:
+        at = f"{where}, step '{step['key']}'"
+        for name, value, roots in _template_fields(step):
+            checks.append((at, name, value, roots, name in ("when", "for_each", "loop.until")))
+        _check_agent_inputs(step, spec, catalog, at, problems)
+    if spec["output"] is not None:
+        checks.append((where, "output", spec["output"], STEP_CONTEXT, False))
+    for at, name, value, roots, expression in checks:
+        said: set[str] = set()
+        for path in name_paths(_trees(value, expression)):
+            problem = _path_problem(path, roots, spec, outputs)
+            if problem is not None and problem not in said:
+                said.add(problem)
+                problems.add(at, f"field `{name}`: {problem}")
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole document, and writing it back
 
 
@@ -1625,7 +1855,23 @@ def validate_document(document: dict[str, Any], catalog: Catalog) -> tuple[list[
             problems.add(f"agent '{agent['name']}'", f"field `fallback`: unknown agent {agent['fallback']!r}")
     workflow = None
     if "workflow" in document:
-        local = Catalog(agents=catalog.agents | names, workflows=catalog.workflows, users=catalog.users, groups=catalog.groups)
+        outputs = dict(catalog.outputs)
+        templates = dict(catalog.templates)
+        for agent in agents:
+            # The file's agents replace the saved ones of the same name once it is imported.
+            outputs.pop(agent["name"], None)
+            keys = known_output_keys(agent)
+            if keys is not None:
+                outputs[agent["name"]] = keys
+            templates[agent["name"]] = agent_templates(agent)
+        local = Catalog(
+            agents=catalog.agents | names,
+            workflows=catalog.workflows,
+            users=catalog.users,
+            groups=catalog.groups,
+            outputs=outputs,
+            templates=templates,
+        )
         try:
             workflow = normalise_workflow(document["workflow"], local)
         except SpecError as exc:

@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -348,6 +348,65 @@ def referenced_steps(trees: list[nodes.Node]) -> set[str]:
             ):
                 found.add(str(item.arg.value))
     return found
+
+
+# A path a template reads: the root name and the attribute or key names after it, as written.
+NamePath = tuple[str, ...]
+
+
+def _path_of(node: nodes.Node) -> NamePath | None:
+    """`steps.research.output["summary"]` as ("steps", "research", "output", "summary"); None
+    when a part is computed (`steps[name]`, `items[0]`) or the chain does not start at a name."""
+    parts: list[str] = []
+    while True:
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+            node = node.node
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            parts.append(node.arg.value)
+            node = node.node
+        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            return (node.name, *reversed(parts))
+        else:
+            return None
+
+
+def name_paths(trees: list[nodes.Node]) -> list[NamePath]:
+    """Every path the templates read from the context they are rendered with, in the order
+    first written: `{{ input.topic }}` gives ("input", "topic"), and also ("input",).
+
+    Left out: what a template defines itself (a `{% set %}`, a for loop's target and its
+    `loop`) and the sandbox's globals (`range`, `dict`...). A name a template both reads and
+    defines somewhere (`{% for input in ... %}`) is given as its root alone, since which one a
+    path reads depends on where it stands.
+    """
+    found: dict[NamePath, None] = {}
+    globals_ = set(environment().globals)
+    for tree in trees:
+        if not isinstance(tree, nodes.Template):
+            continue
+        free = meta.find_undeclared_variables(tree) - globals_
+        defined = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+        # `x | default(...)` and `x is defined` are written for a name that may be missing:
+        # they work whatever the context holds, so what they read is not listed.
+        guarded = {
+            id(inner)
+            for node in tree.find_all((nodes.Filter, nodes.Test))
+            if node.name in _GUARDS and node.node is not None
+            for inner in (node.node, *node.node.find_all(nodes.Node))
+        }
+        for node in tree.find_all((nodes.Name, nodes.Getattr, nodes.Getitem)):
+            path = _path_of(node)
+            if path is None or path[0] not in free or id(node) in guarded:
+                continue
+            found.setdefault(path[:1], None)
+            if path[0] not in defined:
+                found.setdefault(path, None)
+    return list(found)
+
+
+# Filters and tests that make sense of a missing name.
+_GUARDS = frozenset({"default", "d", "defined", "undefined"})
 
 
 def _failure(source: str, exc: BaseException) -> str:

@@ -208,6 +208,13 @@ def rerun(*, run_id: int, actor: Any = None, input: Any = None, latest: bool = F
     version = original.workflow.latest_version if latest else original.version
     if version is None:
         raise InvalidTransition(f"workflow '{original.workflow.key}' has no published version")
+    if version.trial:
+        # Whoever operates the workflow may rerun its runs, but only its owner may run a draft
+        # (definitions.try_draft).
+        raise InvalidTransition(
+            f"run {run_id} is a trial of the draft: try the draft again from the workflow's page, "
+            "or rerun it on the latest version"
+        )
     values = engine.validate_run_input(version.spec, original.input if input is None else input)
     with change() as work:
         run = _start(work, original.workflow, version, values, started_by=actor, trigger="rerun", rerun_of=original)

@@ -124,9 +124,31 @@ def _children(document: dict[str, Any]) -> set[str]:
 
 
 def load_file(document: dict[str, Any]) -> str:
-    """Create the document's missing agents and workflow; keep what exists. Says what it did."""
-    agents, spec = definitions.check_document(document)
-    assert spec is not None  # read_demo_files only passes documents with a workflow
+    """Create the document's missing agents and workflow; keep what exists. Says what it did.
+
+    A workflow that exists is not validated again: it may have been edited in admin into
+    something the file would not say (another owner, a group renamed), and it is kept as it
+    is, neither overwritten nor published over. Only the file's agents that are missing are
+    checked and created.
+    """
+    key = (document.get("workflow") or {}).get("key")
+    workflow = Workflow.objects.filter(key=key).first()
+    if workflow is not None:
+        raw = [a for a in document.get("agents") or [] if isinstance(a, dict)]
+        notes = _load_agents({"agents": raw}) if raw else ""
+        latest = workflow.latest_version
+        return f"kept {workflow.key} ({f'v{latest.number}' if latest else 'draft'}){notes}"
+    notes = _load_agents(document)
+    # Only the workflow: its agents are now all in the database, created above or kept.
+    _, version = definitions.import_document({"workflow": document["workflow"]}, note="load_demo")
+    assert version is not None  # read_demo_files only passes documents with a workflow
+    return f"published {version.workflow.key} v{version.number}{notes}"
+
+
+def _load_agents(document: dict[str, Any]) -> str:
+    """Create the document's agents that are missing (after validating the whole document);
+    says which were created and which were kept though they differ from the file."""
+    agents, _ = definitions.check_document(document)
     raw_agents = {a["name"]: a for a in document.get("agents") or [] if isinstance(a, dict)}
     rows = {row.name: row for row in Agent.objects.filter(name__in=[a["name"] for a in agents])}
     created = [a["name"] for a in agents if a["name"] not in rows]
@@ -141,17 +163,9 @@ def load_file(document: dict[str, Any]) -> str:
     ]
     if created:
         definitions.import_document({"agents": [raw_agents[name] for name in created]})
-    notes = "".join(
+    return "".join(
         f"; {verb} agents {', '.join(names)}" for verb, names in (("created", created), ("kept", kept)) if names
     )
-    workflow = Workflow.objects.filter(key=spec["key"]).first()
-    if workflow is not None:
-        latest = workflow.latest_version
-        return f"kept {spec['key']} ({f'v{latest.number}' if latest else 'draft'}){notes}"
-    # Only the workflow: its agents are now all in the database, created above or kept.
-    _, version = definitions.import_document({"workflow": document["workflow"]}, note="load_demo")
-    assert version is not None
-    return f"published {spec['key']} v{version.number}{notes}"
 
 
 # ---------------------------------------------------------------------------------------------
