@@ -37,7 +37,8 @@ HIGHER_IS_BETTER = frozenset({Metric.SUCCESS_RATE})
 
 def window_runs(rollout: Rollout, since: datetime, until: datetime) -> Q:
     """The runs a window is about, as a condition on Run (also the runs list's filter)."""
-    return Q(workflow_id=rollout.workflow_id, created_at__gte=since, created_at__lt=until)
+    # A trial of the draft is no run of the rolled-out workflow.
+    return Q(workflow_id=rollout.workflow_id, created_at__gte=since, created_at__lt=until) & ~Q(trigger="trial")
 
 
 class VerdictData(TypedDict):

@@ -50,6 +50,8 @@ logger = logging.getLogger("baton.rollouts")
 
 # A registered source's key for "all the runs" when the figures are not grouped.
 ALL = "all"
+# Runs of a draft's trial (orchestration.definitions.try_draft) are no runs of the workflow.
+TRIAL = "trial"
 
 
 @dataclass
@@ -359,7 +361,7 @@ def parse_day(name: str, text: str) -> date | None:
 
 def runs_of_day(day: date) -> QuerySet[Run]:
     since, until = day_bounds(day)
-    return Run.objects.filter(created_at__gte=since, created_at__lt=until)
+    return Run.objects.filter(created_at__gte=since, created_at__lt=until).exclude(trigger=TRIAL)
 
 
 _FIGURE_FIELDS = [*(n for n in COUNTS if n != "attempts"), *(f"{s}_{p}" for s in ("duration", "approval_wait") for p in ("p50", "p95"))]
@@ -380,7 +382,7 @@ WITH day_runs AS MATERIALIZED (
     SELECT id, version_id, status,
            CASE WHEN status = ANY(%(final)s) AND finished_at IS NOT NULL
                 THEN EXTRACT(EPOCH FROM finished_at - created_at)::float8 END AS duration
-    FROM {run} WHERE created_at >= %(since)s AND created_at < %(until)s
+    FROM {run} WHERE created_at >= %(since)s AND created_at < %(until)s AND trigger <> %(trial)s
 ),
 day_attempts AS MATERIALIZED (
     SELECT s.run_id, a.number, a.total_tokens, a.cost, a.agent_version_id,
@@ -445,6 +447,7 @@ def _day_tallies_postgresql(since: datetime, until: datetime) -> tuple[dict[Any,
         "since": since,
         "until": until,
         "final": list(RUN_FINAL),
+        "trial": TRIAL,
         "looped": EventKind.STEP_LOOPED,
         "succeeded": RunStatus.SUCCEEDED,
         "failed": RunStatus.FAILED,
@@ -509,7 +512,7 @@ def _replace_day(day: date, daily: list[DailySnapshot], agents: list[AgentVersio
 
 def _day_rows(day: date, now: datetime) -> tuple[list[DailySnapshot], list[AgentVersionSnapshot]]:
     since, until = day_bounds(day)
-    runs = Q(created_at__gte=since, created_at__lt=until)
+    runs = Q(created_at__gte=since, created_at__lt=until) & ~Q(trigger=TRIAL)
     if connection.vendor == "postgresql":
         by_version, by_agent_version = _day_tallies_postgresql(since, until)
         for source in _SOURCES:

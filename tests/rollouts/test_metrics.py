@@ -393,3 +393,14 @@ def test_a_days_snapshot_takes_as_many_queries_for_sixty_runs_as_for_three(workf
     assert counted[0] == counted[1]
     assert DailySnapshot.objects.get(day=date(2026, 3, 30), version=None).runs_started == 60
     assert AgentVersionSnapshot.objects.filter(day=date(2026, 3, 30)).count() == 2
+
+
+def test_a_trial_of_the_draft_counts_in_no_figure_and_no_snapshot(workflow: Workflow) -> None:
+    generate(workflow, PLANS)
+    # The same day's runs, one of them now a trial of the draft: the day counts one run less.
+    trial = Run.objects.filter(created_at__date=date(2026, 3, 11)).first()
+    assert trial is not None
+    Run.objects.filter(pk=trial.pk).update(trigger="trial")
+    assert metrics.measure(metrics.runs_of_day(date(2026, 3, 11))).runs_started == 4
+    metrics.rollup(date(2026, 3, 11), date(2026, 3, 11), now=NOW)
+    assert {row.runs_started for row in DailySnapshot.objects.filter(day=date(2026, 3, 11))} == {4}
