@@ -137,6 +137,28 @@ def test_an_unknown_api_path_stays_json(
     assert json.loads(response.content)["detail"] == detail
 
 
+# --- 405 ----------------------------------------------------------------------------------
+
+
+def test_an_action_opened_as_a_page_says_it_is_one_and_changes_nothing(
+    client_of: Callable[[Any], Client], open_run: Run, ops: Any
+) -> None:
+    response = client_of(ops).get(f"/runs/{open_run.pk}/cancel/")
+
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    page = response.content.decode()
+    assert '<h1 id="error-title">This address is an action, not a page</h1>' in page
+    assert "it was opened with GET" in page
+    open_run.refresh_from_db()
+    assert open_run.status == RunStatus.RUNNING
+
+
+def test_the_api_and_the_webhooks_keep_their_own_405(client_of: Callable[[Any], Client], ops: Any) -> None:
+    assert "error-page" not in client_of(ops).get("/hooks/anything").content.decode()
+    assert "error-page" not in client_of(ops).delete("/api/approvals").content.decode()
+
+
 # --- 403 ----------------------------------------------------------------------------------
 
 
@@ -273,6 +295,6 @@ def test_the_400_and_500_pages_render_from_nothing_and_ask_nothing_of_the_databa
     django_assert_num_queries: Any,
 ) -> None:
     with django_assert_num_queries(0):
-        for name in ("400.html", "500.html"):
+        for name in ("400.html", "405.html", "500.html"):
             page = loader.get_template(name).render()
             assert 'class="card error-page"' in page and "data-refusal-reason" in page

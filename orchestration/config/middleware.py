@@ -31,3 +31,23 @@ class RequestSizeLimitMiddleware:
                 return JsonResponse({"detail": message, "errors": {"body": message}}, status=413)
             return HttpResponse(f"<p>{escape(message[0].upper() + message[1:])}.</p>", status=413)
         return self.get_response(request)
+
+
+class MethodNotAllowedPageMiddleware:
+    """A page's address opened with the wrong method (a bookmarked or typed action URL such as
+    /runs/1/cancel/, which only takes a form's POST) gets a page that says so instead of the
+    blank body of Django's require_POST. The API and the webhooks answer for themselves."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code != 405 or response.content or request.path.startswith(("/api/", "/hooks/")):
+            return response
+        from django.template.loader import render_to_string
+
+        page = HttpResponse(render_to_string("405.html", {"method": request.method[:10] if request.method else ""}), status=405)
+        if response.has_header("Allow"):
+            page["Allow"] = response["Allow"]
+        return page

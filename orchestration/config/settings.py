@@ -79,6 +79,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     # Before any middleware's view hook reads the body (the CSRF check does).
     "orchestration.config.middleware.RequestSizeLimitMiddleware",
+    "orchestration.config.middleware.MethodNotAllowedPageMiddleware",
 ]
 
 ROOT_URLCONF = "orchestration.config.urls"
