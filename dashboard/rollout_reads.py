@@ -251,15 +251,37 @@ def _measures(snapshot: DailySnapshot) -> metrics.Measures:
     return metrics.Measures(**{name: getattr(snapshot, name) for name in FIGURE_FIELDS})
 
 
+def _daily(workflow_id: int, today: date) -> tuple[list[date], list[tuple[date, int, metrics.Measures]]]:
+    """The last CHART_DAYS days, and the workflow's figures on those that have a snapshot (one query)."""
+    days = [today - timedelta(days=CHART_DAYS - 1 - i) for i in range(CHART_DAYS)]
+    snapshots = DailySnapshot.objects.filter(
+        workflow_id=workflow_id, version__isnull=True, day__gte=days[0], day__lte=days[-1]
+    ).order_by("day")
+    return days, [(s.day, s.runs_started, _measures(s)) for s in snapshots]
+
+
+# What a workflow's page charts over time, without a rollout's targets.
+WORKFLOW_TRENDS = (Metric.SUCCESS_RATE, Metric.P95_DURATION)
+
+
+def workflow_trends(workflow_id: int, today: date) -> list[charts.Chart]:
+    """The workflow's success rate and p95 duration, day by day over CHART_DAYS days (one query)."""
+    days, measured = _daily(workflow_id, today)
+    return [
+        charts.build(
+            metric=metric,
+            title=metric.label,
+            days=days,
+            figures=[charts.DayFigure(day=day, value=m.value(metric), runs=runs) for day, runs, m in measured],
+            target=None,
+        )
+        for metric in WORKFLOW_TRENDS
+    ]
+
+
 def trend_charts(rollout: Rollout, criteria: list[Any], today: date) -> list[charts.Chart]:
     """A chart per criterion's metric over the last CHART_DAYS days (one query)."""
-    days = [today - timedelta(days=CHART_DAYS - 1 - i) for i in range(CHART_DAYS)]
-    snapshots = list(
-        DailySnapshot.objects.filter(
-            workflow_id=rollout.workflow_id, version__isnull=True, day__gte=days[0], day__lte=days[-1]
-        ).order_by("day")
-    )
-    measured = [(s.day, s.runs_started, _measures(s)) for s in snapshots]
+    days, measured = _daily(rollout.workflow_id, today)
     built = []
     for criterion in criteria:
         target, note = criterion.target, f" over {criterion.window_days} days"

@@ -16,7 +16,7 @@ from django.db.models import Count, F, Q
 from django.http import QueryDict
 from django.utils import timezone
 
-from dashboard import graph, inputs, runs_list
+from dashboard import graph, inputs, rollout_reads, runs_list
 from orchestration import access
 from orchestration.models import Run, Workflow, WorkflowVersion
 from orchestration.spec import dump_document
@@ -189,6 +189,7 @@ def workflow_page(
         "diff_problems": problems,
         "rows": runs_list.rows_for(user, recent),
         "stats": stats_for(workflow),
+        "trends": rollout_reads.workflow_trends(workflow.pk, timezone.localdate()),
         "stats_days": STATS_DAYS,
         "can_start": latest is not None and access.can_operate(user, workflow),
         "can_change": can_change,

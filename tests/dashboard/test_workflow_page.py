@@ -140,6 +140,27 @@ def test_a_refused_roll_back_says_why_on_the_page(ops_client: Client, digest: Wo
     assert Workflow.objects.get(key="digest").versions.count() == 2
 
 
+def test_it_charts_success_rate_and_p95_duration_day_by_day_from_the_daily_figures(
+    ops_client: Client, digest: WorkflowVersion
+) -> None:
+    from django.utils import timezone
+
+    from orchestration.rollouts import metrics
+
+    runs = [drive(transitions.start_run(workflow="digest", input={"topic": f"t{i}"})) for i in range(2)]
+    Run.objects.filter(pk=runs[0].pk).update(status="failed")
+    today = timezone.localdate()
+    metrics.rollup(today, today)
+    html = page(ops_client)
+    trends = re.search(r"data-trends>(.*?)</div>\s*</section>", html, re.DOTALL)
+    assert trends
+    charts = trends.group(1)
+    assert 'data-metric="success_rate"' in charts and 'data-metric="p95_duration"' in charts
+    # A point for today, with its words: one of two runs succeeded.
+    assert "50%" in charts
+    assert charts.count("<circle") == 2
+
+
 def test_roll_back_is_a_post_only(ops_client: Client, digest: WorkflowVersion) -> None:
     assert ops_client.get(reverse("dashboard:workflow_roll_back", args=["digest"])).status_code == 405
 
@@ -167,9 +188,9 @@ def test_the_page_takes_as_many_queries_with_many_runs_and_versions_as_with_one(
     for index in range(15):
         drive(transitions.start_run(workflow="digest", input={"topic": f"t{index}"}))
     # session, user, the workflow, may see it, versions, recent runs, their progress and
-    # for_each progress, two figures, may start, may change, its triggers: none per run or
-    # per version.
-    with django_assert_num_queries(13):
+    # for_each progress, two figures, may start, may change, its triggers, its daily figures:
+    # none per run or per version.
+    with django_assert_num_queries(14):
         html = page(ops_client)
     assert html.count("<tr data-run=") == 10
     assert "Every run of Daily digest" in html and 'href="/?workflow=digest"' in html
