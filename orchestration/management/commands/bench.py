@@ -23,6 +23,10 @@ refetch their partials while a 1,000-item for_each runs, against a real daphne p
 Last the rollout metrics (orchestration/management/bench_rollup.py, alone with `--only
 rollup`): a day's snapshot over 100,000 generated runs (`--rollup-runs` for another size).
 
+The operations console's pages (orchestration/management/bench_console.py) run only with
+`--only console`: their fixture of 100,000 runs and a million step runs stays in the bench's
+database to be reused, and would weigh on every other row.
+
 The row "messages re-sent" counts the task messages the ticker had to re-send during the first
 five: a fault-free bench needs none, so any is marked MISSED and the command fails.
 
@@ -56,6 +60,7 @@ from django_q.tasks import async_task
 
 from orchestration import dispatch, tasks, transitions
 from orchestration.bench_agents import SlowJsonServer
+from orchestration.management.bench_console import ConsoleBench
 from orchestration.management.bench_live import NAP_CALLABLE, LiveBench
 from orchestration.management.bench_rollup import RUNS as ROLLUP_RUNS
 from orchestration.management.bench_rollup import RollupBench
@@ -129,9 +134,10 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--only",
-            choices=["live", "rollup"],
+            choices=["live", "rollup", "console"],
             help="Only these rows: `live`, the live push (commit -> browser, fan-out to 200 sockets); "
-            "`rollup`, a day's rollout metrics snapshot over 100,000 runs.",
+            "`rollup`, a day's rollout metrics snapshot over 100,000 runs; `console`, the runs list, "
+            "workflow page and run pages over 100,000 runs (never part of a full bench: its fixture stays).",
         )
         parser.add_argument(
             "--rollup-runs",
@@ -152,7 +158,11 @@ class Command(BaseCommand):
         bench = Bench(QUICK if options["quick"] else FULL, progress=self.stderr)
         only = options["only"]
         rows = [] if only else bench.run(keep=options["keep"])
-        if options["quick"] and not only:
+        if only == "console":
+            console = ConsoleBench(database=bench.database, say=bench.say)
+            rows += console.run()
+            bench.notes += console.notes
+        elif options["quick"] and not only:
             # A browser, a web server and 200 sockets are not quick; `--only live` runs them.
             bench.notes.append("Live push rows: not run with --quick (manage.py bench --only live runs them).")
             bench.notes.append("Rollup row: not run with --quick (manage.py bench --only rollup runs it).")
@@ -169,7 +179,7 @@ class Command(BaseCommand):
                 rows += rollup.run()
                 bench.notes += rollup.notes
         self.stdout.write(
-            render(bench.database, bench.broker, rows, bench.notes, handoffs=not only, live=only != "rollup")
+            render(bench.database, bench.broker, rows, bench.notes, handoffs=not only, live=only in (None, "live"))
         )
         if options["json"]:
             document = {
