@@ -52,7 +52,7 @@ def waiting_q() -> Q:
     return Q(status=RunStatus.RUNNING) & Q(Exists(steps.filter(status=StepStatus.WAITING))) & ~Q(Exists(moving))
 
 
-def waiting_annotation() -> ExpressionWrapper:
+def waiting_annotation() -> ExpressionWrapper[Q]:
     """`is_waiting` for a queryset of runs, asked of each row the page reads.
 
     waiting_q itself, correlated with the outer run: wrapped as `pk IN (waiting runs)` instead,

@@ -190,7 +190,9 @@ def agents(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
     run = access.get_run_for_user(request.user, run_id)
-    return partial_or_page(request, "dashboard/run.html", "dashboard/_run_live.html", read_models.run_page(run, request.user))
+    # A big run's table shows its first hundred rows (the open ones first) unless asked for all.
+    context = read_models.run_page(run, request.user, all_steps=request.GET.get("steps") == "all")
+    return partial_or_page(request, "dashboard/run.html", "dashboard/_run_live.html", context)
 
 
 @require_POST

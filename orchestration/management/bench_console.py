@@ -131,7 +131,13 @@ def map_document() -> dict[str, Any]:
             "access": {"operators": [GROUP]},
             "steps": [
                 {"key": "prepare", "agent": AGENT},
-                {"key": "fan", "agent": AGENT, "after": ["prepare"], "for_each": "{{ input.items }}", "input": {"n": "{{ item }}"}},
+                {
+                    "key": "fan",
+                    "agent": AGENT,
+                    "after": ["prepare"],
+                    "for_each": "{{ input.items }}",
+                    "input": {"n": "{{ item }}"},
+                },
                 {"key": "wrap", "agent": AGENT, "after": ["fan"]},
             ],
         },
@@ -155,7 +161,9 @@ class Table:
         template: list[Any] = []
         for f in fields:
             default = None if f.primary_key else f.get_default()
-            template.append(json.dumps(default) if f.attname in self.json and default is not None else default)
+            template.append(
+                json.dumps(default) if f.attname in self.json and default is not None else default
+            )
         self.template = template
         self.rows: list[list[Any]] = []
 
@@ -163,7 +171,9 @@ class Table:
         line = self.template.copy()
         line[self.position["id"]] = pk
         for name, value in values.items():
-            line[self.position[name]] = json.dumps(value) if name in self.json and value is not None else value
+            line[self.position[name]] = (
+                json.dumps(value) if name in self.json and value is not None else value
+            )
         self.rows.append(line)
 
     def flush(self) -> int:
@@ -171,10 +181,10 @@ class Table:
         if written:
             quote = connection.ops.quote_name
             columns = ", ".join(quote(c) for c in self.columns)
-            with connection.cursor() as cursor:
-                with cursor.cursor.copy(f"COPY {quote(self.model._meta.db_table)} ({columns}) FROM STDIN") as copy:
-                    for line in self.rows:
-                        copy.write_row(line)
+            statement = f"COPY {quote(self.model._meta.db_table)} ({columns}) FROM STDIN"
+            with connection.cursor() as cursor, cursor.cursor.copy(statement) as copy:
+                for line in self.rows:
+                    copy.write_row(line)
         self.rows = []
         return written
 
@@ -190,7 +200,8 @@ class Ids:
     def reserve(self, count: int) -> None:
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [self.table, count]
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                [self.table, count],
             )
             self.free = iter([pk for (pk,) in cursor.fetchall()])
 
@@ -213,7 +224,9 @@ class Writer:
     """Rows of the four runtime tables, COPYed a chunk at a time."""
 
     def __init__(self) -> None:
-        self.runs, self.steps, self.attempts, self.events = (Table(m) for m in (Run, StepRun, Attempt, RunEvent))
+        self.runs, self.steps, self.attempts, self.events = (
+            Table(m) for m in (Run, StepRun, Attempt, RunEvent)
+        )
         self.ids = {m: Ids(m) for m in (Run, StepRun, Attempt, RunEvent)}
         self.counts = Counts()
 
@@ -288,11 +301,18 @@ def plans(now: datetime, rng: random.Random) -> list[Plan]:
                 status, reached = RunStatus.SUCCEEDED.value, CHAIN
             elif pick < 0.98:
                 # Failures happen at agent steps, never at the approval.
-                status, reached = RunStatus.FAILED.value, rng.choice([p for p in range(1, CHAIN + 1) if p != APPROVAL_AT + 1])
+                status, reached = (
+                    RunStatus.FAILED.value,
+                    rng.choice([p for p in range(1, CHAIN + 1) if p != APPROVAL_AT + 1]),
+                )
             else:
                 status, reached = RunStatus.CANCELLED.value, rng.randint(1, CHAIN)
         retries = frozenset(p for p in range(reached) if p != APPROVAL_AT and rng.random() < 0.1)
-        out.append(Plan(workflow, created, status, reached, loop=reached > 3 and rng.random() < 0.05, retries=retries))
+        out.append(
+            Plan(
+                workflow, created, status, reached, loop=reached > 3 and rng.random() < 0.05, retries=retries
+            )
+        )
     return out
 
 
@@ -300,10 +320,14 @@ def chain_keys() -> list[str]:
     return [str(s["key"]) for s in chain_document(0)["workflow"]["steps"]]
 
 
-def write_chain_runs(writer: Writer, batch: list[Plan], versions: dict[int, tuple[int, int]], now: datetime) -> None:
+def write_chain_runs(
+    writer: Writer, batch: list[Plan], versions: dict[int, tuple[int, int]], now: datetime
+) -> None:
     keys = chain_keys()
     # Upper bounds of the rows the chunk writes, for the ids it takes from the sequences.
-    writer.reserve(len(batch), len(batch) * (CHAIN + 1), len(batch) * (CHAIN + 1) * 2, len(batch) * (CHAIN + 5))
+    writer.reserve(
+        len(batch), len(batch) * (CHAIN + 1), len(batch) * (CHAIN + 1) * 2, len(batch) * (CHAIN + 5)
+    )
     for plan in batch:
         workflow_id, version_id = versions[plan.workflow]
         final = plan.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
@@ -311,10 +335,17 @@ def write_chain_runs(writer: Writer, batch: list[Plan], versions: dict[int, tupl
         end = plan.created + took if final else None
         run_status = RunStatus.RUNNING.value if plan.status == "waiting" else plan.status
         run_id = writer.run(
-            workflow_id=workflow_id, version_id=version_id, status=run_status, input={"topic": f"t{plan.created.microsecond}"},
-            created_at=plan.created, finished_at=end, error="s: failed for good" if plan.status == RunStatus.FAILED else "",
+            workflow_id=workflow_id,
+            version_id=version_id,
+            status=run_status,
+            input={"topic": f"t{plan.created.microsecond}"},
+            created_at=plan.created,
+            finished_at=end,
+            error="s: failed for good" if plan.status == RunStatus.FAILED else "",
         )
-        writer.event(run_id=run_id, kind=EventKind.RUN_STARTED, to_status=RunStatus.RUNNING, created_at=plan.created)
+        writer.event(
+            run_id=run_id, kind=EventKind.RUN_STARTED, to_status=RunStatus.RUNNING, created_at=plan.created
+        )
         for position in range(plan.reached):
             key = keys[position]
             last = position == plan.reached - 1
@@ -332,17 +363,28 @@ def write_chain_runs(writer: Writer, batch: list[Plan], versions: dict[int, tupl
                 }[plan.status].value
             rounds = 2 if plan.loop and position == 2 else 1
             for iteration in range(1, rounds + 1):
-                done = status in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED) or iteration < rounds
+                done = (
+                    status in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED)
+                    or iteration < rounds
+                )
                 here = status if iteration == rounds else StepStatus.SUCCEEDED.value
                 attempts = 0 if approval else 1 + (position in plan.retries)
                 step_id = writer.step(
-                    run_id=run_id, step_key=key, iteration=iteration, kind=StepKind.APPROVAL if approval else StepKind.AGENT,
-                    status=here, agent_name="" if approval else AGENT, attempts=attempts,
+                    run_id=run_id,
+                    step_key=key,
+                    iteration=iteration,
+                    kind=StepKind.APPROVAL if approval else StepKind.AGENT,
+                    status=here,
+                    agent_name="" if approval else AGENT,
+                    attempts=attempts,
                     waiting_for=WaitingFor.APPROVAL if here == StepStatus.WAITING else "",
-                    input={"n": position}, output={"n": position} if here == StepStatus.SUCCEEDED else None,
+                    input={"n": position},
+                    output={"n": position} if here == StepStatus.SUCCEEDED else None,
                     error="ValueError: refused" if here == StepStatus.FAILED else "",
                     error_class=ErrorClass.PERMANENT if here == StepStatus.FAILED else "",
-                    created_at=started, started_at=started, finished_at=finished if done else None,
+                    created_at=started,
+                    started_at=started,
+                    finished_at=finished if done else None,
                 )
                 for number in range(1, attempts + 1):
                     retry = number < attempts
@@ -351,24 +393,55 @@ def write_chain_runs(writer: Writer, batch: list[Plan], versions: dict[int, tupl
                         StepStatus.RUNNING: AttemptStatus.RUNNING,
                     }.get(StepStatus(here), AttemptStatus.FAILED)
                     writer.attempt(
-                        step_run_id=step_id, number=number, agent_name=AGENT, worker="bench@host",
+                        step_run_id=step_id,
+                        number=number,
+                        agent_name=AGENT,
+                        worker="bench@host",
                         status=AttemptStatus.FAILED if retry else outcome,
-                        error_class=ErrorClass.TRANSIENT if retry else ErrorClass.CANCELLED if here == StepStatus.CANCELLED else ErrorClass.PERMANENT if outcome == AttemptStatus.FAILED else "",
-                        total_tokens=800, cost=0.012, usage={"total_tokens": 800, "cost": 0.012},
-                        started_at=started, finished_at=finished if retry or done else None,
+                        error_class=ErrorClass.TRANSIENT
+                        if retry
+                        else ErrorClass.CANCELLED
+                        if here == StepStatus.CANCELLED
+                        else ErrorClass.PERMANENT
+                        if outcome == AttemptStatus.FAILED
+                        else "",
+                        total_tokens=800,
+                        cost=0.012,
+                        usage={"total_tokens": 800, "cost": 0.012},
+                        started_at=started,
+                        finished_at=finished if retry or done else None,
                     )
                     if retry:
-                        writer.event(run_id=run_id, step_run_id=step_id, kind=EventKind.STEP_RETRYING, created_at=started)
+                        writer.event(
+                            run_id=run_id,
+                            step_run_id=step_id,
+                            kind=EventKind.STEP_RETRYING,
+                            created_at=started,
+                        )
                 if iteration < rounds:
-                    writer.event(run_id=run_id, step_run_id=step_id, kind=EventKind.STEP_LOOPED, message="sent back", created_at=finished)
+                    writer.event(
+                        run_id=run_id,
+                        step_run_id=step_id,
+                        kind=EventKind.STEP_LOOPED,
+                        message="sent back",
+                        created_at=finished,
+                    )
                 elif here == StepStatus.WAITING:
-                    writer.event(run_id=run_id, step_run_id=step_id, kind=EventKind.STEP_WAITING, to_status=here, created_at=started)
+                    writer.event(
+                        run_id=run_id,
+                        step_run_id=step_id,
+                        kind=EventKind.STEP_WAITING,
+                        to_status=here,
+                        created_at=started,
+                    )
                 elif done:
                     kind = {
                         StepStatus.SUCCEEDED: EventKind.STEP_SUCCEEDED,
                         StepStatus.FAILED: EventKind.STEP_FAILED,
                     }.get(StepStatus(here), EventKind.STEP_CANCELLED)
-                    writer.event(run_id=run_id, step_run_id=step_id, kind=kind, to_status=here, created_at=finished)
+                    writer.event(
+                        run_id=run_id, step_run_id=step_id, kind=kind, to_status=here, created_at=finished
+                    )
         if final:
             final_kind = {
                 RunStatus.SUCCEEDED: EventKind.RUN_SUCCEEDED,
@@ -386,7 +459,9 @@ def write_long_run(writer: Writer, workflow: Workflow, now: datetime) -> None:
     keys = [str(s["key"]) for s in version.spec["steps"]]
     writer.reserve(1, len(keys), 2 * len(keys), 2 * len(keys) + 1)
     created = now - timedelta(hours=2)
-    run_id = writer.run(workflow_id=workflow.pk, version_id=version.pk, status=RunStatus.RUNNING, input={}, created_at=created)
+    run_id = writer.run(
+        workflow_id=workflow.pk, version_id=version.pk, status=RunStatus.RUNNING, input={}, created_at=created
+    )
     writer.event(run_id=run_id, kind=EventKind.RUN_STARTED, to_status=RunStatus.RUNNING, created_at=created)
     for index, key in enumerate(keys):
         running = index >= len(keys) - LONG_LANES
@@ -394,21 +469,48 @@ def write_long_run(writer: Writer, workflow: Workflow, now: datetime) -> None:
         attempts = 1 + (index % 10 == 3)
         status = StepStatus.RUNNING if running else StepStatus.SUCCEEDED
         step_id = writer.step(
-            run_id=run_id, step_key=key, status=status, agent_name=AGENT, attempts=attempts, input={"n": index},
-            output=None if running else {"n": index}, created_at=started, started_at=started,
+            run_id=run_id,
+            step_key=key,
+            status=status,
+            agent_name=AGENT,
+            attempts=attempts,
+            input={"n": index},
+            output=None if running else {"n": index},
+            created_at=started,
+            started_at=started,
             finished_at=None if running else started + timedelta(seconds=5),
         )
         for number in range(1, attempts + 1):
             retry = number < attempts
             writer.attempt(
-                step_run_id=step_id, number=number, agent_name=AGENT, worker="bench@host",
-                status=AttemptStatus.FAILED if retry else AttemptStatus.RUNNING if running else AttemptStatus.SUCCEEDED,
-                error_class=ErrorClass.TRANSIENT if retry else "", started_at=started,
+                step_run_id=step_id,
+                number=number,
+                agent_name=AGENT,
+                worker="bench@host",
+                status=AttemptStatus.FAILED
+                if retry
+                else AttemptStatus.RUNNING
+                if running
+                else AttemptStatus.SUCCEEDED,
+                error_class=ErrorClass.TRANSIENT if retry else "",
+                started_at=started,
                 finished_at=None if running and not retry else started + timedelta(seconds=2),
             )
-        writer.event(run_id=run_id, step_run_id=step_id, kind=EventKind.STEP_STARTED, to_status="running", created_at=started)
+        writer.event(
+            run_id=run_id,
+            step_run_id=step_id,
+            kind=EventKind.STEP_STARTED,
+            to_status="running",
+            created_at=started,
+        )
         if not running:
-            writer.event(run_id=run_id, step_run_id=step_id, kind=EventKind.STEP_SUCCEEDED, to_status="succeeded", created_at=started)
+            writer.event(
+                run_id=run_id,
+                step_run_id=step_id,
+                kind=EventKind.STEP_SUCCEEDED,
+                to_status="succeeded",
+                created_at=started,
+            )
     writer.flush()
 
 
@@ -420,21 +522,49 @@ def write_map_run(writer: Writer, workflow: Workflow, now: datetime) -> None:
     writer.reserve(1, MAP_ITEMS + 2, MAP_ITEMS + 1, MAP_ITEMS + 4)
     created = now - timedelta(minutes=30)
     run_id = writer.run(
-        workflow_id=workflow.pk, version_id=version.pk, status=RunStatus.RUNNING,
-        input={"items": list(range(MAP_ITEMS))}, created_at=created,
+        workflow_id=workflow.pk,
+        version_id=version.pk,
+        status=RunStatus.RUNNING,
+        input={"items": list(range(MAP_ITEMS))},
+        created_at=created,
     )
     writer.event(run_id=run_id, kind=EventKind.RUN_STARTED, to_status=RunStatus.RUNNING, created_at=created)
     prepare = writer.step(
-        run_id=run_id, step_key="prepare", status=StepStatus.SUCCEEDED, agent_name=AGENT, attempts=1,
-        created_at=created, started_at=created, finished_at=created + timedelta(seconds=3),
+        run_id=run_id,
+        step_key="prepare",
+        status=StepStatus.SUCCEEDED,
+        agent_name=AGENT,
+        attempts=1,
+        created_at=created,
+        started_at=created,
+        finished_at=created + timedelta(seconds=3),
     )
-    writer.attempt(step_run_id=prepare, number=1, agent_name=AGENT, status=AttemptStatus.SUCCEEDED, started_at=created, finished_at=created)
-    writer.event(run_id=run_id, step_run_id=prepare, kind=EventKind.STEP_SUCCEEDED, to_status="succeeded", created_at=created)
+    writer.attempt(
+        step_run_id=prepare,
+        number=1,
+        agent_name=AGENT,
+        status=AttemptStatus.SUCCEEDED,
+        started_at=created,
+        finished_at=created,
+    )
+    writer.event(
+        run_id=run_id,
+        step_run_id=prepare,
+        kind=EventKind.STEP_SUCCEEDED,
+        to_status="succeeded",
+        created_at=created,
+    )
     done = MAP_ITEMS * 4 // 5
     started = created + timedelta(seconds=5)
     fan = writer.step(
-        run_id=run_id, step_key="fan", status=StepStatus.RUNNING, agent_name=AGENT, items_total=MAP_ITEMS,
-        items_done=done, created_at=started, started_at=started,
+        run_id=run_id,
+        step_key="fan",
+        status=StepStatus.RUNNING,
+        agent_name=AGENT,
+        items_total=MAP_ITEMS,
+        items_done=done,
+        created_at=started,
+        started_at=started,
     )
     for index in range(MAP_ITEMS):
         if index < done:
@@ -443,17 +573,33 @@ def write_map_run(writer: Writer, workflow: Workflow, now: datetime) -> None:
             status = StepStatus.RUNNING if index < done + (MAP_ITEMS - done) // 2 else StepStatus.PENDING
         began = status != StepStatus.PENDING
         item_id = writer.step(
-            run_id=run_id, step_key="fan", parent_id=fan, map_index=index, item=index, status=status, agent_name=AGENT,
-            attempts=int(began), input={"n": index}, output={"n": index} if status == StepStatus.SUCCEEDED else None,
+            run_id=run_id,
+            step_key="fan",
+            parent_id=fan,
+            map_index=index,
+            item=index,
+            status=status,
+            agent_name=AGENT,
+            attempts=int(began),
+            input={"n": index},
+            output={"n": index} if status == StepStatus.SUCCEEDED else None,
             error="ValueError: item refused" if status == StepStatus.FAILED else "",
             error_class=ErrorClass.PERMANENT if status == StepStatus.FAILED else "",
-            created_at=started, started_at=started if began else None,
+            created_at=started,
+            started_at=started if began else None,
             finished_at=started + timedelta(seconds=index) if index < done else None,
         )
         if began:
             writer.attempt(
-                step_run_id=item_id, number=1, agent_name=AGENT, worker="bench@host", started_at=started,
-                status={StepStatus.FAILED: AttemptStatus.FAILED, StepStatus.RUNNING: AttemptStatus.RUNNING}.get(status, AttemptStatus.SUCCEEDED),
+                step_run_id=item_id,
+                number=1,
+                agent_name=AGENT,
+                worker="bench@host",
+                started_at=started,
+                status={
+                    StepStatus.FAILED: AttemptStatus.FAILED,
+                    StepStatus.RUNNING: AttemptStatus.RUNNING,
+                }.get(status, AttemptStatus.SUCCEEDED),
                 error="ValueError: item refused" if status == StepStatus.FAILED else "",
                 finished_at=started + timedelta(seconds=index) if index < done else None,
             )
@@ -549,10 +695,14 @@ class ConsoleBench:
 
     def run(self) -> list[Row]:
         if self.database != "postgresql":
-            self.notes.append("Console rows: not run on SQLite (the fixture is written by PostgreSQL's COPY).")
+            self.notes.append(
+                "Console rows: not run on SQLite (the fixture is written by PostgreSQL's COPY)."
+            )
             return []
         found = fixture(self.say)
-        how = f"built in {found.seconds:.0f} s and analysed" if found.built else "reused from an earlier bench"
+        how = (
+            f"built in {found.seconds:.0f} s and analysed" if found.built else "reused from an earlier bench"
+        )
         self.notes.append(
             f"Console: {found.counts} ({how}, not timed); each row is {self.requests} requests by a signed-in "
             f"operator after {WARM_UP} warm-up requests, through Django's test client; the query count is one request's."
@@ -569,7 +719,11 @@ class ConsoleBench:
             (f"workflow page ({biggest})", reverse("dashboard:workflow", args=[biggest]), LIST_TARGET),
             ("run page, 1,000 steps", reverse("dashboard:run", args=[found.long_run]), RUN_TARGET),
             ("run page, 1,000-item map", reverse("dashboard:run", args=[found.map_run]), RUN_TARGET),
-            ("map items page (failed)", reverse("dashboard:step_items", args=[found.map_run, "fan"]) + "?status=failed", LIST_TARGET),
+            (
+                "map items page (failed)",
+                reverse("dashboard:step_items", args=[found.map_run, "fan"]) + "?status=failed",
+                LIST_TARGET,
+            ),
         ]
         for label, url, target in pages:
             self.say(f"console: {label}")
@@ -598,7 +752,12 @@ class ConsoleBench:
             # Counted apart from the timed requests. Not with CaptureQueriesContext: each request
             # starts by emptying the connection's query log.
             statements: list[str] = []
-            with connection.execute_wrapper(lambda execute, sql, *args: statements.append(sql) or execute(sql, *args)):
+
+            def counted(execute: Any, sql: str, *args: Any) -> Any:
+                statements.append(sql)
+                return execute(sql, *args)
+
+            with connection.execute_wrapper(counted):
                 self.get(client, url)
             for number in range(WARM_UP + self.requests):
                 tick = time.perf_counter()

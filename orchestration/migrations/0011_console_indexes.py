@@ -18,7 +18,9 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="run",
-            index=models.Index(fields=["workflow", "status", "created_at", "id"], name="run_workflow_status_time_idx"),
+            index=models.Index(
+                fields=["workflow", "status", "created_at", "id"], name="run_workflow_status_time_idx"
+            ),
         ),
         migrations.AddIndex(
             model_name="run",
@@ -26,7 +28,9 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="steprun",
-            index=models.Index(condition=models.Q(("status", "waiting")), fields=["run"], name="steprun_waiting_idx"),
+            index=models.Index(
+                condition=models.Q(("status", "waiting")), fields=["run"], name="steprun_waiting_idx"
+            ),
         ),
         migrations.AddIndex(
             model_name="steprun",
