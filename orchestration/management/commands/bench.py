@@ -60,6 +60,7 @@ from django_q.tasks import async_task
 
 from orchestration import dispatch, tasks, transitions
 from orchestration.bench_agents import SlowJsonServer
+from orchestration.management.bench_console import RUNS as CONSOLE_RUNS
 from orchestration.management.bench_console import ConsoleBench
 from orchestration.management.bench_live import NAP_CALLABLE, LiveBench
 from orchestration.management.bench_rollup import RUNS as ROLLUP_RUNS
@@ -140,6 +141,13 @@ class Command(BaseCommand):
             "workflow page and run pages over 100,000 runs (never part of a full bench: its fixture stays).",
         )
         parser.add_argument(
+            "--console-runs",
+            type=int,
+            default=CONSOLE_RUNS,
+            metavar="N",
+            help=f"How many runs of the 20 workflows the console rows' fixture holds (default {CONSOLE_RUNS:,}).",
+        )
+        parser.add_argument(
             "--rollup-runs",
             type=int,
             default=ROLLUP_RUNS,
@@ -155,11 +163,13 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         if options["rollup_runs"] < 1:
             raise CommandError("--rollup-runs: must be at least 1")
+        if not 1 <= options["console_runs"] <= 1_000_000:
+            raise CommandError("--console-runs: from 1 to 1,000,000")
         bench = Bench(QUICK if options["quick"] else FULL, progress=self.stderr)
         only = options["only"]
         rows = [] if only else bench.run(keep=options["keep"])
         if only == "console":
-            console = ConsoleBench(database=bench.database, say=bench.say)
+            console = ConsoleBench(database=bench.database, say=bench.say, runs=options["console_runs"])
             rows += console.run()
             bench.notes += console.notes
         elif options["quick"] and not only:
@@ -211,7 +221,7 @@ class Command(BaseCommand):
         flags = [f"--{name}" for name in ("quick", "json", "keep") if options[name]]
         if options["only"]:
             flags += ["--only", options["only"]]
-        flags += ["--rollup-runs", str(options["rollup_runs"])]
+        flags += ["--rollup-runs", str(options["rollup_runs"]), "--console-runs", str(options["console_runs"])]
         command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "bench", *flags]
         child = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, text=True)
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
