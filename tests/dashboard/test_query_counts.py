@@ -129,3 +129,18 @@ def test_the_open_and_failed_rows_come_first_and_the_rest_keep_their_order() -> 
     rows[6].status = StepStatus.WAITING
     assert [r.step_key for r in rows_shown(rows, 4)] == ["s1", "s2", "s6", "s7"]
     assert rows_shown(rows, 7) == rows
+
+
+def test_an_action_on_a_page_showing_every_step_row_answers_with_every_row(
+    ops_client: Client, ops: Any
+) -> None:
+    run = big_run(big_workflow(120), steps=120, attempts=1)
+    page = reverse("dashboard:run", args=[run.pk])
+    response = ops_client.post(
+        reverse("dashboard:cancel", args=[run.pk]),
+        {"reason": "enough"},
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_CURRENT_URL=f"http://testserver{page}?steps=all",
+    )
+    assert response.status_code == 200
+    assert len(re.findall(r'<tr id="step-s\d+"', response.content.decode())) == 120
