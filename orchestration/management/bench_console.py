@@ -713,6 +713,10 @@ class ConsoleBench:
             f"Console: {found.counts} ({how}, not timed); each row is {self.requests} requests by a signed-in "
             f"operator after {WARM_UP} warm-up requests, through Django's test client; the query count is one request's."
         )
+        self.notes.append(
+            "Console: the fixture stays in this database for the next --only console; give it a database of "
+            "its own (a full bench's rollup row would count its runs of yesterday)."
+        )
         client = Client()
         client.force_login(found.user)
         biggest = found.workflows[0].key
