@@ -18,13 +18,17 @@ from dashboard import agent_status, gantt, graph, waiting_words
 from orchestration import access
 from orchestration.models import Agent, AgentKind, Attempt, Run, RunEvent, StepKind, StepRun
 from orchestration.reads import head_rows, latest_heads
-from orchestration.status import STEP_FINAL, StepStatus
+from orchestration.status import STEP_DONE_OK, STEP_FINAL, StepStatus
 from orchestration.usage import run_usage
 
 # A for_each over thousands of items writes thousands of events: the run page shows the latest
 # page of the history, and the history's own page (dashboard:run_events) browses the rest.
 EVENTS_PER_PAGE = 100
 ITEMS_PER_PAGE = 50
+# The steps table draws at most this many rows unless the reader asks for all (?steps=all):
+# drawing a 1,000-step run's rows took over a second, most of the page's time. The graph still
+# shows every step.
+STEP_ROWS_SHOWN = 100
 
 # The items list's filter: which item statuses each choice shows ("all" filters nothing).
 ITEM_FILTERS: dict[str, tuple[str, ...]] = {
@@ -75,8 +79,19 @@ def event_page(run: Run, *, page: Any = None, newest_first: bool = False) -> Pag
     return Paginator(events.order_by("-id" if newest_first else "id"), EVENTS_PER_PAGE).get_page(page)
 
 
-def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
-    """What the run page (`_run_live.html`) shows `user`, who may see `run`."""
+def rows_shown(rows: list[StepRun], limit: int) -> list[StepRun]:
+    """At most `limit` of `rows`, in their order: first those a reader must look at (every row
+    not succeeded or skipped: running, waiting, failed, ...), then the others, earliest first."""
+    if len(rows) <= limit:
+        return rows
+    open_first = [row for row in rows if row.status not in STEP_DONE_OK] + [row for row in rows if row.status in STEP_DONE_OK]
+    keep = {row.pk for row in open_first[:limit]}
+    return [row for row in rows if row.pk in keep]
+
+
+def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) -> dict[str, Any]:
+    """What the run page (`_run_live.html`) shows `user`, who may see `run`: every step in the
+    graph, and in the table at most STEP_ROWS_SHOWN rows unless `all_steps`."""
     spec = run.version.spec
     order = {s["key"]: i for i, s in enumerate(spec.get("steps", []))}
     rows = head_rows(run)
@@ -87,6 +102,9 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
         (row for row in rows if row.kind != StepKind.COMPENSATION),
         key=lambda s: (order.get(s.step_key, len(order)), s.iteration, s.pk),
     )
+    step_rows_total = len(step_rows)
+    if not all_steps:
+        step_rows = rows_shown(step_rows, STEP_ROWS_SHOWN)
     simulated = set(
         Agent.objects.filter(
             name__in={s.agent_name for s in rows if s.agent_name}, kind=AgentKind.SIMULATED
@@ -123,10 +141,12 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
             primary_called.add(step_id)
         if label is not None and agent_name == step_agent:
             versions[parent_id or step_id] = label
-    # Every head row's attempts in one query; a for_each's items keep theirs for the items list.
-    attempts = attempts_by_step(Attempt.objects.filter(step_run__run=run, step_run__map_index__isnull=True))
+    # The shown head rows' attempts in one query; a for_each's items keep theirs for the items list.
+    attempts = attempts_by_step(Attempt.objects.filter(step_run__in=[row.pk for row in (*step_rows, *compensations)]))
+    # "parent_step set" said outright: without it PostgreSQL joins the run's steps to every run
+    # in the table (a sequential scan, 60 ms at 100,000 runs) rather than probe the few that have one.
     children = dict(
-        Run.objects.filter(parent_step__run=run).order_by("pk").values_list("parent_step_id", "pk")
+        Run.objects.filter(parent_step__isnull=False, parent_step__run=run).order_by("pk").values_list("parent_step_id", "pk")
     )
     # The latest hundred events, drawn oldest first as the run unfolded.
     latest = event_page(run, newest_first=True)
@@ -178,6 +198,9 @@ def run_page(run: Run, user: Any, notice: str = "") -> dict[str, Any]:
         "events": events,
         "events_total": latest.paginator.count,
         "events_first": latest.paginator.count - len(events) + 1,
+        "step_rows_total": step_rows_total,
+        "steps_hidden": step_rows_total - len(step_rows),
+        "steps_all": all_steps,
         "steps_total": len(order),
         "steps_done": sum(1 for key in order if key in heads and heads[key].status in STEP_FINAL),
         "usage": usage if usage["total_tokens"] or usage["cost"] else None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, TextField
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, OuterRef, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import QueryDict
 from django.utils import timezone
@@ -52,9 +52,15 @@ def waiting_q() -> Q:
     return Q(status=RunStatus.RUNNING) & Q(Exists(steps.filter(status=StepStatus.WAITING))) & ~Q(Exists(moving))
 
 
-def waiting_annotation() -> Exists:
-    """`is_waiting` for a queryset of runs: one subquery in the page's own query."""
-    return Exists(Run.objects.filter(waiting_q(), pk=OuterRef("pk")))
+def waiting_annotation() -> ExpressionWrapper[Q]:
+    """`is_waiting` for a queryset of runs, asked of each row the page reads.
+
+    waiting_q itself, correlated with the outer run: wrapped as `pk IN (waiting runs)` instead,
+    PostgreSQL computes the set of every waiting run in the table before it returns the first
+    page (60 ms at 100,000 runs); this way it checks the page's 51 rows, two probes each of the
+    small partial indexes on waiting and moving step rows.
+    """
+    return ExpressionWrapper(waiting_q(), output_field=BooleanField())
 
 
 @dataclass

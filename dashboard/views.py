@@ -190,7 +190,9 @@ def agents(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 def run_detail(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
     run = access.get_run_for_user(request.user, run_id)
-    return partial_or_page(request, "dashboard/run.html", "dashboard/_run_live.html", read_models.run_page(run, request.user))
+    # A big run's table shows its first hundred rows (the open ones first) unless asked for all.
+    context = read_models.run_page(run, request.user, all_steps=request.GET.get("steps") == "all")
+    return partial_or_page(request, "dashboard/run.html", "dashboard/_run_live.html", context)
 
 
 @require_POST
@@ -266,7 +268,10 @@ def _after_action(request: HtmxHttpRequest, run: Run, notice: str, status: int) 
     form post, the run page after a redirect, the notice as a message."""
     run.refresh_from_db()
     if wants_partial(request):
-        return render(request, "dashboard/_run_live.html", read_models.run_page(run, request.user, notice), status=status)
+        # A page showing every step row (?steps=all) keeps showing them all after the action.
+        all_steps = "steps=all" in (request.htmx.current_url or "")
+        context = read_models.run_page(run, request.user, notice, all_steps=all_steps)
+        return render(request, "dashboard/_run_live.html", context, status=status)
     messages.add_message(request, messages.SUCCESS if status == 200 else messages.WARNING, notice)
     return redirect("dashboard:run", run_id=run.pk)
 

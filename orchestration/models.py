@@ -285,6 +285,13 @@ class Run(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [
+            # The runs list's keyset pages, newest first: filtered by workflow (and the workflow
+            # page's last runs and 30-day figures), by workflow and status, by status.
+            models.Index(fields=["workflow", "created_at", "id"], name="run_workflow_time_idx"),
+            models.Index(fields=["workflow", "status", "created_at", "id"], name="run_workflow_status_time_idx"),
+            models.Index(fields=["status", "created_at", "id"], name="run_status_time_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"Run {self.pk} of {self.workflow.key}"
@@ -373,6 +380,14 @@ class StepRun(models.Model):
             # An event finds the steps waiting for it.
             models.Index(
                 fields=["wait_event", "wait_key"], condition=Q(status="waiting", kind="wait"), name="steprun_wait_event_idx"
+            ),
+            # Whether a run is *waiting* (dashboard/runs_list.waiting_q): its waiting rows, and
+            # its rows that move on their own. Few rows are in either state at any time.
+            models.Index(fields=["run"], condition=Q(status=StepStatus.WAITING), name="steprun_waiting_idx"),
+            models.Index(
+                fields=["run"],
+                condition=Q(status__in=[StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.THROTTLED]),
+                name="steprun_moving_idx",
             ),
         ]
 

@@ -20,7 +20,10 @@ def run_tree_ids(run: Run) -> list[int]:
     ids = [run.pk]
     frontier = [run.pk]
     while frontier:
-        frontier = list(Run.objects.filter(parent_step__run_id__in=frontier).values_list("pk", flat=True))
+        # "parent_step set" said outright, so PostgreSQL probes the index on it rather than scan every run.
+        frontier = list(
+            Run.objects.filter(parent_step__isnull=False, parent_step__run_id__in=frontier).values_list("pk", flat=True)
+        )
         ids.extend(frontier)
     return ids
 

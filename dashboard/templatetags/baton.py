@@ -1,7 +1,8 @@
 """Filters for showing run data: durations, and agent JSON as escaped, foldable text.
 
 None of these mark agent data safe: agent output is untrusted text and reaches the page only
-through Django's autoescaping (`ticking` builds its element with format_html, from a number).
+through Django's autoescaping (`ticking` builds its element with format_html, from a number;
+`graph_shapes` builds the graph's shapes with format_html, which escapes every label).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 
 from django import template
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from dashboard.graph import Graph
 from orchestration.durations import human_duration
 
 register = template.Library()
@@ -117,3 +119,54 @@ def entries(value: Any) -> list[tuple[str, Any]] | None:
     if isinstance(value, dict) and value:
         return [(str(key), item) for key, item in value.items()]
     return None
+
+
+@register.simple_tag
+def graph_shapes(graph: Graph, highlight: str = "") -> SafeString:
+    """The arrows and the nodes of `dashboard/_graph.html`'s SVG.
+
+    Built here rather than by two template loops: a 1,000-step workflow's graph took the
+    template about 100 ms to draw, a tenth of that this way. format_html escapes each value,
+    as the template did.
+    """
+    edges = format_html_join(
+        "\n",
+        '<path class="edge{}" d="{}" marker-end="url(#graph-arrow{})"></path>',
+        ((" edge--loop", edge.path, "-loop") if edge.loop else ("", edge.path, "") for edge in graph.edges),
+    )
+    nodes = format_html_join(
+        "\n",
+        '<a class="node node--{}{}" href="#step-{}" data-step="{}" data-status="{}">'
+        "<title>{}: {}</title>"
+        '<rect x="{}" y="{}" width="{}" height="{}" rx="10"></rect>'
+        '<text class="node__title" x="{}" y="{}">{}</text>'
+        '<text class="node__glyph" x="{}" y="{}" aria-hidden="true">{}</text>'
+        '<text class="node__detail" x="{}" y="{}">{}</text>'
+        "</a>",
+        (
+            (
+                node.status,
+                " node--highlight" if highlight and node.key == highlight else "",
+                node.key,
+                node.key,
+                node.status,
+                node.key,
+                node.status_label,
+                node.x,
+                node.y,
+                node.width,
+                node.height,
+                node.title_x,
+                node.title_y,
+                node.title,
+                node.glyph_x,
+                node.title_y,
+                node.glyph,
+                node.title_x,
+                node.detail_y,
+                node.detail,
+            )
+            for node in graph.nodes
+        ),
+    )
+    return format_html("{}\n{}", edges, nodes)

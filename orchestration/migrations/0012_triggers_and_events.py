@@ -19,7 +19,7 @@ def name_the_events_waited_for(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('orchestration', '0010_trial_runs'),
+        ('orchestration', '0011_console_indexes'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -23,6 +23,10 @@ refetch their partials while a 1,000-item for_each runs, against a real daphne p
 Last the rollout metrics (orchestration/management/bench_rollup.py, alone with `--only
 rollup`): a day's snapshot over 100,000 generated runs (`--rollup-runs` for another size).
 
+The operations console's pages (orchestration/management/bench_console.py) run only with
+`--only console`: their fixture of 100,000 runs and a million step runs stays in the bench's
+database to be reused, and would weigh on every other row.
+
 The row "messages re-sent" counts the task messages the ticker had to re-send during the first
 five: a fault-free bench needs none, so any is marked MISSED and the command fails.
 
@@ -56,6 +60,8 @@ from django_q.tasks import async_task
 
 from orchestration import dispatch, tasks, transitions
 from orchestration.bench_agents import SlowJsonServer
+from orchestration.management.bench_console import RUNS as CONSOLE_RUNS
+from orchestration.management.bench_console import ConsoleBench
 from orchestration.management.bench_live import NAP_CALLABLE, LiveBench
 from orchestration.management.bench_rollup import RUNS as ROLLUP_RUNS
 from orchestration.management.bench_rollup import RollupBench
@@ -129,9 +135,17 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--only",
-            choices=["live", "rollup"],
+            choices=["live", "rollup", "console"],
             help="Only these rows: `live`, the live push (commit -> browser, fan-out to 200 sockets); "
-            "`rollup`, a day's rollout metrics snapshot over 100,000 runs.",
+            "`rollup`, a day's rollout metrics snapshot over 100,000 runs; `console`, the runs list, "
+            "workflow page and run pages over 100,000 runs (never part of a full bench: its fixture stays).",
+        )
+        parser.add_argument(
+            "--console-runs",
+            type=int,
+            default=CONSOLE_RUNS,
+            metavar="N",
+            help=f"How many runs of the 20 workflows the console rows' fixture holds (default {CONSOLE_RUNS:,}).",
         )
         parser.add_argument(
             "--rollup-runs",
@@ -149,10 +163,16 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         if options["rollup_runs"] < 1:
             raise CommandError("--rollup-runs: must be at least 1")
+        if not 1 <= options["console_runs"] <= 1_000_000:
+            raise CommandError("--console-runs: from 1 to 1,000,000")
         bench = Bench(QUICK if options["quick"] else FULL, progress=self.stderr)
         only = options["only"]
         rows = [] if only else bench.run(keep=options["keep"])
-        if options["quick"] and not only:
+        if only == "console":
+            console = ConsoleBench(database=bench.database, say=bench.say, runs=options["console_runs"])
+            rows += console.run()
+            bench.notes += console.notes
+        elif options["quick"] and not only:
             # A browser, a web server and 200 sockets are not quick; `--only live` runs them.
             bench.notes.append("Live push rows: not run with --quick (manage.py bench --only live runs them).")
             bench.notes.append("Rollup row: not run with --quick (manage.py bench --only rollup runs it).")
@@ -169,7 +189,7 @@ class Command(BaseCommand):
                 rows += rollup.run()
                 bench.notes += rollup.notes
         self.stdout.write(
-            render(bench.database, bench.broker, rows, bench.notes, handoffs=not only, live=only != "rollup")
+            render(bench.database, bench.broker, rows, bench.notes, handoffs=not only, live=only in (None, "live"))
         )
         if options["json"]:
             document = {
@@ -201,7 +221,7 @@ class Command(BaseCommand):
         flags = [f"--{name}" for name in ("quick", "json", "keep") if options[name]]
         if options["only"]:
             flags += ["--only", options["only"]]
-        flags += ["--rollup-runs", str(options["rollup_runs"])]
+        flags += ["--rollup-runs", str(options["rollup_runs"]), "--console-runs", str(options["console_runs"])]
         command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "bench", *flags]
         child = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, text=True)
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
