@@ -89,13 +89,14 @@ def test_the_workflow_page_takes_the_same_queries_for_two_versions_and_runs_as_f
     url = reverse("dashboard:workflow", args=["digest"])
     # session, user, the workflow, may see it, versions, recent runs, their progress and
     # for_each progress, the waiting runs' steps and who they wait for, the 30 days' counts
-    # and median, may start, may change: none per run or per version.
+    # and median, may start, may change, its triggers, its daily figures: none per run or per
+    # version.
     publish(1)
     add_runs(digest, 1)
-    small = queries_of(ops_client, url, django_assert_num_queries, 14)
+    small = queries_of(ops_client, url, django_assert_num_queries, 16)
     publish(28)
     add_runs(digest, 29)
-    large = queries_of(ops_client, url, django_assert_num_queries, 14)
+    large = queries_of(ops_client, url, django_assert_num_queries, 16)
     assert small.count("data-version=") == 2 and large.count("data-version=") == 30
     assert small.count("<tr data-run=") == 2 and large.count("<tr data-run=") == 10
 
@@ -109,14 +110,15 @@ def test_a_run_of_150_steps_takes_the_run_pages_usual_queries_and_draws_its_firs
         status=StepStatus.RUNNING, finished_at=None
     )
     url = reverse("dashboard:run", args=[run.pk])
-    # As tests/dashboard/test_run_details.py counts for 2 and 50 steps.
-    page = queries_of(ops_client, url, django_assert_num_queries, 16)
+    # As tests/dashboard/test_run_details.py counts for 2 and 50 steps (the timeline's one
+    # query included).
+    page = queries_of(ops_client, url, django_assert_num_queries, 17)
     rows = re.findall(r'<tr id="step-(s\d+)"', page)
     assert len(rows) == STEP_ROWS_SHOWN
     assert rows[:98] == [f"s{n}" for n in range(1, 99)] and rows[98:] == ["s140", "s150"]
     assert "Showing 100 of 150 step rows: the open and failed ones first" in page
     assert page.count('class="node node--') == 151  # the graph has every step, and the map
-    everything = queries_of(ops_client, url + "?steps=all", django_assert_num_queries, 16)
+    everything = queries_of(ops_client, url + "?steps=all", django_assert_num_queries, 17)
     assert len(re.findall(r'<tr id="step-s\d+"', everything)) == 150
     assert "step rows: the open" not in everything
     # Its live refresh asks for every row again.
