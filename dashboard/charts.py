@@ -119,10 +119,11 @@ class Chart:
     @property
     def description(self) -> str:
         if not self.points:
-            return f"{self.title}: no runs in these days. {self.target_label}."
+            return f"{self.title}: no runs in these days." + (f" {self.target_label}." if self.target_label else "")
         days = len(self.points)
         latest = self.points[-1].label
-        return f"{self.title}: {days} day{'s' if days != 1 else ''} with runs, latest {latest}. {self.target_label}."
+        target = f" {self.target_label}." if self.target_label else ""
+        return f"{self.title}: {days} day{'s' if days != 1 else ''} with runs, latest {latest}.{target}"
 
 
 def _nice_step(span: float, ticks: int) -> float:
@@ -221,7 +222,8 @@ def build(
     x_ticks = [Tick(position=x_of(i), label=f"{d:%d %b}") for i, d in enumerate(days) if (len(days) - 1 - i) % 7 == 0]
 
     word = "at least" if comparison == "gte" else "at most"
-    target_label = f"Target: {word} {format_value(metric, target)}{target_note}" if target is not None else "No target"
+    # A workflow's own trends (its page) have no target to name; a rollout's criterion always has.
+    target_label = f"Target: {word} {format_value(metric, target)}{target_note}" if target is not None else ""
     return Chart(
         metric=metric,
         title=title,
