@@ -18,6 +18,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from orchestration import access
+from orchestration.api_errors import ErrorOut, responses
 from orchestration.models import Agent
 from orchestration.rollouts import gates, metrics, transitions
 from orchestration.rollouts.models import DailySnapshot, Rollout
@@ -154,15 +155,7 @@ class ReasonIn(Schema):
     reason: str = ""
 
 
-class ErrorOut(Schema):
-    detail: str
-    errors: dict[str, str] = {}
-
-
-class RefusedOut(Schema):
-    detail: str
-    errors: dict[str, str] = {}
-    fields: dict[str, str] = {}
+class RefusedOut(ErrorOut):
     verdicts: list[VerdictOut] = []
 
 
@@ -182,7 +175,9 @@ def _decided(request: HttpRequest, key: str) -> Rollout:
     """The rollout, if the caller may decide it (NotAllowed, answered 403, if they only see it)."""
     rollout = _rollout(request, key)
     if not transitions.may_decide(request.auth, rollout):  # type: ignore[attr-defined]
-        raise transitions.NotAllowed("Only the rollout's owner, the workflow's owner or an admin may decide this rollout.")
+        raise transitions.NotAllowed(
+            "Only the rollout's owner, the workflow's owner or an admin may decide this rollout."
+        )
     return rollout
 
 
@@ -221,12 +216,18 @@ def summary_payload(rollout: Rollout) -> dict[str, Any]:
 def rollout_payload(rollout: Rollout, *, now: datetime | None = None) -> dict[str, Any]:
     gate = gates.evaluate(rollout, now=now)
     compared = gates.compare_versions(rollout, now=now)
-    names = dict(Agent.objects.filter(pk__in={v.version.agent_id for v in compared}).values_list("pk", "name"))
+    names = dict(
+        Agent.objects.filter(pk__in={v.version.agent_id for v in compared}).values_list("pk", "name")
+    )
     return {
         **summary_payload(rollout),
         "success_metric": rollout.success_metric,
         "rollback_conditions": rollout.rollback_conditions,
-        "gate": {"passed": gate.passed, "checked_at": gate.checked_at, "verdicts": [verdict_payload(v) for v in gate.verdicts]},
+        "gate": {
+            "passed": gate.passed,
+            "checked_at": gate.checked_at,
+            "verdicts": [verdict_payload(v) for v in gate.verdicts],
+        },
         "windows": [
             {
                 "id": w.pk,
@@ -273,14 +274,16 @@ def rollout_payload(rollout: Rollout, *, now: datetime | None = None) -> dict[st
     }
 
 
-@router.get("", response={200: list[RolloutSummaryOut]}, summary="Rollouts you can see")
+@router.get("", response=responses({200: list[RolloutSummaryOut]}), summary="Rollouts you can see")
 def list_rollouts(request: HttpRequest) -> Any:
     visible = access.visible_workflows(request.auth)  # type: ignore[attr-defined]
     rollouts = Rollout.objects.filter(workflow__in=visible.values("pk")).select_related("workflow", "owner")
     return Status(200, [summary_payload(r) for r in rollouts.order_by("workflow__name")])
 
 
-@router.get("/{key}", response={200: RolloutOut, 404: ErrorOut}, summary="One rollout, its gate evaluated now")
+@router.get(
+    "/{key}", response=responses({200: RolloutOut}, 404), summary="One rollout, its gate evaluated now"
+)
 def get_rollout(request: HttpRequest, key: str) -> Any:
     return Status(200, rollout_payload(_rollout(request, key)))
 
@@ -292,7 +295,7 @@ def _day(name: str, text: str | None) -> date | None:
         raise HttpError(422, str(exc)) from None
 
 
-@router.get("/{key}/snapshots", response={200: list[SnapshotOut], 404: ErrorOut, 422: ErrorOut}, summary="Daily figures")
+@router.get("/{key}/snapshots", response=responses({200: list[SnapshotOut]}, 404), summary="Daily figures")
 def snapshots(request: HttpRequest, key: str, since: str | None = None, until: str | None = None) -> Any:
     """One row per day and scope (the workflow, then each version with runs that day); by
     default the last 30 days, at most 366 at a time."""
@@ -303,19 +306,25 @@ def snapshots(request: HttpRequest, key: str, since: str | None = None, until: s
         raise HttpError(422, "since: must be on or before until")
     if (last - first).days + 1 > MAX_SNAPSHOT_DAYS:
         raise HttpError(422, f"since: at most {MAX_SNAPSHOT_DAYS} days at a time")
-    rows = DailySnapshot.objects.filter(workflow=rollout.workflow, day__gte=first, day__lte=last).select_related("version")
+    rows = DailySnapshot.objects.filter(
+        workflow=rollout.workflow, day__gte=first, day__lte=last
+    ).select_related("version")
     ordered = sorted(rows, key=lambda s: (s.day, s.version is not None, s.version.number if s.version else 0))
     fields = [f for f in SnapshotOut.model_fields if f not in ("day", "scope")]
     return Status(
         200,
         [
-            {"day": s.day, "scope": "workflow" if s.version is None else f"v{s.version.number}", **{f: getattr(s, f) for f in fields}}
+            {
+                "day": s.day,
+                "scope": "workflow" if s.version is None else f"v{s.version.number}",
+                **{f: getattr(s, f) for f in fields},
+            }
             for s in ordered
         ],
     )
 
 
-WRITE_RESPONSES = {200: RolloutOut, 403: ErrorOut, 404: ErrorOut, 409: RefusedOut, 422: RefusedOut}
+WRITE_RESPONSES = responses({200: RolloutOut, 409: RefusedOut, 422: RefusedOut}, 403, 404)
 
 
 @router.post("/{key}/promote", response=WRITE_RESPONSES, summary="Promote to the next stage")
