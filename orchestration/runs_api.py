@@ -158,6 +158,9 @@ class StepOut(ModelSchema):
 
 
 class RunDetailOut(RunOut):
+    """A run read by `get_run`, which hangs its step rows and usage on it (`api_steps`,
+    `api_usage`) so that every field resolves from the one object."""
+
     input: Any
     output: Any
     duration_seconds: float | None
@@ -168,6 +171,31 @@ class RunDetailOut(RunOut):
     steps: list[StepOut]
     # More step rows than MAX_STEPS: the first ones are listed; the event log has them all.
     steps_truncated: bool
+
+    @staticmethod
+    def resolve_prompt_tokens(run: Run) -> int:
+        return int(getattr(run, "api_usage")["prompt_tokens"])  # noqa: B009
+
+    @staticmethod
+    def resolve_completion_tokens(run: Run) -> int:
+        return int(getattr(run, "api_usage")["completion_tokens"])  # noqa: B009
+
+    @staticmethod
+    def resolve_total_tokens(run: Run) -> int:
+        return int(getattr(run, "api_usage")["total_tokens"])  # noqa: B009
+
+    @staticmethod
+    def resolve_cost(run: Run) -> float:
+        return float(getattr(run, "api_usage")["cost"])  # noqa: B009
+
+    @staticmethod
+    def resolve_steps(run: Run) -> list[StepRun]:
+        rows: list[StepRun] = getattr(run, "api_steps")  # noqa: B009
+        return rows[:MAX_STEPS]
+
+    @staticmethod
+    def resolve_steps_truncated(run: Run) -> bool:
+        return len(getattr(run, "api_steps")) > MAX_STEPS  # noqa: B009
 
 
 class RunPageOut(Schema):
@@ -271,19 +299,10 @@ def get_run(request: HttpRequest, run_id: int = Path(..., ge=1, le=MAX_ID)) -> A
             Prefetch("attempt_rows", queryset=Attempt.objects.order_by("number"))
         )[: MAX_STEPS + 1]
     )
-    usage = run_usage(run)
-    return Status(
-        200,
-        {
-            **RunOut.from_orm(run).model_dump(),
-            "input": run.input,
-            "output": run.output,
-            "duration_seconds": run.duration_seconds,
-            **usage,
-            "steps": rows[:MAX_STEPS],
-            "steps_truncated": len(rows) > MAX_STEPS,
-        },
-    )
+    # Hung on the run for RunDetailOut's resolvers (one object, every field from it).
+    setattr(run, "api_steps", rows)  # noqa: B010
+    setattr(run, "api_usage", run_usage(run))  # noqa: B010
+    return Status(200, run)
 
 
 @router.get(

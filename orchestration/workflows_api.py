@@ -82,6 +82,8 @@ class TriggerOut(Schema):
 
 
 class WorkflowDetailOut(WorkflowOut):
+    """A workflow read by `get_workflow`, which hangs its current version on it (`api_version`)."""
+
     # When the current version was published.
     published_at: datetime | None
     # The current version's `inputs:` (name -> {type, required, default, ...}).
@@ -89,6 +91,30 @@ class WorkflowDetailOut(WorkflowOut):
     triggers: list[TriggerOut]
     # Whether the caller may start runs of it (and cancel, retry them).
     can_operate: bool
+
+    @staticmethod
+    def resolve_published_at(workflow: Workflow) -> datetime | None:
+        version = _current(workflow)
+        return version.published_at if version else None
+
+    @staticmethod
+    def resolve_inputs(workflow: Workflow) -> dict[str, Any]:
+        version = _current(workflow)
+        return dict(version.spec.get("inputs") or {}) if version else {}
+
+    @staticmethod
+    def resolve_triggers(workflow: Workflow) -> list[TriggerOut]:
+        version = _current(workflow)
+        return [_trigger(t, workflow) for t in (version.spec.get("triggers") or [] if version else [])]
+
+    @staticmethod
+    def resolve_can_operate(workflow: Workflow, context: Any) -> bool:
+        return access.can_operate(context["request"].auth, workflow)
+
+
+def _current(workflow: Workflow) -> WorkflowVersion | None:
+    version: WorkflowVersion | None = getattr(workflow, "api_version", None)
+    return version
 
 
 class StartIn(Schema):
@@ -158,18 +184,10 @@ def list_workflows(
 )
 def get_workflow(request: HttpRequest, key: str = Path(..., max_length=100)) -> Any:
     workflow = _visible(request, key)
-    version = WorkflowVersion.objects.filter(workflow=workflow).order_by("-number").first()
-    spec: dict[str, Any] = version.spec if version else {}
-    return Status(
-        200,
-        {
-            **WorkflowOut.from_orm(workflow).model_dump(),
-            "published_at": version.published_at if version else None,
-            "inputs": spec.get("inputs") or {},
-            "triggers": [_trigger(t, workflow) for t in spec.get("triggers") or []],
-            "can_operate": access.can_operate(request.auth, workflow),  # type: ignore[attr-defined]
-        },
-    )
+    # Hung on the workflow for WorkflowDetailOut's resolvers (one query, every field from it).
+    current = WorkflowVersion.objects.filter(workflow=workflow).order_by("-number").first()
+    setattr(workflow, "api_version", current)  # noqa: B010
+    return Status(200, workflow)
 
 
 def _start(workflow: Workflow, payload: StartIn, user: Any) -> Run:
