@@ -204,7 +204,7 @@ class RunPageOut(Schema):
     next_cursor: str | None
 
 
-class EventOut(ModelSchema):
+class RunEventOut(ModelSchema):
     step: str | None
     actor: str | None
 
@@ -221,8 +221,8 @@ class EventOut(ModelSchema):
         return event.actor.get_username() if event.actor else None
 
 
-class EventPageOut(Schema):
-    events: list[EventOut]
+class RunEventPageOut(Schema):
+    events: list[RunEventOut]
     # Pass as `after` for the events that follow; the last event's id (or `after` when none).
     next_after: int
     # Whether more events were already there (ask again at once) or not (ask again later).
@@ -307,7 +307,7 @@ def get_run(request: HttpRequest, run_id: int = Path(..., ge=1, le=MAX_ID)) -> A
 
 @router.get(
     "/{run_id}/events",
-    response=responses({200: EventPageOut}, 404),
+    response=responses({200: RunEventPageOut}, 404),
     summary="A run's event log, oldest first",
 )
 def run_events(
