@@ -122,7 +122,9 @@ class Workflow(models.Model):
     key = models.SlugField(max_length=100, unique=True)
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
     # The draft: the input schema and output template; steps are DraftStep rows.
     inputs = models.JSONField(default=dict, blank=True)
     output = models.TextField(blank=True)
@@ -205,7 +207,9 @@ class DraftStep(models.Model):
 
     class Meta:
         ordering = ["workflow", "position", "id"]
-        constraints = [models.UniqueConstraint(fields=["workflow", "key"], name="draft_step_key_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "key"], name="draft_step_key_unique")
+        ]
 
     def __str__(self) -> str:
         return self.key
@@ -225,7 +229,9 @@ class WorkflowVersion(models.Model):
 
     class Meta:
         ordering = ["workflow", "-number"]
-        constraints = [models.UniqueConstraint(fields=["workflow", "number"], name="version_number_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "number"], name="version_number_unique")
+        ]
 
     def __str__(self) -> str:
         return f"{self.workflow.key} v{self.number}"
@@ -247,7 +253,9 @@ class Run(models.Model):
     error = models.TextField(blank=True)
     # While compensating: the status the run ends with once its compensations are done.
     ends_as = models.CharField(max_length=20, blank=True)
-    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
     trigger = models.CharField(max_length=40, default="manual")
     parent_step = models.ForeignKey(
         "StepRun", null=True, blank=True, related_name="child_runs", on_delete=models.CASCADE
@@ -288,7 +296,9 @@ class StepRun(models.Model):
     step_key = models.CharField(max_length=100)
     iteration = models.PositiveIntegerField(default=1)
     map_index = models.PositiveIntegerField(null=True, blank=True)
-    parent = models.ForeignKey("self", null=True, blank=True, related_name="items", on_delete=models.CASCADE)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, related_name="items", on_delete=models.CASCADE
+    )
     kind = models.CharField(max_length=20, choices=StepKind.choices, default=StepKind.AGENT)
     status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.PENDING)
     input = models.JSONField(null=True, blank=True)
@@ -347,9 +357,7 @@ class StepRun(models.Model):
             models.Index(fields=["parent", "status", "map_index"], name="steprun_items_idx"),
             # An event finds the steps waiting for it.
             models.Index(
-                fields=["wait_event", "wait_key"],
-                condition=Q(status="waiting", kind="wait"),
-                name="steprun_wait_event_idx",
+                fields=["wait_event", "wait_key"], condition=Q(status="waiting", kind="wait"), name="steprun_wait_event_idx"
             ),
         ]
 
@@ -375,7 +383,9 @@ class StepRun(models.Model):
 class Attempt(models.Model):
     step_run = models.ForeignKey(StepRun, related_name="attempt_rows", on_delete=models.CASCADE)
     number = models.PositiveIntegerField()
-    status = models.CharField(max_length=20, choices=AttemptStatus.choices, default=AttemptStatus.RUNNING)
+    status = models.CharField(
+        max_length=20, choices=AttemptStatus.choices, default=AttemptStatus.RUNNING
+    )
     worker = models.CharField(max_length=200, blank=True)
     agent_name = models.CharField(max_length=100, blank=True)
     error_class = models.CharField(max_length=20, choices=ErrorClass.choices, blank=True)
@@ -394,7 +404,9 @@ class Attempt(models.Model):
 
     class Meta:
         ordering = ["step_run", "number"]
-        constraints = [models.UniqueConstraint(fields=["step_run", "number"], name="attempt_number_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["step_run", "number"], name="attempt_number_unique")
+        ]
         indexes = [
             # Circuit breakers count an agent's recent failures; the Agents page sums its usage.
             models.Index(fields=["agent_name", "finished_at"], name="attempt_agent_time_idx"),
@@ -425,9 +437,7 @@ class Event(models.Model):
         ordering = ["-received_at", "-id"]
         indexes = [
             models.Index(
-                fields=["name", "key", "received_at"],
-                condition=Q(consumed_by__isnull=True),
-                name="event_kept_idx",
+                fields=["name", "key", "received_at"], condition=Q(consumed_by__isnull=True), name="event_kept_idx"
             ),
         ]
 
@@ -440,8 +450,8 @@ class StartRequest(models.Model):
 
     The unique constraint is what makes the start idempotent under concurrent requests: the
     second insert of a (workflow, user, key) fails, its transaction (and the run it started)
-    rolls back, and it answers with the first run. A row older than 24 hours (IDEMPOTENCY_WINDOW in
-    orchestration/workflows_api.py) no longer counts: the next start with that key replaces it.
+    rolls back, and it answers with the first run. A row older than 24 hours (IDEMPOTENCY_WINDOW
+    in orchestration/workflows_api.py) no longer counts: the next start with that key replaces it.
     """
 
     workflow = models.ForeignKey(Workflow, related_name="+", on_delete=models.CASCADE)
@@ -451,9 +461,7 @@ class StartRequest(models.Model):
     created_at = models.DateTimeField()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["workflow", "user", "key"], name="start_request_key_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["workflow", "user", "key"], name="start_request_key_unique")]
 
     def __str__(self) -> str:
         return f"{self.key} -> run {self.run_id}"
@@ -471,7 +479,9 @@ class RunEvent(AppendOnly):
     to_status = models.CharField(max_length=20, blank=True)
     message = models.TextField(blank=True)
     data = models.JSONField(default=dict, blank=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -491,9 +501,7 @@ class AgentVersionChoice(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["run", "agent_name"], name="agent_version_choice_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["run", "agent_name"], name="agent_version_choice_unique")]
         indexes = [
             # A version's runs, for its figures.
             models.Index(fields=["version", "run"], name="agent_version_choice_idx"),
@@ -519,9 +527,7 @@ class AgentHealth(models.Model):
     counting_since = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)
     reopens_at = models.DateTimeField(null=True, blank=True)
-    trial_step = models.ForeignKey(
-        StepRun, null=True, blank=True, related_name="+", on_delete=models.SET_NULL
-    )
+    trial_step = models.ForeignKey(StepRun, null=True, blank=True, related_name="+", on_delete=models.SET_NULL)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -43,7 +43,9 @@ if not SECRET_KEY:
     SECRET_KEY = "baton-development-key-not-for-production"
 
 ALLOWED_HOSTS = allowed_hosts_from_env(production=PRODUCTION)
-CSRF_TRUSTED_ORIGINS = [o.strip() for o in env_str("BATON_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in env_str("BATON_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
 
 INSTALLED_APPS = [
     "daphne",
@@ -148,10 +150,7 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": 200, "expiry": 30},
-        }
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 200, "expiry": 30}}
     }
 BATON_LIVE_SOURCE = "publish" if REDIS_URL else "tail"
 # How often a web process reads the event log for new changes in the embedded set-up.
@@ -222,9 +221,7 @@ BATON_HTTP_ALLOWED_HOSTS = env_str("BATON_HTTP_ALLOWED_HOSTS", "")
 # `module` for every function defined in it. Variables `${NAME}` and `api_key_env` may read:
 # names or shell patterns (BATON_SECRET_KEY, DATABASE_URL and REDIS_URL never).
 BATON_PYTHON_AGENTS = [
-    e.strip()
-    for e in env_str("BATON_PYTHON_AGENTS", "orchestration.bench_agents:noop").split(",")
-    if e.strip()
+    e.strip() for e in env_str("BATON_PYTHON_AGENTS", "orchestration.bench_agents:noop").split(",") if e.strip()
 ]
 BATON_AGENT_SECRETS = [
     e.strip() for e in env_str("BATON_AGENT_SECRETS", "BATON_SECRET_*,OPENAI_API_KEY").split(",") if e.strip()

@@ -175,9 +175,7 @@ def _decided(request: HttpRequest, key: str) -> Rollout:
     """The rollout, if the caller may decide it (NotAllowed, answered 403, if they only see it)."""
     rollout = _rollout(request, key)
     if not transitions.may_decide(request.auth, rollout):  # type: ignore[attr-defined]
-        raise transitions.NotAllowed(
-            "Only the rollout's owner, the workflow's owner or an admin may decide this rollout."
-        )
+        raise transitions.NotAllowed("Only the rollout's owner, the workflow's owner or an admin may decide this rollout.")
     return rollout
 
 
@@ -216,18 +214,12 @@ def summary_payload(rollout: Rollout) -> dict[str, Any]:
 def rollout_payload(rollout: Rollout, *, now: datetime | None = None) -> dict[str, Any]:
     gate = gates.evaluate(rollout, now=now)
     compared = gates.compare_versions(rollout, now=now)
-    names = dict(
-        Agent.objects.filter(pk__in={v.version.agent_id for v in compared}).values_list("pk", "name")
-    )
+    names = dict(Agent.objects.filter(pk__in={v.version.agent_id for v in compared}).values_list("pk", "name"))
     return {
         **summary_payload(rollout),
         "success_metric": rollout.success_metric,
         "rollback_conditions": rollout.rollback_conditions,
-        "gate": {
-            "passed": gate.passed,
-            "checked_at": gate.checked_at,
-            "verdicts": [verdict_payload(v) for v in gate.verdicts],
-        },
+        "gate": {"passed": gate.passed, "checked_at": gate.checked_at, "verdicts": [verdict_payload(v) for v in gate.verdicts]},
         "windows": [
             {
                 "id": w.pk,
@@ -281,9 +273,7 @@ def list_rollouts(request: HttpRequest) -> Any:
     return Status(200, [summary_payload(r) for r in rollouts.order_by("workflow__name")])
 
 
-@router.get(
-    "/{key}", response=responses({200: RolloutOut}, 404), summary="One rollout, its gate evaluated now"
-)
+@router.get("/{key}", response=responses({200: RolloutOut}, 404), summary="One rollout, its gate evaluated now")
 def get_rollout(request: HttpRequest, key: str) -> Any:
     return Status(200, rollout_payload(_rollout(request, key)))
 
@@ -306,19 +296,13 @@ def snapshots(request: HttpRequest, key: str, since: str | None = None, until: s
         raise HttpError(422, "since: must be on or before until")
     if (last - first).days + 1 > MAX_SNAPSHOT_DAYS:
         raise HttpError(422, f"since: at most {MAX_SNAPSHOT_DAYS} days at a time")
-    rows = DailySnapshot.objects.filter(
-        workflow=rollout.workflow, day__gte=first, day__lte=last
-    ).select_related("version")
+    rows = DailySnapshot.objects.filter(workflow=rollout.workflow, day__gte=first, day__lte=last).select_related("version")
     ordered = sorted(rows, key=lambda s: (s.day, s.version is not None, s.version.number if s.version else 0))
     fields = [f for f in SnapshotOut.model_fields if f not in ("day", "scope")]
     return Status(
         200,
         [
-            {
-                "day": s.day,
-                "scope": "workflow" if s.version is None else f"v{s.version.number}",
-                **{f: getattr(s, f) for f in fields},
-            }
+            {"day": s.day, "scope": "workflow" if s.version is None else f"v{s.version.number}", **{f: getattr(s, f) for f in fields}}
             for s in ordered
         ],
     )
