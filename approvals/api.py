@@ -103,10 +103,17 @@ class VoteOut(Schema):
     created_at: datetime
 
 
+# The items' vocabulary (approvals/models.py) as Literals, so the OpenAPI lists the values;
+# tests/api/test_approvals_schema.py checks they match the TextChoices.
+ItemKindName = Literal["approval", "gate", "manual", "exception"]
+ItemStatusName = Literal["pending", "approved", "rejected", "submitted", "resolved", "expired", "cancelled"]
+ItemStatusFilter = Literal["pending", "approved", "rejected", "submitted", "resolved", "expired", "cancelled", "all"]
+
+
 class ItemOut(Schema):
     id: int
-    kind: str
-    status: str
+    kind: ItemKindName
+    status: ItemStatusName
     title: str
     details: str
     action: Any = None
@@ -357,9 +364,6 @@ def _invalid_request(request: HttpRequest, exc: ValidationError) -> HttpResponse
 # ---------------------------------------------------------------------------------------------
 # Endpoints
 
-ItemStatusFilter = Literal[
-    "pending", "approved", "rejected", "submitted", "resolved", "expired", "cancelled", "all"
-]
 
 
 @router.get("", response=responses({200: list[ItemOut]}), summary="Your items")
