@@ -27,7 +27,7 @@ M = TypeVar("M", bound=Model)
 class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
     """Add a token to see it once; delete it to revoke it. The key itself is never stored."""
 
-    list_display = ("prefix_shown", "user", "name", "created_at", "last_used_at")
+    list_display = ("prefix_shown", "user", "name", "created_at", "last_used_at", "expires_at")
     list_filter = ("user",)
     search_fields = ("user__username", "name", "prefix")
     readonly_fields = ("prefix_shown", "created_at", "last_used_at")
@@ -58,8 +58,8 @@ class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
-            return ["user", "name"]
-        return ["user", "name", "prefix_shown", "created_at", "last_used_at"]
+            return ["user", "name", "expires_at"]
+        return ["user", "name", "prefix_shown", "created_at", "last_used_at", "expires_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:

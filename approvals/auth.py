@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -20,6 +21,8 @@ from approvals.models import ApiToken
 
 TOKEN_PREFIX = "baton_"
 PREFIX_LENGTH = 12
+# Ours are 49 characters; anything much longer is not one of ours, and is not hashed.
+MAX_TOKEN_CHARS = 200
 
 
 def hash_token(token: str) -> str:
@@ -34,22 +37,28 @@ def set_new_key(row: ApiToken) -> str:
     return token
 
 
-def create_api_token(*, user: Any, name: str = "") -> tuple[ApiToken, str]:
-    """A new token for this user: the row, and the token itself (show it once)."""
-    row = ApiToken(user=user, name=name)
+def create_api_token(*, user: Any, name: str = "", days: int | None = None) -> tuple[ApiToken, str]:
+    """A new token for this user: the row, and the token itself (show it once). With `days`,
+    it expires that many days from now."""
+    expires_at = timezone.now() + timedelta(days=days) if days is not None else None
+    row = ApiToken(user=user, name=name, expires_at=expires_at)
     token = set_new_key(row)
     row.save()
     return row, token
 
 
 def user_for_token(token: str) -> Any:
-    """The active user this token belongs to, or None; notes when it was last used."""
-    if not token:
+    """The active user this token belongs to, or None (answered 401); notes when it was last
+    used. A deleted (revoked) token has no row; an expired one is refused like it."""
+    if not token or len(token) > MAX_TOKEN_CHARS:
         return None
+    now = timezone.now()
     row = ApiToken.objects.select_related("user").filter(key_hash=hash_token(token.strip())).first()
     if row is None or not row.user.is_active:
         return None
-    ApiToken.objects.filter(pk=row.pk).update(last_used_at=timezone.now())
+    if row.expires_at is not None and row.expires_at <= now:
+        return None
+    ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
     return row.user
 
 

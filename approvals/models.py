@@ -68,7 +68,9 @@ class OnReject(models.TextChoices):
 class Item(models.Model):
     kind = models.CharField(max_length=20, choices=ItemKind.choices)
     status = models.CharField(max_length=20, choices=ItemStatus.choices, default=ItemStatus.PENDING)
-    step_run = models.ForeignKey("orchestration.StepRun", related_name="inbox_items", on_delete=models.CASCADE)
+    step_run = models.ForeignKey(
+        "orchestration.StepRun", related_name="inbox_items", on_delete=models.CASCADE
+    )
     run = models.ForeignKey("orchestration.Run", related_name="inbox_items", on_delete=models.CASCADE)
     title = models.CharField(max_length=300)
     details = models.TextField(blank=True)
@@ -177,7 +179,8 @@ class ItemEvent(AppendOnly):
 
 
 class ApiToken(models.Model):
-    """A personal API token; only its hash is stored, the token is shown once."""
+    """A personal API token; only its hash is stored, the token is shown once. Deleting the row
+    revokes it; past `expires_at` it is refused like an unknown one."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, related_name="api_tokens", on_delete=models.CASCADE)
     name = models.CharField(max_length=100, blank=True)
@@ -185,6 +188,7 @@ class ApiToken(models.Model):
     key_hash = models.CharField(max_length=128, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
 
     class Meta:
         ordering = ["user", "-created_at"]

@@ -527,6 +527,28 @@ class Event(models.Model):
         return f"{self.name} {self.key}".strip()
 
 
+class StartRequest(models.Model):
+    """A `POST /api/workflows/{key}/runs` with an idempotency key, and the run it started.
+
+    The unique constraint is what makes the start idempotent under concurrent requests: the
+    second insert of a (workflow, user, key) fails, its transaction (and the run it started)
+    rolls back, and it answers with the first run. A row older than 24 hours (IDEMPOTENCY_WINDOW
+    in orchestration/workflows_api.py) no longer counts: the next start with that key replaces it.
+    """
+
+    workflow = models.ForeignKey(Workflow, related_name="+", on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, related_name="+", on_delete=models.CASCADE)
+    key = models.CharField(max_length=200)
+    run = models.ForeignKey(Run, related_name="+", on_delete=models.CASCADE)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["workflow", "user", "key"], name="start_request_key_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.key} -> run {self.run_id}"
+
+
 class RunEvent(AppendOnly):
     """Append-only log of every state change: timeline, audit trail and live feed read it."""
 

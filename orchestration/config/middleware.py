@@ -28,7 +28,7 @@ class RequestSizeLimitMiddleware:
                 f"the request body is {length:,} bytes; at most {limit:,} are accepted (BATON_MAX_REQUEST_BYTES)"
             )
             if request.path.startswith("/api/") or "json" in request.headers.get("Accept", ""):
-                return JsonResponse({"detail": message, "errors": {"body": message}}, status=413)
+                return JsonResponse({"error": "too_large", "detail": message, "fields": {"body": message}}, status=413)
             return HttpResponse(f"<p>{escape(message[0].upper() + message[1:])}.</p>", status=413)
         return self.get_response(request)
 

@@ -57,6 +57,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
+    # For its bundled Swagger UI (templates and static files): the /api/docs page.
+    "ninja",
     "django_q",
     "channels",
     "orchestration",

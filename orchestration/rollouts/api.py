@@ -18,6 +18,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 
 from orchestration import access
+from orchestration.api_errors import ErrorOut, responses
 from orchestration.models import Agent
 from orchestration.rollouts import gates, metrics, transitions
 from orchestration.rollouts.models import DailySnapshot, Rollout
@@ -154,15 +155,7 @@ class ReasonIn(Schema):
     reason: str = ""
 
 
-class ErrorOut(Schema):
-    detail: str
-    errors: dict[str, str] = {}
-
-
-class RefusedOut(Schema):
-    detail: str
-    errors: dict[str, str] = {}
-    fields: dict[str, str] = {}
+class RefusedOut(ErrorOut):
     verdicts: list[VerdictOut] = []
 
 
@@ -273,14 +266,14 @@ def rollout_payload(rollout: Rollout, *, now: datetime | None = None) -> dict[st
     }
 
 
-@router.get("", response={200: list[RolloutSummaryOut]}, summary="Rollouts you can see")
+@router.get("", response=responses({200: list[RolloutSummaryOut]}), summary="Rollouts you can see")
 def list_rollouts(request: HttpRequest) -> Any:
     visible = access.visible_workflows(request.auth)  # type: ignore[attr-defined]
     rollouts = Rollout.objects.filter(workflow__in=visible.values("pk")).select_related("workflow", "owner")
     return Status(200, [summary_payload(r) for r in rollouts.order_by("workflow__name")])
 
 
-@router.get("/{key}", response={200: RolloutOut, 404: ErrorOut}, summary="One rollout, its gate evaluated now")
+@router.get("/{key}", response=responses({200: RolloutOut}, 404), summary="One rollout, its gate evaluated now")
 def get_rollout(request: HttpRequest, key: str) -> Any:
     return Status(200, rollout_payload(_rollout(request, key)))
 
@@ -292,7 +285,7 @@ def _day(name: str, text: str | None) -> date | None:
         raise HttpError(422, str(exc)) from None
 
 
-@router.get("/{key}/snapshots", response={200: list[SnapshotOut], 404: ErrorOut, 422: ErrorOut}, summary="Daily figures")
+@router.get("/{key}/snapshots", response=responses({200: list[SnapshotOut]}, 404), summary="Daily figures")
 def snapshots(request: HttpRequest, key: str, since: str | None = None, until: str | None = None) -> Any:
     """One row per day and scope (the workflow, then each version with runs that day); by
     default the last 30 days, at most 366 at a time."""
@@ -315,7 +308,7 @@ def snapshots(request: HttpRequest, key: str, since: str | None = None, until: s
     )
 
 
-WRITE_RESPONSES = {200: RolloutOut, 403: ErrorOut, 404: ErrorOut, 409: RefusedOut, 422: RefusedOut}
+WRITE_RESPONSES = responses({200: RolloutOut, 409: RefusedOut, 422: RefusedOut}, 403, 404)
 
 
 @router.post("/{key}/promote", response=WRITE_RESPONSES, summary="Promote to the next stage")

@@ -12,6 +12,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 
+from orchestration.api_errors import responses
 from orchestration.triggers import transitions
 
 router = Router(tags=["events"])
@@ -55,7 +56,7 @@ class EventOut(Schema):
 
 @router.post(
     "",
-    response={200: EventOut},
+    response=responses({200: EventOut}),
     summary="Send an event: resume the runs waiting for it, start the workflows subscribed to it",
 )
 def send_event(request: HttpRequest, payload: EventIn) -> Any:

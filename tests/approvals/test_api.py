@@ -76,7 +76,7 @@ def test_decided_items_are_listed_by_status(client: Client, people: dict[str, An
     requester = client.get("/api/approvals?status=all", headers=bearer(people["ops"])).json()
     assert [r["id"] for r in requester] == [item.pk], "the run's starter sees how it went"
     bad = client.get("/api/approvals?status=whatever", headers=headers)
-    assert bad.status_code == 422 and "status" in bad.json()["errors"]
+    assert bad.status_code == 422 and "status" in bad.json()["fields"]
 
 
 # --- deciding ----------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def test_a_rejection_without_a_comment_is_422_naming_the_field(
     item = item_for(waiting, "review")
     response = decide(client, item.pk, {"decision": "reject"}, bearer(people["approver"]))
     assert response.status_code == 422
-    assert set(response.json()["errors"]) == {"comment"}
+    assert set(response.json()["fields"]) == {"comment"}
     item.refresh_from_db()
     assert item.status == ItemStatus.PENDING
 
@@ -178,7 +178,7 @@ def test_a_bad_body_is_422_naming_the_field(
 ) -> None:
     response = decide(client, item_for(waiting, "review").pk, body, bearer(people["approver"]))
     assert response.status_code == 422
-    assert field in response.json()["errors"]
+    assert field in response.json()["fields"]
 
 
 def test_a_body_that_is_not_json_is_422(client: Client, people: dict[str, Any], waiting: Any) -> None:

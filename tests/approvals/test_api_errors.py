@@ -37,7 +37,7 @@ def test_it_answers_500_json_when_something_unexpected_fails(client: Client, hea
         response = client.get("/api/approvals", headers=headers)
 
     assert response.status_code == 500
-    assert response.json() == {"detail": "Internal server error.", "errors": {}}
+    assert response.json() == {"error": "server_error", "detail": "Internal server error.", "fields": {}}
 
 
 def test_an_unknown_path_under_the_api_is_a_json_404(client: Client, headers: dict[str, str]) -> None:

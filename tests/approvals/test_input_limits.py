@@ -62,7 +62,7 @@ def test_a_comment_longer_than_the_limit_is_refused_by_the_page_and_the_api(
         headers=bearer(people["approver"]),
     )
     assert api.status_code == 422
-    assert api.json()["errors"] == {"comment": "5,001 characters; at most 5,000 are allowed"}
+    assert api.json()["fields"] == {"comment": "5,001 characters; at most 5,000 are allowed"}
     unchanged(review)
 
 
@@ -75,7 +75,7 @@ def test_a_comment_that_cannot_be_stored_is_a_json_422_from_the_api(
         f"/api/approvals/{review.pk}/decision", body, content_type="application/json", headers=bearer(people["approver"])
     )
     assert response.status_code == 422 and response["Content-Type"].startswith("application/json")
-    assert problem in response.json()["errors"]["comment"]
+    assert problem in response.json()["fields"]["comment"]
     unchanged(review)
 
 

@@ -157,7 +157,7 @@ def test_the_api_refuses_an_ineligible_person_with_422_naming_the_field(
 
     assert response.status_code == 422
     body = response.json()
-    assert set(body["errors"]) == {"to_user"} and "nobody is not among" in body["detail"]
+    assert set(body["fields"]) == {"to_user"} and "nobody is not among" in body["detail"]
     assert assignees(item) == ([], ["legal"])
 
 

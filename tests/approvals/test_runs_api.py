@@ -58,11 +58,11 @@ def test_a_run_that_is_not_failed_is_409_with_the_reason(client: Client, people:
 def test_a_bad_input_or_reason_is_422_naming_the_field(client: Client, people: dict[str, Any], failed: Run, settings: Any) -> None:
     settings.BATON_MAX_INPUT_BYTES = 50
     response = post(client, f"/api/runs/{failed.pk}/retry", {"inputs": {"a": "x" * 100}}, people["ops"])
-    assert response.status_code == 422 and "inputs" in response.json()["errors"]
+    assert response.status_code == 422 and "inputs" in response.json()["fields"]
     response = post(client, f"/api/runs/{failed.pk}/retry", {"reason": "x" * 6000}, people["ops"])
-    assert response.status_code == 422 and "reason" in response.json()["errors"]
+    assert response.status_code == 422 and "reason" in response.json()["fields"]
     response = post(client, f"/api/runs/{failed.pk}/rerun", {"input": {"ok": "maybe"}}, people["ops"])
-    assert response.status_code == 422 and "input" in response.json()["errors"]
+    assert response.status_code == 422 and response.json()["fields"] == {"input.ok": "expected boolean, got str"}
     failed.refresh_from_db()
     assert failed.status == RunStatus.FAILED and not failed.reruns.exists()
 
