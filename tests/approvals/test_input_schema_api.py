@@ -48,7 +48,10 @@ def test_a_rerun_with_a_refund_below_the_minimum_is_422_naming_the_field(
         "input `refund`: -5 is less than the minimum 0",
         "input `email`: 'nobody' is not an email address",
     }
-    assert response.json()["errors"] == {"input": detail}
+    assert response.json()["fields"] == {
+        "input.refund": "-5 is less than the minimum 0",
+        "input.email": "'nobody' is not an email address",
+    }
     assert Run.objects.count() == 1
 
 
