@@ -75,7 +75,13 @@ def test_a_poll_after_the_session_ends_takes_the_whole_page_to_the_login_form(
     page = logged_in_page(chromium, web_server)
     page.context.clear_cookies()
     # The next refresh of the runs table (as a push asks for it) is answered by the login page.
-    page.evaluate("() => htmx.trigger(document.getElementById('runs-table'), 'baton:refresh')")
+    try:
+        page.evaluate("() => htmx.trigger(document.getElementById('runs-table'), 'baton:refresh')")
+    except Exception as exc:
+        # A refresh the page sent on its own (a push, the fallback polling) got there first and
+        # is already taking the page to the login form: what is asserted below.
+        if "Execution context was destroyed" not in str(exc):
+            raise
     # Where the page ends up, not the navigation event: on a loaded machine a second refresh
     # (the socket's fallback polling) can be sent to the login form too, and its navigation
     # aborts the first one, which wait_for_url reports as a failure.
