@@ -12,6 +12,7 @@ urlpatterns = [
     path("workflows/<slug:key>/", views.workflow_detail, name="workflow"),
     path("workflows/<slug:key>/start/", views.start_run, name="start"),
     path("workflows/<slug:key>/roll-back/", views.roll_back, name="workflow_roll_back"),
+    path("workflows/<slug:key>/triggers/pause/", views.pause_triggers, name="workflow_pause_triggers"),
     path("workflows/<slug:key>/try/", try_draft.try_draft, name="workflow_try_draft"),
     path("agents/", views.agents, name="agents"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),

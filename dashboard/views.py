@@ -31,6 +31,7 @@ from dashboard.web import HtmxHttpRequest, partial_or_page, wants_partial
 from orchestration import access, definitions, limits, transitions
 from orchestration.models import Run, StepRun, Workflow, WorkflowVersion
 from orchestration.status import RunStatus
+from orchestration.triggers import transitions as trigger_transitions
 
 # ---------------------------------------------------------------------------------------------
 # Runs
@@ -168,6 +169,20 @@ def roll_back(request: HtmxHttpRequest, key: str) -> HttpResponse:
         messages.warning(request, str(exc))
     else:
         messages.success(request, f"Published v{version.number}: {version.note}.")
+    return redirect("dashboard:workflow", key=workflow.key)
+
+
+@require_POST
+@login_required
+def pause_triggers(request: HtmxHttpRequest, key: str) -> HttpResponse:
+    """Pause or resume every trigger of the workflow (`paused`: "yes" or "no")."""
+    workflow = access.get_workflow_for_user(request.user, key)
+    if not access.can_change(request.user, workflow):
+        raise PermissionDenied("Only the workflow's owner (or an admin) may pause or resume its triggers.")
+    paused = request.POST.get("paused") == "yes"
+    changed = trigger_transitions.set_workflow_paused(workflow=workflow, paused=paused, actor=request.user)
+    word = "paused" if paused else "resumed"
+    messages.success(request, f"{changed} trigger{'' if changed == 1 else 's'} {word}." if changed else f"Nothing to do: its triggers were {word} already.")
     return redirect("dashboard:workflow", key=workflow.key)
 
 

@@ -62,7 +62,7 @@ def waiting_summaries(runs: Iterable[Run]) -> dict[int, WaitingSummary]:
         StepRun.objects.filter(run__in=list(live), status=StepStatus.WAITING)
         .exclude(waiting_for="")
         .order_by("id")
-        .only("id", "run_id", "step_key", "status", "waiting_for", "wake_at", "map_index")
+        .only("id", "run_id", "step_key", "status", "waiting_for", "wake_at", "map_index", "wait_event", "wait_key")
     )
     return run_summaries(live, steps)
 
@@ -120,8 +120,10 @@ def _summary(step: StepRun, run: Run | None, person: PersonWait | None, child: i
             return WaitingSummary("waiting: a sub-workflow run")
         return WaitingSummary(f"waiting: sub-workflow run #{child}", reverse("dashboard:run", args=[child]))
     if kind == WaitingFor.EVENT:
-        name = _event_name(run, step.step_key)
+        name = step.wait_event or _event_name(run, step.step_key)
         what = f"event {name}" if name else "an event"
+        if step.wait_key:
+            what += f" with key {step.wait_key[:60]}"
         return WaitingSummary(f"waiting: {what}" + _when(step.wake_at, now, "times out"))
     if kind == WaitingFor.TIMER:
         return WaitingSummary("waiting: a timer" + _when(step.wake_at, now, "wakes"))

@@ -60,14 +60,14 @@ class TriggerAdmin(VisibleOnly[Trigger]):
     def pause(self, request: HttpRequest, queryset: QuerySet[Trigger]) -> None:
         rows = self._operable(request, queryset)
         for row in rows:
-            transitions.set_paused(trigger=row, paused=True)
+            transitions.set_paused(trigger=row, paused=True, actor=request.user)
         self.message_user(request, f"{len(rows)} trigger(s) paused.", messages.SUCCESS)
 
     @admin.action(description="Resume the selected triggers (schedules fire at their next slot)")
     def resume(self, request: HttpRequest, queryset: QuerySet[Trigger]) -> None:
         rows = self._operable(request, queryset)
         for row in rows:
-            transitions.set_paused(trigger=row, paused=False)
+            transitions.set_paused(trigger=row, paused=False, actor=request.user)
         self.message_user(request, f"{len(rows)} trigger(s) resumed.", messages.SUCCESS)
 
 

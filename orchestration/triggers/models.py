@@ -9,6 +9,7 @@ every webhook delivery accepted or refused, with why.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from orchestration.models import Run, Workflow, WorkflowVersion
@@ -86,6 +87,26 @@ class Firing(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} {self.get_outcome_display().lower()} at {self.at:%Y-%m-%d %H:%M}"
+
+
+class TriggerEvent(models.Model):
+    """Who paused or resumed a trigger, and when (append-only)."""
+
+    class Kind(models.TextChoices):
+        PAUSED = "paused", "Paused"
+        RESUMED = "resumed", "Resumed"
+
+    workflow = models.ForeignKey(Workflow, related_name="trigger_events", on_delete=models.CASCADE)
+    trigger = models.ForeignKey(Trigger, null=True, blank=True, related_name="events", on_delete=models.SET_NULL)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.trigger_id} at {self.at:%Y-%m-%d %H:%M}"
 
 
 class SeenSignature(models.Model):

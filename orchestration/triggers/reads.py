@@ -18,6 +18,10 @@ class TriggersView:
     # (a refused delivery's reason says something about the sender).
     firings: list[Firing]
 
+    @property
+    def all_paused(self) -> bool:
+        return bool(self.triggers) and all(t.paused for t in self.triggers)
+
 
 def for_workflow(workflow: Workflow, *, with_firings: bool) -> TriggersView:
     triggers = list(Trigger.objects.filter(workflow=workflow).order_by("position"))

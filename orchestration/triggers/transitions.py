@@ -26,7 +26,14 @@ from django.utils import timezone
 from orchestration import limits, templating
 from orchestration import transitions as core
 from orchestration.models import Run, Workflow, WorkflowVersion
-from orchestration.triggers.models import Firing, FiringOutcome, SeenSignature, Trigger, TriggerKind
+from orchestration.triggers.models import (
+    Firing,
+    FiringOutcome,
+    SeenSignature,
+    Trigger,
+    TriggerEvent,
+    TriggerKind,
+)
 
 logger = logging.getLogger("baton.triggers")
 
@@ -202,16 +209,33 @@ def _start_for_slot(trigger: Trigger, slot: datetime) -> int:
     return 1
 
 
-def set_paused(*, trigger: Trigger, paused: bool, now: datetime | None = None) -> None:
-    """Pause or resume one trigger; a resumed schedule fires at its next slot, not the ones it slept through."""
+def set_paused(*, trigger: Trigger, paused: bool, actor: Any = None, now: datetime | None = None) -> bool:
+    """Pause or resume one trigger; a resumed schedule fires at its next slot, not the ones it
+    slept through. Returns whether it changed (each change is a TriggerEvent)."""
     now = now or timezone.now()
     with transaction.atomic():
         row = Trigger.objects.select_for_update().get(pk=trigger.pk)
+        changed = row.paused != paused
         row.paused = paused
-        if not paused and row.kind == TriggerKind.CRON:
+        if changed and not paused and row.kind == TriggerKind.CRON:
             row.next_fire_at = next_slot(row, now)
         row.save(update_fields=["paused", "next_fire_at"])
+        if changed:
+            TriggerEvent.objects.create(
+                workflow_id=row.workflow_id,
+                trigger=row,
+                kind=TriggerEvent.Kind.PAUSED if paused else TriggerEvent.Kind.RESUMED,
+                actor=actor if getattr(actor, "is_authenticated", False) else None,
+            )
     trigger.paused, trigger.next_fire_at = row.paused, row.next_fire_at
+    return changed
+
+
+def set_workflow_paused(*, workflow: Workflow, paused: bool, actor: Any = None) -> int:
+    """Pause (or resume) every trigger of a workflow: a paused workflow starts no run by itself."""
+    return sum(
+        set_paused(trigger=row, paused=paused, actor=actor) for row in Trigger.objects.filter(workflow=workflow).order_by("position")
+    )
 
 
 def sweep(now: datetime) -> int:

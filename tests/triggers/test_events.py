@@ -214,3 +214,11 @@ def test_a_wait_given_as_a_duration_sleeps_like_for(ops: Any) -> None:
         assert run.status == RunStatus.RUNNING
         clock.shift(601)
         assert drive(run).status == RunStatus.SUCCEEDED
+
+
+def test_the_run_page_says_which_event_and_key_the_step_waits_for(orders: None, ops: Any) -> None:
+    run = waiting_run(ops, "A-1")
+    client = Client()
+    client.force_login(ops)
+    html = client.get(f"/runs/{run.pk}/").content.decode()
+    assert "waiting: event payment.received with key A-1, times out in 6\xa0days" in html  # 7 days less a moment

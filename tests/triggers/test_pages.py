@@ -95,3 +95,31 @@ def test_the_owner_sees_refused_deliveries_and_a_viewer_does_not(
     assert "the signature does not match the body" in owner_view
     assert 'data-firing="started"' in owner_view
     assert "the signature does not match" not in page(outsider)
+
+
+def test_the_owner_pauses_the_workflows_triggers_and_then_it_starts_nothing(crm: Workflow, ops: Any) -> None:
+    from orchestration.models import Run
+    from orchestration.triggers.models import TriggerEvent
+
+    client = Client()
+    client.force_login(ops)
+    response = client.post(reverse("dashboard:workflow_pause_triggers", args=["crm"]), {"paused": "yes"}, follow=True)
+    assert "2 triggers paused." in response.content.decode()
+    assert "Resume its triggers" in response.content.decode()
+    assert set(Trigger.objects.values_list("paused", flat=True)) == {True}
+    assert list(TriggerEvent.objects.values_list("kind", "actor__username")) == [("paused", "ops"), ("paused", "ops")]
+    body = b'{"ok": 1}'
+    signature = hmac.new(b"very-secret-value", body, hashlib.sha256).hexdigest()
+    delivered = Client().post("/hooks/crm", body, content_type="application/json", HTTP_X_BATON_SIGNATURE=signature, HTTP_X_BATON_TIMESTAMP=str(int(time.time())))
+    assert delivered.status_code == 409
+    assert not Run.objects.exists()
+    client.post(reverse("dashboard:workflow_pause_triggers", args=["crm"]), {"paused": "no"})
+    assert set(Trigger.objects.values_list("paused", flat=True)) == {False}
+
+
+def test_a_viewer_may_not_pause_the_triggers(crm: Workflow, outsider: Any) -> None:
+    client = Client()
+    client.force_login(outsider)
+    assert client.post(reverse("dashboard:workflow_pause_triggers", args=["crm"]), {"paused": "yes"}).status_code == 403
+    assert "Pause its triggers" not in page(outsider)
+    assert set(Trigger.objects.values_list("paused", flat=True)) == {False}
