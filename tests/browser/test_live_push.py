@@ -8,7 +8,6 @@ way a page can change is a push (or the refetch of a socket that reconnects), an
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
