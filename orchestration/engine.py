@@ -579,20 +579,22 @@ def _take_kept_event(work: Work, run: Run, head: StepRun) -> None:
         return
     kept.consumed_by = head
     kept.save(update_fields=["consumed_by"])
-    head.status = StepStatus.SUCCEEDED
-    head.output = kept.payload
-    head.finished_at = timezone.now()
-    head.wake_at = None
-    head.save(update_fields=["status", "output", "finished_at", "wake_at"])
-    work.event(
-        run,
-        EventKind.STEP_SUCCEEDED,
-        step=head,
-        from_status=StepStatus.WAITING,
-        to_status=head.status,
+    finish_waiting(
+        work, run, head, kept.payload,
         message=f"event '{kept.name}' received {kept.received_at:%Y-%m-%d %H:%M:%S} UTC, before the step began to wait",
     )
-    after_success(work, run, head)
+
+
+def finish_waiting(work: Work, run: Run, step: StepRun, output: Any, *, message: str = "", actor: Any = None) -> None:
+    """A waiting step (a person, an event, a timer, a child run) succeeds with `output`, and the
+    run goes on from it."""
+    step.status = StepStatus.SUCCEEDED
+    step.output = output
+    step.finished_at = timezone.now()
+    step.wake_at = None
+    step.save(update_fields=["status", "output", "finished_at", "wake_at", "waiting_for"])
+    work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor, message=message)
+    after_success(work, run, step)
 
 
 def _start_child(work: Work, run: Run, step: dict[str, Any], head: StepRun) -> None:

@@ -698,13 +698,7 @@ def resolve_waiting_step(
         if failed:
             engine.fail_step(work, run, step, error or "failed", ErrorClass.PERMANENT)
             return step
-        step.status = StepStatus.SUCCEEDED
-        step.output = output
-        step.finished_at = timezone.now()
-        step.wake_at = None
-        step.save(update_fields=["status", "output", "finished_at", "wake_at"])
-        work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor, message=why)
-        engine.after_success(work, run, step)
+        engine.finish_waiting(work, run, step, output, message=why, actor=actor)
     return step
 
 
@@ -770,12 +764,7 @@ def skip_escalated_step(*, step_run_id: int, actor: Any = None, output: Any = No
         run = _lock_run(step_run.run_id)
         step = _waiting_step(run, step_run_id, WaitingFor.EXCEPTION)
         step.waiting_for = ""
-        step.status = StepStatus.SUCCEEDED
-        step.output = output
-        step.finished_at = timezone.now()
-        step.save()
-        work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor, message="skipped by the owner, who supplied its output")
-        engine.after_success(work, run, step)
+        engine.finish_waiting(work, run, step, output, message="skipped by the owner, who supplied its output", actor=actor)
     return step
 
 
@@ -866,26 +855,10 @@ def wake_timer(*, step_run_id: int) -> bool:
             engine.fail_step(work, run, step, f"event '{wait['event']}' did not arrive within {wait.get('timeout')}", ErrorClass.TIMEOUT)
             return True
         if wait.get("event"):
-            step.status = StepStatus.SUCCEEDED
-            step.output = {"timed_out": True}
-            step.finished_at = timezone.now()
-            step.save(update_fields=["status", "output", "finished_at"])
-            work.event(
-                run,
-                EventKind.STEP_SUCCEEDED,
-                step=step,
-                from_status=StepStatus.WAITING,
-                to_status=step.status,
-                message=f"event '{wait['event']}' did not arrive within {wait.get('timeout')}; the run goes on (on_timeout: continue)",
-            )
-            engine.after_success(work, run, step)
+            message = f"event '{wait['event']}' did not arrive within {wait.get('timeout')}; the run goes on (on_timeout: continue)"
+            engine.finish_waiting(work, run, step, {"timed_out": True}, message=message)
             return True
-        step.status = StepStatus.SUCCEEDED
-        step.output = {"waited": wait.get("for")}
-        step.finished_at = timezone.now()
-        step.save(update_fields=["status", "output", "finished_at"])
-        work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, message="timer elapsed")
-        engine.after_success(work, run, step)
+        engine.finish_waiting(work, run, step, {"waited": wait.get("for")}, message="timer elapsed")
     return True
 
 
@@ -902,12 +875,7 @@ def finish_child_run(*, child_run_id: int) -> bool:
         if step.status != StepStatus.WAITING:
             return False
         if child.status == RunStatus.SUCCEEDED:
-            step.status = StepStatus.SUCCEEDED
-            step.output = child.output
-            step.finished_at = timezone.now()
-            step.save(update_fields=["status", "output", "finished_at"])
-            work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, message=f"sub-workflow run {child.pk} succeeded")
-            engine.after_success(work, run, step)
+            engine.finish_waiting(work, run, step, child.output, message=f"sub-workflow run {child.pk} succeeded")
         else:
             engine.fail_step(work, run, step, f"sub-workflow run {child.pk} {child.status}: {child.error}", ErrorClass.PERMANENT)
     return True
