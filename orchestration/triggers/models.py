@@ -1,10 +1,12 @@
-"""What starts runs besides people: cron schedules and webhooks (and, later, events).
+"""What starts runs besides people: cron schedules, webhooks and named events.
 
 A workflow's triggers are written in its file (`triggers:`) and published with its versions;
 `Trigger` rows are this app's working copy of the latest published version's list, kept in step
-by the ticker (`transitions.sync`), with what a version cannot hold: the next fire time and
-whether an admin paused it. `Firing` rows are the history: every cron slot fired or skipped and
-every webhook delivery accepted or refused, with why.
+inside the publishing transaction (`transitions.sync_version`, an `orchestration.definitions`
+publish hook), with what a version cannot hold: the next fire time and whether it is paused.
+`Firing` rows are the history: every schedule slot started, skipped or refused and every webhook
+delivery or event start accepted or refused, with why; `TriggerEvent` rows say who paused or
+resumed a trigger.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Every change to triggers goes through here: keeping the rows in step with the published
-version, firing due schedules, accepting or refusing a webhook delivery, pausing.
+version, firing due schedules, accepting or refusing a webhook delivery, sending an event to
+the subscribed workflows, pausing.
 
 Runs are started through `orchestration.transitions.start_run` inside this module's own
 transaction, so a slot is marked fired exactly when its run exists: a crash between the two
