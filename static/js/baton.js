@@ -255,6 +255,9 @@
   htmx.onLoad(function (root) {
     const lists = root.matches && root.matches("[data-item-list]") ? [root] : root.querySelectorAll("[data-item-list]");
     lists.forEach(function (list) {
+      // From here on the rows are the reader's: a live refresh of the page around the form
+      // (static/js/live.js) must not put back a removed row or take away a new, focused one.
+      list.setAttribute("data-live-keep", "");
       list.querySelectorAll("[data-item-add], [data-item-remove]").forEach(function (button) { button.hidden = false; });
       // The spare slots are for a page without JavaScript; with "Add another", one blank is enough.
       let all = rows(list);
