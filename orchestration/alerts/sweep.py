@@ -29,6 +29,12 @@ STUCK_AFTER_SECONDS = 120.0
 _last_evaluation: datetime | None = None
 
 
+def forget_last_evaluation() -> None:
+    """The next pass evaluates the rules whatever the time (tests, and a command's one pass)."""
+    global _last_evaluation
+    _last_evaluation = None
+
+
 def due(now: datetime) -> bool:
     every = float(getattr(settings, "BATON_ALERT_SECONDS", 15.0))
     return _last_evaluation is None or not (_last_evaluation <= now < _last_evaluation + timedelta(seconds=every))

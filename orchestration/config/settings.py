@@ -64,9 +64,10 @@ INSTALLED_APPS = [
     "orchestration",
     "orchestration.rollouts",
     "orchestration.triggers",
-    # After triggers: a due schedule is fired before the alerts pass asks whether it was.
-    "orchestration.alerts",
     "approvals",
+    # After triggers and approvals: their ticker passes (due schedules fired, deadlines acted
+    # on) run before the alerts pass in each tick, so it judges what they left.
+    "orchestration.alerts",
     "dashboard",
 ]
 
