@@ -96,7 +96,7 @@ def run_failed(rule: AlertRule, now: datetime) -> list[Finding]:
         workflow_id=OuterRef("workflow_id"),
         parent_step__isnull=True,
         status=RunStatus.SUCCEEDED,
-        created_at__gt=OuterRef("created_at"),
+        pk__gt=OuterRef("pk"),  # started later (ids grow with time, and never tie)
     )
     rows = (
         _runs(rule)

@@ -46,7 +46,8 @@ def sweep(now: datetime) -> int:
     try:
         with transaction.atomic():
             ids = transitions.due_deliveries(now, lost_after=LOST_AFTER_SECONDS)
-            transaction.on_commit(lambda: queue.send(ids))
+            if ids:
+                transaction.on_commit(lambda: queue.send(ids))
         done += len(ids)
         done += transitions.release_stuck(now, stuck_after=STUCK_AFTER_SECONDS)
     except (OperationalError, InterfaceError):
