@@ -34,14 +34,13 @@ def _with_deliveries(alerts: Any) -> Any:
 
 
 def list_context(user: Any) -> dict[str, Any]:
-    """What the list page and its htmx refresh show, in four queries."""
+    """What the list page and its htmx refresh show, in a fixed number of queries."""
     visible = reads.visible(user)
     open_ = list(_with_deliveries(reads.firing(user)))
     resolved = list(
         _with_deliveries(visible.filter(status=AlertStatus.RESOLVED)).order_by("-resolved_at", "-id")[:RESOLVED_SHOWN]
     )
-    for alert in open_ + resolved:
-        alert.can_acknowledge = alert.status == AlertStatus.FIRING and reads.may_acknowledge(user, alert)
+    reads.mark_acknowledgeable(user, open_ + resolved)
     return {"open_alerts": open_, "resolved_alerts": resolved}
 
 
@@ -51,7 +50,7 @@ def _alert_for(user: Any, alert_id: int) -> Alert:
         if Alert.objects.filter(pk=alert_id).exists():
             raise PermissionDenied("You may not see this alert: it is about a workflow you do not see.")
         raise Http404("No such alert.")
-    alert.can_acknowledge = alert.status == AlertStatus.FIRING and reads.may_acknowledge(user, alert)
+    reads.mark_acknowledgeable(user, [alert])
     return alert  # type: ignore[no-any-return]
 
 
