@@ -2,9 +2,11 @@
 from either or from the banner every page shows (templates/alerts/_banner.html).
 
 Which alerts a person sees, and who may acknowledge, is orchestration.alerts.reads' call; every
-change goes through orchestration.alerts.transitions. The banner partial is drawn by the
-context processor on full pages and returned alone by the acknowledge view when the banner
-asked (`part=banner`), so a banner acknowledged on any page redraws itself in place.
+change goes through orchestration.alerts.transitions. Every page fetches the banner partial
+after it has loaded (`banner`, with the context processor's `alerts_banner`), like the
+navigation's inbox count, so no page pays its queries; the acknowledge view returns the same
+partial when the banner asked (`part=banner`), so a banner acknowledged on any page redraws
+itself in place.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def alert_detail(request: HtmxHttpRequest, alert_id: int) -> HttpResponse:
 @require_GET
 @login_required
 def banner(request: HtmxHttpRequest) -> HttpResponse:
-    return render(request, "alerts/_banner.html", {"alerts_banner": reads.unacknowledged(request.user)})
+    # `alerts_banner` comes from the context processor (dashboard.context_processors.alerts).
+    return render(request, "alerts/_banner.html")
 
 
 @require_POST

@@ -19,8 +19,8 @@ def live(request: HttpRequest) -> dict[str, Any]:
 def alerts(request: HttpRequest) -> dict[str, Any]:
     """The banner's firing alerts (templates/alerts/_banner.html), for signed-in users only.
 
-    Lazy, like the inbox count: only a full page (base.html draws the banner) pays its two
-    queries, not the partials htmx and the live push fetch.
+    Lazy: only the banner partial, which base.html fetches after a page has loaded
+    (dashboard/alerts.py `banner`), pays its queries; pages and their live partials pay none.
     """
     user = getattr(request, "user", None)
 

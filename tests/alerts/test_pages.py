@@ -45,16 +45,28 @@ def banner_of(html: str) -> str:
     return found.group(0) if found else ""
 
 
-def test_the_banner_shows_a_firing_alert_on_every_page_to_whoever_sees_its_workflow(
+def banner_for(user: Any) -> str:
+    """The banner as a page fetches it once loaded."""
+    response = client_for(user).get(reverse("dashboard:alerts_banner"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    return banner_of(response.content.decode())
+
+
+SLOT = '<div id="alerts-banner" hx-get="/alerts/banner/" hx-trigger="load, every 60s" hx-swap="outerHTML"></div>'
+
+
+def test_every_page_fetches_the_banner_which_shows_a_firing_alert_to_whoever_sees_its_workflow(
     alert: Alert, ops: Any, viewer: Any, outsider: Any
 ) -> None:
-    for url in (reverse("dashboard:runs"), reverse("dashboard:workflows"), reverse("approvals:inbox")):
-        banner = banner_of(client_for(ops).get(url).content.decode())
-        assert alert.title in banner and "Acknowledge" in banner
-    seen_by_viewer = banner_of(client_for(viewer).get(reverse("dashboard:runs")).content.decode())
+    for url in (reverse("dashboard:runs"), reverse("dashboard:workflows"), reverse("approvals:inbox"), reverse("dashboard:alerts")):
+        assert SLOT in client_for(ops).get(url).content.decode(), url
+    banner = banner_for(ops)
+    assert alert.title in banner and "Acknowledge" in banner
+    seen_by_viewer = banner_for(viewer)
     assert alert.title in seen_by_viewer and "Acknowledge" not in seen_by_viewer, "viewers change nothing"
-    assert banner_of(client_for(outsider).get(reverse("dashboard:runs")).content.decode()) == ""
-    assert Client().get(reverse("dashboard:alerts")).status_code == 302, "login required"
+    assert banner_for(outsider) == ""
+    assert Client().get(reverse("dashboard:alerts_banner")).status_code == 302, "login required"
+    assert Client().get(reverse("dashboard:alerts")).status_code == 302
 
 
 def test_an_agents_alert_is_seen_by_superusers_and_the_rules_recipients_only(
@@ -92,7 +104,7 @@ def test_acknowledging_from_the_banner_records_who_when_and_redraws_the_banner(a
     )
     assert history(alert) == ["fired", "acknowledged"]
     assert alert.events.get(kind="acknowledged").actor == ops
-    assert banner_of(client.get(reverse("dashboard:runs")).content.decode()) == "", "acknowledged: off the banner"
+    assert banner_for(ops) == "", "acknowledged: off the banner"
     assert alert.title in client.get(reverse("dashboard:alerts")).content.decode(), "still on the list"
 
 
