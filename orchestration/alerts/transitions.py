@@ -144,7 +144,7 @@ def acknowledge(*, alert_id: int, user: Any, note: str = "", now: datetime | Non
     if len(note) > MAX_NOTE:
         raise AlertRefused(f"note: at most {MAX_NOTE} characters, not {len(note)}", status=422)
     with transaction.atomic():
-        alert = Alert.objects.select_for_update().select_related("acknowledged_by").filter(pk=alert_id).first()
+        alert = Alert.objects.select_for_update().filter(pk=alert_id).first()
         if alert is None or not reads.may_see(user, alert):
             raise AlertRefused("There is no such alert.", status=404)
         if not reads.may_acknowledge(user, alert):

@@ -309,3 +309,35 @@ def test_a_disabled_rule_resolves_what_it_had_open(ops: Any, clock: Any) -> None
     alert.refresh_from_db()
     assert alert.status == AlertStatus.RESOLVED
     assert alert.events.get(kind="resolved").note == "the rule was disabled"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_tickers_evaluating_at_once_fire_one_alert(ops: Any) -> None:
+    import threading
+
+    from django.db import connection
+
+    from orchestration.alerts import transitions
+
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent writers are a PostgreSQL matter: SQLite has one writer at a time")
+    flow(PICKY)
+    start(input={"ok": False})
+    failed_rule = rule(RuleKind.RUN_FAILED)
+    barrier = threading.Barrier(2)
+    fired: list[int] = []
+
+    def tick() -> None:
+        try:
+            barrier.wait()
+            fired.append(transitions.evaluate_rule(rule=failed_rule, now=timezone.now()))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=tick) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(fired) == [0, 1]
+    assert Alert.objects.count() == 1
