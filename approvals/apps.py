@@ -9,13 +9,15 @@ class ApprovalsConfig(AppConfig):
 
     def ready(self) -> None:
         # orchestration never imports this app: it calls whatever registered here.
-        from approvals import live
+        from approvals import alert_conditions, live
         from approvals.handler import PeopleHandler
         from approvals.rollout_figures import figures, people
         from approvals.transitions import sweep_deadlines
         from approvals.waiting_words import open_items
         from dashboard import waiting_words
         from orchestration import ticker, waiting
+        from orchestration.alerts import conditions as alert_conditions_registry
+        from orchestration.alerts.models import RuleKind
         from orchestration.rollouts import history, metrics
 
         waiting.register(PeopleHandler())
@@ -27,3 +29,5 @@ class ApprovalsConfig(AppConfig):
         # gets its inbox items written here.
         metrics.register_figures(figures)
         history.register_people(people)
+        # Alert rules on overdue inbox items (orchestration/alerts never imports this app).
+        alert_conditions_registry.register(RuleKind.APPROVAL_OVERDUE, alert_conditions.overdue)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import rollouts, try_draft, views
+from dashboard import alerts, rollouts, try_draft, views
 
 app_name = "dashboard"
 
@@ -23,6 +23,10 @@ urlpatterns = [
     path("runs/<int:run_id>/retry/", views.retry_run, name="retry"),
     path("runs/<int:run_id>/rerun/", views.rerun_run, name="rerun"),
     path("runs/bulk/", views.bulk_runs, name="runs_bulk"),
+    path("alerts/", alerts.alerts, name="alerts"),
+    path("alerts/banner/", alerts.banner, name="alerts_banner"),
+    path("alerts/<int:alert_id>/", alerts.alert_detail, name="alert"),
+    path("alerts/<int:alert_id>/acknowledge/", alerts.acknowledge, name="alert_acknowledge"),
     path("rollouts/", rollouts.index, name="rollouts"),
     path("rollouts/<slug:key>/", rollouts.detail, name="rollout"),
     path("rollouts/<slug:key>/start/", rollouts.start, name="rollout_start"),

@@ -65,6 +65,9 @@ INSTALLED_APPS = [
     "orchestration.rollouts",
     "orchestration.triggers",
     "approvals",
+    # After triggers and approvals: their ticker passes (due schedules fired, deadlines acted
+    # on) run before the alerts pass in each tick, so it judges what they left.
+    "orchestration.alerts",
     "dashboard",
 ]
 
@@ -99,6 +102,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "approvals.context_processors.inbox",
                 "dashboard.context_processors.live",
+                "dashboard.context_processors.alerts",
             ],
         },
     },
@@ -186,6 +190,11 @@ BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 60.0, min
 # Rollout metrics: the ticker refreshes the daily snapshots (and checks each rollout's gate
 # once a day) at most this often.
 BATON_ROLLUP_SECONDS = env_float("BATON_ROLLUP_SECONDS", 300.0, minimum=0.0)
+# Alerts (docs/alerts.md): the ticker evaluates every rule at most this often; a delivery is
+# tried this many times (with backoff) before it is given up; a webhook has this long to answer.
+BATON_ALERT_SECONDS = env_float("BATON_ALERT_SECONDS", 15.0, minimum=0.0)
+BATON_ALERT_DELIVERY_ATTEMPTS = env_int("BATON_ALERT_DELIVERY_ATTEMPTS", 5, minimum=1)
+BATON_ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("BATON_ALERT_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 # Webhook triggers (docs/triggers.md): how far a delivery's X-Baton-Timestamp may be from the
 # server's clock, how long an accepted signature is remembered (the same body signed the same
 # way is a replay for that long), and the largest body read.

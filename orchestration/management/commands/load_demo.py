@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from orchestration import definitions
+from orchestration.alerts import demo as alert_demo
 from orchestration.demo_users import DEMO_USERS, ensure_demo_users
 from orchestration.models import Agent, AgentVersion, Run, StepRun, Workflow
 from orchestration.rollouts import history, metrics
@@ -63,6 +64,8 @@ class Command(BaseCommand):
                     say(load_file(document))
                 except SpecError as exc:
                     raise CommandError(f"{path.name}:\n" + "\n".join(exc.problems)) from None
+            for line in alert_demo.ensure_demo_rules():
+                say(line)
         if options["history"]:
             say(load_history())
         say("")
