@@ -10,12 +10,14 @@ class ApprovalsConfig(AppConfig):
     def ready(self) -> None:
         # orchestration never imports this app: it calls whatever registered here.
         from approvals import live
+        from approvals import observability as approval_figures
         from approvals.handler import PeopleHandler
         from approvals.rollout_figures import figures, people
         from approvals.transitions import sweep_deadlines
         from approvals.waiting_words import open_items
-        from dashboard import waiting_words
+        from dashboard import overview, waiting_words
         from orchestration import ticker, waiting
+        from orchestration.observability import metrics as observability
         from orchestration.rollouts import history, metrics
 
         waiting.register(PeopleHandler())
@@ -27,3 +29,6 @@ class ApprovalsConfig(AppConfig):
         # gets its inbox items written here.
         metrics.register_figures(figures)
         history.register_people(people)
+        # The overview's overdue and decided items; /metrics' pending and overdue items.
+        overview.register_people(approval_figures.overview_figures)
+        observability.register_source(approval_figures.metric_families)
