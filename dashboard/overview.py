@@ -203,16 +203,20 @@ def overview_page(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
             day_rows[index] = DayDurations(day=day, runs=n, p50=p50, p95=p95)
     week_p50, week_p95, _ = _ranked(overall) if overall else (None, None, 0)
 
-    # 5. What the last 24 hours' failures failed of.
-    causes = [
-        Cause(text=_first_line(row["cause"]), runs=row["n"])
-        for row in all_runs.filter(status=RunStatus.FAILED, finished_at__gte=hour_start)
+    # 5. What the last 24 hours' failures failed of: grouped by the error's start in SQL, then
+    # by its first line here (a traceback after it differs from run to run).
+    by_cause: dict[str, int] = {}
+    for row in (
+        all_runs.filter(status=RunStatus.FAILED, finished_at__gte=hour_start)
         .order_by()
         .annotate(cause=Substr("error", 1, CAUSE_CHARS))
         .values("cause")
         .annotate(n=Count("id"))
-        .order_by("-n", "cause")[:CAUSES_SHOWN]
-    ]
+        .order_by("-n", "cause")[: CAUSES_SHOWN * 4]
+    ):
+        text = _first_line(row["cause"])
+        by_cause[text] = by_cause.get(text, 0) + row["n"]
+    causes = [Cause(text, n) for text, n in sorted(by_cause.items(), key=lambda c: (-c[1], c[0]))[:CAUSES_SHOWN]]
 
     # 6. In flight now (the status index; few rows are running at any time).
     running = all_runs.filter(status__in=IN_FLIGHT).count()
