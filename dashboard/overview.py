@@ -3,15 +3,16 @@ went, and the latest runs, counted over the runs the reader may see.
 
 One function, `overview_page(user)`, computes the page's context for the full page, its htmx
 refresh and the live push alike, in a fixed number of queries whatever the number of runs
-(tests/dashboard/test_overview.py counts them):
+(tests/dashboard/test_overview.py counts them; superusers skip the first two):
 
-1. the workflows the reader sees (access.visible_runs reads their ids; none for superusers)
-2. runs finished in the last 7 days, counted by hour, outcome and demo-or-not (grouped in SQL:
-   at most 168 x 3 x 2 rows cross the wire)
-3. their p50 and p95 duration per day, 4. and over the 7 days (ranked by PostgreSQL's
-   PERCENTILE_DISC, in Python elsewhere: orchestration.rollouts.metrics.samples)
-5. the last 24 hours' failures grouped by cause (the run's error, first line)
-6. runs in flight now
+1. the workflows the reader sees, 2. the sub-workflow runs they see that are running or
+   finished in the 7 days (orchestration.access.visible_runs_q: the rule as a condition the
+   other queries join through, instead of a subquery over every run)
+3. the 7 days, day by day: runs finished by outcome, how many the demo made, their p50 and p95
+   duration (ranked by PostgreSQL's PERCENTILE_DISC; elsewhere the values come to Python)
+4. the last 24 hours, hour by hour, by outcome, with the runs in flight now in the same pass
+5. the p50 and p95 duration of the last 24 hours' runs
+6. the last 24 hours' failures grouped by cause (the run's error, first line)
 7. steps waiting on people, and the oldest of those waits
 8. tokens and cost of attempts that finished today
 9. approvals overdue and decided in 24 h (the approvals app's rows, through a registered lookup)
@@ -19,9 +20,13 @@ refresh and the live push alike, in a fixed number of queries whatever the numbe
 11. the latest runs
 
 "The last 24 hours" is the current hour and the 23 before it, so the tiles add up to the bars
-of the hourly chart; "today" is since midnight in TIME_ZONE. A run counts where it finished.
-Runs the demo generated (trigger `history`, orchestration/rollouts/history.py) are counted like
-any other, and the page says how many of the figures' runs they are.
+of the hourly chart; "the 7 days" are today and the six before it, from midnight in TIME_ZONE,
+the duration chart's days; "today" is since midnight. A run counts where it finished. Runs the
+demo generated (trigger `history`, orchestration/rollouts/history.py) are counted like any
+other, and the page says how many of the week's runs they are.
+
+Indexes: run_finished_idx (runs by finish time), run_status_time_idx (in flight),
+steprun_waiting_idx (waiting steps), attempt_finished_idx (today's attempts).
 
 Nothing here writes; the caller has checked that the user is signed in.
 """
@@ -35,11 +40,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.db.models import (
-    BooleanField,
     Case,
     Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    IntegerField,
     Min,
-    QuerySet,
+    Q,
     Sum,
     Value,
     When,
@@ -76,8 +84,9 @@ class PeopleFigures:
     decided: int = 0  # in the last 24 hours
 
 
-# (the runs the reader sees, or None for every run; now; the start of the 24 hours) -> figures
-PeopleLookup = Callable[[QuerySet[Run] | None, datetime, datetime], PeopleFigures]
+# (a condition on items, `run__...`, for the runs the reader sees, or None for every run; now;
+# the start of the 24 hours) -> figures
+PeopleLookup = Callable[[Q | None, datetime, datetime], PeopleFigures]
 _people: list[PeopleLookup] = []
 
 
@@ -143,44 +152,66 @@ def _runs_url(**query: str) -> str:
 def overview_page(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
     """The overview's context: {"overview": Overview}."""
     now = now or timezone.now()
-    # Superusers see every run: no filter at all, rather than a subquery that keeps everything.
-    runs = None if user.is_superuser else access.visible_runs(user)
-    all_runs: QuerySet[Run] = Run.objects.all() if runs is None else runs
-
-    def of_runs(qs: QuerySet[Any], path: str) -> QuerySet[Any]:
-        return qs if runs is None else qs.filter(**{f"{path}__in": runs})
-
     hour_start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=HOURS - 1)
     today = timezone.localdate(now)
     today_start, _ = metrics.day_bounds(today)
-    # The 7 days are today and the six before it, from midnight: the duration chart's days.
     first_day = today - timedelta(days=DAYS - 1)
     days = [first_day + timedelta(days=n) for n in range(DAYS)]
     week_start = min(metrics.day_bounds(first_day)[0], hour_start)
 
-    finished = all_runs.filter(status__in=RUN_FINAL, finished_at__gte=week_start)
-    # 2. Counts by hour, outcome and whether the demo made the run.
-    demo = Case(When(trigger=DEMO_TRIGGER, then=Value(True)), default=Value(False), output_field=BooleanField())
+    # 1. and 2. What the reader sees, as a condition to join through (None: everything).
+    seen = access.visible_runs_q(user, nested_within=Q(finished_at__isnull=True) | Q(finished_at__gte=week_start))
+
+    def runs_seen(prefix: str = "") -> Q:
+        return Q() if seen is None else metrics.prefixed(seen, prefix) if prefix else seen
+
+    runs = Run.objects.filter(runs_seen())
+    final = Q(status__in=RUN_FINAL)
+    took = ExpressionWrapper(F("finished_at") - F("created_at"), output_field=DurationField())
+    demo = Case(When(trigger=DEMO_TRIGGER, then=Value(1)), default=Value(0), output_field=IntegerField())
+
+    # 3. The week, day by day.
+    week = runs.filter(final, finished_at__gte=metrics.day_bounds(first_day)[0]).order_by().annotate(day=TruncDate("finished_at"))
+    per_day: dict[Any, dict[str, Any]] = {}
+    counts = {
+        "n": Count("id"),
+        "succeeded": Count("id", filter=Q(status=RunStatus.SUCCEEDED)),
+        "demo": Sum(demo),
+    }
+    percentiles = metrics.percentile_aggregates("took", end="finished_at", start="created_at")
+    if percentiles is not None:
+        for row in week.values("day").annotate(**counts, **percentiles):
+            per_day[row["day"]] = dict(row)
+    else:
+        for day, status, is_demo, seconds in week.values_list("day", "status", demo, took):
+            into = per_day.setdefault(day, {"n": 0, "succeeded": 0, "demo": 0, "took": []})
+            into["n"] += 1
+            into["succeeded"] += status == RunStatus.SUCCEEDED
+            into["demo"] += is_demo
+            into["took"].append(seconds.total_seconds())
+    day_rows = []
+    for day in days:
+        figures = per_day.get(day)
+        p50, p95 = _ranked(figures) if figures else (None, None)
+        day_rows.append(DayDurations(day=day, runs=figures["n"] if figures else 0, p50=p50, p95=p95))
+    week_finished = sum(int(f["n"]) for f in per_day.values())
+    week_succeeded = sum(int(f["succeeded"]) for f in per_day.values())
+    demo_runs = sum(int(f["demo"] or 0) for f in per_day.values())
+
+    # 4. The last 24 hours by hour and outcome, and what is in flight (its hour is NULL).
     by_hour: dict[datetime, dict[str, int]] = {}
-    week = {status: 0 for status in RUN_FINAL}
-    demo_runs = 0
-    day_counts = {status: 0 for status in RUN_FINAL}
-    for row in (
-        finished.order_by()
-        .annotate(hour=TruncHour("finished_at"), demo=demo)
-        .values("hour", "status", "demo")
+    running = 0
+    for hour, status, n in (
+        runs.filter((final & Q(finished_at__gte=hour_start)) | Q(status__in=IN_FLIGHT))
+        .order_by()
+        .annotate(hour=TruncHour("finished_at"))
+        .values_list("hour", "status")
         .annotate(n=Count("id"))
     ):
-        hour, status, n = row["hour"], row["status"], row["n"]
-        if hour >= metrics.day_bounds(first_day)[0]:
-            week[status] += n
-        if hour >= hour_start:
-            counts = by_hour.setdefault(hour, {})
-            counts[status] = counts.get(status, 0) + n
-            day_counts[status] += n
-        if row["demo"]:
-            demo_runs += n
-    hours = [hour_start + timedelta(hours=n) for n in range(HOURS)]
+        if status in IN_FLIGHT:
+            running += n
+        elif hour is not None:
+            by_hour.setdefault(hour, {})[status] = n
     hour_rows = [
         HourCounts(
             hour=timezone.localtime(h),
@@ -188,59 +219,53 @@ def overview_page(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
             failed=by_hour.get(h, {}).get(RunStatus.FAILED, 0),
             cancelled=by_hour.get(h, {}).get(RunStatus.CANCELLED, 0),
         )
-        for h in hours
+        for h in (hour_start + timedelta(hours=n) for n in range(HOURS))
     ]
-    # Runs finished before the 7 days' first midnight belong to no day of the chart.
-    in_days = finished.filter(finished_at__gte=metrics.day_bounds(first_day)[0])
-    # 3. and 4. Durations: per day, and over the whole week.
-    per_day = _durations(in_days.annotate(day=TruncDate("finished_at")), "day")
-    overall = _durations(in_days, None).get(metrics.ALL, {})
-    day_rows = [DayDurations(day=d, runs=0, p50=None, p95=None) for d in days]
-    for index, day in enumerate(days):
-        figures = per_day.get(day)
-        if figures:
-            p50, p95, n = _ranked(figures)
-            day_rows[index] = DayDurations(day=day, runs=n, p50=p50, p95=p95)
-    week_p50, week_p95, _ = _ranked(overall) if overall else (None, None, 0)
+    succeeded, failed, cancelled = (sum(getattr(r, o) for r in hour_rows) for o in ("succeeded", "failed", "cancelled"))
 
-    # 5. What the last 24 hours' failures failed of: grouped by the error's start in SQL, then
+    # 5. The last 24 hours' durations.
+    last_day = runs.filter(final, finished_at__gte=hour_start).order_by()
+    if percentiles is not None:
+        day_p50, day_p95 = _ranked(last_day.aggregate(**percentiles))
+    else:
+        day_p50, day_p95 = _ranked({"took": [t.total_seconds() for t in last_day.values_list(took, flat=True)]})
+
+    # 6. What the last 24 hours' failures failed of: grouped by the error's start in SQL, then
     # by its first line here (a traceback after it differs from run to run).
     by_cause: dict[str, int] = {}
-    for row in (
-        all_runs.filter(status=RunStatus.FAILED, finished_at__gte=hour_start)
+    for grouped in (
+        runs.filter(status=RunStatus.FAILED, finished_at__gte=hour_start)
         .order_by()
         .annotate(cause=Substr("error", 1, CAUSE_CHARS))
         .values("cause")
         .annotate(n=Count("id"))
         .order_by("-n", "cause")[: CAUSES_SHOWN * 4]
     ):
-        text = _first_line(row["cause"])
-        by_cause[text] = by_cause.get(text, 0) + row["n"]
+        text = _first_line(grouped["cause"])
+        by_cause[text] = by_cause.get(text, 0) + grouped["n"]
     causes = [Cause(text, n) for text, n in sorted(by_cause.items(), key=lambda c: (-c[1], c[0]))[:CAUSES_SHOWN]]
 
-    # 6. In flight now (the status index; few rows are running at any time).
-    running = all_runs.filter(status__in=IN_FLIGHT).count()
-    # 7. Waiting on people: the partial index on waiting rows.
-    waiting = of_runs(
-        StepRun.objects.filter(status=StepStatus.WAITING, waiting_for__in=PEOPLE, run__status=RunStatus.RUNNING), "run"
+    # 7. Waiting on people: the partial index on waiting rows, joined to their runs.
+    waiting = StepRun.objects.filter(
+        runs_seen("run__"), status=StepStatus.WAITING, waiting_for__in=PEOPLE, run__status=RunStatus.RUNNING
     ).aggregate(runs=Count("run", distinct=True), oldest=Min("created_at"))
     # 8. Tokens and cost of today's attempts.
-    usage = of_runs(Attempt.objects.filter(finished_at__gte=today_start), "step_run__run").aggregate(
+    usage = Attempt.objects.filter(runs_seen("step_run__run__"), finished_at__gte=today_start).aggregate(
         tokens=Sum("total_tokens"), cost=Sum("cost")
     )
     # 9. Inbox items.
     people = PeopleFigures()
     for lookup in _people:
-        found = lookup(runs, now, hour_start)
+        found = lookup(runs_seen("run__") if seen is not None else None, now, hour_start)
         people = PeopleFigures(people.overdue + found.overdue, people.decided + found.decided)
     # 10. Circuits are the agents', shown to everyone (as on the Agents page).
     circuits = AgentHealth.objects.exclude(circuit_state=CircuitState.CLOSED).count()
-    # 11. The latest runs.
-    latest = list(all_runs.select_related("workflow", "version").order_by("-created_at", "-id")[:LATEST_RUNS])
+    # 11. The latest runs (the created_at index, newest first). Through the narrowed rule: a
+    # sub-workflow run that finished before the 7 days is left out, which shows only to a
+    # reader with fewer than LATEST_RUNS newer runs, who would see an older one in its place.
+    latest = list(runs.select_related("workflow", "version").order_by("-created_at", "-id")[:LATEST_RUNS])
 
     alerts = firing_alerts(user)
-    succeeded, failed, cancelled = (day_counts[s] for s in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED))
-    week_finished = sum(week.values())
     oldest = waiting["oldest"]
     tiles = [
         Tile("running", "Running now", str(running), "runs in flight", _runs_url(status=RunStatus.RUNNING)),
@@ -270,21 +295,16 @@ def overview_page(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
         Tile(
             "success_rate",
             "Success rate, 7 days",
-            _percent(week[RunStatus.SUCCEEDED], week_finished),
-            f"{week[RunStatus.SUCCEEDED]} of {week_finished} finished runs",
+            _percent(week_succeeded, week_finished),
+            f"{week_succeeded} of {week_finished} finished runs",
         ),
         Tile(
             "duration",
-            "Run duration, 7 days",
-            f"p50 {human_duration(week_p50)}" if week_p50 is not None else "no runs",
-            f"p95 {human_duration(week_p95)}" if week_p95 is not None else "",
+            "Run duration, 24 h",
+            f"p50 {human_duration(day_p50)}" if day_p50 is not None else "no runs",
+            f"p95 {human_duration(day_p95)}" if day_p95 is not None else "",
         ),
-        Tile(
-            "usage",
-            "Tokens and cost today",
-            f"{usage['tokens'] or 0:,} tokens",
-            _money(usage["cost"] or 0.0),
-        ),
+        Tile("usage", "Tokens and cost today", f"{usage['tokens'] or 0:,} tokens", _money(usage["cost"] or 0.0)),
         Tile(
             "overdue",
             "Overdue approvals",
@@ -320,10 +340,10 @@ def overview_page(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
                 "succeeded_24h": succeeded,
                 "failed_24h": failed,
                 "cancelled_24h": cancelled,
-                "succeeded_7d": week[RunStatus.SUCCEEDED],
+                "p50_24h": day_p50,
+                "p95_24h": day_p95,
+                "succeeded_7d": week_succeeded,
                 "finished_7d": week_finished,
-                "p50_7d": week_p50,
-                "p95_7d": week_p95,
                 "tokens_today": usage["tokens"] or 0,
                 "cost_today": usage["cost"] or 0.0,
                 "overdue": people.overdue,
@@ -335,25 +355,12 @@ def overview_page(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
-def _durations(qs: QuerySet[Run], key: str | None) -> dict[Any, dict[str, Any]]:
-    """p50 and p95 of the runs' durations and how many runs, per value of `key` (or over all,
-    key metrics.ALL): ranked by PostgreSQL in the one query, or the values fetched for Python
-    to rank (orchestration.rollouts.metrics.samples, the rollout figures' own way)."""
-    aggregates = metrics.percentile_aggregates("took", end="finished_at", start="created_at")
-    if aggregates is None:
-        return metrics.samples(qs, key, name="took", end="finished_at", start="created_at")
-    qs = qs.order_by()
-    if key is None:
-        return {metrics.ALL: qs.aggregate(n=Count("id"), **aggregates)}
-    return {row.pop(key): row for row in qs.values(key).annotate(n=Count("id"), **aggregates)}
-
-
-def _ranked(figures: dict[str, Any]) -> tuple[float | None, float | None, int]:
-    """p50, p95 and the number of runs from one group of metrics.samples' answer."""
-    if "took" in figures:  # values to rank here (SQLite)
+def _ranked(figures: dict[str, Any]) -> tuple[float | None, float | None]:
+    """p50 and p95 from a group's figures: ranked by the database, or values to rank here."""
+    if "took" in figures:
         values = sorted(figures["took"])
-        return metrics.percentile(values, 50), metrics.percentile(values, 95), len(values)
-    return figures.get("took_p50"), figures.get("took_p95"), int(figures.get("n", 0))
+        return metrics.percentile(values, 50), metrics.percentile(values, 95)
+    return figures.get("took_p50"), figures.get("took_p95")
 
 
 def _first_line(text: str | None) -> str:

@@ -118,13 +118,14 @@ def _runs(now: datetime) -> Iterator[Metric]:
 def _attempts(now: datetime) -> Iterator[Metric]:
     took = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
     buckets = {f"le_{i}": Count("id", filter=Q(took__lte=timedelta(seconds=b))) for i, b in enumerate(BUCKETS)}
-    rows = list(
-        Attempt.objects.filter(finished_at__isnull=False)
+    rows: list[dict[str, Any]] = [
+        dict(row)
+        for row in Attempt.objects.filter(finished_at__isnull=False)
         .order_by()
         .annotate(took=took)
         .values("agent_name", "status")
         .annotate(n=Count("id"), seconds=Sum("took"), tokens=Sum("total_tokens"), cost=Sum("cost"), **buckets)
-    )
+    ]
     label = _Names({row["agent_name"] for row in rows})
     attempts = CounterMetricFamily(
         "baton_step_attempts", "Step attempts finished, by agent and outcome.", labels=["agent", "status"]
