@@ -288,7 +288,7 @@ def overview_page(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
             "failed",
             "Failed, 24 h",
             str(failed),
-            f"{causes[0].runs} of {causes[0].text}" if causes else "no failures",
+            f"most: {causes[0].runs} × {causes[0].text}" if causes else "no failures",
             _runs_url(status=RunStatus.FAILED),
             "bad" if failed else "",
         ),

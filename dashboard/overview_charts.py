@@ -24,7 +24,7 @@ from orchestration.durations import human_duration
 WIDTH = 560
 HEIGHT = 190
 MARGIN_LEFT = 56
-MARGIN_RIGHT = 14
+MARGIN_RIGHT = 28
 MARGIN_TOP = 12
 MARGIN_BOTTOM = 40
 Y_TICKS = 4
