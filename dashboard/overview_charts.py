@@ -7,8 +7,8 @@
   lines (p95 dashed), a day without finished runs breaking both.
 
 Like dashboard/charts.py, this module only computes geometry and labels from plain numbers (it
-is tested without a database); `dashboard/_overview_charts.html` draws it, every label passing
-through Django's autoescaping, and the same numbers are given as a table under each chart.
+is tested without a database); `dashboard/_overview.html` draws it (the bars through the
+`overview_bars` tag), every label escaped, and the same numbers are given as a table under each chart.
 """
 
 from __future__ import annotations

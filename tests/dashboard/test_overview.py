@@ -171,7 +171,7 @@ def test_the_latest_runs_are_listed_newest_first(ops_client: Client, digest: Wor
 def test_an_htmx_refresh_gets_the_partial_alone(ops_client: Client, digest: WorkflowVersion) -> None:
     response = ops_client.get("/", HTTP_HX_REQUEST="true")
     body = response.content.decode()
-    assert body.lstrip().startswith("{# ") is False and '<section id="overview"' in body and "<html" not in body
+    assert '<section id="overview"' in body and "<html" not in body
     assert "HX-Request" in response["Vary"]
 
 
