@@ -228,3 +228,25 @@ def test_the_demo_history_fills_the_overview_and_says_it_is_demo_data(client: Cl
     assert "data-demo" in page and "Demo data:" in page and "load_demo --history" in page
     assert Group.objects.exists()
     assert Item.objects.filter(status=ItemStatus.APPROVED).exists()
+
+
+def test_a_demo_history_made_days_ago_gets_the_days_since_on_the_next_load(ops: Any) -> None:
+    from io import StringIO
+
+    call_command("load_demo", "--history", "--quiet")
+    before = Run.objects.filter(trigger="history").count()
+    later = timezone.now() + timedelta(days=3)
+    with time_machine.travel(later, tick=False):
+        out = StringIO()
+        call_command("load_demo", "--history", stdout=out)
+        assert "more runs for the 3 day(s) since it was made" in out.getvalue()
+        added = Run.objects.filter(trigger="history").count() - before
+        assert added > 10
+        figures = overview_page(ops)["overview"].figures
+        # ops sees the workflow as an operator of the demo's workflows.
+        assert figures["succeeded_24h"] + figures["failed_24h"] > 0
+        assert not Run.objects.filter(trigger="history", status=RunStatus.FAILED, error="").exists()
+        # The same day again adds nothing.
+        again = StringIO()
+        call_command("load_demo", "--history", stdout=again)
+        assert "kept the history" in again.getvalue() and "more runs" not in again.getvalue()
