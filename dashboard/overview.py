@@ -71,6 +71,16 @@ CAUSE_CHARS = 120
 HOURS = 24
 DAYS = 7
 IN_FLIGHT = (RunStatus.RUNNING, RunStatus.COMPENSATING)
+LATEST_FIELDS = (
+    "status",
+    "trigger",
+    "created_at",
+    "finished_at",
+    "workflow__key",
+    "workflow__name",
+    "version__number",
+    "version__trial",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +273,12 @@ def overview_page(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
     # 11. The latest runs (the created_at index, newest first). Through the narrowed rule: a
     # sub-workflow run that finished before the 7 days is left out, which shows only to a
     # reader with fewer than LATEST_RUNS newer runs, who would see an older one in its place.
-    latest = list(runs.select_related("workflow", "version").order_by("-created_at", "-id")[:LATEST_RUNS])
+    # Only what a row shows: a run's input and its version's spec can be large.
+    latest = list(
+        runs.select_related("workflow", "version")
+        .only(*LATEST_FIELDS)
+        .order_by("-created_at", "-id")[:LATEST_RUNS]
+    )
 
     alerts = firing_alerts(user)
     oldest = waiting["oldest"]
