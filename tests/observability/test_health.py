@@ -88,3 +88,23 @@ def test_the_ticker_records_a_pass_at_most_every_few_seconds(django_assert_num_q
     ticker.record_pass(now + timedelta(seconds=ticker.PASS_RECORD_SECONDS + 1))
     assert TickerPass.objects.count() == 1
     assert TickerPass.objects.get().passed_at == first + timedelta(seconds=ticker.PASS_RECORD_SECONDS + 1)
+
+
+def test_a_database_that_does_not_answer_is_a_503_naming_it(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import OperationalError
+
+    from orchestration.observability import health as checks
+
+    class Gone:
+        vendor = connection.vendor
+
+        def cursor(self) -> Any:
+            raise OperationalError("connection to server at 10.0.0.5, user baton, password s3cret failed")
+
+    ticker.tick()
+    monkeypatch.setattr(checks, "connection", Gone())
+    response = client.get("/healthz")
+    body = json.loads(response.content)
+    assert response.status_code == 503 and body["failing"] == ["database", "ticker"]
+    assert body["checks"]["database"]["detail"] == "unreachable (OperationalError)"
+    assert "s3cret" not in response.content.decode() and "10.0.0.5" not in response.content.decode()
