@@ -2,7 +2,7 @@
 
 None of these mark agent data safe: agent output is untrusted text and reaches the page only
 through Django's autoescaping (`ticking` builds its element with format_html, from a number;
-`graph_shapes` and `overview_bars` build SVG shapes with format_html, which escapes every label).
+`graph_shapes` builds the graph's shapes with format_html, which escapes every label).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from typing import Any
 from django import template
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 
 from dashboard.graph import Graph
-from dashboard.overview_charts import HourlyChart
 from orchestration.durations import human_duration
 
 register = template.Library()
@@ -171,42 +170,3 @@ def graph_shapes(graph: Graph, highlight: str = "") -> SafeString:
         ),
     )
     return format_html("{}\n{}", edges, nodes)
-
-
-@register.simple_tag
-def overview_bars(chart: HourlyChart) -> SafeString:
-    """The hourly chart's bars (dashboard/_overview.html): one group per hour with its words as
-    a <title>, a transparent column to hover, and a rect per outcome. Built here, as
-    graph_shapes is, because the template's nested loops were most of the page's drawing time."""
-    return format_html_join(
-        "\n",
-        '<g class="overview-bar" data-hour="{}"><title>{}</title>'
-        '<rect class="overview-bar__hit" x="{}" y="{}" width="{}" height="{}"></rect>{}</g>',
-        (
-            (
-                f"{bar.hour:%H}",
-                bar.label,
-                bar.x,
-                chart.plot_top,
-                bar.width,
-                chart.plot_height,
-                format_html_join(
-                    "",
-                    '<rect class="overview-bar--{}" x="{}" y="{}" width="{}" height="{}"{}></rect>',
-                    (
-                        (
-                            s.outcome,
-                            s.x,
-                            s.y,
-                            s.width,
-                            s.height,
-                                            # A constant: no data in it.
-                            mark_safe(' fill="url(#overview-hatch)"') if s.outcome == "failed" else "",  # noqa: S308
-                        )
-                        for s in bar.segments
-                    ),
-                ),
-            )
-            for bar in chart.bars
-        ),
-    )
