@@ -26,7 +26,7 @@ REDIS_PORT ?= 6379
 PG_URL := postgres://127.0.0.1:$(PG_PORT)/test
 REDIS_URL_TEST := redis://127.0.0.1:$(REDIS_PORT)/0
 
-.PHONY: help venv install run test test-sqlite test-pg chromium services lint bench clean
+.PHONY: help venv install run test test-sqlite test-pg chromium promtool services lint bench clean
 
 help:
 	@echo "make run     install, migrate, load the demo and serve on http://$(HOST):$(PORT)/"
@@ -51,6 +51,18 @@ run: $(STAMP)
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py load_demo --history
 	exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
+
+# Debian's prometheus package for promtool, which checks /metrics' output in the tests
+# (tests/observability/test_metrics.py); only the binary is used, no service is started.
+PROMTOOL ?= /usr/bin/promtool
+promtool:
+	@if [ ! -x $(PROMTOOL) ]; then
+	  echo "== installing promtool (apt: prometheus) =="
+	  export DEBIAN_FRONTEND=noninteractive
+	  apt-get update -q
+	  apt-get install -y -q --no-install-recommends prometheus
+	fi
+	$(PROMTOOL) --version >/dev/null
 
 # Debian's Chromium for the browser tests; playwright cannot download its own browser here.
 chromium:
@@ -91,7 +103,7 @@ services:
 	fi
 
 # One pass: SQLite file + django-q2 ORM broker + in-memory channel layer, browser tests included.
-test-sqlite: $(STAMP) chromium
+test-sqlite: $(STAMP) chromium promtool
 	@echo
 	echo "== SQLite + ORM broker ==   (BATON_QUEUE=baton-test-sqlite, no DATABASE_URL or REDIS_URL; browser tests included)"
 	env -u DATABASE_URL -u REDIS_URL BATON_QUEUE=baton-test-sqlite \
@@ -99,7 +111,7 @@ test-sqlite: $(STAMP) chromium
 
 # The scale-out pass: PostgreSQL + Redis broker + channels-redis. The browser tests already ran
 # on SQLite; the server-side code they drive is the same here.
-test-pg: $(STAMP)
+test-pg: $(STAMP) promtool
 	@echo
 	echo "== PostgreSQL + Redis ==   (DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_URL_TEST) BATON_QUEUE=baton-test-pg; -m \"not browser\")"
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_URL_TEST) BATON_QUEUE=baton-test-pg \

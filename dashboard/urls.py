@@ -7,7 +7,8 @@ from dashboard import alerts, rollouts, try_draft, views
 app_name = "dashboard"
 
 urlpatterns = [
-    path("", views.runs, name="runs"),
+    path("", views.overview_page, name="overview"),
+    path("runs/", views.runs, name="runs"),
     path("workflows/", views.workflows, name="workflows"),
     path("workflows/<slug:key>/", views.workflow_detail, name="workflow"),
     path("workflows/<slug:key>/start/", views.start_run, name="start"),

@@ -26,12 +26,24 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from dashboard import agent_status, inputs, read_models, runs_list, workflow_page
+from dashboard import agent_status, inputs, overview, read_models, runs_list, workflow_page
 from dashboard.web import HtmxHttpRequest, partial_or_page, wants_partial
 from orchestration import access, definitions, limits, transitions
 from orchestration.models import Run, StepRun, Workflow, WorkflowVersion
 from orchestration.status import RunStatus
 from orchestration.triggers import transitions as trigger_transitions
+
+# ---------------------------------------------------------------------------------------------
+# The overview (the home page)
+
+
+@require_GET
+@login_required
+def overview_page(request: HtmxHttpRequest) -> HttpResponse:
+    return partial_or_page(
+        request, "dashboard/overview.html", "dashboard/_overview.html", overview.overview_page(request.user)
+    )
+
 
 # ---------------------------------------------------------------------------------------------
 # Runs

@@ -82,21 +82,40 @@ def operable_workflows(user: Person) -> QuerySet[Workflow]:
     return Workflow.objects.filter(_workflow_q(user, operate=True))
 
 
-def _runs_q(workflows: QuerySet[Workflow]) -> Q:
-    """Runs of these workflows, and runs called (at any level up to NESTING_LEVELS) by one."""
-    # The workflows' ids as values, not a subquery: the list is short, and one subquery
-    # repeated at every level would be planned (and on SQLite run) once per level.
-    ids = list(workflows.values_list("pk", flat=True))
+def _nested_runs(ids: list[int]) -> QuerySet[Run]:
+    """Sub-workflow runs called (at any level up to NESTING_LEVELS) by a run of these workflows."""
     callers = Q()
     path = ""
     for _ in range(NESTING_LEVELS):
         path += "parent_step__run__"
         callers |= Q(**{f"{path}workflow__in": ids})
+    return Run.objects.filter(parent_step__isnull=False).filter(callers)
+
+
+def _runs_q(workflows: QuerySet[Workflow]) -> Q:
+    """Runs of these workflows, and runs called (at any level up to NESTING_LEVELS) by one."""
+    # The workflows' ids as values, not a subquery: the list is short, and one subquery
+    # repeated at every level would be planned (and on SQLite run) once per level.
+    ids = list(workflows.values_list("pk", flat=True))
     # The callers' walk joins two tables per level; as a subquery over sub-workflow runs only
     # (few, and the database computes the set once) it leaves the test on top-level runs a
     # plain one on their workflow, which is what keeps the runs list fast.
-    nested = Run.objects.filter(parent_step__isnull=False).filter(callers).values("pk")
-    return Q(workflow__in=ids) | Q(pk__in=nested)
+    return Q(workflow__in=ids) | Q(pk__in=_nested_runs(ids).values("pk"))
+
+
+def visible_runs_q(user: Person, *, nested_within: Q) -> Q | None:
+    """The runs this user sees, as a condition on Run that other queries can join through
+    (`step__run__...`) rather than test against a subquery of every run: None for superusers
+    (every run). The sub-workflow runs it admits are read now, by id, among those matching
+    `nested_within` only (the overview asks about recent and running runs, and need not list
+    every sub-workflow run ever called). Two queries: the workflows, the sub-workflow runs."""
+    if not _active(user):
+        return Q(pk__in=[])
+    if user.is_superuser:
+        return None
+    ids = list(visible_workflows(user).values_list("pk", flat=True))
+    nested = list(_nested_runs(ids).filter(nested_within).values_list("pk", flat=True))
+    return Q(workflow__in=ids) | Q(pk__in=nested) if nested else Q(workflow__in=ids)
 
 
 def visible_runs(user: Person) -> QuerySet[Run]:

@@ -291,6 +291,8 @@ class Run(models.Model):
             models.Index(fields=["workflow", "created_at", "id"], name="run_workflow_time_idx"),
             models.Index(fields=["workflow", "status", "created_at", "id"], name="run_workflow_status_time_idx"),
             models.Index(fields=["status", "created_at", "id"], name="run_status_time_idx"),
+            # The overview's last day and week: runs by the time they finished.
+            models.Index(fields=["finished_at"], name="run_finished_idx"),
         ]
 
     def __str__(self) -> str:
@@ -444,6 +446,8 @@ class Attempt(models.Model):
         indexes = [
             # Circuit breakers count an agent's recent failures; the Agents page sums its usage.
             models.Index(fields=["agent_name", "finished_at"], name="attempt_agent_time_idx"),
+            # The overview's tokens and cost of today's attempts (dashboard/overview.py).
+            models.Index(fields=["finished_at"], name="attempt_finished_idx"),
         ]
 
     def __str__(self) -> str:
@@ -633,3 +637,15 @@ class AgentEvent(AppendOnly):
 
     def __str__(self) -> str:
         return f"{self.agent.name}: {self.from_state} -> {self.to_state}"
+
+
+class TickerPass(models.Model):
+    """When the ticker of a worker host last finished a whole pass: /healthz reports the age of
+    the newest (orchestration/observability/health.py). One row per host, rewritten at most
+    every few seconds (orchestration/ticker.py record_pass), not once per 0.5 s tick."""
+
+    host = models.CharField(max_length=200, unique=True)
+    passed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.passed_at:%Y-%m-%d %H:%M:%S}"

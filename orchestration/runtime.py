@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, InterfaceError, connection
 from django.utils import timezone
 
-from orchestration import dispatch, limits, transitions
+from orchestration import dispatch, limits, logcontext, transitions
 from orchestration.agents import (
     AgentContext,
     AgentResult,
@@ -242,7 +242,9 @@ def _redacted(outcome: Outcome, secrets: list[str]) -> Outcome:
 def _call_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event, secrets: list[str]) -> Outcome:
     """The agent's outcome, with what it logged and printed meanwhile (in this context only:
     another agent call running at the same time in this process keeps its own lines)."""
-    with agent_logs.capturing(secrets=secrets) as capture:
+    with agent_logs.capturing(secrets=secrets) as capture, logcontext.attempt(
+        run_id=claim.run_id, step_key=claim.step_key, attempt=claim.attempt, agent=agent.name, map_index=claim.map_index
+    ):
         outcome = _outcome_of(agent, claim, stop)
     outcome.log = capture.lines()
     return outcome

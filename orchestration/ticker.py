@@ -9,6 +9,7 @@ at once.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from orchestration import dispatch, transitions
-from orchestration.models import Run, StepKind, StepRun
+from orchestration.models import Run, StepKind, StepRun, TickerPass
 from orchestration.status import RUN_FINAL, StepStatus
 
 logger = logging.getLogger("baton.ticker")
@@ -181,4 +182,28 @@ def tick(now: datetime | None = None) -> TickReport:
         logger.info("tick: %s", report)
     if broker_error is not None:
         raise broker_error
+    record_pass(now)
     return report
+
+
+# A pass is recorded at most this often: /healthz needs the age to a few seconds, and one write
+# per host every few seconds costs nothing where one per 0.5 s tick would.
+PASS_RECORD_SECONDS = 5.0
+_recorded_at: datetime | None = None
+
+
+def record_pass(now: datetime) -> None:
+    """Note that this host's ticker finished a whole pass (a failing pass raises before this)."""
+    global _recorded_at
+    if _recorded_at is not None and _recorded_at <= now < _recorded_at + timedelta(seconds=PASS_RECORD_SECONDS):
+        return
+    host = socket.gethostname()[:200]
+    if not TickerPass.objects.filter(host=host).update(passed_at=now):
+        TickerPass.objects.update_or_create(host=host, defaults={"passed_at": now})
+    _recorded_at = now
+
+
+def forget_recorded_pass() -> None:
+    """For tests: the next pass is recorded whenever it comes."""
+    global _recorded_at
+    _recorded_at = None

@@ -5,7 +5,7 @@ each is granted only if the user may open what it names as a page: the same acce
 views use, asked here when the socket subscribes. A topic the user may not see is refused and
 joins nothing, so no hint about it ever reaches that socket.
 
-Topic kinds: `run:<id>`; `runs`, `workflows`, `agents` (every workflow the user sees); and
+Topic kinds: `run:<id>`; `overview`, `runs`, `workflows`, `agents` (every workflow the user sees); and
 those other apps register (approvals: `item:<id>`, `inbox`, `nav`).
 """
 
@@ -69,5 +69,5 @@ def _workflows(user: Any, _: int | None) -> set[str] | None:
 
 
 register("run", _run)
-for _kind in ("runs", "workflows", "agents"):
+for _kind in ("overview", "runs", "workflows", "agents"):
     register(_kind, lambda user, pk: None if pk is not None else _workflows(user, pk))

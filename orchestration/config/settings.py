@@ -11,11 +11,13 @@ from pathlib import Path
 
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
+from pythonjsonlogger.core import RESERVED_ATTRS
 
 from orchestration.config.env import (
     allowed_hosts_from_env,
     database_from_env,
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_str,
@@ -187,6 +189,11 @@ BATON_HEARTBEAT_SECONDS = env_float("BATON_HEARTBEAT_SECONDS", 5.0, minimum=0.05
 BATON_LEASE_SECONDS = env_float("BATON_LEASE_SECONDS", 20.0, minimum=0.1)
 BATON_TICK_SECONDS = env_float("BATON_TICK_SECONDS", 0.5, minimum=0.01)
 BATON_REQUEUE_AFTER_SECONDS = env_float("BATON_REQUEUE_AFTER_SECONDS", 60.0, minimum=0.1)
+# /metrics answers only `Authorization: Bearer <this>`; unset, /metrics is a 404
+# (orchestration/observability/views.py). /healthz calls the ticker failing when its last whole
+# pass is older than BATON_HEALTH_TICKER_SECONDS.
+BATON_METRICS_TOKEN = env_str("BATON_METRICS_TOKEN", "")
+BATON_HEALTH_TICKER_SECONDS = env_float("BATON_HEALTH_TICKER_SECONDS", 60.0, minimum=1.0)
 # Rollout metrics: the ticker refreshes the daily snapshots (and checks each rollout's gate
 # once a day) at most this often.
 BATON_ROLLUP_SECONDS = env_float("BATON_ROLLUP_SECONDS", 300.0, minimum=0.0)
@@ -250,7 +257,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "dashboard:runs"
+LOGIN_REDIRECT_URL = "dashboard:overview"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
@@ -298,14 +305,34 @@ BATON_CSP = env_str(
     "form-action 'self'; frame-ancestors 'none'",
 ).strip()
 
+# `plain` lines for people, or `json`: one JSON object per line for a log collector. Either way a
+# line written during an attempt names its run, step, attempt and agent (orchestration/logcontext.py).
+BATON_LOG_FORMAT = env_choice("BATON_LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    # Agents' secret values never reach a log line (see orchestration/agents/secrets.py).
-    "filters": {"redact_secrets": {"()": "orchestration.agents.secrets.RedactSecrets"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(attempt_context)s: %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": ["asctime", "levelname", "name", "message", "run_id", "step_key", "attempt", "agent"],
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            # The plain format's words for the same ids: the fields above already carry them.
+            "reserved_attrs": [*RESERVED_ATTRS, "attempt_context"],
+        },
+    },
+    # Agents' secret values never reach a log line (see orchestration/agents/secrets.py); the
+    # attempt's ids are added to every line (None, or "" in the plain format, outside one).
+    "filters": {
+        "redact_secrets": {"()": "orchestration.agents.secrets.RedactSecrets"},
+        "attempt_context": {"()": "orchestration.logcontext.AttemptFilter"},
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": BATON_LOG_FORMAT,
+            "filters": ["redact_secrets", "attempt_context"],
+        },
         # Keeps what an agent logs during an attempt with that attempt; it takes nothing away
         # from the other handlers (orchestration/agents/logs.py).
         "attempt_log": {"class": "orchestration.agents.logs.AttemptLogHandler"},

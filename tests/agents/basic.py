@@ -115,3 +115,11 @@ def fails_first(payload: Any, context: Any) -> Any:
     if context.attempt == 1 and payload.get("fail", True) and targeted:
         raise PermanentError("first attempt refused" + ("" if context.index is None else f" (item {context.index})"))
     return {**payload, "attempt": context.attempt}
+
+
+def chatty(payload: Any, context: Any) -> AgentResult:
+    """Logs one line to a `baton.` logger (the worker's console handler prints those) and reports
+    the tokens and cost its input names."""
+    logging.getLogger("baton.tests.chatty").warning("writing about %s", (payload or {}).get("topic", "nothing"))
+    usage = {"total_tokens": (payload or {}).get("tokens", 100), "cost": (payload or {}).get("cost", 0.002)}
+    return AgentResult(output={"ok": True}, usage=usage)

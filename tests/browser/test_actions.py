@@ -74,9 +74,9 @@ def test_a_poll_after_the_session_ends_takes_the_whole_page_to_the_login_form(
 
     page = logged_in_page(chromium, web_server)
     page.context.clear_cookies()
-    # The next refresh of the runs table (as a push asks for it) is answered by the login page.
+    # The next refresh of the overview (as a push asks for it) is answered by the login page.
     try:
-        page.evaluate("() => htmx.trigger(document.getElementById('runs-table'), 'baton:refresh')")
+        page.evaluate("() => htmx.trigger(document.getElementById('overview'), 'baton:refresh')")
     except Exception as exc:
         # A refresh the page sent on its own (a push, the fallback polling) got there first and
         # is already taking the page to the login form: what is asserted below.
@@ -87,5 +87,5 @@ def test_a_poll_after_the_session_ends_takes_the_whole_page_to_the_login_form(
     # aborts the first one, which wait_for_url reports as a failure.
     expect(page).to_have_url(f"{web_server.url}/login/?next=/", timeout=10_000)
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    expect(page.locator("#runs-table")).to_have_count(0)
+    expect(page.locator("#overview")).to_have_count(0)
     page.close()

@@ -70,7 +70,7 @@ def test_an_operations_lead_starts_a_run_and_watches_it_succeed(
         page.get_by_label("Username").fill("ops")
         page.get_by_label("Password").fill("ops-pass-1")
         page.get_by_role("button", name="Sign in").click()
-        expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+        expect(page.get_by_role("heading", name="Overview")).to_be_visible()
 
         page.get_by_role("navigation", name="Main").get_by_role("link", name="Workflows").click()
         card = page.locator("#workflow-digest")
@@ -93,7 +93,7 @@ def test_an_operations_lead_starts_a_run_and_watches_it_succeed(
         run_url = page.url
         page.screenshot(path=str(screenshots / "run.png"), full_page=True)
 
-        page.goto(f"{server.url}/")
+        page.goto(f"{server.url}/runs/")
         expect(page.locator("#runs-table tbody tr")).to_have_count(4)
         page.screenshot(path=str(screenshots / "runs.png"), full_page=True)
 
@@ -105,7 +105,7 @@ def test_an_operations_lead_starts_a_run_and_watches_it_succeed(
         phone.goto(run_url)
         expect(phone.locator(".run-summary .badge")).to_have_text("succeeded")
         phone.screenshot(path=str(screenshots / "run-phone.png"), full_page=True)
-        phone.goto(f"{server.url}/")
+        phone.goto(f"{server.url}/runs/")
         phone.screenshot(path=str(screenshots / "runs-phone.png"), full_page=True)
         page.close()
         phone.close()

@@ -94,7 +94,8 @@ def test_the_main_pages_fit_a_phone_and_the_navigation_is_tappable(
     page = phone_page(chromium, web_server, ops)
 
     pages = {
-        "runs": "/",
+        "overview": "/",
+        "runs": "/runs/",
         "run": f"/runs/{run.pk}/",
         "inbox": "/approvals/",
         "item": f"/approvals/{item.pk}/",
@@ -111,7 +112,7 @@ def test_the_main_pages_fit_a_phone_and_the_navigation_is_tappable(
         page.screenshot(path=str(screenshots / f"phone-{name}.png"))
         assert_fits(page, name)
     # A run's row is a small card: what it waits for on a line of its own, under the name.
-    page.goto(f"{web_server.url}/")
+    page.goto(f"{web_server.url}/runs/")
     row = page.locator(f'tr[data-run="{run.pk}"]')
     name_box, status_box = row.locator(".c-workflow").bounding_box(), row.locator(".c-status").bounding_box()
     assert name_box is not None and status_box is not None
@@ -141,13 +142,13 @@ def test_every_navigation_link_is_in_view_big_enough_to_tap_and_works(
     page = phone_page(chromium, web_server, ops)
     page.goto(f"{web_server.url}/")
     nav = page.get_by_role("navigation", name="Main")
-    names = ["Runs", "Workflows", "Agents", "Rollouts", "Approvals", "Admin"]
+    names = ["Overview", "Runs", "Workflows", "Agents", "Rollouts", "Approvals", "Admin"]
     for name in names:
         box = nav.get_by_role("link", name=name).bounding_box()
         assert box is not None, f"{name} is not shown"
         assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], f"{name} sits off the screen"
         assert box["height"] >= 40 and box["width"] >= 40, f"{name} is {box['width']}×{box['height']} px"
-    for name, heading in [("Workflows", "Workflows"), ("Approvals", "Approvals"), ("Runs", "Runs")]:
+    for name, heading in [("Workflows", "Workflows"), ("Approvals", "Approvals"), ("Runs", "Runs"), ("Overview", "Overview")]:
         nav.get_by_role("link", name=name).tap()
         expect(page.locator("h1")).to_have_text(heading)
         expect(nav.get_by_role("link", name=name)).to_have_attribute("aria-current", "page")

@@ -75,7 +75,7 @@ def test_two_ticked_runs_of_a_filtered_list_are_cancelled_after_a_confirmation_t
     orders = [transitions.start_run(workflow="orders", input={"order": f"A-{n}"}, started_by=ops) for n in range(3)]
     refund = transitions.start_run(workflow="refunds", input={"order": "R-1"}, started_by=ops)
     page = logged_in_page(chromium, web_server)
-    page.goto(f"{web_server.url}/?workflow=orders")
+    page.goto(f"{web_server.url}/runs/?workflow=orders")
     expect(page.locator(f'tr[data-run="{refund.pk}"]')).to_have_count(0)
     for run in orders[:2]:
         page.get_by_label(f"Select run #{run.pk}").check()
@@ -84,7 +84,7 @@ def test_two_ticked_runs_of_a_filtered_list_are_cancelled_after_a_confirmation_t
     page.get_by_label("Reason (optional)").fill("duplicate orders")
     page.get_by_role("button", name="Cancel 2 running runs").click()
     expect(page.get_by_text("2 runs cancelled.")).to_be_visible()
-    expect(page).to_have_url(re.compile(r"/\?workflow=orders"))
+    expect(page).to_have_url(re.compile(r"/runs/\?workflow=orders"))
     page.screenshot(path=str(screenshots / "runs-bulk-cancelled.png"), full_page=True)
     page.close()
     statuses = {run.pk: Run.objects.get(pk=run.pk).status for run in [*orders, refund]}

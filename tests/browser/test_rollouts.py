@@ -37,7 +37,7 @@ def sign_in(page: Any, server: WebServer) -> None:
     page.get_by_label("Username").fill("ops")
     page.get_by_label("Password").fill("ops-demo")
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
 
 
 @pytest.fixture

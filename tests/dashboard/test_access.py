@@ -49,11 +49,11 @@ def test_an_anonymous_visitor_cannot_cancel_a_run(client: Client, run: Run) -> N
     assert run.status == RunStatus.RUNNING
 
 
-def test_an_operations_lead_logs_in_through_the_form_and_lands_on_runs(client: Client, ops: Any) -> None:
+def test_an_operations_lead_logs_in_through_the_form_and_lands_on_the_overview(client: Client, ops: Any) -> None:
     page = client.get(reverse("login"))
     assert b'name="username"' in page.content
     response = client.post(reverse("login"), {"username": "ops", "password": "ops-pass-1"}, follow=True)
-    assert response.redirect_chain[-1][0] == reverse("dashboard:runs")
+    assert response.redirect_chain[-1][0] == reverse("dashboard:overview") == "/"
     assert b"Log out" in response.content
 
 

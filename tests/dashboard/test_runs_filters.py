@@ -156,7 +156,7 @@ def pages(client: Client, **query: Any) -> list[list[int]]:
         page = client.get(url).content.decode()
         found.append([int(pk) for pk in re.findall(r'<tr data-run="(\d+)"', page)])
         older = re.search(r'rel="next" href="\?([^"]+)"', page)
-        url = "/?" + older.group(1).replace("&amp;", "&") if older else ""
+        url = "/runs/?" + older.group(1).replace("&amp;", "&") if older else ""
     return found
 
 
@@ -172,12 +172,12 @@ def test_runs_started_between_page_loads_neither_repeat_nor_vanish(
     seen = [int(pk) for pk in re.findall(r'<tr data-run="(\d+)"', first)]
     for _ in range(7):
         start(ops)  # newer than anything shown: must not push a row onto the next page
-    url: str | None = "/?" + older.group(1).replace("&amp;", "&")
+    url: str | None = "/runs/?" + older.group(1).replace("&amp;", "&")
     while url:
         page = ops_client.get(url).content.decode()
         seen += [int(pk) for pk in re.findall(r'<tr data-run="(\d+)"', page)]
         match = re.search(r'rel="next" href="\?([^"]+)"', page)
-        url = "/?" + match.group(1).replace("&amp;", "&") if match else None
+        url = "/runs/?" + match.group(1).replace("&amp;", "&") if match else None
     assert sorted(seen) == sorted(r.pk for r in first_runs)
     assert len(seen) == len(set(seen))
 
@@ -186,11 +186,11 @@ def test_newer_goes_back_to_exactly_the_page_before(ops_client: Client, ops: Any
     for _ in range(110):
         start(ops)
     first = ops_client.get(reverse("dashboard:runs"), {"workflow": "digest"}).content.decode()
-    second_url = "/?" + re.search(r'rel="next" href="\?([^"]+)"', first).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    second_url = "/runs/?" + re.search(r'rel="next" href="\?([^"]+)"', first).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
     second = ops_client.get(second_url).content.decode()
     newer = re.search(r'rel="prev" href="\?([^"]+)"', second)
     assert newer and "workflow=digest" in newer.group(1)
-    back = ops_client.get("/?" + newer.group(1).replace("&amp;", "&")).content.decode()
+    back = ops_client.get("/runs/?" + newer.group(1).replace("&amp;", "&")).content.decode()
     ids = re.compile(r'<tr data-run="(\d+)"')
     assert ids.findall(back) == ids.findall(first)
     assert [len(p) for p in pages(ops_client, workflow="digest")] == [50, 50, 10]
@@ -204,7 +204,7 @@ def test_a_filtered_later_page_takes_as_few_queries_as_the_first(
         drive(transitions.start_run(workflow="reviewed", input={"topic": f"t{index}"}))
         start(ops)
     first = ops_client.get(reverse("dashboard:runs"), {"status": "running"}).content.decode()
-    later = "/?" + re.search(r'rel="next" href="\?([^"]+)"', first).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    later = "/runs/?" + re.search(r'rel="next" href="\?([^"]+)"', first).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
     # session, user, the workflows one sees (for the filter, then the ids access.visible_runs
     # reads), the page with its waiting mark, progress, for_each progress, what the waiting
     # runs wait for (their waiting steps, then who and by when), whether ops may tick runs for

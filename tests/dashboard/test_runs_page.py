@@ -142,7 +142,7 @@ def test_it_shows_fifty_runs_a_page_and_keeps_the_filters_in_the_page_links(
     older = re.search(r'rel="next" href="\?([^"]+)"', first)
     assert older and older.group(1).startswith("status=running&amp;after=")
     assert "← Newer" not in first
-    second = ops_client.get("/?" + older.group(1).replace("&amp;", "&")).content.decode()
+    second = ops_client.get("/runs/?" + older.group(1).replace("&amp;", "&")).content.decode()
     assert second.count("<tr data-run=") == 1
     assert f'data-run="{runs[0].pk}"' in second
     assert "Older →" not in second and "← Newer" in second
@@ -156,7 +156,7 @@ def test_an_htmx_refresh_gets_only_the_table_which_keeps_its_filters_and_follows
     page = response.content.decode()
     assert "<html" not in page
     assert page.strip().startswith('<section id="runs-table"')
-    assert 'hx-get="/?status=running"' in page
+    assert 'hx-get="/runs/?status=running"' in page
     assert 'data-live="runs"' in page and 'hx-trigger="baton:refresh"' in page
     assert f'data-run="{run.pk}"' in page
     assert "HX-Request" in response["Vary"]

@@ -193,4 +193,4 @@ def test_the_page_takes_as_many_queries_with_many_runs_and_versions_as_with_one(
     with django_assert_num_queries(14):
         html = page(ops_client)
     assert html.count("<tr data-run=") == 10
-    assert "Every run of Daily digest" in html and 'href="/?workflow=digest"' in html
+    assert "Every run of Daily digest" in html and 'href="/runs/?workflow=digest"' in html

@@ -41,7 +41,7 @@ def test_each_workflow_shows_its_description_owner_version_and_runs_by_status(
     assert "v2 published" in page
     assert ">2 succeeded<" in page
     assert ">1 running<" in page
-    assert 'href="/?workflow=digest&amp;status=succeeded"' in page
+    assert 'href="/runs/?workflow=digest&amp;status=succeeded"' in page
 
 
 def digest_text_with_version_2() -> str:

@@ -85,3 +85,20 @@ def test_the_console_rows_time_each_page_over_a_fixture_built_once_and_then_reus
     assert "reused from an earlier bench" in out
     assert len(again["rows"]) == len(document["rows"])
     assert Run.objects.filter(trigger="bench-console").count() == 3002
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_overview_row_times_the_home_page_and_a_scrape_on_the_console_fixture() -> None:
+    env = dict(os.environ)
+    env.update({"DATABASE_URL": database_url(), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    command = [sys.executable, str(ROOT / "manage.py"), "bench", "--only", "overview", "--console-runs", "400", "--json"]
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    document = json.loads(result.stdout.strip().splitlines()[-1])
+    if connection.vendor != "postgresql":
+        assert document["rows"] == []
+        return
+    rows = {(row["benchmark"], row["measure"]): row for row in document["rows"]}
+    assert rows[("overview (home page)", "server time, p95 of 20")]["target"] == "<= 150.0 ms"
+    assert rows[("overview (home page)", "SQL queries per request")]["value"] == 13
+    assert ("/metrics scrape", "server time, median of 20") in rows

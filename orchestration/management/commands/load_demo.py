@@ -6,8 +6,9 @@ updated rather than duplicated. To get the demo's own definitions back, start fr
 database (`make clean`).
 
 `--history` (which `make run` passes) also gives one workflow a rollout with a month of made-up
-past runs (trigger "history", which the rollout pages call demo data), once: when that
-workflow has no such runs yet.
+past runs (trigger "history", which the rollout pages and the overview call demo data), once:
+when that workflow has no such runs yet. A history made on an earlier day gets the days since
+(so the overview's last 24 hours are never empty on a later `make run`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from orchestration import definitions
@@ -213,11 +215,12 @@ def load_history() -> str:
     workflow = Workflow.objects.filter(key=HISTORY_WORKFLOW).first()
     if workflow is None:
         return f"no {HISTORY_WORKFLOW} workflow: no history"
-    if Run.objects.filter(workflow=workflow, trigger=history.TRIGGER).exists():
-        return f"kept the history of {HISTORY_WORKFLOW}"
-    ops = get_user_model().objects.get(username="ops")
     now = timezone.now()
     today = timezone.localdate(now)
+    last = Run.objects.filter(workflow=workflow, trigger=history.TRIGGER).aggregate(last=Max("created_at"))["last"]
+    if last is not None:
+        return _top_up_history(workflow, days=(today - timezone.localdate(last)).days, now=now)
+    ops = get_user_model().objects.get(username="ops")
     rollout = Rollout.objects.filter(workflow=workflow).first()
     if rollout is None:
         rollout = rollouts.start_rollout(
@@ -255,6 +258,21 @@ def load_history() -> str:
     return f"history: {report.runs} runs of {HISTORY_WORKFLOW} over {HISTORY_DAYS} days, rollout owned by ops"
 
 
+def _top_up_history(workflow: Workflow, *, days: int, now: Any) -> str:
+    """A history made days ago gets the days since (whole days, up to today), so the overview's
+    last 24 hours and 7 days and the rollout's latest days are not empty on a later `make run`."""
+    if days < 1:
+        return f"kept the history of {HISTORY_WORKFLOW}"
+    today = timezone.localdate(now)
+    days = min(days, HISTORY_DAYS)
+    report = history.make_history(
+        workflow=workflow, days=days, runs_per_day=runs_per_day, now=now, seed=10 + today.toordinal(), outcomes=demo_outcomes(today)
+    )
+    _give_failures_causes(workflow)
+    metrics.rollup(today - timedelta(days=days - 1), today, now=now)
+    return f"kept the history of {HISTORY_WORKFLOW}, with {report.runs} more runs for the {days} day(s) since it was made"
+
+
 def _give_versions(agent_name: str, actor: Any) -> None:
     """Two versions of the drafter splitting its traffic (a canary), unless it has some: the
     rollout page compares them."""
@@ -274,7 +292,8 @@ def _give_failures_causes(workflow: Workflow) -> None:
     """An error on each generated failed run and its failing step, so the weekly review can
     group failures by cause."""
     rng = random.Random(10)
-    failed = list(Run.objects.filter(workflow=workflow, trigger=history.TRIGGER, status=RunStatus.FAILED))
+    # Only those without one yet: a top-up leaves the causes already given as they were.
+    failed = list(Run.objects.filter(workflow=workflow, trigger=history.TRIGGER, status=RunStatus.FAILED, error=""))
     steps = {s.run_id: s for s in StepRun.objects.filter(run__in=failed, status="failed")}
     for run in failed:
         run.error = rng.choice(FAILURE_CAUSES)
