@@ -1801,8 +1801,9 @@ STEP_CONTEXT = ("input", "steps", "run", "iteration")
 MAP_CONTEXT = (*STEP_CONTEXT, "item", "index")
 COMPENSATE_CONTEXT = (*STEP_CONTEXT, "step")
 # What `steps.<key>` holds (engine.template_context), and `run`.
-# (`branch`: the step a route took.)
-STEP_RESULT_FIELDS = ("output", "status", "iteration", "error", "branch")
+STEP_RESULT_FIELDS = ("output", "status", "iteration", "error")
+# A route's result also says which step it took.
+ROUTE_RESULT_FIELDS = (*STEP_RESULT_FIELDS, "branch")
 RUN_FIELDS = ("id", "workflow")
 # A simulated agent's output when its config gives none (agents/simulated.py).
 SIMULATED_DEFAULT_OUTPUT = frozenset({"agent", "summary", "input"})
@@ -1940,10 +1941,12 @@ def _path_problem(
     if root != "steps" or len(path) < 3 or path[1] not in outputs:
         return None  # unknown steps and their order are _check_graph's to name
     step_key, part = path[1], path[2]
-    if part not in STEP_RESULT_FIELDS and not hasattr(dict, part):
+    routes = {s["key"] for s in spec["steps"] if s["kind"] == "route"}
+    fields = ROUTE_RESULT_FIELDS if step_key in routes else STEP_RESULT_FIELDS
+    if part not in fields and not hasattr(dict, part):
         return (
-            f"`{written}`: a step has {_listed(STEP_RESULT_FIELDS)}, not `{part}`"
-            f"{_did_you_mean(part, STEP_RESULT_FIELDS, path[:2])}"
+            f"`{written}`: a step has {_listed(fields)}, not `{part}`"
+            f"{_did_you_mean(part, fields, path[:2])}"
         )
     keys = outputs[step_key]
     if part == "output" and len(path) > 3 and keys is not None and path[3] not in keys and not hasattr(dict, path[3]):
