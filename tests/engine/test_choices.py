@@ -4,6 +4,7 @@ Driven in-process with the real step executor, on whichever back-end the suite r
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from orchestration.models import Attempt, Run, RunEvent, StepRun
 from orchestration.spec import SpecError
 from orchestration.status import EventKind, RunStatus, StepStatus
 from orchestration.tasks import execute_step
-from tests.support import drive, load_workflow
+from tests.support import ROOT, drive, load_workflow
 
 pytestmark = pytest.mark.django_db
 
@@ -296,6 +297,17 @@ def test_retry_runs_the_failed_routed_branch_again_and_leaves_the_others_skipped
     assert head(run, "reply").output == {"said": "fixed", "by": "technical"}
 
 
+def test_only_the_branch_a_route_took_is_undone_when_the_run_fails_after_it() -> None:
+    routed = ROUTED.replace("BRANCH", "product")
+    for key in ("billing", "technical", "general"):
+        routed = routed.replace(f"{{key: {key}, ", f"{{key: {key}, compensate: {{agent: undo}}, ")
+    flow(routed + "    - {key: boom, agent: refuse, after: [reply]}\n", extra="  inputs: {queue: {type: string}}")
+    run = drive(transitions.start_run(workflow="wf", input={"queue": "billing"}))
+    assert run.status == RunStatus.FAILED
+    undone = list(StepRun.objects.filter(run=run, step_key__endswith=".undo").values_list("step_key", "status"))
+    assert undone == [("billing.undo", StepStatus.SUCCEEDED)]
+
+
 # --- redo only what the judge rejects ---------------------------------------------------------
 
 REVIEWED = (
@@ -486,3 +498,31 @@ def test_an_end_step_with_a_bad_status_or_no_message_is_refused() -> None:
     assert "workflow 'wf', step 'a': field `end.status`: 'done' is not 'failed' or 'succeeded'" in found
     assert "workflow 'wf', step 'a': field `end.message` is required: what the run's end says" in found
     assert "workflow 'wf', step 'b': field `end.output` only applies to `status: succeeded`" in found
+
+
+# --- the reference's complete examples do what it says -----------------------------------------
+
+
+def doc_example(name: str) -> str:
+    text = (ROOT / "docs" / "workflow-format.md").read_text()
+    found = re.search(rf"^```yaml\n# file: {re.escape(name)}\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+    assert found, name
+    return found.group(1)
+
+
+def test_the_quarterly_plan_of_the_reference_calls_its_agents_as_it_says() -> None:
+    load_workflow(doc_example("quarterly-plan.yaml"))
+    run = drive(transitions.start_run(workflow="quarterly-plan", input={"quarter": "Q1"}))
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    counted = {name: calls(run, name) for name in ("planner", "accounting", "crm", "product", "reviewer")}
+    assert counted == {"planner": 1, "accounting": 2, "crm": 2, "product": 1, "reviewer": 2}
+    assert [part["revision"] for part in run.output["parts"]] == [1, 1, 2, 1] and run.output["rounds"] == 2
+
+
+def test_the_support_desk_of_the_reference_routes_and_ends_as_it_says() -> None:
+    load_workflow(doc_example("support-desk.yaml"))
+    run = drive(transitions.start_run(workflow="support-desk", input={"text": "Error on export"}))
+    assert run.output == {"sent": "Here is a workaround.", "by": "technical"}
+    run = drive(transitions.start_run(workflow="support-desk", input={"text": "You win a prize"}))
+    assert run.status == RunStatus.SUCCEEDED and run.output == {"closed": "spam"}
+    assert not Attempt.objects.filter(step_run__run=run, agent_name__endswith="-desk").exists()
