@@ -526,3 +526,13 @@ def test_the_support_desk_of_the_reference_routes_and_ends_as_it_says() -> None:
     run = drive(transitions.start_run(workflow="support-desk", input={"text": "You win a prize"}))
     assert run.status == RunStatus.SUCCEEDED and run.output == {"closed": "spam"}
     assert not Attempt.objects.filter(step_run__run=run, agent_name__endswith="-desk").exists()
+
+
+@pytest.mark.parametrize("name", ["quarterly-plan.yaml", "support-desk.yaml"])
+def test_the_draft_of_a_workflow_that_chooses_at_run_time_publishes_the_same_spec(name: str) -> None:
+    from orchestration import definitions
+
+    version = load_workflow(doc_example(name))
+    assert version is not None
+    assert definitions.check_draft(version.workflow) == version.spec
+    assert definitions.publish_draft(version.workflow) == version, "nothing changed: no new version"
