@@ -225,6 +225,21 @@ def test_retry_resumes_only_the_failed_child_of_a_mapped_sub_workflow(ops: Any) 
     assert run.output[1]["attempt"] == 2
 
 
+def test_a_sub_workflow_outside_the_declared_set_fails_the_step_naming_it_and_the_set() -> None:
+    two_workers()
+    flow(
+        "    - key: parts\n"
+        "      workflow: '{{ item }}'\n"
+        "      workflows: [first-worker]\n"
+        "      for_each: '[\"first-worker\", \"second-worker\"]'\n"
+        "      input: {part: 1}"
+    )
+    run = drive(transitions.start_run(workflow="wf"))
+    assert run.status == RunStatus.FAILED
+    assert "field `workflow`: 'second-worker' is not one of the workflows this step may choose (first-worker)" in run.error
+    assert [child.workflow.key for child in children(run)] == ["first-worker"]
+
+
 def test_an_unknown_sub_workflow_in_the_set_is_refused_at_import() -> None:
     two_workers()
     found = problems("    - {key: a, workflow: '{{ input.w }}', workflows: [first-worker, ghost]}")
