@@ -89,7 +89,8 @@ class PeopleHandler:
         options = step_options(spec, kind)
         problems: list[str] = []
         owner = run.workflow.owner
-        agent_name = spec.get("agent") or step.agent_name or ""
+        # The agent the step chose (a step may choose it at run time), else the one it names.
+        agent_name = step.agent_name or spec.get("agent") or ""
         agent = load_agent(agent_name) if agent_name else None
         action: Any = step.input
         error = ""

@@ -27,7 +27,7 @@ from orchestration.models import (
     Run,
     StepRun,
 )
-from orchestration.spec import DEFAULT_RETRY
+from orchestration.spec import DEFAULT_RETRY, step_agents
 from orchestration.status import StepStatus
 
 EVENTS_PER_AGENT = 3
@@ -51,7 +51,7 @@ def agents_used(spec: Mapping[str, Any]) -> set[str]:
     names: set[str] = set()
     for step in spec.get("steps", []):
         compensate = step.get("compensate") or {}
-        names.update(n for n in (step.get("agent"), step.get("fallback"), compensate.get("agent")) if n)
+        names.update(n for n in (*step_agents(step), step.get("fallback"), compensate.get("agent")) if n)
     return names
 
 

@@ -46,6 +46,8 @@ KIND_LABELS = {
     "approval": "approval",
     "manual": "manual task",
     "wait": "wait",
+    "route": "route",
+    "end": "end",
 }
 
 
@@ -134,10 +136,14 @@ def _detail(step: Mapping[str, Any], head: StepRun | None) -> str:
         if head is not None and head.fallback_from:
             # The agent that answered, not the one the spec names: it failed or was skipped.
             parts.append(f"↪ {head.agent_name}")
+        elif head is not None and head.agent_name:
+            parts.append(head.agent_name)  # the agent it chose, when it chooses one
+        elif step.get("agents"):
+            parts.append(" | ".join(step["agents"]))
         else:
             parts.append(str(step.get("agent", "")))
     elif kind == "workflow":
-        parts.append(f"↳ {step.get('workflow', '')}")
+        parts.append(f"↳ {' | '.join(step['workflows']) if step.get('workflows') else step.get('workflow', '')}")
     else:
         parts.append(KIND_LABELS.get(kind, kind))
     if step.get("for_each"):

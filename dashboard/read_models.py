@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 
 from dashboard import agent_status, gantt, graph, waiting_words
 from orchestration import access
@@ -38,6 +38,19 @@ ITEM_FILTERS: dict[str, tuple[str, ...]] = {
 }
 
 
+# A map over a sub-workflow lists this many of its child runs on the run page; its items page
+# lists them all.
+CHILDREN_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class MappedChild:
+    index: int
+    run_id: int
+    status: str
+    workflow: str
+
+
 @dataclass(frozen=True)
 class StepRow:
     step: StepRun
@@ -52,6 +65,11 @@ class StepRow:
     version_label: str = ""
     # What it waits for, when it waits: "waiting: approval by legal, due in 3 hours".
     waiting: waiting_words.WaitingSummary | None = None
+    # A step that chooses its agent (or sub-workflow) at run time: the set it chooses from.
+    choices: tuple[str, ...] = ()
+    # A map over a sub-workflow: its items' child runs, lowest index first (at most CHILDREN_SHOWN).
+    mapped_children: tuple[MappedChild, ...] = ()
+    mapped_children_more: int = 0
 
     @property
     def fold_id(self) -> str:
@@ -157,9 +175,23 @@ def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) 
     attempts = attempts_by_step(Attempt.objects.filter(step_run__in=shown).defer("log", "traceback", "usage"))
     # "parent_step set" said outright: without it PostgreSQL joins the run's steps to every run
     # in the table (a sequential scan, 60 ms at 100,000 runs) rather than probe the few that have one.
-    children = dict(
-        Run.objects.filter(parent_step__isnull=False, parent_step__run=run).order_by("pk").values_list("parent_step_id", "pk")
-    )
+    # The same query brings the child runs of maps over a sub-workflow (their parent steps are
+    # the map's items, rows of this run too), for the map's row.
+    children: dict[int, int] = {}
+    mapped: dict[int, list[MappedChild]] = {}
+    for step_id, child_id, status, workflow_key, map_head, index in (
+        Run.objects.filter(parent_step__isnull=False, parent_step__run=run)
+        .order_by("pk")
+        .values_list("parent_step_id", "pk", "status", "workflow__key", "parent_step__parent_id", "parent_step__map_index")
+    ):
+        children[step_id] = child_id
+        if map_head is not None:
+            mapped.setdefault(map_head, []).append(MappedChild(index or 0, child_id, status, workflow_key))
+    for listed in mapped.values():
+        # A retried item may have had more than one child run: its latest counts.
+        newest = {child.index: child for child in listed}
+        listed[:] = sorted(newest.values(), key=lambda child: child.index)
+    steps_spec = {s["key"]: s for s in spec.get("steps", [])}
     # The latest hundred events, drawn oldest first as the run unfolded.
     latest = event_page(run, newest_first=True)
     events = list(latest.object_list)[::-1]
@@ -189,6 +221,9 @@ def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) 
                 primary_called=row.pk in primary_called,
                 version_label=versions.get(row.pk, ""),
                 waiting=waiting.get(row.pk),
+                choices=_choices(steps_spec.get(row.step_key, {})),
+                mapped_children=tuple(mapped.get(row.pk, [])[:CHILDREN_SHOWN]),
+                mapped_children_more=max(len(mapped.get(row.pk, [])) - CHILDREN_SHOWN, 0),
             )
             for row in step_rows
         ],
@@ -236,6 +271,11 @@ def step_detail(run: Run, step: StepRun) -> dict[str, Any]:
     }
 
 
+def _choices(step: dict[str, Any]) -> tuple[str, ...]:
+    """The agents (or sub-workflows) a step chooses from at run time; () for one that names one."""
+    return tuple(step.get("agents") or step.get("workflows") or ())
+
+
 def agents_page(user: Any) -> dict[str, Any]:
     """What the agents page (`_agents.html`) shows `user`."""
     # Agents are shared, so every signed-in user sees them; what they are doing is counted
@@ -270,6 +310,10 @@ def step_items(run: Run, head: StepRun, *, status: str = "all", page: Any = None
     chosen = status if status in ITEM_FILTERS else "all"
     if chosen != "all":
         items = items.filter(status__in=ITEM_FILTERS[chosen])
+    if head.kind == StepKind.WORKFLOW:
+        # Each item's (latest) child run, in the page's own query.
+        child = Run.objects.filter(parent_step=OuterRef("pk")).order_by("-pk")
+        items = items.annotate(child_run_id=Subquery(child.values("pk")[:1]), child_run_status=Subquery(child.values("status")[:1]))
     items_page = Paginator(items.order_by("map_index", "id"), ITEMS_PER_PAGE).get_page(page)
     page_items = list(items_page.object_list)
     attempts = attempts_by_step(Attempt.objects.filter(step_run__in=[item.pk for item in page_items]))

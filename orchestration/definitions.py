@@ -34,9 +34,11 @@ from orchestration.spec import (
     WorkflowSpec,
     agent_templates,
     children_of,
+    chosen_at_run_time,
     dump_document,
     known_output_keys,
     normalise_workflow,
+    step_agents,
     validate_document,
 )
 
@@ -195,11 +197,18 @@ def _draft_step(
     children: dict[str, Workflow],
 ) -> DraftStep:
     options: dict[str, Any] = {}
-    for name in ("name", "description", "timeout", "retry", "fallback", "compensate", "gate", "on_failure"):
+    for name in (
+        "name", "description", "timeout", "retry", "fallback", "compensate", "gate", "on_failure",
+        "agents", "workflows", "item_key",
+    ):
         if step.get(name) is not None:
             options[name] = step[name]
-    if step["kind"] in (StepKind.APPROVAL, StepKind.MANUAL, StepKind.WAIT):
+    if step["kind"] in (StepKind.APPROVAL, StepKind.MANUAL, StepKind.WAIT, StepKind.ROUTE, StepKind.END):
         options[step["kind"]] = step[step["kind"]]
+    for name in ("agent", "workflow"):
+        # An expression (chosen at run time) has no row to point at: the draft keeps its text.
+        if chosen_at_run_time(step.get(name)):
+            options[name] = step.get(name)
     return DraftStep(
         workflow=workflow,
         position=position,
@@ -459,7 +468,7 @@ def export_document(key: str, *, as_json: bool = False) -> str:
         raise SpecError([f"workflow '{key}': has no published version yet"])
     names: set[str] = set()
     for step in version.spec["steps"]:
-        names.update(n for n in (step.get("agent"), step.get("fallback"), (step.get("compensate") or {}).get("agent")) if n)
+        names.update(n for n in (*step_agents(step), step.get("fallback"), (step.get("compensate") or {}).get("agent")) if n)
     # Fallback agents of those agents too, transitively, so the file imports on its own.
     rows: dict[str, Agent] = {}
     pending = names

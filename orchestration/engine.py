@@ -19,15 +19,22 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from orchestration import guards, limits, reads, version_choice, waiting
 from orchestration.durations import parse_duration
 from orchestration.models import Agent, Attempt, Event, Run, StepKind, StepRun, Workflow
 from orchestration.rows import insert_row, insert_rows
-from orchestration.spec import DEFAULT_RETRY, check_input_value, loop_body
-from orchestration.specs import UNDO, load_agent, loop_waits, spec_for, step_spec
+from orchestration.spec import (
+    DEFAULT_RETRY,
+    case_text,
+    check_input_value,
+    chosen_at_run_time,
+    loop_body,
+    step_agents,
+)
+from orchestration.specs import UNDO, load_agent, loop_waits, route_steps, spec_for, step_spec, steps_by_key
 from orchestration.status import (
     STEP_FINAL,
     AttemptStatus,
@@ -129,6 +136,14 @@ def template_context(
                 "iteration": row.iteration,
                 "error": row.error,
             }
+    for key in route_steps(run.version_id):
+        decided = steps.get(key)
+        if decided is None or decided["status"] != StepStatus.SUCCEEDED or not isinstance(decided["output"], dict):
+            continue
+        # A route is seen as the branch it took, once that branch's step has finished, so
+        # the join after the branches reads one name whichever ran (`steps.<route>.output`).
+        branch = decided["output"].get("branch")
+        steps[key] = {**steps.get(str(branch), decided), "branch": branch}
     context: dict[str, Any] = {
         "input": run.input,
         "steps": steps,
@@ -196,6 +211,7 @@ def advance(work: Work, run: Run, *, taker: Taker | None = None, heads: list[Ste
     if run.status != RunStatus.RUNNING:
         return
     spec = spec_for(run)
+    by_key = steps_by_key(run.version_id)
     waits = loop_waits(run.version_id)
     to_send: list[int] = []
     rows = head_rows(run) if heads is None else heads
@@ -210,7 +226,10 @@ def advance(work: Work, run: Run, *, taker: Taker | None = None, heads: list[Ste
         for step in ready:
             head = current.get(step["key"]) or StepRun(run=run, step_key=step["key"], kind=step["kind"])
             deps = [current.get(key) for key in step["after"]]
-            if deps and all(dep.status == StepStatus.SKIPPED for dep in deps if dep):
+            not_taken = _not_taken(step, current, by_key)
+            if not_taken:
+                _skip(work, run, head, not_taken)
+            elif deps and all(_skipped(dep, current, by_key) for dep in deps if dep):
                 _skip(work, run, head, "every step it comes after was skipped")
             else:
                 # The lone step this run queues goes to the calling worker (see _queue): if
@@ -251,6 +270,32 @@ def _ready(step: dict[str, Any], current: dict[str, StepRun], waits: dict[str, t
     return not any(dep.status in (StepStatus.FAILED, StepStatus.CANCELLED) for dep in deps if dep)
 
 
+def _not_taken(step: dict[str, Any], current: dict[str, StepRun], by_key: dict[str, dict[str, Any]]) -> str | None:
+    """Why a branch of a route is skipped: the route it comes after took another branch."""
+    for key in step["after"]:
+        route = by_key.get(key, {}).get("route")
+        decided = current.get(key)
+        if route is None or decided is None or decided.status != StepStatus.SUCCEEDED:
+            continue
+        taken = decided.output.get("branch") if isinstance(decided.output, dict) else None
+        if step["key"] in (*route["cases"].values(), route["default"]) and taken != step["key"]:
+            return f"route '{key}' took branch '{taken}'"
+    return None
+
+
+def _skipped(dep: StepRun, current: dict[str, StepRun], by_key: dict[str, dict[str, Any]]) -> bool:
+    """Whether a skipped step switches off the steps after it. An `end` step that did not end
+    the run (its `when` was false) does not: the run goes on past it. One skipped because
+    everything before it was skipped still does."""
+    if dep.status != StepStatus.SKIPPED:
+        return False
+    step = by_key.get(dep.step_key)
+    if step is None or step["kind"] != StepKind.END:
+        return True
+    before = [current.get(key) for key in step["after"]]
+    return bool(before) and all(b is not None and _skipped(b, current, by_key) for b in before)
+
+
 def _skip(work: Work, run: Run, head: StepRun, reason: str) -> None:
     head.status = StepStatus.SKIPPED
     head.finished_at = timezone.now()
@@ -289,11 +334,30 @@ def _start(
         return
     head.input = payload
     if step["kind"] == StepKind.AGENT:
-        head.agent_name = step["agent"]
-        if needs_gate(step):
+        if step.get("for_each"):
+            # A map that chooses each item's agent has none of its own: its items have theirs.
+            head.agent_name = "" if chosen_at_run_time(step["agent"]) else step["agent"]
+        else:
+            try:
+                head.agent_name = chosen_name(step, "agent", context)
+            except TemplateError as exc:
+                head.save()
+                fail_step(work, run, head, str(exc), ErrorClass.PERMANENT)
+                return
+        if needs_gate(step, head.agent_name):
             _wait_for_gate(work, run, step, head, context)
             return
         _start_agent(work, run, step, head, context, to_send, taker)
+        return
+    if step["kind"] == StepKind.ROUTE:
+        _route(work, run, step, head, context)
+        return
+    if step["kind"] == StepKind.END:
+        _end(work, run, step, head, context)
+        return
+    if step["kind"] == StepKind.WORKFLOW and step.get("for_each"):
+        head.started_at = now
+        _start_map(work, run, step, head, context, to_send)
         return
     head.status = StepStatus.WAITING
     head.started_at = now
@@ -320,7 +384,7 @@ def _start(
     if head.wait_event:
         _take_kept_event(work, run, head)
     if step["kind"] == StepKind.WORKFLOW:
-        _start_child(work, run, step, head)
+        _start_child(work, run, step, head, context)
     elif step["kind"] in (StepKind.APPROVAL, StepKind.MANUAL):
         waiting.open_wait(work, run=run, step=head, spec=step, context=context, kind=step["kind"])
 
@@ -501,12 +565,92 @@ def _insert_claimed(work: Work, run: Run, head: StepRun, taker: Taker, now: date
     taker.chosen = chosen
 
 
-def needs_gate(step: dict[str, Any]) -> bool:
-    """A `gate:` on the step, or a high-risk agent: nothing runs without approval of the action."""
+def needs_gate(step: dict[str, Any], agent_name: str = "") -> bool:
+    """A `gate:` on the step, or a high-risk agent: nothing runs without approval of the action.
+
+    `agent_name`: the agent chosen for the step; without one (a map that chooses each item's
+    agent), any high-risk agent the step may choose gates it."""
     if step.get("gate") is not None:
         return True
-    agent = load_agent(step["agent"])
-    return agent is not None and agent.risk == Risk.HIGH
+    for name in [agent_name] if agent_name else step_agents(step):
+        agent = load_agent(name)
+        if agent is not None and agent.risk == Risk.HIGH:
+            return True
+    return False
+
+
+def chosen_name(step: dict[str, Any], field: str, context: dict[str, Any]) -> str:
+    """The agent (`field` "agent") or sub-workflow ("workflow") a step runs: its name, or the
+    value of its expression, which must be one of the step's declared set (`agents`,
+    `workflows`); TemplateError naming the value and the set otherwise."""
+    name = step[field]
+    if not chosen_at_run_time(name):
+        return str(name)
+    value = evaluate(name, context)
+    allowed = step.get(f"{field}s") or []
+    if not isinstance(value, str) or value not in allowed:
+        raise TemplateError(
+            f"field `{field}`: {value!r} is not one of the {field}s this step may choose ({', '.join(allowed)})"
+        )
+    return value
+
+
+def _route(work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any]) -> None:
+    """A route decides at once: exactly one of its branches runs (advance skips the others)."""
+    route = step["route"]
+    try:
+        value = evaluate(route["by"], context)
+        _check_rendered(value, "route.by")
+    except TemplateError as exc:
+        head.save()
+        fail_step(work, run, head, f"`route.by` {exc}", ErrorClass.PERMANENT)
+        return
+    branch = route["cases"].get(case_text(value))
+    why = "" if branch is not None else " (no case matched: the default)"
+    branch = branch or route["default"]
+    now = timezone.now()
+    head.status = StepStatus.SUCCEEDED
+    head.output = {"value": value, "branch": branch}
+    head.started_at = head.finished_at = now
+    head.save()
+    work.event(
+        run, EventKind.STEP_SUCCEEDED, step=head, to_status=head.status, message=f"{case_text(value)}: branch '{branch}'{why}"
+    )
+    after_success(work, run, head)
+
+
+def _end(work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any]) -> None:
+    """An `end` step whose turn came (its `when` held): the run ends here, as it says."""
+    end = step["end"]
+    try:
+        message = str(render(end["message"], context))
+        output = render(end["output"], context) if "output" in end else {"ended_by": step["key"], "message": message}
+        _check_rendered(output, "end.output")
+    except TemplateError as exc:
+        head.save()
+        fail_step(work, run, head, f"`end` {exc}", ErrorClass.PERMANENT)
+        return
+    now = timezone.now()
+    head.status = StepStatus.SUCCEEDED
+    head.output = {"status": end["status"], "message": message}
+    head.started_at = head.finished_at = now
+    head.save()
+    work.event(run, EventKind.STEP_SUCCEEDED, step=head, to_status=head.status, message=f"ends the run as {end['status']}: {message}")
+    if end["status"] == "failed":
+        fail_run(work, run, message)
+        return
+    reason = f"ended by step '{step['key']}': {message}"
+    stopped, items = _stop_open_steps(work, run, reason)
+    run.status = RunStatus.SUCCEEDED
+    run.output = output
+    run.finished_at = now
+    run.save(update_fields=["status", "output", "finished_at"])
+    work.event(
+        run, EventKind.RUN_SUCCEEDED, from_status=RunStatus.RUNNING, to_status=run.status, message=reason,
+        data={"cancelled_steps": stopped, "cancelled_items": items},
+    )
+    if run.parent_step_id:
+        work.child_runs_ended.append(run.pk)
 
 
 def _wait_for_gate(work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any]) -> None:
@@ -594,19 +738,28 @@ def finish_waiting(work: Work, run: Run, step: StepRun, output: Any, *, message:
     step.wake_at = None
     step.save(update_fields=["status", "output", "finished_at", "wake_at", "waiting_for"])
     work.event(run, EventKind.STEP_SUCCEEDED, step=step, from_status=StepStatus.WAITING, to_status=step.status, actor=actor, message=message)
+    if step.parent_id is not None:
+        # An item of a map over a sub-workflow: its child run succeeded.
+        items_succeeded(work, run, step.parent_id, 1)
+        return
     after_success(work, run, step)
 
 
-def _start_child(work: Work, run: Run, step: dict[str, Any], head: StepRun) -> None:
-    workflow = Workflow.objects.filter(key=step["workflow"]).first()
+def _start_child(work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any]) -> None:
+    try:
+        key = chosen_name(step, "workflow", context)
+    except TemplateError as exc:
+        fail_step(work, run, head, str(exc), ErrorClass.PERMANENT)
+        return
+    workflow = Workflow.objects.filter(key=key).first()
     version = workflow.latest_version if workflow else None
     if workflow is None or version is None:
-        fail_step(work, run, head, f"sub-workflow '{step['workflow']}' has no published version", ErrorClass.PERMANENT)
+        fail_step(work, run, head, f"sub-workflow '{key}' has no published version", ErrorClass.PERMANENT)
         return
     try:
         child_input = validate_run_input(version.spec, head.input)
     except ValueError as exc:
-        fail_step(work, run, head, f"sub-workflow '{step['workflow']}' {exc}", ErrorClass.PERMANENT)
+        fail_step(work, run, head, f"sub-workflow '{key}' {exc}", ErrorClass.PERMANENT)
         return
     child = Run.objects.create(
         workflow=workflow,
@@ -616,7 +769,8 @@ def _start_child(work: Work, run: Run, step: dict[str, Any], head: StepRun) -> N
         trigger="parent",
         parent_step=head,
     )
-    work.event(child, EventKind.RUN_STARTED, to_status=child.status, message=f"started by run {run.pk}, step '{head.step_key}'")
+    item = f" item {head.map_index}" if head.map_index is not None else ""
+    work.event(child, EventKind.RUN_STARTED, to_status=child.status, message=f"started by run {run.pk}, step '{head.step_key}'{item}")
     advance(work, child)
 
 
@@ -625,18 +779,48 @@ def restart_child(work: Work, run: Run, step: dict[str, Any], head: StepRun) -> 
     head.status = StepStatus.WAITING
     head.waiting_for = WaitingFor.WORKFLOW
     head.save()
-    _start_child(work, run, step, head)
+    _start_child(work, run, step, head, template_context(run, iteration=head.iteration))
+
+
+def _start_child_items(work: Work, run: Run, step: dict[str, Any], parent: StepRun, count: int) -> None:
+    """Start the child runs of a map over a sub-workflow's next pending items, lowest index first."""
+    if count <= 0:
+        return
+    pending = list(StepRun.objects.filter(parent=parent, status=StepStatus.PENDING).order_by("map_index")[:count])
+    if not pending:
+        return
+    context = template_context(run, iteration=parent.iteration)
+    now = timezone.now()
+    for item in pending:
+        item.status = StepStatus.WAITING
+        item.waiting_for = WaitingFor.WORKFLOW
+        item.started_at = now
+        item.queued_at = None
+        item.save(update_fields=["status", "waiting_for", "started_at", "queued_at"])
+        work.event(
+            run, EventKind.STEP_WAITING, step=item, from_status=StepStatus.PENDING, to_status=item.status,
+            message=f"item {item.map_index}: {_waiting_for(step)}",
+        )
+        _start_child(work, run, step, item, {**context, "item": item.item, "index": item.map_index})
+        if run.status != RunStatus.RUNNING or item.status == StepStatus.FAILED:
+            return  # it failed the map (and so the run, or it escalated): start no more
 
 
 def _start_map(
     work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], to_send: list[int]
 ) -> None:
-    try:
-        items = evaluate(step["for_each"], context)
-    except TemplateError as exc:
-        head.save()
-        fail_step(work, run, head, f"`for_each` {exc}", ErrorClass.PERMANENT)
-        return
+    previous: StepRun | None = None
+    if head.redo is not None and head.iteration > 1:
+        # A round of `loop.redo`: the same items as the round before, only the named ones run.
+        previous = StepRun.objects.get(run=run, step_key=head.step_key, iteration=head.iteration - 1, map_index__isnull=True)
+        items = list(StepRun.objects.filter(parent=previous).order_by("map_index").values_list("item", flat=True))
+    else:
+        try:
+            items = evaluate(step["for_each"], context)
+        except TemplateError as exc:
+            head.save()
+            fail_step(work, run, head, f"`for_each` {exc}", ErrorClass.PERMANENT)
+            return
     if isinstance(items, (tuple, range)):
         items = list(items)
     if not isinstance(items, list):
@@ -647,6 +831,9 @@ def _start_map(
     if too_many:
         head.save()
         fail_step(work, run, head, too_many, ErrorClass.PERMANENT)
+        return
+    if previous is not None:
+        _start_redo(work, run, step, head, previous, items, context, to_send)
         return
     now = timezone.now()
     if not items:
@@ -659,31 +846,119 @@ def _start_map(
         after_success(work, run, head)
         return
     limit = step.get("concurrency") or len(items)
-    rows: list[tuple[int, Any, Any]] = []
-    for index, item in enumerate(items):
-        try:
-            payload = render(step["input"], {**context, "item": item, "index": index}) if "input" in step else item
-            _check_rendered(payload, "input")
-        except TemplateError as exc:
-            head.save()
-            fail_step(work, run, head, f"item {index}: {exc}", ErrorClass.PERMANENT)
-            return
-        rows.append((index, item, payload))
+    rows = _item_rows(work, run, step, head, context, list(enumerate(items)))
+    if rows is None:
+        return
     head.status = StepStatus.RUNNING
     head.items_total = len(items)
     head.save()
     work.event(run, EventKind.STEP_STARTED, step=head, to_status=head.status, message=f"mapping over {len(items)} items")
-    _insert_items(head, rows, limit=limit, now=now)
+    if step["kind"] == StepKind.WORKFLOW:
+        _insert_items(head, [row[:3] for row in rows], limit=0, now=now)
+        _start_child_items(work, run, step, head, limit)
+        return
+    _insert_items(head, [row[:3] for row in rows], limit=limit, now=now)
+    _send_items(work, step, head, rows, to_send)
+
+
+def _item_rows(
+    work: Work, run: Run, step: dict[str, Any], head: StepRun, context: dict[str, Any], items: list[tuple[int, Any]]
+) -> list[tuple[int, Any, Any, str]] | None:
+    """Each item's (index, item, input, agent) as the map starts it (the agent is "" unless the
+    step chooses one per item); None when one cannot be rendered: the step has failed."""
+    rows: list[tuple[int, Any, Any, str]] = []
+    per_item = step["kind"] == StepKind.AGENT and chosen_at_run_time(step["agent"])
+    for index, item in items:
+        own = {**context, "item": item, "index": index}
+        try:
+            payload = render(step["input"], own) if "input" in step else item
+            _check_rendered(payload, "input")
+            agent = chosen_name(step, "agent", own) if per_item else ""
+        except TemplateError as exc:
+            head.save()
+            fail_step(work, run, head, f"item {index}: {exc}", ErrorClass.PERMANENT)
+            return None
+        rows.append((index, item, payload, agent))
+    return rows
+
+
+def _send_items(work: Work, step: dict[str, Any], head: StepRun, rows: list[tuple[int, Any, Any, str]], to_send: list[int]) -> None:
+    """Give each item its own agent (when the step chooses them), then send the queued items."""
+    by_agent: dict[str, list[int]] = {}
+    for index, _, _, agent in rows:
+        if agent:
+            by_agent.setdefault(agent, []).append(index)
+    for agent, indexes in by_agent.items():
+        StepRun.objects.filter(parent=head, map_index__in=indexes).update(agent_name=agent)
     queued = list(
         StepRun.objects.filter(parent=head, status=StepStatus.QUEUED).order_by("map_index").values_list("pk", flat=True)
     )
-    limited = Agent.objects.filter(name=head.agent_name, max_concurrency__isnull=False).exists()
+    limited = Agent.objects.filter(name__in=[head.agent_name, *by_agent], max_concurrency__isnull=False).exists()
     # Chunks would hold slots of a limited agent while their items wait their turn in the
-    # worker, so such items (and steps with their own `concurrency`) go one per message.
-    if step.get("concurrency") or limited:
+    # worker, so such items (and steps with their own `concurrency`) go one per message; so do
+    # items of different agents (a worker's chunk runs one agent).
+    if step.get("concurrency") or limited or by_agent:
         to_send.extend(queued)
     elif queued:
         work.send_mapped.append(queued)
+
+
+def _start_redo(
+    work: Work,
+    run: Run,
+    step: dict[str, Any],
+    head: StepRun,
+    previous: StepRun,
+    items: list[Any],
+    context: dict[str, Any],
+    to_send: list[int],
+) -> None:
+    """A later round of a map whose loop's judge named the items to run again (head.redo):
+    those run, rendered afresh for this round; every other item keeps the previous round's
+    output, as a succeeded row of this round with no attempt, so each round has every item."""
+    now = timezone.now()
+    redo = sorted(set(head.redo or []))
+    rows = _item_rows(work, run, step, head, context, [(index, items[index]) for index in redo])
+    if rows is None:
+        return
+    fresh = {index: row for index, row in zip(redo, rows, strict=True)}
+    before = dict(StepRun.objects.filter(parent=previous).values_list("map_index", "input"))
+    head.status = StepStatus.RUNNING
+    head.items_total = len(items)
+    head.items_done = len(items) - len(redo)
+    head.save()
+    work.event(
+        run, EventKind.STEP_STARTED, step=head, to_status=head.status,
+        message=f"round {head.iteration}: item(s) {', '.join(map(str, redo)) or 'none'} run again; the other {head.items_done} keep their outputs",
+        data={"redo": redo},
+    )
+    _insert_items(
+        head,
+        [fresh[i][:3] if i in fresh else (i, item, before.get(i)) for i, item in enumerate(items)],
+        limit=0,
+        now=now,
+    )
+    earlier = StepRun.objects.filter(parent=previous, map_index=OuterRef("map_index"))
+    StepRun.objects.filter(parent=head).exclude(map_index__in=redo).update(
+        status=StepStatus.SUCCEEDED,
+        output=Subquery(earlier.values("output")[:1]),
+        agent_name=Subquery(earlier.values("agent_name")[:1]),
+        finished_at=now,
+    )
+    if not redo:
+        head.status = StepStatus.SUCCEEDED
+        head.output = collect_items(head)
+        head.finished_at = now
+        head.save()
+        work.event(run, EventKind.STEP_SUCCEEDED, step=head, to_status=head.status, message="no item to run again")
+        after_success(work, run, head)
+        return
+    limit = step.get("concurrency") or len(redo)
+    if step["kind"] == StepKind.WORKFLOW:
+        _start_child_items(work, run, step, head, limit)
+        return
+    StepRun.objects.filter(parent=head, map_index__in=redo[:limit]).update(status=StepStatus.QUEUED, queued_at=now)
+    _send_items(work, step, head, list(fresh.values()), to_send)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -714,7 +989,12 @@ def after_success(
             return
         if not done:
             if head.iteration < loop["max_iterations"]:
-                _loop_back(work, run, step, head, loop)
+                try:
+                    redo = _redo_items(run, step, head, loop, context) if "redo" in loop else None
+                except TemplateError as exc:
+                    fail_step(work, run, StepRun.objects.get(pk=head.pk), str(exc), ErrorClass.PERMANENT)
+                    return
+                _loop_back(work, run, step, head, loop, redo)
             elif loop["on_exhausted"] == "fail":
                 fail_step(work,
                     run,
@@ -729,23 +1009,71 @@ def after_success(
     advance(work, run, taker=taker, heads=heads)
 
 
-def _loop_back(work: Work, run: Run, step: dict[str, Any], head: StepRun, loop: dict[str, Any]) -> None:
+def _redo_items(run: Run, step: dict[str, Any], head: StepRun, loop: dict[str, Any], context: dict[str, Any]) -> list[int] | None:
+    """The indexes of the items of `loop.back_to` (a map) the judge sends back, from `loop.redo`
+    (indexes, or keys given by the map's `item_key`); None: all of them. TemplateError naming
+    an item that does not exist."""
+    value = evaluate(loop["redo"], context)
+    if value is None:
+        return None
+    if isinstance(value, (str, int)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise TemplateError(f"field `loop.redo` must give a list of item indexes or keys, got {type(value).__name__}")
+    target = step_spec(run, loop["back_to"])
+    mapped = StepRun.objects.get(run=run, step_key=loop["back_to"], iteration=head.iteration, map_index__isnull=True)
+    total = mapped.items_total or 0
+    keys: dict[str, int] = {}
+    if target.get("item_key"):
+        for index, item in StepRun.objects.filter(parent=mapped).order_by("map_index").values_list("map_index", "item"):
+            keys.setdefault(case_text(evaluate(target["item_key"], {**context, "item": item, "index": index})), int(index or 0))
+    chosen: set[int] = set()
+    for entry in value:
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            if not 0 <= entry < total:
+                has = f"items 0 to {total - 1}" if total else "no items"
+                raise TemplateError(f"field `loop.redo`: item {entry} does not exist (step '{loop['back_to']}' has {has})")
+            chosen.add(entry)
+        elif isinstance(entry, str) and target.get("item_key"):
+            if entry not in keys:
+                raise TemplateError(
+                    f"field `loop.redo`: no item of step '{loop['back_to']}' has the key {entry!r} (keys: {', '.join(keys) or 'none'})"
+                )
+            chosen.add(keys[entry])
+        else:
+            raise TemplateError(
+                f"field `loop.redo`: {entry!r} is not an item index"
+                + ("" if target.get("item_key") else f", and step '{loop['back_to']}' has no `item_key` to name its items by")
+            )
+    return sorted(chosen)
+
+
+def _loop_back(
+    work: Work, run: Run, step: dict[str, Any], head: StepRun, loop: dict[str, Any], redo: list[int] | None = None
+) -> None:
     spec = spec_for(run)
     body = loop_body(spec, loop["back_to"], step["key"])
     next_iteration = head.iteration + 1
     StepRun.objects.bulk_create(
         [
-            StepRun(run=run, step_key=s["key"], kind=s["kind"], iteration=next_iteration)
+            StepRun(
+                run=run,
+                step_key=s["key"],
+                kind=s["kind"],
+                iteration=next_iteration,
+                redo=redo if s["key"] == loop["back_to"] else None,
+            )
             for s in spec["steps"]
             if s["key"] in body
         ]
     )
+    again = "" if redo is None else f" (item(s) {', '.join(map(str, redo)) or 'none'} of '{loop['back_to']}' run again)"
     work.event(
         run,
         EventKind.STEP_LOOPED,
         step=head,
-        message=f"`{loop['until']}` is false: back to '{loop['back_to']}' for round {next_iteration}",
-        data={"iteration": next_iteration, "steps": sorted(body)},
+        message=f"`{loop['until']}` is false: back to '{loop['back_to']}' for round {next_iteration}{again}",
+        data={"iteration": next_iteration, "steps": sorted(body), **({"redo": redo} if redo is not None else {})},
     )
 
 
@@ -786,9 +1114,12 @@ def _cancel_open_items(work: Work, run: Run, parent: StepRun, reason: str) -> No
     """Cancel a map's unfinished items, in the transaction that fails the map.
 
     Workers holding some of them (a chunk) look before each item, see it cancelled and stop;
-    whatever they report for an item already started is refused, as after a cancel.
+    whatever they report for an item already started is refused, as after a cancel. The child
+    runs of a map over a sub-workflow are cancelled with their items.
     """
+    waited = list(StepRun.objects.filter(parent=parent, status=StepStatus.WAITING).values_list("pk", flat=True))
     cancelled = _cancel_steps(StepRun.objects.filter(parent=parent), reason=reason)
+    _cancel_children(work, run, waited, reason)
     if cancelled:
         work.event(
             run,
@@ -844,8 +1175,23 @@ def _cancel_steps(steps: QuerySet[StepRun], *, reason: str, now: datetime | None
     )
 
 
+def _cancel_children(work: Work, run: Run, step_ids: list[int], reason: str, actor: Any = None) -> None:
+    if not step_ids:
+        return
+    for child in Run.objects.filter(parent_step_id__in=step_ids, status=RunStatus.RUNNING).select_for_update(no_key=True):
+        fail_run(work, child, f"parent run {run.pk} stopped: {reason}", status=RunStatus.CANCELLED, actor=actor)
+
+
 def fail_run(work: Work, run: Run, reason: str, *, status: str = RunStatus.FAILED, actor: Any = None) -> None:
     """Stop a run: cancel what has not finished, then undo what has (if it asks), then end."""
+    stopped, items = _stop_open_steps(work, run, reason, actor=actor)
+    if _start_compensations(work, run, reason, status, actor):
+        return
+    _end_run(work, run, status, reason, actor=actor, data={"cancelled_steps": stopped, "cancelled_items": items})
+
+
+def _stop_open_steps(work: Work, run: Run, reason: str, *, actor: Any = None) -> tuple[int, int]:
+    """Cancel the run's unfinished steps, their inbox items and child runs: (steps, of which items)."""
     now = timezone.now()
     steps = StepRun.objects.filter(run=run)
     heads = list(
@@ -853,8 +1199,12 @@ def fail_run(work: Work, run: Run, reason: str, *, status: str = RunStatus.FAILE
         .exclude(status__in=STEP_FINAL)
         .values_list("pk", "status", "step_key", "iteration", "kind")
     )
-    # Only waiting steps (heads: a for_each item never waits) have inbox items or child runs.
+    # Only waiting heads have inbox items; they and the waiting items of a map over a
+    # sub-workflow have child runs.
     waited = [pk for pk, before, *_ in heads if before == StepStatus.WAITING]
+    mapped = list(
+        steps.filter(map_index__isnull=False, status=StepStatus.WAITING, kind=StepKind.WORKFLOW).values_list("pk", flat=True)
+    )
     stopped = _cancel_steps(steps, reason=reason, now=now)
     # A map's items are counted on the run's event, not one event each.
     items = stopped - len(heads)
@@ -864,11 +1214,8 @@ def fail_run(work: Work, run: Run, reason: str, *, status: str = RunStatus.FAILE
             run, EventKind.STEP_CANCELLED, step=head, from_status=before, to_status=StepStatus.CANCELLED, message=reason, actor=actor
         )
     waiting.close_waits(work, step_ids=waited, reason=reason)
-    for child in Run.objects.filter(parent_step_id__in=waited, status=RunStatus.RUNNING).select_for_update(no_key=True):
-        fail_run(work, child, f"parent run {run.pk} stopped: {reason}", status=RunStatus.CANCELLED, actor=actor)
-    if _start_compensations(work, run, reason, status, actor):
-        return
-    _end_run(work, run, status, reason, actor=actor, data={"cancelled_steps": stopped, "cancelled_items": items})
+    _cancel_children(work, run, waited + mapped, reason, actor)
+    return stopped, items
 
 
 def _end_run(work: Work, run: Run, status: str, reason: str, *, actor: Any = None, data: dict[str, Any] | None = None) -> None:
@@ -990,10 +1337,32 @@ def finish_run(work: Work, run: Run, current: dict[str, StepRun]) -> None:
         work.child_runs_ended.append(run.pk)
 
 
+def items_succeeded(work: Work, run: Run, parent_id: int, count: int) -> None:
+    """`count` items of a map have succeeded: the map succeeds with them all, or the next
+    held-back items start."""
+    StepRun.objects.filter(pk=parent_id).update(items_done=F("items_done") + count)
+    parent = StepRun.objects.get(pk=parent_id)
+    if parent.status in STEP_FINAL:
+        return
+    if parent.items_done >= (parent.items_total or 0):
+        parent.status = StepStatus.SUCCEEDED
+        parent.output = collect_items(parent)
+        parent.finished_at = timezone.now()
+        parent.save(update_fields=["status", "output", "finished_at"])
+        work.event(run, EventKind.STEP_SUCCEEDED, step=parent, from_status=StepStatus.RUNNING, to_status=parent.status, message=f"all {parent.items_total} items done")
+        after_success(work, run, parent)
+    else:
+        release_next_items(work, run, parent, count)
+
+
 def release_next_items(work: Work, run: Run, parent: StepRun, count: int = 1) -> None:
     """Queue held-back for_each items (`concurrency` slots came free), lowest index first."""
-    if not step_spec(run, parent.step_key).get("concurrency"):
+    step = step_spec(run, parent.step_key)
+    if not step.get("concurrency"):
         return  # every item was queued at the start; none is held back
+    if step["kind"] == StepKind.WORKFLOW:
+        _start_child_items(work, run, step, parent, count)
+        return
     ids = list(
         StepRun.objects.filter(parent=parent, status=StepStatus.PENDING)
         .order_by("map_index")
@@ -1046,6 +1415,9 @@ def run_step_again(
     def retried(to_status: str, message: str = why) -> None:
         work.event(run, EventKind.STEP_QUEUED, step=step, from_status=from_status, to_status=to_status, message=message, actor=actor)
 
+    if step.kind == StepKind.WORKFLOW and step.items_total:
+        _map_children_again(work, run, spec, step, why=why, actor=actor, retried=retried)
+        return
     if step.kind == StepKind.WORKFLOW:
         retried(StepStatus.WAITING)
         step.save()
@@ -1082,11 +1454,12 @@ def run_step_again(
             )
         work.send.extend(pk for pk, _, _ in again)
         return
-    step.agent_name = spec["agent"]
+    # Back to the agent the step chose (not a fallback that took over).
+    step.agent_name = step.fallback_from or step.agent_name if chosen_at_run_time(spec["agent"]) else spec["agent"]
     step.fallback_from = ""
     step.attempts_base = step.attempts
     step.claim_token = ""
-    if needs_gate(spec) and not guards.gate_covers(step, step.input):
+    if needs_gate(spec, step.agent_name) and not guards.gate_covers(step, step.input):
         # A gated or high-risk action runs only with an approval of its exact input: an
         # edited input (or one never approved) goes back to the gate, which shows it.
         retried(StepStatus.WAITING)
@@ -1097,6 +1470,50 @@ def run_step_again(
     step.save()
     retried(step.status)
     work.send.append(step.pk)
+
+
+def _map_children_again(
+    work: Work, run: Run, spec: dict[str, Any], step: StepRun, *, why: str, actor: Any, retried: Any
+) -> None:
+    """A map over a sub-workflow runs its failed and cancelled items again: each resumes its
+    child run from its failure when it can (its succeeded steps keep their outputs), or starts
+    a new one; the items that succeeded keep their outputs."""
+    step.status = StepStatus.RUNNING
+    step.save()
+    again = list(StepRun.objects.filter(parent=step, status__in=[StepStatus.FAILED, StepStatus.CANCELLED]).order_by("map_index"))
+    retried(step.status, f"{why}: its {len(again)} failed item(s) run again")
+    done = 0
+    for item in again:
+        child = Run.objects.filter(parent_step=item).order_by("-id").only("status", "output").first()
+        if child is not None and child.status == RunStatus.SUCCEEDED:
+            # Its child finished after the map had failed and cancelled the item: the item
+            # takes the child's output rather than doing the work again.
+            StepRun.objects.filter(pk=item.pk).update(
+                status=StepStatus.SUCCEEDED, output=child.output, error="", error_class="", finished_at=timezone.now()
+            )
+            work.event(
+                run, EventKind.STEP_SUCCEEDED, step=item, from_status=item.status, to_status=StepStatus.SUCCEEDED,
+                message=f"item {item.map_index}: sub-workflow run {child.pk} had succeeded", actor=actor,
+            )
+            done += 1
+            continue
+        if _resume_child(work, run, item, why=f"{why}: item {item.map_index}", actor=actor):
+            continue
+        before = item.status
+        StepRun.objects.filter(pk=item.pk).update(
+            status=StepStatus.PENDING, finished_at=None, error="", error_class="", waiting_for=""
+        )
+        work.event(
+            run, EventKind.STEP_QUEUED, step=item, from_status=before, to_status=StepStatus.PENDING,
+            message=f"item {item.map_index}: {why}", actor=actor,
+        )
+    if done:
+        items_succeeded(work, run, step.pk, done)
+        if run.status != RunStatus.RUNNING or not StepRun.objects.filter(pk=step.pk, status=StepStatus.RUNNING).exists():
+            return  # that was the last item: the map has succeeded
+    slots = spec.get("concurrency") or step.items_total or 0
+    running = StepRun.objects.filter(parent=step, status=StepStatus.WAITING).count()
+    _start_child_items(work, run, spec, step, max(slots - running, 0))
 
 
 class CannotRetry(Exception):
@@ -1214,7 +1631,7 @@ def _ran(head: StepRun) -> bool:
     """Whether a stopped step had started its work, so that a retry repeats that work with its
     input (a map: only its unfinished items) instead of starting the step afresh."""
     if head.kind == StepKind.WORKFLOW:
-        return head.child_runs.exists()
+        return bool(head.items_total) or head.child_runs.exists()
     return head.kind == StepKind.AGENT and (head.attempts > 0 or bool(head.items_total))
 
 

@@ -194,7 +194,8 @@ def fallback_for(run: Run, step: StepRun, agent: Agent | None) -> str | None:
     if step.kind == StepKind.COMPENSATION:
         return None
     spec = step_spec(run, step.step_key)
-    if step.agent_name == spec.get("agent") and spec.get("fallback"):
+    own = step.agent_name == spec.get("agent") or (step.agent_name in (spec.get("agents") or ()) and not step.fallback_from)
+    if own and spec.get("fallback"):
         candidate = str(spec["fallback"])
     else:
         candidate = agent.fallback if agent is not None else ""

@@ -184,6 +184,10 @@ class StepKind(models.TextChoices):
     APPROVAL = "approval", "Approval"
     MANUAL = "manual", "Manual task"
     WAIT = "wait", "Wait for event"
+    # Picks one of the steps after it by a value; the others are skipped.
+    ROUTE = "route", "Route"
+    # Ends the run with a stated status and message.
+    END = "end", "End of the run"
     COMPENSATION = "compensation", "Compensation"
 
 
@@ -342,6 +346,10 @@ class StepRun(models.Model):
     # for_each bookkeeping on the head row.
     items_total = models.PositiveIntegerField(null=True, blank=True)
     items_done = models.PositiveIntegerField(default=0)
+    # A for_each head of a later loop round whose judge named the items to run again
+    # (`loop.redo`): their indexes. The other items keep the previous round's outputs. None:
+    # every item runs (a first round, or a loop without `redo`).
+    redo = models.JSONField(null=True, blank=True)
     # Delivery bookkeeping: the claim token makes a late duplicate's result impossible to
     # record; the lease is renewed by the worker's heartbeat and its expiry means the worker
     # died; queued_at lets the ticker re-send a message the broker lost.

@@ -34,13 +34,16 @@ from orchestration.templating import (
     referenced_steps,
 )
 
-StepKindName = Literal["agent", "workflow", "approval", "manual", "wait"]
-STEP_KINDS: tuple[StepKindName, ...] = ("agent", "workflow", "approval", "manual", "wait")
+StepKindName = Literal["agent", "workflow", "approval", "manual", "wait", "route", "end"]
+STEP_KINDS: tuple[StepKindName, ...] = ("agent", "workflow", "approval", "manual", "wait", "route", "end")
 STEP_FIELDS = {
     "key",
     "name",
     "description",
     *STEP_KINDS,
+    "agents",
+    "workflows",
+    "item_key",
     "after",
     "input",
     "when",
@@ -161,7 +164,10 @@ MAX_PATTERN_CHARS = 500
 # A pattern runs on at most this much text: backtracking on a near miss grows with the text.
 MAX_PATTERN_INPUT = 1_000
 RETRY_FIELDS = {"attempts", "backoff", "max_backoff", "jitter"}
-LOOP_FIELDS = {"back_to", "until", "max_iterations", "on_exhausted"}
+LOOP_FIELDS = {"back_to", "until", "max_iterations", "on_exhausted", "redo"}
+ROUTE_FIELDS = {"by", "cases", "default"}
+END_FIELDS = {"status", "message", "output"}
+END_STATUSES = ("failed", "succeeded")
 WAIT_FIELDS = {"event", "match", "for", "duration", "timeout", "on_timeout"}
 AGENT_KINDS_AVAILABLE = {"python", "simulated", "http", "llm"}
 DEFAULT_RETRY: RetrySpec = {"attempts": 3, "backoff": 1.0, "max_backoff": 60.0, "jitter": True}
@@ -333,6 +339,25 @@ class LoopSpec(TypedDict):
     until: str  # an expression
     max_iterations: int
     on_exhausted: Literal["fail", "continue"]
+    # An expression giving the items of `back_to` (a for_each step) to run again, by index or
+    # by `item_key`; the others keep their outputs. Missing (or null at run time): all of them.
+    redo: NotRequired[str]
+
+
+class RouteSpec(TypedDict):
+    """`route`: exactly one of the steps after it runs, chosen by a value."""
+
+    by: str  # an expression: the value to route by
+    cases: dict[str, str]  # the value (as text) -> the step taken
+    default: str  # the step taken when no case matches
+
+
+class EndSpec(TypedDict):
+    """`end`: the run ends here, with this status and message (when the step's `when` holds)."""
+
+    status: Literal["failed", "succeeded"]
+    message: str  # a template
+    output: NotRequired[Any]  # a template: the run's output (succeeded only)
 
 
 class CompensateSpec(TypedDict):
@@ -348,16 +373,21 @@ class StepSpec(TypedDict):
     kind: StepKindName
     name: NotRequired[str]
     description: NotRequired[str]
-    agent: NotRequired[str]
-    workflow: NotRequired[str]
+    agent: NotRequired[str]  # a name, or an expression choosing one of `agents` at run time
+    agents: NotRequired[list[str]]  # only with an expression as `agent`
+    workflow: NotRequired[str]  # a key, or an expression choosing one of `workflows`
+    workflows: NotRequired[list[str]]  # only with an expression as `workflow`
+    route: NotRequired[RouteSpec]
+    end: NotRequired[EndSpec]
     approval: NotRequired[ApprovalSpec]
     manual: NotRequired[ManualSpec]
     wait: NotRequired[WaitSpec]
     after: list[str]  # step keys, without repeats, in the file's order
     input: NotRequired[Any]  # a template
     when: NotRequired[str]  # an expression
-    for_each: NotRequired[str]  # an expression; agent steps only
+    for_each: NotRequired[str]  # an expression; agent and workflow steps only
     concurrency: NotRequired[int]  # only with for_each
+    item_key: NotRequired[str]  # an expression naming each item, for `loop.redo`; only with for_each
     loop: NotRequired[LoopSpec]
     gate: NotRequired[GateSpec]  # agent steps only
     on_failure: NotRequired[Literal["fail", "escalate"]]
@@ -1232,7 +1262,7 @@ def _normalise_step(
     kinds = [k for k in STEP_KINDS if k in raw]
     if len(kinds) != 1:
         said = ", ".join(f"`{k}`" for k in kinds) or "none"
-        problems.add(at, f"must have exactly one of `agent`, `workflow`, `approval`, `manual`, `wait` (has {said})")
+        problems.add(at, f"must have exactly one of {', '.join(f'`{k}`' for k in STEP_KINDS)} (has {said})")
         return None
     kind = kinds[0]
     # `after` comes below, so that the keys keep the order versions have always been stored in.
@@ -1241,16 +1271,43 @@ def _normalise_step(
         if raw.get(optional):
             step[optional] = str(raw[optional])
     kind_trees: list[Any] = []
-    if kind == "agent":
-        agent = raw["agent"]
-        if agent not in catalog.agents:
-            problems.add(at, f"field `agent`: unknown agent {agent!r}")
-        step["agent"] = agent
-    elif kind == "workflow":
-        child = raw["workflow"]
-        if not isinstance(child, str) or child not in catalog.workflows:
-            problems.add(at, f"field `workflow`: unknown workflow {child!r}")
-        step["workflow"] = child
+    for name, plural, known in (("agent", "agents", set(catalog.agents)), ("workflow", "workflows", set(catalog.workflows))):
+        if kind != name:
+            if plural in raw:
+                problems.add(at, f"field `{plural}` only applies to `{name}` steps")
+            continue
+        value = raw[name]
+        if chosen_at_run_time(value):
+            # The name is an expression: it must give one of a declared set, each checked now.
+            try:
+                kind_trees.append(check_expression(value))
+            except TemplateError as exc:
+                problems.add(at, f"field `{name}` {exc}")
+            step[name] = value
+            step[plural] = _choice_set(raw.get(plural), at, name, plural, known, problems)  # type: ignore[literal-required]
+            continue
+        if not isinstance(value, str) or value not in known:
+            problems.add(at, f"field `{name}`: unknown {name} {value!r}")
+        if plural in raw:
+            problems.add(
+                at, f"field `{plural}` only applies when `{name}` is an expression choosing one of them at run time"
+            )
+        step[name] = value
+    if kind in ("agent", "workflow"):
+        pass
+    elif kind == "route":
+        route = _normalise_route(raw["route"], at, problems)
+        if route is not None:
+            step["route"] = route
+            try:
+                kind_trees.append(check_expression(route["by"]))
+            except TemplateError as exc:
+                problems.add(at, f"field `route.by` {exc}")
+    elif kind == "end":
+        end = _normalise_end(raw["end"], at, problems)
+        if end is not None:
+            step["end"] = end
+            kind_trees += _check_templates({k: v for k, v in end.items() if k != "status"}, at, "end", problems)
     else:
         options = raw[kind] or {}
         if not isinstance(options, dict):
@@ -1283,9 +1340,13 @@ def _normalise_step(
     if "input" in raw:
         step["input"] = raw["input"]
         trees += _check_templates(raw["input"], at, "input", problems)
-    if raw.get("for_each") is not None and kind != "agent":
-        problems.add(at, "field `for_each` only applies to `agent` steps")
-    for name in ("when", "for_each"):
+    if raw.get("for_each") is not None and kind not in ("agent", "workflow"):
+        problems.add(at, "field `for_each` only applies to `agent` and `workflow` steps")
+    if "input" in raw and kind in ("route", "end"):
+        problems.add(at, f"field `input` does not apply to a `{kind}` step")
+    if "item_key" in raw and raw.get("for_each") is None:
+        problems.add(at, "field `item_key` only applies to a `for_each` step")
+    for name in ("when", "for_each", "item_key"):
         if name in raw and raw[name] is not None:
             if not isinstance(raw[name], str):
                 problems.add(at, f"field `{name}` must be an expression string")
@@ -1294,7 +1355,7 @@ def _normalise_step(
                 trees.append(check_expression(raw[name]))
             except TemplateError as exc:
                 problems.add(at, f"field `{name}` {exc}")
-            step[name] = raw[name]
+            cast(dict[str, Any], step)[name] = raw[name]
     if "concurrency" in raw:
         value = raw["concurrency"]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -1307,10 +1368,13 @@ def _normalise_step(
         loop = _normalise_loop(raw["loop"], at, problems)
         if loop is not None:
             step["loop"] = loop
-            try:
-                trees.append(check_expression(loop["until"]))
-            except TemplateError as exc:
-                problems.add(at, f"field `loop.until` {exc}")
+            for name in ("until", "redo"):
+                if name not in loop:
+                    continue
+                try:
+                    trees.append(check_expression(loop[name]))  # type: ignore[literal-required]
+                except TemplateError as exc:
+                    problems.add(at, f"field `loop.{name}` {exc}")
     if "gate" in raw:
         gate = raw["gate"] if raw["gate"] is not None else {}
         if kind != "agent":
@@ -1347,6 +1411,97 @@ def _normalise_step(
     if "retry" in raw:
         step["retry"] = normalise_retry(raw["retry"], at, problems)
     return _ParsedStep(step, sorted(referenced_steps(trees + kind_trees)), undo_refs)
+
+
+def chosen_at_run_time(name: Any) -> bool:
+    """Whether a step's `agent` or `workflow` is an expression rather than a name."""
+    return isinstance(name, str) and ("{{" in name or "{%" in name)
+
+
+def step_agents(step: Mapping[str, Any]) -> list[str]:
+    """The agents a step may run as its own (not its fallback): its agent, or its declared set."""
+    if step.get("kind", "agent") != "agent":
+        return []
+    if chosen_at_run_time(step.get("agent")):
+        return list(step.get("agents") or [])
+    return [str(step["agent"])] if step.get("agent") else []
+
+
+def step_workflows(step: Mapping[str, Any]) -> list[str]:
+    """The sub-workflows a step may start: its workflow, or its declared set."""
+    if step.get("kind") != "workflow":
+        return []
+    if chosen_at_run_time(step.get("workflow")):
+        return list(step.get("workflows") or [])
+    return [str(step["workflow"])] if step.get("workflow") else []
+
+
+def _choice_set(raw: Any, at: str, name: str, plural: str, known: set[str], problems: Problems) -> list[str]:
+    if raw is None:
+        problems.add(at, f"field `{plural}` is required when `{name}` is an expression: list the {plural} it may choose")
+        return []
+    if not isinstance(raw, list) or not raw or not all(isinstance(n, str) for n in raw):
+        problems.add(at, f"field `{plural}` must be a non-empty list of {name} names")
+        return []
+    for unknown in [n for n in raw if n not in known]:
+        problems.add(at, f"field `{plural}`: unknown {name} {unknown!r}")
+    return list(dict.fromkeys(raw))
+
+
+def case_text(value: Any) -> str:
+    """A route's value as its cases are written: text as it is, anything else as JSON
+    (`true`, `2`), so a case written `true:` or `2:` in YAML matches it."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _normalise_route(raw: Any, at: str, problems: Problems) -> RouteSpec | None:
+    if not isinstance(raw, dict):
+        problems.add(at, "field `route` must be a mapping with `by`, `cases` and `default`")
+        return None
+    for unknown in sorted(set(raw) - ROUTE_FIELDS, key=str):
+        problems.add(at, f"field `route.{unknown}` is unknown")
+    ok = True
+    if not isinstance(raw.get("by"), str) or not raw["by"].strip():
+        problems.add(at, "field `route.by` must be an expression giving the value to route by")
+        ok = False
+    cases = raw.get("cases")
+    if not isinstance(cases, dict) or not cases or not all(isinstance(v, str) for v in cases.values()):
+        problems.add(at, "field `route.cases` must map each value to the key of the step it takes")
+        ok = False
+    if "default" not in raw:
+        problems.add(at, "field `route.default` is required: the step to take when no case matches")
+        ok = False
+    elif not isinstance(raw["default"], str):
+        problems.add(at, "field `route.default` must name a step")
+        ok = False
+    if not ok:
+        return None
+    assert isinstance(cases, dict)
+    return {"by": raw["by"], "cases": {case_text(k): v for k, v in cases.items()}, "default": raw["default"]}
+
+
+def _normalise_end(raw: Any, at: str, problems: Problems) -> EndSpec | None:
+    if not isinstance(raw, dict):
+        problems.add(at, "field `end` must be a mapping with `status` and `message`")
+        return None
+    for unknown in sorted(set(raw) - END_FIELDS, key=str):
+        problems.add(at, f"field `end.{unknown}` is unknown")
+    ok = True
+    if raw.get("status") not in END_STATUSES:
+        problems.add(at, f"field `end.status`: {raw.get('status')!r} is not 'failed' or 'succeeded'")
+        ok = False
+    if not isinstance(raw.get("message"), str) or not raw["message"].strip():
+        problems.add(at, "field `end.message` is required: what the run's end says")
+        ok = False
+    if "output" in raw and raw.get("status") != "succeeded":
+        problems.add(at, "field `end.output` only applies to `status: succeeded`")
+        ok = False
+    if not ok:
+        return None
+    end: EndSpec = {"status": raw["status"], "message": raw["message"]}
+    if "output" in raw:
+        end["output"] = raw["output"]
+    return end
 
 
 def _normalise_compensate(raw: Any, at: str, catalog: Catalog, problems: Problems) -> CompensateSpec | None:
@@ -1487,6 +1642,11 @@ def _normalise_loop(raw: Any, at: str, problems: Problems) -> LoopSpec | None:
         "max_iterations": raw["max_iterations"],
         "on_exhausted": on_exhausted,
     }
+    if raw.get("redo") is not None:
+        if not isinstance(raw["redo"], str):
+            problems.add(at, "field `loop.redo` must be an expression giving the items to run again")
+            return None
+        loop["redo"] = raw["redo"]
     return loop
 
 
@@ -1510,6 +1670,19 @@ def _check_graph(
         path = " -> ".join(cycle)
         problems.add(where, f"steps form a cycle ({path}); use `loop` to go back")
         return
+    for step in spec["steps"]:
+        route = step.get("route")
+        if not route:
+            continue
+        at = f"{where}, step '{step['key']}'"
+        targets = [(f"route.cases.{value}", target) for value, target in route["cases"].items()]
+        for name, target in [*targets, ("route.default", route["default"])]:
+            if target not in steps:
+                problems.add(at, f"field `{name}` names missing step '{target}'")
+            elif step["key"] not in steps[target]["after"]:
+                problems.add(
+                    at, f"field `{name}`: step '{target}' does not come after this step (add '{step['key']}' to its `after`)"
+                )
     bodies: dict[str, set[str]] = {}
     for step in spec["steps"]:
         loop = step.get("loop")
@@ -1520,6 +1693,8 @@ def _check_graph(
         if back_to not in steps:
             problems.add(at, f"field `loop.back_to` names missing step '{back_to}'")
             continue
+        if "redo" in loop and not steps[back_to].get("for_each"):
+            problems.add(at, f"field `loop.redo` only applies when `loop.back_to` is a `for_each` step ('{back_to}' is not)")
         body = loop_body(spec, back_to, step["key"])
         if not body:
             problems.add(
@@ -1606,7 +1781,7 @@ def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str] | None:
 
 def _check_recursion(spec: WorkflowSpec, catalog: Catalog, where: str, problems: Problems) -> None:
     graph = {k: set(v) for k, v in catalog.workflows.items()}
-    graph[spec["key"]] = {s["workflow"] for s in spec["steps"] if s["kind"] == "workflow"}
+    graph[spec["key"]] = children_of(spec)
     cycle = find_cycle(graph)
     if cycle and spec["key"] in cycle:
         path = " -> ".join(cycle)
@@ -1614,7 +1789,7 @@ def _check_recursion(spec: WorkflowSpec, catalog: Catalog, where: str, problems:
 
 
 def children_of(spec: Mapping[str, Any]) -> set[str]:
-    return {s["workflow"] for s in spec.get("steps", []) if s.get("kind") == "workflow"}
+    return {name for s in spec.get("steps", []) for name in step_workflows(s)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1627,6 +1802,8 @@ MAP_CONTEXT = (*STEP_CONTEXT, "item", "index")
 COMPENSATE_CONTEXT = (*STEP_CONTEXT, "step")
 # What `steps.<key>` holds (engine.template_context), and `run`.
 STEP_RESULT_FIELDS = ("output", "status", "iteration", "error")
+# A route's result also says which step it took.
+ROUTE_RESULT_FIELDS = (*STEP_RESULT_FIELDS, "branch")
 RUN_FIELDS = ("id", "workflow")
 # A simulated agent's output when its config gives none (agents/simulated.py).
 SIMULATED_DEFAULT_OUTPUT = frozenset({"agent", "summary", "input"})
@@ -1713,7 +1890,7 @@ def _check_agent_inputs(step: StepSpec, spec: WorkflowSpec, catalog: Catalog, at
     keys = _input_keys(step, spec) if step["kind"] == "agent" else None
     if keys is None:
         return
-    for name in dict.fromkeys(n for n in (step.get("agent"), step.get("fallback")) if n):
+    for name in dict.fromkeys(n for n in (*step_agents(step), step.get("fallback")) if n):
         said: set[str] = set()
         for template in catalog.templates.get(name, []):
             for path in name_paths(_trees(template.value, False)):
@@ -1764,10 +1941,12 @@ def _path_problem(
     if root != "steps" or len(path) < 3 or path[1] not in outputs:
         return None  # unknown steps and their order are _check_graph's to name
     step_key, part = path[1], path[2]
-    if part not in STEP_RESULT_FIELDS and not hasattr(dict, part):
+    routes = {s["key"] for s in spec["steps"] if s["kind"] == "route"}
+    fields = ROUTE_RESULT_FIELDS if step_key in routes else STEP_RESULT_FIELDS
+    if part not in fields and not hasattr(dict, part):
         return (
-            f"`{written}`: a step has {_listed(STEP_RESULT_FIELDS)}, not `{part}`"
-            f"{_did_you_mean(part, STEP_RESULT_FIELDS, path[:2])}"
+            f"`{written}`: a step has {_listed(fields)}, not `{part}`"
+            f"{_did_you_mean(part, fields, path[:2])}"
         )
     keys = outputs[step_key]
     if part == "output" and len(path) > 3 and keys is not None and path[3] not in keys and not hasattr(dict, path[3]):
@@ -1781,13 +1960,25 @@ def _path_problem(
 def _template_fields(step: StepSpec) -> list[tuple[str, Any, tuple[str, ...]]]:
     """Each templated field of a step: its name in the file, its value, the names it may read."""
     fields: list[tuple[str, Any, tuple[str, ...]]] = []
+    per_item = MAP_CONTEXT if step.get("for_each") else STEP_CONTEXT
     if "input" in step:
-        fields.append(("input", step["input"], MAP_CONTEXT if step.get("for_each") else STEP_CONTEXT))
+        fields.append(("input", step["input"], per_item))
+    for name in ("agent", "workflow"):
+        if chosen_at_run_time(step.get(name)):
+            fields.append((name, step.get(name), per_item))
     for name in ("when", "for_each"):
         if step.get(name):
             fields.append((name, step.get(name), STEP_CONTEXT))
+    if step.get("item_key"):
+        fields.append(("item_key", step.get("item_key"), MAP_CONTEXT))
     if "loop" in step:
         fields.append(("loop.until", step["loop"]["until"], STEP_CONTEXT))
+        if "redo" in step["loop"]:
+            fields.append(("loop.redo", step["loop"]["redo"], STEP_CONTEXT))
+    if "route" in step:
+        fields.append(("route.by", step["route"]["by"], STEP_CONTEXT))
+    if "end" in step:
+        fields.append(("end", {k: v for k, v in step["end"].items() if k != "status"}, STEP_CONTEXT))
     if "gate" in step:
         fields.append(("gate", step["gate"], STEP_CONTEXT))
     if step["kind"] in ("approval", "manual", "wait"):
@@ -1795,6 +1986,9 @@ def _template_fields(step: StepSpec) -> list[tuple[str, Any, tuple[str, ...]]]:
     if "input" in step.get("compensate", {}):
         fields.append(("compensate.input", step["compensate"]["input"], COMPENSATE_CONTEXT))
     return fields
+
+
+EXPRESSION_FIELDS = ("when", "for_each", "item_key", "loop.until", "loop.redo", "route.by", "agent", "workflow")
 
 
 def _trees(value: Any, expression: bool) -> list[Any]:
@@ -1815,7 +2009,7 @@ def check_template_names(spec: WorkflowSpec, catalog: Catalog, where: str, probl
     for step in spec["steps"]:
         at = f"{where}, step '{step['key']}'"
         for name, value, roots in _template_fields(step):
-            checks.append((at, name, value, roots, name in ("when", "for_each", "loop.until")))
+            checks.append((at, name, value, roots, name in EXPRESSION_FIELDS))
         _check_agent_inputs(step, spec, catalog, at, problems)
     if spec["output"] is not None:
         checks.append((where, "output", spec["output"], STEP_CONTEXT, False))
@@ -2067,7 +2261,7 @@ def workflow_to_file(spec: Mapping[str, Any]) -> dict[str, Any]:
         item[step["kind"]] = step[step["kind"]]
         if step.get("after"):
             item["after"] = step["after"]
-        for name in ("input", "when", "for_each", "concurrency", "loop", "fallback", "gate", "on_failure"):
+        for name in ("agents", "workflows", "input", "when", "for_each", "concurrency", "item_key", "loop", "fallback", "gate", "on_failure"):
             if name in step:
                 item[name] = step[name]
         if step.get("compensate"):

@@ -53,6 +53,18 @@ def version_step_spec(version_id: int, key: str) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=512)
+def steps_by_key(version_id: int) -> dict[str, dict[str, Any]]:
+    """A version's steps by key (the engine asks on every hand-off: built once per version)."""
+    return {step["key"]: step for step in version_spec(version_id)["steps"]}
+
+
+@lru_cache(maxsize=512)
+def route_steps(version_id: int) -> tuple[str, ...]:
+    """The keys of a version's `route` steps, whose results templates see as the branch taken."""
+    return tuple(step["key"] for step in version_spec(version_id)["steps"] if step["kind"] == StepKind.ROUTE)
+
+
+@lru_cache(maxsize=512)
 def loop_waits(version_id: int) -> dict[str, tuple[str, ...]]:
     """For each step outside a loop that comes after one of the loop's body steps: the loop's
     judging step (the one with `loop:`), which it waits for besides its `after`.
@@ -73,6 +85,12 @@ def loop_waits(version_id: int) -> dict[str, tuple[str, ...]]:
         if judges:
             waits[step["key"]] = judges
     return waits
+
+
+def forget_specs() -> None:
+    """Drop every cached spec (tests: their databases reuse version ids)."""
+    for cached in (version_spec, steps_by_key, route_steps, loop_waits):
+        cached.cache_clear()
 
 
 # Agents are read live, so an edit in the admin applies to the next attempt; a process keeps

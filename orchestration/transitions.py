@@ -30,7 +30,6 @@ from orchestration.models import Agent, Attempt, Event, Run, StepKind, StepRun, 
 from orchestration.specs import step_spec
 from orchestration.status import (
     RUN_FINAL,
-    STEP_FINAL,
     AttemptStatus,
     ErrorClass,
     EventKind,
@@ -620,19 +619,7 @@ def record_item_successes(*, successes: list[Success]) -> int:
 
 
 def _items_succeeded(work: Work, run: Run, parent_id: int, count: int) -> None:
-    StepRun.objects.filter(pk=parent_id).update(items_done=F("items_done") + count)
-    parent = StepRun.objects.get(pk=parent_id)
-    if parent.status in STEP_FINAL:
-        return
-    if parent.items_done >= (parent.items_total or 0):
-        parent.status = StepStatus.SUCCEEDED
-        parent.output = engine.collect_items(parent)
-        parent.finished_at = timezone.now()
-        parent.save(update_fields=["status", "output", "finished_at"])
-        work.event(run, EventKind.STEP_SUCCEEDED, step=parent, from_status=StepStatus.RUNNING, to_status=parent.status, message=f"all {parent.items_total} items done")
-        engine.after_success(work, run, parent)
-    else:
-        engine.release_next_items(work, run, parent, count)
+    engine.items_succeeded(work, run, parent_id, count)
 
 
 def record_failure(

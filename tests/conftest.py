@@ -58,13 +58,11 @@ def outsider(db: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _forget_cached_specs() -> Any:
     # The engine caches immutable version specs by id; test databases reuse ids.
-    from orchestration.specs import loop_waits, version_spec
+    from orchestration.specs import forget_specs
 
-    version_spec.cache_clear()
-    loop_waits.cache_clear()
+    forget_specs()
     yield
-    version_spec.cache_clear()
-    loop_waits.cache_clear()
+    forget_specs()
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,8 @@ ACCEPTED = {
     "manual": spec.MANUAL_FIELDS,
     "approvers": spec.APPROVERS_FIELDS,
     "compensate": spec.COMPENSATE_FIELDS,
+    "route": spec.ROUTE_FIELDS,
+    "end": spec.END_FIELDS,
     "versions": spec.VERSION_FIELDS,
 }
 VALUES = {

@@ -27,3 +27,15 @@ def nap(payload: Any, context: Any) -> Any:
     """Sleeps payload['seconds'] whatever happens (an agent that cannot be interrupted)."""
     time.sleep(float((payload or {}).get("seconds", 1)))
     return {"pid": os.getpid(), "attempt": context.attempt}
+
+
+def block_in_round_two(payload: Any, context: Any) -> Any:
+    """Round 1 answers at once; the first attempt of a later round (a loop's redo) announces its
+    PID in a marker file and hangs until it is killed."""
+    if context.iteration >= 2 and context.attempt == 1:
+        Path(payload["marker"]).write_text(str(os.getpid()))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise RuntimeError("nobody killed this worker")
+    return {"index": context.index, "round": context.iteration, "pid": os.getpid()}

@@ -81,6 +81,44 @@ workflow:
 
 
 @pytest.mark.loses_messages
+def test_a_redo_round_whose_worker_is_killed_resumes_and_runs_only_the_named_item_again(tmp_path: Path) -> None:
+    marker = tmp_path / "victim.pid"
+    load_workflow(
+        AGENTS
+        + f"""
+  - {{name: reworker, kind: python, config: {{callable: "tests.agents.durable:block_in_round_two"}}, retry: {{attempts: 3, backoff: 0s}}}}
+workflow:
+  key: redo-victim
+  name: Redo victim
+  steps:
+    - {{key: work, agent: reworker, for_each: "[0, 1, 2]", input: {{marker: "{marker}"}}}}
+    - key: review
+      agent: echo
+      after: [work]
+      input: {{ok: "{{{{ iteration >= 2 }}}}"}}
+      loop: {{back_to: work, until: steps.review.output.ok, redo: "[1]", max_iterations: 2}}
+"""
+    )
+    with WorkerCluster(workers=2) as cluster:
+        run = transitions.start_run(workflow="redo-victim")
+        victim = int(wait_for(lambda: marker.exists() and marker.read_text(), timeout=30, message="round 2 to start"))
+        assert victim in cluster.worker_pids()
+        os.kill(victim, signal.SIGKILL)
+        run = wait_for(lambda: finished(run), timeout=60, message=f"recovery\n{cluster.log()}")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    again = StepRun.objects.get(run=run, step_key="work", iteration=2, map_index=1)
+    assert again.attempts == 2 and again.output["round"] == 2
+    first = Attempt.objects.get(step_run=again, number=1)
+    assert first.error_class == ErrorClass.LOST and first.worker.endswith(f":{victim}")
+    kept = StepRun.objects.filter(run=run, step_key="work", iteration=2, map_index__in=[0, 2])
+    assert [(row.status, row.attempts, row.output["round"]) for row in kept.order_by("map_index")] == [
+        (StepStatus.SUCCEEDED, 0, 1),
+        (StepStatus.SUCCEEDED, 0, 1),
+    ]
+    assert Attempt.objects.filter(step_run__run=run, agent_name="reworker").count() == 5  # 3 + the killed one + its retry
+
+
+@pytest.mark.loses_messages
 def test_a_task_message_lost_by_the_broker_is_sent_again() -> None:
     load_workflow(AGENTS + "workflow: {key: lost, name: Lost, steps: [{key: a, agent: whoami}, {key: b, agent: whoami, after: [a]}]}")
     broker = dispatch.broker()

@@ -202,9 +202,9 @@ def test_it_rejects_a_template_naming_a_step_it_does_not_come_after(existing: No
     assert "step 'b': a template refers to step 'a', which it does not come after (add it to `after`)" in message
 
 
-def test_it_rejects_for_each_on_a_step_that_is_not_an_agent(existing: None) -> None:
-    message = rejected(workflow("    - {key: a, workflow: wf, for_each: '[1, 2]'}"))
-    assert "step 'a': field `for_each` only applies to `agent` steps" in message
+def test_it_rejects_for_each_on_a_step_that_is_neither_an_agent_nor_a_sub_workflow(existing: None) -> None:
+    message = rejected(workflow("    - {key: a, wait: {for: 1m}, for_each: '[1, 2]'}"))
+    assert "step 'a': field `for_each` only applies to `agent` and `workflow` steps" in message
 
 
 def test_it_rejects_keys_that_are_not_slugs(existing: None) -> None:

@@ -375,6 +375,8 @@ COMPLETE_EXAMPLES = [
     "content-pipeline.yaml",
     "customer-lookup.yaml",
     "ticket-triage.yaml",
+    "support-desk.yaml",
+    "quarterly-plan.yaml",
     "image-captions.yaml",
     "order-fulfilment.yaml",
 ]

@@ -16,7 +16,7 @@ from django.core.management.base import CommandError
 from orchestration import access, definitions, transitions
 from orchestration.demo_users import DEMO_USERS
 from orchestration.management.commands import load_demo
-from orchestration.models import Agent, Run, StepRun, Workflow, WorkflowVersion
+from orchestration.models import Agent, Attempt, Run, StepRun, Workflow, WorkflowVersion
 from orchestration.status import RunStatus, StepStatus
 from tests.servers import FakeOpenAI, Reply, completion
 from tests.support import drive
@@ -34,6 +34,8 @@ DEMO_WORKFLOWS = [
     "quarterly-metrics",
     "quarterly-narrative",
     "quarterly-review",
+    "research-question",
+    "research-follow-ups",
 ]
 # These wait for people; tests/approvals/test_demo_workflows.py runs them with decisions.
 PEOPLE_WORKFLOWS = ["approval-article-release", "approval-refund", "approval-address-correction"]
@@ -302,6 +304,7 @@ def test_the_support_routing_skips_the_queues_it_did_not_choose(demo: None) -> N
     assert run.output["queue"] == "billing"
     assert statuses(run) == {
         "route": StepStatus.SUCCEEDED,
+        "dispatch": StepStatus.SUCCEEDED,
         "billing": StepStatus.SUCCEEDED,
         "technical": StepStatus.SKIPPED,
         "general": StepStatus.SKIPPED,
@@ -319,6 +322,7 @@ def test_the_support_routing_sends_other_tickets_to_their_queue(demo: None, subj
     )
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.output["queue"] == queue
+    assert run.output["handled_by"] == queue
     assert [k for k, s in statuses(run).items() if s == StepStatus.SKIPPED] == sorted(
         {"billing", "technical", "general"} - {queue}, key=["billing", "technical", "general"].index
     )
@@ -352,11 +356,45 @@ def test_the_daily_report_synthesises_all_four_data_pulls(demo: None) -> None:
 
 def test_the_quarterly_review_delegates_to_two_worker_runs(demo: None) -> None:
     run = run_demo("quarterly-review")
-    children = Run.objects.filter(parent_step__run=run)
+    children = Run.objects.filter(parent_step__parent__run=run)
     assert {c.workflow.key for c in children} == {"quarterly-metrics", "quarterly-narrative"}
     assert all(c.status == RunStatus.SUCCEEDED for c in children)
     assert len(run.output["scorecard"]) == 5
     assert run.output["title"] == "Q1 2025 Business Review"
+
+
+def test_the_quarterly_review_plans_four_tasks_for_three_workers_and_redoes_only_the_one_sent_back(
+    demo: None,
+) -> None:
+    run = run_demo("quarterly-review")
+    calls = {
+        name: Attempt.objects.filter(step_run__run=run, agent_name=name).count()
+        for name in ("accounting-worker", "crm-worker", "product-worker", "review-checker")
+    }
+    # Round 1: revenue and margin (accounting), csat (CRM), launches (product); the reviewer
+    # sends csat back, and only csat runs again.
+    assert calls == {"accounting-worker": 2, "crm-worker": 2, "product-worker": 1, "review-checker": 2}
+    first = StepRun.objects.filter(run=run, step_key="work", iteration=1, map_index__isnull=False).order_by("map_index")
+    assert [row.agent_name for row in first] == ["accounting-worker", "accounting-worker", "crm-worker", "product-worker"]
+    assert [part["revision"] for part in run.output["parts"]] == [1, 1, 2, 1]
+    assert "pull it again for Q1 2025" in run.output["parts"][2]["addressed"]
+    assert run.output["review_rounds"] == 2
+
+
+def test_the_research_follows_up_only_the_question_the_reviewer_names(demo: None) -> None:
+    run = run_demo("research-follow-ups")
+    children = Run.objects.filter(parent_step__parent__run=run).order_by("id")
+    assert [c.input["question"].split()[1] for c in children] == ["large", "do", "buys", "do"]
+    assert children.last().input["follow_up"] == "list prices from three vendors, not one"  # type: ignore[union-attr]
+    assert run.output["follow_up_rounds"] == 1
+    assert "Looked again" in run.output["sections"][1] and "Looked again" not in run.output["sections"][0]
+
+
+def test_the_customer_onboarding_ends_as_failed_for_a_customer_without_payment_details(demo: None) -> None:
+    run = drive(transitions.start_run(workflow="customer-onboarding", input={"payment_method": "none"}))
+    assert run.status == RunStatus.FAILED
+    assert run.error == "customer failed validation: missing payment details"
+    assert not StepRun.objects.filter(run=run, step_key="account_setup").exists()
 
 
 def test_the_meeting_notes_are_summarised_by_the_labelled_stand_in_without_a_model(demo: None) -> None:

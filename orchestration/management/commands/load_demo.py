@@ -125,7 +125,12 @@ def read_demo_files(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 def _children(document: dict[str, Any]) -> set[str]:
     steps = (document.get("workflow") or {}).get("steps") or []
-    return {s["workflow"] for s in steps if isinstance(s, dict) and isinstance(s.get("workflow"), str)}
+    called: set[str] = set()
+    for s in steps:
+        if isinstance(s, dict) and isinstance(s.get("workflow"), str):
+            # A workflow chosen at run time is one of its `workflows`.
+            called |= set(s.get("workflows") or []) if "{{" in s["workflow"] else {s["workflow"]}
+    return called
 
 
 def load_file(document: dict[str, Any]) -> str:
