@@ -221,7 +221,9 @@ workflow:
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert model.max_in_flight > 30
     assert took < 15
-    attempts = Attempt.objects.filter(step_run__run=run, step_run__map_index__isnull=False)
-    assert attempts.count() == 60
+    assert successes_per_item(run) == dict.fromkeys(range(60), 1)
+    # Each success recorded its own tokens and cost (a machine busy enough to let a lease run
+    # out may add a lost attempt, which has none).
+    attempts = Attempt.objects.filter(step_run__run=run, step_run__map_index__isnull=False, status=AttemptStatus.SUCCEEDED)
     assert set(attempts.values_list("total_tokens", "cost")) == {(14, 0.018)}
     assert all(any("14 tokens" in line["text"] for line in a.log) for a in attempts)
