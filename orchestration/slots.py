@@ -303,6 +303,11 @@ def enable() -> None:
     process runs network-bound steps in its slots, when BATON_SLOTS allows more than one."""
     global _enabled
     _enabled = settings.BATON_SLOTS > 1
+    if _enabled:
+        # Imported now, not by the first llm call: an import on the event loop (0.4 s and
+        # more on a busy machine) would hold up every call in the slots meanwhile.
+        with contextlib.suppress(ImportError):
+            import openai  # noqa: F401
 
 
 def current() -> Slots | None:

@@ -7,7 +7,7 @@ many calls at once per worker process (orchestration/slots.py, docs/concurrency.
    answering each in 2 s: wall time, and how many attempts recorded their tokens and cost.
 3. Worker memory: the resident set (VmRSS) of each worker process while its 100 slots are full
    (sampled during row 1), and again after a further 10,000 calls to a server that answers at
-   once; the growth between the two.
+   once (run before row 2); the growth between the two.
 
 The servers run in the bench's process (bench_agents.SlowJsonServer, one thread per connection,
 HTTP/1.1 keep-alive), so the workers' connection pools are exercised as in production.
@@ -65,6 +65,11 @@ class SlotsBench:
                         f"Slots, http row: at most {server.max_in_flight} calls in flight at once, "
                         f"over {server.connections} connections."
                     )
+                with SlowJsonServer(0.0) as fast:
+                    key = install(http_document(f"bench-slots-many-{many}", fast.url, many))
+                    self.say(f"{key}: {many:,} calls answering at once, for the workers' memory afterwards")
+                    self.wall(key, timeout=600)
+                    after = rss(sampler.pids)
                 with SlowJsonServer(LLM_DELAY, answer=completion) as model:
                     key = install(llm_document(f"bench-slots-llm-{llm_steps}", model.url.rsplit("/", 1)[0], llm_steps))
                     self.say(f"{key}: {llm_steps} llm steps answering in {LLM_DELAY:g} s on {WORKERS} workers")
@@ -76,11 +81,6 @@ class SlotsBench:
                         total_tokens__gt=0,
                         cost__gt=0,
                     ).count()
-                with SlowJsonServer(0.0) as fast:
-                    key = install(http_document(f"bench-slots-many-{many}", fast.url, many))
-                    self.say(f"{key}: {many:,} calls answering at once, for the workers' memory afterwards")
-                    self.wall(key, timeout=600)
-                    after = rss(sampler.pids)
         finally:
             Run.objects.filter(pk__in=self.run_ids).delete()
         ideal_http = HTTP_DELAY * -(-http_items // (WORKERS * settings.BATON_SLOTS))
