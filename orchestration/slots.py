@@ -179,8 +179,9 @@ class Slots:
                     self.records.put(None)  # seen after this batch
                     break
                 batch.append(more)
+            landed: set[int] = set()
             try:
-                self._record(batch)
+                self._record(batch, landed)
             except Exception:
                 # Each record rides out a database restart (runtime._with_database); what is
                 # left is a bug or a database away for longer: the leases run out and the
@@ -189,29 +190,37 @@ class Slots:
                 _close_connection()
             finally:
                 for flight in batch:
-                    self._land(flight)
+                    if id(flight) not in landed:
+                        self._land(flight)
 
-    def _record(self, batch: list[Flight]) -> None:
-        items: dict[tuple[int, str], list[transitions.Success]] = defaultdict(list)
+    def _record(self, batch: list[Flight], landed: set[int]) -> None:
+        """Record a batch; each flight's slot is freed as soon as its own record is done."""
+
+        def land(flights: list[Flight]) -> None:
+            for flight in flights:
+                self._land(flight)
+                landed.add(id(flight))
+
+        items: dict[tuple[int, str], list[Flight]] = defaultdict(list)
         for flight in batch:
             outcome, claim = flight.outcome, flight.claim
             assert outcome is not None
             if outcome.result is None:
                 runtime.record_failure(claim, outcome)
+                land([flight])
             elif claim.parent_id is not None:
-                items[(claim.parent_id, claim.token)].append(
-                    transitions.Success(
-                        claim, outcome.output, outcome.result.usage, flight.started_at, flight.finished_at, outcome.log
-                    )
-                )
+                items[(claim.parent_id, claim.token)].append(flight)
             else:
                 runtime.record_success(claim, outcome)
+                land([flight])
         # The items of one chunk (one parent, one token) that finished together: one transaction.
-        for successes in items.values():
+        for flights in items.values():
+            successes = [_success_of(flight) for flight in flights]
             runtime.with_database(
                 partial(transitions.record_item_successes, successes=successes),
                 what=f"recording {len(successes)} items of step {successes[0].claim.parent_id}",
             )
+            land(flights)
 
     # -----------------------------------------------------------------------------------------
     # The watcher thread
@@ -276,6 +285,14 @@ class Slots:
         self.loop.call_soon_threadsafe(self.loop.stop)
         for thread in self.threads:
             thread.join(timeout=2)
+
+
+def _success_of(flight: Flight) -> transitions.Success:
+    outcome = flight.outcome
+    assert outcome is not None and outcome.result is not None
+    return transitions.Success(
+        flight.claim, outcome.output, outcome.result.usage, flight.started_at, flight.finished_at, outcome.log
+    )
 
 
 def _beat_seconds(failing_since: float | None) -> float:

@@ -41,11 +41,12 @@ GROWTH_TARGET = Target(20.0, at_most=True)
 
 
 class SlotsBench:
-    def __init__(self, *, database: str, scratch: Path, say: Any, quick: bool = False):
+    def __init__(self, *, database: str, scratch: Path, say: Any, quick: bool = False, keep: bool = False):
         self.database = database
         self.scratch = scratch
         self.say = say
         self.quick = quick
+        self.keep = keep
         self.run_ids: list[int] = []
         self.notes: list[str] = []
 
@@ -56,6 +57,10 @@ class SlotsBench:
         try:
             with Workers(WORKERS, self.scratch, say=self.say) as workers, workers.explain_failures():
                 with SlowJsonServer(HTTP_DELAY) as server:
+                    # A warm-up run first, as the other rows have: the workers' first tasks
+                    # start their slots and import what the calls need.
+                    warm = install(http_document("bench-slots-warm-up", server.url, 2 * WORKERS * 10))
+                    self.wall(warm, timeout=60)
                     key = install(http_document(f"bench-slots-http-{http_items}", server.url, http_items))
                     self.say(f"{key}: {http_items:,} calls answering in {HTTP_DELAY:g} s on {WORKERS} workers")
                     sampler = RssSampler(server, full=min(WORKERS * settings.BATON_SLOTS, http_items))
@@ -82,7 +87,10 @@ class SlotsBench:
                         cost__gt=0,
                     ).count()
         finally:
-            Run.objects.filter(pk__in=self.run_ids).delete()
+            if self.keep:
+                self.say(f"kept runs {', '.join(map(str, self.run_ids))}")
+            else:
+                Run.objects.filter(pk__in=self.run_ids).delete()
         ideal_http = HTTP_DELAY * -(-http_items // (WORKERS * settings.BATON_SLOTS))
         ideal_llm = LLM_DELAY * -(-llm_steps // (WORKERS * settings.BATON_SLOTS))
         first = f"{http_items:,}-item for_each, http agent answering in {HTTP_DELAY:g} s, {WORKERS} workers"

@@ -174,7 +174,9 @@ class Command(BaseCommand):
         rows = [] if only else bench.run(keep=options["keep"])
         if only in (None, "slots"):
             with tempfile.TemporaryDirectory(prefix="baton-bench-slots-") as scratch:
-                slots = SlotsBench(database=bench.database, scratch=Path(scratch), say=bench.say, quick=options["quick"])
+                slots = SlotsBench(
+                    database=bench.database, scratch=Path(scratch), say=bench.say, quick=options["quick"], keep=options["keep"]
+                )
                 rows += slots.run()
             bench.notes += slots.notes
             if only == "slots":
