@@ -127,6 +127,10 @@ Q_CLUSTER: dict[str, object] = {
     "timeout": env_int("BATON_MAX_STEP_SECONDS", 3600, minimum=1),
     "retry": env_int("BATON_MAX_STEP_SECONDS", 3600, minimum=1) + 60,
     "catch_up": False,
+    # django-q2 replaces a worker process after this many tasks (its default, 500, is a few
+    # seconds of work for a process whose slots hold 100 calls, and each replacement waits
+    # for the calls in its slots: docs/concurrency.md).
+    "recycle": env_int("BATON_RECYCLE_TASKS", 1_000_000, minimum=1),
     "poll": env_float("BATON_BROKER_POLL", 0.02, minimum=0.001),
     "guard_cycle": 0.5,
     "label": "Task queue",

@@ -15,6 +15,7 @@ HTTP/1.1 keep-alive), so the workers' connection pools are exercised as in produ
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 from pathlib import Path
@@ -96,8 +97,11 @@ class SlotsBench:
         first = f"{http_items:,}-item for_each, http agent answering in {HTTP_DELAY:g} s, {WORKERS} workers"
         second = f"{llm_steps} llm steps, local OpenAI-compatible server answering in {LLM_DELAY:g} s, {WORKERS} workers"
         third = f"worker memory (VmRSS, largest of {WORKERS} workers)"
+        gone = sorted(set(sampler.peak) - set(after))
+        if gone:
+            self.notes.append(f"WARNING: worker process(es) {gone} exited between the two memory samples.")
         during, later = max(sampler.peak.values(), default=0), max(after.values(), default=0)
-        growth = max(((after[pid] - sampler.peak[pid]) / sampler.peak[pid] * 100 for pid in after if sampler.peak.get(pid)), default=0.0)
+        growth = max(((after[pid] - sampler.peak[pid]) / sampler.peak[pid] * 100 for pid in after if sampler.peak.get(pid)), default=math.nan)
         return [
             row(first, "wall time, start -> finish", http_wall, "s", HTTP_TARGET if not self.quick else None),
             row(first, f"  ideal: {WORKERS} x {settings.BATON_SLOTS} slots", ideal_http, "s"),
@@ -149,15 +153,20 @@ class RssSampler:
     def _sample(self) -> None:
         while not self.done.wait(0.05):
             if self.server.in_flight >= self.full * 0.9:
-                self.pids = self.pids or worker_pids()
+                if len(self.pids) < WORKERS:
+                    self.pids = worker_pids()
                 for pid, kib in rss(self.pids).items():
                     self.peak[pid] = max(self.peak.get(pid, 0), kib)
 
 
 def worker_pids() -> list[int]:
-    """The worker processes that made attempts (their label is host:pid)."""
+    """The worker processes holding attempts now (their label is host:pid)."""
     host = socket.gethostname()
-    labels = Attempt.objects.filter(worker__startswith=f"{host}:").values_list("worker", flat=True).distinct()
+    labels = (
+        Attempt.objects.filter(worker__startswith=f"{host}:", status=AttemptStatus.RUNNING)
+        .values_list("worker", flat=True)
+        .distinct()
+    )
     return sorted({int(label.rsplit(":", 1)[1]) for label in labels[:100]})
 
 
