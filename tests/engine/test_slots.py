@@ -230,3 +230,38 @@ workflow:
     attempts = Attempt.objects.filter(step_run__run=run, step_run__map_index__isnull=False, status=AttemptStatus.SUCCEEDED)
     assert set(attempts.values_list("total_tokens", "cost")) == {(14, 0.018)}
     assert all(any("14 tokens" in line["text"] for line in a.log) for a in attempts)
+
+
+def most_at_once(outputs: list[dict[str, Any]]) -> int:
+    """The most calls of one process that overlapped in time."""
+    best = 0
+    for pid in {o["pid"] for o in outputs}:
+        mine = [o for o in outputs if o["pid"] == pid]
+        for o in mine:
+            best = max(best, sum(1 for other in mine if other["began"] <= o["began"] < other["ended"]))
+    return best
+
+
+def test_async_python_agents_run_side_by_side_and_plain_ones_one_at_a_time() -> None:
+    load_workflow(
+        """
+agents:
+  - {name: napper, kind: python, config: {callable: "tests.agents.basic:nap_async"}}
+  - {name: sleeper, kind: python, config: {callable: "tests.agents.basic:nap_sync"}}
+workflow:
+  key: naps
+  name: naps
+  steps:
+    - {key: async_naps, agent: napper, for_each: "range(40) | list", input: {n: "{{ item }}", seconds: 1}}
+    - {key: plain_naps, agent: sleeper, for_each: "range(6) | list", input: {n: "{{ item }}", seconds: 0.3}}
+"""
+    )
+    with WorkerCluster(workers=1) as cluster:
+        run = transitions.start_run(workflow="naps")
+        wait_for(lambda: finished(run), timeout=60, message=f"the naps\n{cluster.log()}")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    heads = {h.step_key: h.output for h in StepRun.objects.filter(run=run, map_index__isnull=True)}
+    assert most_at_once(heads["async_naps"]) == 40
+    assert most_at_once(heads["plain_naps"]) == 1
+    attempt = Attempt.objects.get(step_run__run=run, step_run__step_key="async_naps", step_run__map_index=7)
+    assert [line["text"] for line in attempt.log] == ["napping for item 7"]
