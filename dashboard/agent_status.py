@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, F, FloatField, Q, QuerySet, Sum, Window
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, RowNumber
@@ -246,3 +247,33 @@ def usage_since(agent_names: list[str], since: datetime, runs: QuerySet[Run] | N
         row["agent_name"]: Usage(calls=row["calls"], total_tokens=int(row["tokens"] or 0), cost=float(row["cost"] or 0))
         for row in rows
     }
+
+
+@dataclass(frozen=True)
+class WorkerSlots:
+    """One worker process (host:pid) and the calls it holds, of `slots` it may hold at once."""
+
+    worker: str
+    in_use: int
+    slots: int
+
+    @property
+    def percent(self) -> int:
+        return min(100, round(self.in_use * 100 / self.slots)) if self.slots else 0
+
+
+def worker_slots(runs: QuerySet[Run] | None = None) -> list[WorkerSlots]:
+    """Slots in use per worker process: each worker's attempts in hand (one query), counted
+    over `runs` (the runs the reader may see) as the rest of the Agents page is.
+
+    An attempt in hand is the running, current attempt of a running step, as
+    transitions.attempts_in_hand counts them for the drain: a cancelled step's attempt is
+    ended by the cancel, and a step taken over has a newer attempt.
+    """
+    attempts = Attempt.objects.filter(
+        status="running", step_run__status=StepStatus.RUNNING, number=F("step_run__attempts")
+    )
+    if runs is not None:
+        attempts = attempts.filter(step_run__run__in=runs)
+    counted = attempts.order_by().values("worker").annotate(in_use=Count("id")).order_by("worker")
+    return [WorkerSlots(row["worker"], row["in_use"], settings.BATON_SLOTS) for row in counted]

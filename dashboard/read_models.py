@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 
@@ -280,12 +281,16 @@ def agents_page(user: Any) -> dict[str, Any]:
     """What the agents page (`_agents.html`) shows `user`."""
     # Agents are shared, so every signed-in user sees them; what they are doing is counted
     # over the runs this user sees (superusers: all), so no figure reveals a hidden run.
-    rows = agent_status.agent_rows(runs=None if user.is_superuser else access.visible_runs(user))
+    runs = None if user.is_superuser else access.visible_runs(user)
+    rows = agent_status.agent_rows(runs=runs)
     return {
         "rows": rows,
         "open_circuits": sum(1 for row in rows if row.circuit_state != "closed"),
         "in_flight": sum(row.in_flight for row in rows),
         "throttled": sum(row.throttled for row in rows),
+        "workers": agent_status.worker_slots(runs=runs),
+        "slots_per_worker": settings.BATON_SLOTS,
+        "all_runs": user.is_superuser,
     }
 
 

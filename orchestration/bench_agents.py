@@ -42,36 +42,59 @@ def stamp(path: str) -> None:
 
 class SlowJsonServer:
     """An HTTP server on 127.0.0.1 that answers every POST after `delay` seconds with a small
-    JSON body, from a thread of its own; use it as a context manager."""
+    JSON body (or what `answer(body)` returns), from a thread per connection; use it as a context
+    manager. HTTP/1.1 keep-alive, so a client's pool can reuse its connections; `in_flight` and
+    `max_in_flight` count the requests being answered."""
 
-    def __init__(self, delay: float):
+    def __init__(self, delay: float, *, answer: Any = None):
         self.delay = delay
+        self.answer = answer
         self.answered = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.connections = 0
         self._lock = threading.Lock()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: Any) -> None:  # one line per request would drown the bench
                 return
 
+            def setup(self) -> None:
+                super().setup()
+                with owner._lock:
+                    owner.connections += 1
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                time.sleep(owner.delay)
-                body = json.dumps({"ok": True, "key": self.headers.get("Idempotency-Key", "")}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                raw = self.rfile.read(length) if length else b""
+                with owner._lock:
+                    owner.in_flight += 1
+                    owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+                try:
+                    time.sleep(owner.delay)
+                    if owner.answer is not None:
+                        reply = owner.answer(json.loads(raw) if raw else None)
+                    else:
+                        reply = {"ok": True, "key": self.headers.get("Idempotency-Key", "")}
+                    body = json.dumps(reply).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                finally:
+                    with owner._lock:
+                        owner.in_flight -= 1
                 with owner._lock:
                     owner.answered += 1
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
-            # Every worker may connect at the same moment; the default backlog is 5.
-            request_queue_size = 128
+            # Every slot of every worker may connect at the same moment; the default backlog is 5.
+            request_queue_size = 1024
 
         self._server = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="bench-http")
@@ -89,3 +112,16 @@ class SlowJsonServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+def completion(body: Any) -> dict[str, Any]:
+    """An OpenAI-compatible chat completion for the bench's model server: fixed usage figures."""
+    last = ((body or {}).get("messages") or [{}])[-1].get("content", "")
+    return {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "bench-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"done: {last}"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30},
+    }

@@ -12,12 +12,16 @@ of Baton's own database, broker and web server (see protected_ports).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import urllib3
 from django.conf import settings
@@ -201,6 +205,25 @@ def is_public(address: IPAddress) -> bool:
 
 
 def resolve(url: str) -> Target:
+    parts, host, port, allowed = _check_url(url)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OutboundUnavailable(f"cannot resolve {host!r}: {exc.strerror}") from None
+    return _checked_target(parts, host, port, allowed, infos)
+
+
+async def resolve_async(url: str) -> Target:
+    """resolve() for an event loop: the same checks, the DNS lookup in the loop's resolver thread."""
+    parts, host, port, allowed = _check_url(url)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OutboundUnavailable(f"cannot resolve {host!r}: {exc.strerror}") from None
+    return _checked_target(parts, host, port, allowed, infos)
+
+
+def _check_url(url: str) -> tuple[SplitResult, str, int, AllowList]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise OutboundRefused(f"only http and https URLs are allowed, not {parts.scheme or 'no scheme'!r}")
@@ -218,10 +241,10 @@ def resolve(url: str) -> Target:
                 f"host {host!r} port {port} is not on BATON_HTTP_ALLOWED_HOSTS (it lists {host!r} for other ports only)"
             )
         raise OutboundRefused(f"host {host!r} is not on BATON_HTTP_ALLOWED_HOSTS")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise OutboundUnavailable(f"cannot resolve {host!r}: {exc.strerror}") from None
+    return parts, host, port, allowed
+
+
+def _checked_target(parts: SplitResult, host: str, port: int, allowed: AllowList, infos: list[Any]) -> Target:
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     protected = protected_ports()
     for address in addresses:
@@ -273,20 +296,7 @@ def request(
     # virtual host on an allowed address.
     sent_headers["Host"] = target.host_header
     pool_timeout = urllib3.Timeout(connect=min(timeout, 10.0), read=timeout)
-    pool: urllib3.HTTPConnectionPool
-    if target.scheme == "https":
-        # Connect to the checked address but verify the certificate for the host name.
-        pool = urllib3.HTTPSConnectionPool(
-            target.address,
-            target.port,
-            timeout=pool_timeout,
-            retries=False,
-            server_hostname=target.host,
-            assert_hostname=target.host,
-            cert_reqs="CERT_REQUIRED",
-        )
-    else:
-        pool = urllib3.HTTPConnectionPool(target.address, target.port, timeout=pool_timeout, retries=False)
+    pool = _sync_pools.get(target)
     try:
         raw = pool.urlopen(
             method.upper(),
@@ -297,6 +307,7 @@ def request(
             retries=False,
             assert_same_host=False,
             preload_content=False,
+            timeout=pool_timeout,
         )
         try:
             data = raw.read(MAX_RESPONSE_BYTES + 1)
@@ -310,13 +321,199 @@ def request(
         raise OutboundTimeout(f"{target.host} did not answer within {timeout:g}s") from None
     except urllib3.exceptions.HTTPError as exc:
         raise OutboundUnavailable(f"cannot reach {target.host}: {type(exc).__name__}") from None
-    finally:
-        pool.close()
     if len(data) > MAX_RESPONSE_BYTES:
         raise OutboundTooLarge(
             f"the answer from {target.host} is larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB"
         )
     return Response(raw.status, {k.lower(): v for k, v in raw.headers.items()}, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection pools: one per checked target, reused across requests
+#
+# A pool is keyed by (scheme, host, port, address): the address resolve() checked for that
+# host. A connection is only ever opened by a pool, so every new connection goes to an address
+# that passed the checks of the request that needed it; a kept-alive one is reused only by a
+# later request whose own resolve() named the same address. A name that starts resolving
+# elsewhere gets a new pool (and the new address's checks), never the old connections.
+
+# How many connections one target's pool keeps or opens at once (settings read late).
+DEFAULT_POOL_CONNECTIONS = 100
+# How many targets keep a pool; the least recently used one is closed beyond that.
+MAX_POOLS = 64
+KEEPALIVE_SECONDS = 30.0
+
+
+def pool_connections() -> int:
+    return int(getattr(settings, "BATON_OUTBOUND_POOL_CONNECTIONS", DEFAULT_POOL_CONNECTIONS))
+
+
+def _pool_key(target: Target) -> tuple[str, str, int, str]:
+    return (target.scheme, target.host, target.port, target.address)
+
+
+class _SyncPools:
+    """urllib3 pools by target, for the calls made from threads (synchronous agents)."""
+
+    def __init__(self) -> None:
+        self.pools: OrderedDict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, target: Target) -> urllib3.HTTPConnectionPool:
+        key = _pool_key(target)
+        with self.lock:
+            pool = self.pools.get(key)
+            if pool is not None:
+                self.pools.move_to_end(key)
+                return pool
+            size = pool_connections()
+            if target.scheme == "https":
+                # Connect to the checked address but verify the certificate for the host name.
+                pool = urllib3.HTTPSConnectionPool(
+                    target.address,
+                    target.port,
+                    maxsize=size,
+                    retries=False,
+                    server_hostname=target.host,
+                    assert_hostname=target.host,
+                    cert_reqs="CERT_REQUIRED",
+                )
+            else:
+                pool = urllib3.HTTPConnectionPool(target.address, target.port, maxsize=size, retries=False)
+            self.pools[key] = pool
+            while len(self.pools) > MAX_POOLS:
+                _, old = self.pools.popitem(last=False)
+                old.close()
+            return pool
+
+    def clear(self) -> None:
+        with self.lock:
+            for pool in self.pools.values():
+                pool.close()
+            self.pools.clear()
+
+
+_sync_pools = _SyncPools()
+
+
+class _AsyncPools:
+    """httpx2 clients by target for one event loop (a client's connections belong to its loop)."""
+
+    def __init__(self) -> None:
+        self.clients: OrderedDict[tuple[str, str, int, str], Any] = OrderedDict()
+
+    def get(self, target: Target) -> Any:
+        import httpx2
+
+        key = _pool_key(target)
+        client = self.clients.get(key)
+        if client is not None:
+            self.clients.move_to_end(key)
+            return client
+        size = pool_connections()
+        client = httpx2.AsyncClient(
+            transport=httpx2.AsyncHTTPTransport(
+                limits=httpx2.Limits(
+                    max_connections=size, max_keepalive_connections=size, keepalive_expiry=KEEPALIVE_SECONDS
+                ),
+                retries=0,
+            ),
+            follow_redirects=False,
+            # No proxy or netrc from the environment: the connection goes to the checked address.
+            trust_env=False,
+        )
+        self.clients[key] = client
+        while len(self.clients) > MAX_POOLS:
+            _, old = self.clients.popitem(last=False)
+            asyncio.get_running_loop().create_task(old.aclose())
+        return client
+
+    async def close(self) -> None:
+        clients, self.clients = list(self.clients.values()), OrderedDict()
+        for client in clients:
+            await client.aclose()
+
+
+_async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncPools] = weakref.WeakKeyDictionary()
+
+
+def async_pools() -> _AsyncPools:
+    loop = asyncio.get_running_loop()
+    pools = _async_pools.get(loop)
+    if pools is None:
+        pools = _async_pools[loop] = _AsyncPools()
+    return pools
+
+
+async def async_pools_close() -> None:
+    """Close this loop's pools (a worker process's slots, as they stop)."""
+    pools = _async_pools.pop(asyncio.get_running_loop(), None)
+    if pools is not None:
+        await pools.close()
+
+
+async def request_async(
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Response:
+    """request() on an event loop, through the loop's pool for the checked target.
+
+    The timeouts here bound each phase (connect, each read); the caller bounds the whole call
+    (a server that trickles a byte a second never trips a read timeout).
+    """
+    import httpx2
+
+    target = await resolve_async(url)
+    body = content
+    sent_headers = {"Accept": "application/json"}
+    if json_body is not None:
+        body = json.dumps(json_body).encode("utf-8")
+        sent_headers["Content-Type"] = "application/json"
+    sent_headers = _merge_headers(sent_headers, headers or {})
+    sent_headers["Host"] = target.host_header
+    address = f"[{target.address}]" if ":" in target.address else target.address
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    client = async_pools().get(target)
+    limits = httpx2.Timeout(timeout, connect=min(timeout, 10.0))
+    try:
+        async with client.stream(
+            method.upper(),
+            f"{target.scheme}://{address}:{target.port}{target.path}",
+            content=body,
+            headers=sent_headers,
+            timeout=limits,
+            extensions=extensions,
+        ) as raw:
+            data = bytearray()
+            async for chunk in raw.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_RESPONSE_BYTES:
+                    raise OutboundTooLarge(
+                        f"the answer from {target.host} is larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB"
+                    )
+            status, received = raw.status_code, raw.headers
+    except httpx2.ConnectTimeout:
+        raise OutboundTimeout(f"{target.host} did not answer within {timeout:g}s") from None
+    except httpx2.ConnectError as exc:
+        raise OutboundUnavailable(f"cannot reach {target.host}: {_async_reason(exc)}") from None
+    except httpx2.TimeoutException:
+        raise OutboundTimeout(f"{target.host} did not answer within {timeout:g}s") from None
+    except httpx2.HTTPError as exc:
+        raise OutboundUnavailable(f"cannot reach {target.host}: {type(exc).__name__}") from None
+    return Response(status, {k.lower(): v for k, v in received.items()}, bytes(data))
+
+
+def _async_reason(exc: Exception) -> str:
+    # "[Errno 111] Connect call failed ('127.0.0.1', 1)" -> what the sync client says.
+    text = str(exc)
+    if "Errno 111" in text or "refused" in text.lower() or "Connect call failed" in text:
+        return "Connection refused"
+    return text.rsplit(": ", 1)[-1] or type(exc).__name__
 
 
 def _reason(exc: urllib3.exceptions.NewConnectionError) -> str:

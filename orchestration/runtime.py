@@ -9,6 +9,7 @@ Every record is compare-and-set on the claim, so a message delivered twice runs 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -37,9 +38,11 @@ from orchestration.agents import (
     TransientError,
     idempotency_key,
     invoke,
+    invoke_async,
 )
 from orchestration.agents import logs as agent_logs
 from orchestration.agents import secrets as agent_secrets
+from orchestration.agents import waits_on_network as agents_waits_on_network
 from orchestration.durations import format_duration
 from orchestration.models import Agent
 from orchestration.specs import load_agent, version_step_spec
@@ -250,7 +253,8 @@ def _call_agent(agent: Agent, claim: transitions.Claim, stop: threading.Event, s
     return outcome
 
 
-def _outcome_of(agent: Agent, claim: transitions.Claim, stop: threading.Event) -> Outcome:
+def context_of(agent: Agent, claim: transitions.Claim, stop: threading.Event) -> tuple[AgentContext, float | None]:
+    """The agent's context for this claim, and the step's timeout (reads the version's spec)."""
     spec = version_step_spec(claim.version_id, claim.step_key)
     timeout = spec.get("timeout") or agent.timeout_seconds
     context = AgentContext(
@@ -265,14 +269,24 @@ def _outcome_of(agent: Agent, claim: transitions.Claim, stop: threading.Event) -
         timeout=timeout,
         stop_event=stop,
     )
+    return context, timeout
+
+
+def _outcome_of(agent: Agent, claim: transitions.Claim, stop: threading.Event) -> Outcome:
+    context, timeout = context_of(agent, claim, stop)
     try:
         with deadline(timeout, f"step '{claim.step_key}'"):
             # A version's config (a model, a prompt, a URL) is laid over the agent's own.
             result = invoke(agent.kind, {**agent.config, **claim.version_config}, claim.input, context)
         return Outcome(result=result, output=_json_safe(result.output))
-    except PermanentError as exc:
+    except Exception as exc:
+        return _failed(exc)
+
+
+def _failed(exc: Exception) -> Outcome:
+    if isinstance(exc, PermanentError):
         return Outcome(None, error_class=ErrorClass.PERMANENT, message=_one_line(exc), traceback=traceback.format_exc())
-    except TransientError as exc:
+    if isinstance(exc, TransientError):
         return Outcome(
             None,
             error_class=exc.error_class,
@@ -280,8 +294,38 @@ def _outcome_of(agent: Agent, claim: transitions.Claim, stop: threading.Event) -
             traceback=exc.detail or traceback.format_exc(),
             retry_after=exc.retry_after,
         )
-    except Exception as exc:
-        return Outcome(None, error_class=ErrorClass.TRANSIENT, message=_one_line(exc), traceback=traceback.format_exc())
+    return Outcome(None, error_class=ErrorClass.TRANSIENT, message=_one_line(exc), traceback=traceback.format_exc())
+
+
+def waits_on_network(agent: Agent, claim: transitions.Claim) -> bool:
+    """Whether this step's agent runs in a slot (orchestration.slots) rather than alone."""
+    return agents_waits_on_network(agent.kind, {**agent.config, **claim.version_config})
+
+
+async def outcome_async(
+    agent: Agent, claim: transitions.Claim, context: AgentContext, timeout: float | None, secrets: list[str]
+) -> Outcome:
+    """What _run_agent does, on an event loop: the call, its log lines, its timeout, redacted.
+
+    The timeout bounds the whole call (asyncio cancels it where it waits), so a server that
+    trickles its answer a byte at a time is stopped as surely as one that never answers.
+    Cancelling the task that awaits this (the run was cancelled) stops the call too. Nothing
+    here may touch the database (it runs on the event loop): `context_of` is read beforehand.
+    """
+    with agent_logs.capturing(secrets=secrets) as capture:
+        try:
+            try:
+                async with asyncio.timeout(timeout or None):
+                    result = await invoke_async(agent.kind, {**agent.config, **claim.version_config}, claim.input, context)
+            except TimeoutError:
+                raise StepTimeout(
+                    f"step '{claim.step_key}' ran past its timeout of {format_duration(timeout or 0)}"
+                ) from None
+            outcome = Outcome(result=result, output=_json_safe(result.output))
+        except Exception as exc:
+            outcome = _failed(exc)
+    outcome.log = capture.lines()
+    return _redacted(outcome, secrets)
 
 
 def _record_failure(claim: transitions.Claim, outcome: Outcome) -> None:
@@ -298,8 +342,30 @@ def _record_failure(claim: transitions.Claim, outcome: Outcome) -> None:
     )
 
 
-def run_step(step_run_id: int) -> None:
-    """Claim a step, run it, record it, and go on with its run's next step while allowed."""
+def with_database(action: Callable[[], T], *, what: str) -> T:
+    """_with_database for the slots' recorder (orchestration.slots)."""
+    return _with_database(action, what=what)
+
+
+def record_failure(claim: transitions.Claim, outcome: Outcome) -> None:
+    _record_failure(claim, outcome)
+
+
+def record_success(claim: transitions.Claim, outcome: Outcome) -> None:
+    """Record a step's result (no next step taken: the slots run only what they are handed)."""
+    assert outcome.result is not None
+    _with_database(
+        partial(transitions.record_success, claim=claim, output=outcome.output, usage=outcome.result.usage, log=outcome.log),
+        what=f"recording the result of step {claim.step_run_id}",
+    )
+
+
+def run_step(step_run_id: int, *, hand_off: Callable[[Agent, transitions.Claim], bool] | None = None) -> None:
+    """Claim a step, run it, record it, and go on with its run's next step while allowed.
+
+    `hand_off(agent, claim)` (orchestration.slots) may take a claimed step whose agent waits on
+    the network, to run it in a slot; True means it did, and this worker is done with it.
+    """
     # django-q2's worker closes stale database connections around every task.
     if stopping():
         # This worker is draining: the message goes back to the broker for another worker
@@ -315,6 +381,8 @@ def run_step(step_run_id: int) -> None:
         agent = load_agent(claim.agent_name)
         if agent is None:
             _record_failure(claim, Outcome(None, error_class=ErrorClass.PERMANENT, message=f"agent '{claim.agent_name}' no longer exists"))
+            return
+        if hand_off is not None and waits_on_network(agent, claim) and hand_off(agent, claim):
             return
         with Heartbeat([claim.step_run_id], claim.token) as heartbeat:
             outcome = _run_agent(agent, claim, heartbeat.stop)
@@ -356,7 +424,11 @@ def run_items(step_run_ids: list[int]) -> None:
     short steps go faster than one round of bookkeeping per item; each item keeps its own
     attempt, lease and retry policy.
     """
-    claims = transitions.claim_steps(step_run_ids=step_run_ids, worker=worker_label())
+    run_claimed_items(transitions.claim_steps(step_run_ids=step_run_ids, worker=worker_label()))
+
+
+def run_claimed_items(claims: list[transitions.Claim]) -> None:
+    """The chunk's items this worker has claimed, one after another (see run_items)."""
     if not claims:
         return
     agent = load_agent(claims[0].agent_name)

@@ -398,6 +398,36 @@ def renew_lease(*, step_run_ids: list[int], token: str) -> int:
     )
 
 
+def _held_filter(held: list[tuple[int, str]]) -> Q:
+    # One (id, token) pair per claim: a worker's slots hold steps claimed one by one, each
+    # under its own token, and chunks of items under a shared one.
+    by_token: dict[str, list[int]] = {}
+    for pk, token in held:
+        by_token.setdefault(token, []).append(pk)
+    condition = Q(pk__in=[])
+    for token, ids in by_token.items():
+        condition |= Q(pk__in=ids, claim_token=token)
+    return condition
+
+
+def renew_leases(*, held: list[tuple[int, str]]) -> set[int]:
+    """renew_lease for the claims in a worker's slots, all at once: the ids still held."""
+    if not held:
+        return set()
+    lease = timedelta(seconds=settings.BATON_LEASE_SECONDS)
+    still = StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING)
+    still.update(lease_expires_at=timezone.now() + lease)
+    return set(still.values_list("pk", flat=True))
+
+
+def still_held_of(*, held: list[tuple[int, str]]) -> set[int]:
+    """Of the claims in a worker's slots, the ids still held: the others were cancelled (their
+    run or map stopped) or taken over, and their calls are stopped."""
+    if not held:
+        return set()
+    return set(StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING).values_list("pk", flat=True))
+
+
 def still_held(*, step_run_id: int, token: str) -> bool:
     """Whether this worker still holds the step: false once its run or its map failed or was
     cancelled. Asked before each item of a chunk, so no item starts after that."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import threading
 import time
@@ -159,3 +160,122 @@ class FakeOpenAI(ScriptedServer):
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+
+class HoldingServer:
+    """Answers every POST after `delay` seconds, keeping the connection alive (HTTP/1.1), and
+    notices a client that goes away meanwhile (`abandoned`): what shows that a cancelled or
+    timed-out call was stopped, not merely forgotten. `answer(body)` may choose (status, body,
+    delay) per request; with `trickle`, the answer's body comes a byte every `trickle` seconds
+    and never ends."""
+
+    def __init__(self, delay: float = 1.0, *, trickle: float | None = None, answer: Any = None) -> None:
+        self.delay = delay
+        self.trickle = trickle
+        self.answer = answer or (lambda body: (200, {"ok": True, "input": body}, self.delay))
+        self.bodies: list[Any] = []
+        self.keys: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.answered = 0
+        self.abandoned = 0
+        self.connections = 0
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def setup(self) -> None:
+                super().setup()
+                with owner.lock:
+                    owner.connections += 1
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                with owner.lock:
+                    owner.bodies.append(body)
+                    owner.keys.append(self.headers.get("Idempotency-Key", ""))
+                    owner.in_flight += 1
+                    owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+                try:
+                    status, reply, delay = owner.answer(body)
+                    if owner.trickle is not None:
+                        self._trickle(owner.trickle)
+                        return
+                    if not self._wait(delay):
+                        with owner.lock:
+                            owner.abandoned += 1
+                        self.close_connection = True
+                        return
+                    payload = json.dumps(reply).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    with owner.lock:
+                        owner.answered += 1
+                except (BrokenPipeError, ConnectionResetError):
+                    with owner.lock:
+                        owner.abandoned += 1
+                    self.close_connection = True
+                finally:
+                    with owner.lock:
+                        owner.in_flight -= 1
+
+            def _gone(self, timeout: float) -> bool:
+                readable, _, _ = select.select([self.connection], [], [], timeout)
+                if not readable:
+                    return False
+                try:
+                    return self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
+
+            def _wait(self, seconds: float) -> bool:
+                """Sleep `seconds`; False as soon as the client closes the connection."""
+                deadline = time.monotonic() + seconds
+                while (left := deadline - time.monotonic()) > 0:
+                    if self._gone(min(left, 0.02)):
+                        return False
+                return True
+
+            def _trickle(self, every: float) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                self.wfile.write(b"[")
+                self.wfile.flush()
+                while not self._gone(every):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                with owner.lock:
+                    owner.abandoned += 1
+                self.close_connection = True
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 512
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/work"
+
+    def __enter__(self) -> HoldingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -26,6 +26,8 @@ __all__ = [
     "TransientError",
     "idempotency_key",
     "invoke",
+    "invoke_async",
+    "waits_on_network",
 ]
 
 
@@ -42,6 +44,35 @@ def invoke(kind: str, config: dict[str, Any], payload: Any, context: AgentContex
         result = llm.call(config, payload, context)
     else:
         raise PermanentError(f"agent kind {kind!r} is not available")
+    if isinstance(result, AgentResult):
+        return result
+    return AgentResult(output=result)
+
+
+def waits_on_network(kind: str, config: dict[str, Any]) -> bool:
+    """Whether calls of this agent mostly wait (http, llm, an `async def` python agent): a
+    worker runs up to BATON_SLOTS of them at once on its event loop (orchestration.slots)."""
+    if kind in ("http", "llm"):
+        return True
+    if kind == "python":
+        from orchestration.agents import python
+
+        return python.is_async(config)
+    return False
+
+
+async def invoke_async(kind: str, config: dict[str, Any], payload: Any, context: AgentContext) -> AgentResult:
+    """invoke() for the kinds waits_on_network() names, on the running event loop."""
+    from orchestration.agents import http, llm, python
+
+    if kind == "http":
+        result = await http.call_async(config, payload, context)
+    elif kind == "llm":
+        result = await llm.call_async(config, payload, context)
+    elif kind == "python":
+        result = await python.call_async(config, payload, context)
+    else:
+        raise PermanentError(f"agent kind {kind!r} does not run in a slot")
     if isinstance(result, AgentResult):
         return result
     return AgentResult(output=result)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -107,12 +109,38 @@ def timeout_for(config: dict[str, Any], context: AgentContext) -> float:
 
 def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentResult:
     headers, secrets = secret_headers(config.get("headers") or {})
+    with _redacting(secrets) as redacted:
+        redacted.result = _call(config, payload, context, headers)
+    return redacted.result
+
+
+async def call_async(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentResult:
+    """call() on an event loop (a worker's slots): the same request, checks and answers.
+
+    The caller bounds the whole call by the step's timeout; the client's own timeouts bound
+    each connect and read."""
+    headers, secrets = secret_headers(config.get("headers") or {})
+    with _redacting(secrets) as redacted:
+        method, url, timeout = _request_of(config, context, headers)
+        started = time.monotonic()
+        try:
+            response = await outbound.request_async(method, url, json_body=payload, headers=headers, timeout=timeout)
+        except Exception as exc:
+            raise _failure(exc, method, url, started) from None
+        redacted.result = _interpret(response, method, url, started)
+    return redacted.result
+
+
+class _Redacted:
+    result: AgentResult
+
+
+@contextmanager
+def _redacting(secrets: list[str]) -> Iterator[_Redacted]:
+    """What a call raises or returns, with the secret values it sent replaced."""
+    holder = _Redacted()
     try:
-        result = _call(config, payload, context, headers)
-        # A service may echo the token back in a successful answer too (an "echo" endpoint, a
-        # debug field): the output is stored and shown, so the secret must not be in it.
-        result.output = agent_secrets.redact(result.output, secrets)
-        return result
+        yield holder
     except (PermanentError, TransientError) as exc:
         message = redact(str(exc), secrets)
         detail = redact(getattr(exc, "detail", ""), secrets)
@@ -121,28 +149,44 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
         if isinstance(exc, TransientError):
             raise type(exc)(message, retry_after=exc.retry_after, detail=detail) from None
         raise PermanentError(message) from None
+    # A service may echo the token back in a successful answer too (an "echo" endpoint, a
+    # debug field): the output is stored and shown, so the secret must not be in it.
+    holder.result.output = agent_secrets.redact(holder.result.output, secrets)
+
+
+def _request_of(config: dict[str, Any], context: AgentContext, headers: dict[str, str]) -> tuple[str, str, float]:
+    headers["Idempotency-Key"] = context.idempotency_key
+    return str(config.get("method", "POST")), config["url"], timeout_for(config, context)
 
 
 def _call(config: dict[str, Any], payload: Any, context: AgentContext, headers: dict[str, str]) -> AgentResult:
-    url = config["url"]
-    headers["Idempotency-Key"] = context.idempotency_key
-    timeout = timeout_for(config, context)
-    method = str(config.get("method", "POST"))
+    method, url, timeout = _request_of(config, context, headers)
     started = time.monotonic()
     try:
         response = outbound.request(method, url, json_body=payload, headers=headers, timeout=timeout)
-    except outbound.OutboundRefused as exc:
+    except Exception as exc:
+        raise _failure(exc, method, url, started) from None
+    return _interpret(response, method, url, started)
+
+
+def _failure(exc: Exception, method: str, url: str, started: float) -> Exception:
+    """What a request that got no answer counts as, with its log line; others pass as they are."""
+    if isinstance(exc, outbound.OutboundRefused):
         agent_logs.note("http", summary(method, url, "refused", started), level="WARNING")
-        raise PermanentError(f"request refused: {exc}") from None
-    except outbound.OutboundTooLarge as exc:
+        return PermanentError(f"request refused: {exc}")
+    if isinstance(exc, outbound.OutboundTooLarge):
         agent_logs.note("http", summary(method, url, "answer too large", started), level="WARNING")
-        raise PermanentError(str(exc)) from None
-    except outbound.OutboundTimeout as exc:
+        return PermanentError(str(exc))
+    if isinstance(exc, outbound.OutboundTimeout):
         agent_logs.note("http", summary(method, url, "no answer in time", started), level="WARNING")
-        raise StepTimeout(str(exc)) from None
-    except outbound.OutboundUnavailable as exc:
+        return StepTimeout(str(exc))
+    if isinstance(exc, outbound.OutboundUnavailable):
         agent_logs.note("http", summary(method, url, "unreachable", started), level="WARNING")
-        raise TransientError(str(exc)) from None
+        return TransientError(str(exc))
+    return exc
+
+
+def _interpret(response: outbound.Response, method: str, url: str, started: float) -> AgentResult:
     latency_ms = round((time.monotonic() - started) * 1000, 1)
     status = response.status
     # The status and size only: bodies and headers may carry what the service was sent.

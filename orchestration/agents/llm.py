@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from orchestration import outbound
@@ -130,87 +131,186 @@ def http_client(timeout: float) -> Any:
     return httpx2.Client(transport=OutboundTransport(), follow_redirects=False, timeout=timeout)
 
 
-def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentResult:
-    import openai
+def async_http_client(timeout: float) -> Any:
+    """http_client() for the SDK's AsyncOpenAI: its requests go through `outbound.request_async`,
+    so they share the worker loop's pool for the checked address and its checks."""
+    import httpx2
 
+    dropped = {"content-encoding", "content-length", "transfer-encoding", "connection"}
+
+    class AsyncOutboundTransport(httpx2.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            read_timeout = (request.extensions.get("timeout") or {}).get("read") or timeout
+            headers = {
+                k: v for k, v in request.headers.items() if k.lower() not in ("host", "accept-encoding", "content-length")
+            }
+            try:
+                response = await outbound.request_async(
+                    request.method, str(request.url), content=await request.aread() or None, headers=headers, timeout=read_timeout
+                )
+            except outbound.OutboundTimeout as exc:
+                raise httpx2.ReadTimeout(str(exc), request=request) from None
+            except outbound.OutboundUnavailable as exc:
+                raise httpx2.ConnectError(str(exc), request=request) from None
+            kept = {k: v for k, v in response.headers.items() if k not in dropped}
+            return httpx2.Response(response.status, headers=kept, content=response.body, request=request)
+
+    return httpx2.AsyncClient(transport=AsyncOutboundTransport(), follow_redirects=False, timeout=timeout)
+
+
+@dataclass
+class _Call:
+    """What one call needs, worked out the same way for the sync and the async client."""
+
+    url: str
+    messages: list[dict[str, str]]
+    estimate: int
+    key_env: str
+    api_key: str
+    timeout: float
+    options: dict[str, Any]
+    started: float = 0.0
+
+    def note(self, config: dict[str, Any], result: str, level: str = "WARNING") -> None:
+        # Model, what came of the call, tokens, time: never the prompt, the answer or a header.
+        took = f"{(time.monotonic() - self.started) * 1000:.0f} ms"
+        agent_logs.note("llm", f"model {config['model']} at {loggable_url(self.url)} → {result}, {took}", level=level)
+
+
+def _prepare(config: dict[str, Any], payload: Any, context: AgentContext) -> _Call:
     missing = configured(config)
     if missing:
         raise PermanentError(f"the LLM agent is not configured: {missing}")
     url = base_url(config)
     assert url is not None
+    messages = messages_for(config, payload)
+    estimate = check_context_window(config, messages)
+    key_env = config.get("api_key_env", agent_secrets.DEFAULT_API_KEY_ENV)
+    api_key = os.environ.get(key_env, "") if key_env else "not-needed"
+    options: dict[str, Any] = {}
+    for name in ("temperature", "max_tokens"):
+        if config.get(name) is not None:
+            options[name] = config[name]
+    return _Call(url, messages, estimate, key_env or "", api_key, timeout_for(config, context), options)
+
+
+def _checked(url: str) -> None:
     try:
         outbound.resolve(url)  # the same allow-list as http agents: no way into the network
     except outbound.OutboundRefused as exc:
         raise PermanentError(f"request refused: {exc}") from None
     except outbound.OutboundUnavailable as exc:
         raise TransientError(str(exc)) from None
-    messages = messages_for(config, payload)
-    estimate = check_context_window(config, messages)
-    key_env = config.get("api_key_env", agent_secrets.DEFAULT_API_KEY_ENV)
-    api_key = os.environ.get(key_env, "") if key_env else "not-needed"
-    timeout = timeout_for(config, context)
+
+
+def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentResult:
+    import openai
+
+    call = _prepare(config, payload, context)
+    _checked(call.url)
     client = openai.OpenAI(
-        base_url=url,
-        api_key=api_key,
+        base_url=call.url,
+        api_key=call.api_key,
         max_retries=0,
-        timeout=timeout,
-        http_client=http_client(timeout),
+        timeout=call.timeout,
+        http_client=http_client(call.timeout),
     )
-    options: dict[str, Any] = {}
-    for name in ("temperature", "max_tokens"):
-        if config.get(name) is not None:
-            options[name] = config[name]
-    started = time.monotonic()
-
-    def note(result: str, level: str = "WARNING") -> None:
-        # Model, what came of the call, tokens, time: never the prompt, the answer or a header.
-        took = f"{(time.monotonic() - started) * 1000:.0f} ms"
-        agent_logs.note("llm", f"model {config['model']} at {loggable_url(url)} → {result}, {took}", level=level)
-
+    call.started = time.monotonic()
     try:
         completion = client.chat.completions.create(
             model=config["model"],
-            messages=messages,  # type: ignore[arg-type]
+            messages=call.messages,  # type: ignore[arg-type]
             extra_headers={"Idempotency-Key": context.idempotency_key},
-            **options,
+            **call.options,
         )
+    except Exception as exc:
+        raise _failure(exc, config, call) from None
+    finally:
+        client.close()
+    return _result(completion, config, call)
+
+
+async def call_async(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentResult:
+    """call() on an event loop (a worker's slots), through the SDK's AsyncOpenAI."""
+    import openai
+
+    call = _prepare(config, payload, context)
+    await _checked_async(call.url)
+    client = openai.AsyncOpenAI(
+        base_url=call.url,
+        api_key=call.api_key,
+        max_retries=0,
+        timeout=call.timeout,
+        http_client=async_http_client(call.timeout),
+    )
+    call.started = time.monotonic()
+    try:
+        completion = await client.chat.completions.create(
+            model=config["model"],
+            messages=call.messages,  # type: ignore[arg-type]
+            extra_headers={"Idempotency-Key": context.idempotency_key},
+            **call.options,
+        )
+    except Exception as exc:
+        raise _failure(exc, config, call) from None
+    finally:
+        await client.close()
+    return _result(completion, config, call)
+
+
+async def _checked_async(url: str) -> None:
+    try:
+        await outbound.resolve_async(url)
     except outbound.OutboundRefused as exc:
-        note("refused")
         raise PermanentError(f"request refused: {exc}") from None
-    except outbound.OutboundTooLarge as exc:
-        note("answer too large")
-        raise PermanentError(str(exc)) from None
-    except openai.APITimeoutError:
-        note("no answer in time")
-        raise StepTimeout(f"the model at {url} did not answer in time") from None
-    except openai.APIConnectionError as exc:
-        note("unreachable")
+    except outbound.OutboundUnavailable as exc:
+        raise TransientError(str(exc)) from None
+
+
+def _failure(exc: Exception, config: dict[str, Any], call: _Call) -> Exception:
+    """What an SDK error counts as (with its log line); anything else passes as it is."""
+    import openai
+
+    url = call.url
+    if isinstance(exc, outbound.OutboundRefused):
+        call.note(config, "refused")
+        return PermanentError(f"request refused: {exc}")
+    if isinstance(exc, outbound.OutboundTooLarge):
+        call.note(config, "answer too large")
+        return PermanentError(str(exc))
+    if isinstance(exc, openai.APITimeoutError):
+        call.note(config, "no answer in time")
+        return StepTimeout(f"the model at {url} did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        call.note(config, "unreachable")
         # The cause is outbound's own message ("cannot reach HOST: Connection refused").
-        raise TransientError(str(exc.__cause__ or f"cannot reach the model at {url}")) from None
-    except openai.APIStatusError as exc:
-        note(f"HTTP {exc.status_code}")
+        return TransientError(str(exc.__cause__ or f"cannot reach the model at {url}"))
+    if isinstance(exc, openai.APIStatusError):
+        call.note(config, f"HTTP {exc.status_code}")
         # Some providers echo the rejected key in their error body.
-        secret = api_key if key_env else ""
+        secret = call.api_key if call.key_env else ""
         detail = _redact(json.dumps(exc.body)[:500], secret) if exc.body is not None else ""
         message = _redact(f"HTTP {exc.status_code} from the model at {url}: {exc.message}", secret)
         if 300 <= exc.status_code < 400:
             location = exc.response.headers.get("location", "?")
-            raise PermanentError(
+            return PermanentError(
                 f"HTTP {exc.status_code} redirect from the model at {url} to {location} refused: "
                 "redirects are not followed"
-            ) from None
+            )
         if exc.status_code == 429:
             retry_after = retry_after_seconds(exc.response.headers.get("retry-after"))
-            raise TransientError(message, retry_after=retry_after, detail=detail) from None
+            return TransientError(message, retry_after=retry_after, detail=detail)
         if exc.status_code >= 500:
-            raise TransientError(message, detail=detail) from None
-        raise PermanentError(message) from None
-    finally:
-        client.close()
-    latency_ms = round((time.monotonic() - started) * 1000, 1)
+            return TransientError(message, detail=detail)
+        return PermanentError(message)
+    return exc
+
+
+def _result(completion: Any, config: dict[str, Any], call: _Call) -> AgentResult:
+    latency_ms = round((time.monotonic() - call.started) * 1000, 1)
     text = completion.choices[0].message.content or "" if completion.choices else ""
     usage = completion.usage
-    prompt_tokens = int(usage.prompt_tokens) if usage else estimate
+    prompt_tokens = int(usage.prompt_tokens) if usage else call.estimate
     completion_tokens = int(usage.completion_tokens) if usage else estimate_tokens(text)
     figures = {
         "model": completion.model or config["model"],
@@ -220,7 +320,8 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
         "latency_ms": latency_ms,
         "cost": cost(config, prompt_tokens, completion_tokens),
     }
-    note(
+    call.note(
+        config,
         f"HTTP 200, {prompt_tokens + completion_tokens:,} tokens ({prompt_tokens:,} prompt + "
         f"{completion_tokens:,} completion)",
         level="INFO",
@@ -232,8 +333,8 @@ def call(config: dict[str, Any], payload: Any, context: AgentContext) -> AgentRe
             raise PermanentError(f"the model's answer is not valid JSON ({exc}): {text[:200]!r}") from None
     else:
         output = text
-    if key_env:  # a model (or a proxy in front of it) may repeat the key in its answer
-        output = agent_secrets.redact(output, [api_key])
+    if call.key_env:  # a model (or a proxy in front of it) may repeat the key in its answer
+        output = agent_secrets.redact(output, [call.api_key])
     return AgentResult(output=output, usage=figures)
 
 

@@ -133,6 +133,10 @@ Q_CLUSTER: dict[str, object] = {
     "timeout": env_int("BATON_MAX_STEP_SECONDS", 3600, minimum=1),
     "retry": env_int("BATON_MAX_STEP_SECONDS", 3600, minimum=1) + 60,
     "catch_up": False,
+    # django-q2 replaces a worker process after this many tasks (its default, 500, is a few
+    # seconds of work for a process whose slots hold 100 calls, and each replacement waits
+    # for the calls in its slots: docs/concurrency.md).
+    "recycle": env_int("BATON_RECYCLE_TASKS", 1_000_000, minimum=1),
     "poll": env_float("BATON_BROKER_POLL", 0.02, minimum=0.001),
     "guard_cycle": 0.5,
     "label": "Task queue",
@@ -215,6 +219,14 @@ BATON_CONTINUE_SECONDS = env_float("BATON_CONTINUE_SECONDS", 30.0, minimum=0.0)
 # On SIGTERM a worker takes no new step and has this long to finish the ones in hand; what is
 # still running then is released to other workers and its processes are killed.
 BATON_DRAIN_SECONDS = env_float("BATON_DRAIN_SECONDS", 20.0, minimum=0.0)
+# Agent calls that wait on the network (http, llm, async def python agents) each worker process
+# runs at once, on an event loop (orchestration/slots.py, docs/concurrency.md); 1: one step at a
+# time, in the worker's thread, as synchronous agents always run.
+BATON_SLOTS = env_int("BATON_SLOTS", 100, minimum=1)
+# How long a worker's task waits for a free slot before it gives the step back to the broker.
+BATON_SLOT_WAIT_SECONDS = env_float("BATON_SLOT_WAIT_SECONDS", 30.0, minimum=0.0)
+# Connections each outbound pool (one per checked host and address) keeps or opens at once.
+BATON_OUTBOUND_POOL_CONNECTIONS = env_int("BATON_OUTBOUND_POOL_CONNECTIONS", 100, minimum=1)
 # How long a worker retries recording a result while the database is unavailable.
 BATON_DB_RETRY_SECONDS = env_float("BATON_DB_RETRY_SECONDS", 60.0, minimum=0.0)
 # A cluster whose idle workers have not read the task queue for this long is restarted (a

@@ -123,3 +123,26 @@ def chatty(payload: Any, context: Any) -> AgentResult:
     logging.getLogger("baton.tests.chatty").warning("writing about %s", (payload or {}).get("topic", "nothing"))
     usage = {"total_tokens": (payload or {}).get("tokens", 100), "cost": (payload or {}).get("cost", 0.002)}
     return AgentResult(output={"ok": True}, usage=usage)
+
+
+async def nap_async(payload: Any, context: Any) -> Any:
+    """An `async def` agent: it runs in a worker's slots, beside other calls. Says when it ran
+    (wall clock) and in which process, and prints a line (captured per call)."""
+    import asyncio
+    import os
+    import time
+
+    began = time.time()
+    print(f"napping for item {payload.get('n')}")
+    await asyncio.sleep(float(payload.get("seconds", 0.5)))
+    return {"n": payload.get("n"), "began": began, "ended": time.time(), "pid": os.getpid()}
+
+
+def nap_sync(payload: Any, context: Any) -> Any:
+    """nap_async as a plain function: it runs alone in its worker's thread."""
+    import os
+    import time
+
+    began = time.time()
+    time.sleep(float(payload.get("seconds", 0.5)))
+    return {"n": payload.get("n"), "began": began, "ended": time.time(), "pid": os.getpid()}

@@ -236,8 +236,8 @@ def test_twenty_agents_take_as_few_queries_as_two(
         assert step is not None
         Attempt.objects.create(step_run=step, number=1, agent_name=agent.name, usage={"total_tokens": 10, "cost": 0.001}, started_at=timezone.now())
     # session, user, the workflows ops sees (for the runs counted), agents with their health
-    # and trial step, load, recent events, usage.
-    with django_assert_max_num_queries(7):
+    # and trial step, load, recent events, usage, the workers' slots in use.
+    with django_assert_max_num_queries(8):
         response = ops_client.get(AGENTS)
     assert response.status_code == 200
     page = response.content.decode()
@@ -262,3 +262,27 @@ def test_without_agents_the_page_says_where_they_come_from(ops_client: Client) -
 def test_agents_that_are_not_language_models_have_no_model_box(ops_client: Client) -> None:
     Agent.objects.create(name="plain", kind="python", config={})
     assert 'class="agent-llm"' not in row_of(page_of(ops_client), "plain")
+
+
+def test_the_page_shows_the_slots_each_worker_process_has_in_use(ops_client: Client, run: Run) -> None:
+    steps_of(run, "summariser", StepStatus.RUNNING, 3)
+    for number, step in enumerate(StepRun.objects.filter(run=run, agent_name="summariser", claim_token="c0ffee")):
+        StepRun.objects.filter(pk=step.pk).update(attempts=1)
+        worker = "host-a:101" if number < 2 else "host-b:202"
+        Attempt.objects.create(step_run=step, number=1, agent_name="summariser", worker=worker, started_at=timezone.now())
+    page = page_of(ops_client)
+    rows = dict(re.findall(r'<tr data-worker="([^"]+)">(.*?)</tr>', page, re.DOTALL))
+    assert set(rows) == {"host-a:101", "host-b:202"}
+    assert "<strong>2</strong> of 100" in rows["host-a:101"]
+    assert "<strong>1</strong> of 100" in rows["host-b:202"]
+
+
+def test_a_worker_holding_only_runs_the_reader_may_not_see_is_not_shown(client: Client, outsider: Any, run: Run) -> None:
+    steps_of(run, "summariser", StepStatus.RUNNING, 1)
+    step = StepRun.objects.get(run=run, agent_name="summariser", claim_token="c0ffee")
+    StepRun.objects.filter(pk=step.pk).update(attempts=1)
+    Attempt.objects.create(step_run=step, number=1, agent_name="summariser", worker="host-a:101", started_at=timezone.now())
+    client.force_login(outsider)
+    page = page_of(client)
+    assert "host-a:101" not in page
+    assert "No worker holds a call right now." in page

@@ -39,8 +39,10 @@ _registry: Any = None
 
 def _worker_started(sender: Any = None, proc_name: str = "", **kwargs: Any) -> None:
     """django-q2's post_spawn, run inside each new worker process."""
-    from orchestration import runtime
+    from orchestration import runtime, slots
 
+    # This process runs network-bound agent calls in its slots (started on first use).
+    slots.enable()
     # A worker signalled directly (a service manager signals the whole process group) drains
     # like the rest of the cluster instead of dying in the middle of a step.
     signal.signal(signal.SIGTERM, runtime.stop_taking_steps)

@@ -66,6 +66,7 @@ from orchestration.management.bench_console import ConsoleBench
 from orchestration.management.bench_live import NAP_CALLABLE, LiveBench
 from orchestration.management.bench_rollup import RUNS as ROLLUP_RUNS
 from orchestration.management.bench_rollup import RollupBench
+from orchestration.management.bench_slots import SlotsBench
 from orchestration.management.benchkit import (
     AGENT,
     DRIVER_ENV,
@@ -110,6 +111,8 @@ RESENT_TARGET = Target(0, at_most=True)
 # On every backend: a map start or cancel never holds the database for long (on SQLite its
 # transaction holds the only write lock; every other write waits for it).
 TRANSACTION_TARGET = Target(1.0, at_most=True)
+# On every backend: the 50 ms HTTP map close to its ideal at the workers' concurrency.
+HTTP_RATIO_TARGET = Target(1.2, at_most=True)
 
 
 def targets(database: str, broker: str) -> dict[str, Target]:
@@ -136,8 +139,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--only",
-            choices=["live", "rollup", "console", "overview"],
+            choices=["live", "rollup", "console", "overview", "slots"],
             help="Only these rows: `live`, the live push (commit -> browser, fan-out to 200 sockets); "
+            "`slots`, network-bound agents many at once per worker (1,000 http calls, 300 llm steps, memory); "
             "`rollup`, a day's rollout metrics snapshot over 100,000 runs; `console`, the runs list, "
             "workflow page and run pages over 100,000 runs (never part of a full bench: its fixture stays); "
             "`overview`, the home page and a /metrics scrape on that same fixture.",
@@ -170,12 +174,23 @@ class Command(BaseCommand):
         bench = Bench(QUICK if options["quick"] else FULL, progress=self.stderr)
         only = options["only"]
         rows = [] if only else bench.run(keep=options["keep"])
+        if only in (None, "slots"):
+            with tempfile.TemporaryDirectory(prefix="baton-bench-slots-") as scratch:
+                slots = SlotsBench(
+                    database=bench.database, scratch=Path(scratch), say=bench.say, quick=options["quick"], keep=options["keep"]
+                )
+                rows += slots.run()
+            bench.notes += slots.notes
+            if only == "slots":
+                bench.notes.append(f"Load when measured: {load_average()}.")
         if only in ("console", "overview"):
             console = ConsoleBench(
                 database=bench.database, say=bench.say, runs=options["console_runs"], only_overview=only == "overview"
             )
             rows += console.run()
             bench.notes += console.notes
+        elif only == "slots":
+            pass
         elif options["quick"] and not only:
             # A browser, a web server and 200 sockets are not quick; `--only live` runs them.
             bench.notes.append("Live push rows: not run with --quick (manage.py bench --only live runs them).")
@@ -428,7 +443,8 @@ class Bench:
             )
         return {
             "wall": statistics.median(walls),
-            "ideal": steps * HTTP_DELAY / FANOUT_WORKERS,
+            # Every worker runs up to BATON_SLOTS of these calls at once (orchestration/slots.py).
+            "ideal": HTTP_DELAY * math.ceil(steps / (FANOUT_WORKERS * settings.BATON_SLOTS)),
             "call": statistics.median(calls) if calls else math.nan,
         }
 
@@ -515,9 +531,12 @@ class Bench:
             row(third, "SQL statements per item (in-process)", counted["item"], "statements"),
             row(fourth, f"wall time, map start -> finish, median of {RUNS} runs", calls["wall"], "s"),
             row(
-                fourth, f"ideal: {http_steps} x {delay_ms} ms / {FANOUT_WORKERS} workers", calls["ideal"], "s"
+                fourth,
+                f"ideal: {http_steps} x {delay_ms} ms / ({FANOUT_WORKERS} workers x {settings.BATON_SLOTS} slots)",
+                calls["ideal"],
+                "s",
             ),
-            row(fourth, "wall / ideal", calls["wall"] / calls["ideal"], "x"),
+            row(fourth, "wall / ideal", calls["wall"] / calls["ideal"], "x", HTTP_RATIO_TARGET),
             row(fourth, "  one call as the agent timed it, median", calls["call"], "ms"),
             row(fifth, "start: longest transaction", start["start"], "s", TRANSACTION_TARGET),
             row(fifth, "  start_run call, items sent to the broker", start["call"], "s"),
@@ -698,6 +717,14 @@ def seconds(start: datetime | None, end: datetime | None) -> float:
     if start is None or end is None:
         raise CommandError("a finished bench run has a step without its timestamps")
     return (end - start).total_seconds()
+
+
+def load_average() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
 
 
 def render(
