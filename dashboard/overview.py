@@ -59,6 +59,7 @@ from django.utils import timezone
 from dashboard.overview_charts import DayDurations, DurationChart, HourCounts, HourlyChart, durations, hourly
 from dashboard.waiting_words import PEOPLE
 from orchestration import access
+from orchestration.alerts import reads as alerts_reads
 from orchestration.durations import human_duration
 from orchestration.models import AgentHealth, Attempt, CircuitState, Run, StepRun
 from orchestration.rollouts import metrics
@@ -106,12 +107,8 @@ def register_people(lookup: PeopleLookup) -> None:
 
 
 def firing_alerts(user: Any) -> int:
-    """How many alerts are firing that this user may see.
-
-    TODO(merge, issue 15): return orchestration.alerts.reads.firing_count(user), which the
-    alerts branch provides; until then nothing fires.
-    """
-    return 0
+    """How many alerts are firing that this user may see (acknowledged ones too: they still hold)."""
+    return alerts_reads.firing_count(user)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,8 +333,7 @@ def overview_page(user: Any, *, now: datetime | None = None) -> dict[str, Any]:
             reverse("dashboard:agents"),
             "bad" if circuits else "",
         ),
-        # Filled in by the alerts branch at merge (firing_alerts above).
-        Tile("alerts", "Firing alerts", str(alerts), "firing now" if alerts else "none firing", "", "bad" if alerts else ""),
+        Tile("alerts", "Firing alerts", str(alerts), "firing now" if alerts else "none firing", reverse("dashboard:alerts"), "bad" if alerts else ""),
     ]
     return {
         "overview": Overview(

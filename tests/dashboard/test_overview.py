@@ -187,8 +187,8 @@ def test_the_overview_takes_the_same_queries_for_a_few_runs_as_for_many(
 ) -> None:
     # session, user, the workflows ops sees and the sub-workflow runs among them, the week day
     # by day, the 24 hours by hour (and in flight), their durations, failures by cause, waits on
-    # people, today's usage, inbox items, circuits, the latest runs.
-    expected = 13
+    # people, today's usage, inbox items, circuits, the firing alerts one may see, the latest runs.
+    expected = 14
     for batch in (3, 120):
         for n in range(batch):
             run = add_run(
@@ -210,7 +210,7 @@ def test_a_superusers_overview_needs_no_list_of_workflows(
     client: Client, admin_user: Any, digest: WorkflowVersion, django_assert_num_queries: Any
 ) -> None:
     client.force_login(admin_user)
-    with django_assert_num_queries(11):
+    with django_assert_num_queries(12):
         assert client.get("/").status_code == 200
 
 
