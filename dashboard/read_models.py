@@ -50,8 +50,6 @@ class StepRow:
     primary_called: bool = False
     # The agent version its attempts ran ("" for the agent's own config).
     version_label: str = ""
-    # Every attempt of this row, oldest first (a for_each head has none: its items do).
-    attempt_list: tuple[Attempt, ...] = ()
     # What it waits for, when it waits: "waiting: approval by legal, due in 3 hours".
     waiting: waiting_words.WaitingSummary | None = None
 
@@ -71,6 +69,14 @@ def attempts_by_step(step_runs: QuerySet[Attempt]) -> dict[int, list[Attempt]]:
     for attempt in step_runs.select_related("agent_version").order_by("step_run_id", "number"):
         grouped.setdefault(attempt.step_run_id, []).append(attempt)
     return grouped
+
+
+# What the run page reads of each head row. A step's input and its attempts' log lines and
+# tracebacks are shown when the reader opens the step (step_detail), and a 1,000-step run's
+# JSON columns were a third of the page's database time; the shown rows' outputs are read apart.
+PAGE_COLUMNS = tuple(
+    f.attname for f in StepRun._meta.concrete_fields if f.attname not in {"input", "output", "item", "usage"}
+)
 
 
 def event_page(run: Run, *, page: Any = None, newest_first: bool = False) -> Page[RunEvent]:
@@ -94,7 +100,7 @@ def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) 
     graph, and in the table at most STEP_ROWS_SHOWN rows unless `all_steps`."""
     spec = run.version.spec
     order = {s["key"]: i for i, s in enumerate(spec.get("steps", []))}
-    rows = head_rows(run)
+    rows = head_rows(run, only=PAGE_COLUMNS)
     heads = latest_heads(rows)
     # Compensations ("<key>.undo") are not steps of the spec: they get their own section.
     compensations = [row for row in rows if row.kind == StepKind.COMPENSATION]
@@ -141,8 +147,14 @@ def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) 
             primary_called.add(step_id)
         if label is not None and agent_name == step_agent:
             versions[parent_id or step_id] = label
-    # The shown head rows' attempts in one query; a for_each's items keep theirs for the items list.
-    attempts = attempts_by_step(Attempt.objects.filter(step_run__in=[row.pk for row in (*step_rows, *compensations)]))
+    shown = [row.pk for row in (*step_rows, *compensations)]
+    # The shown rows' outputs (the table's Result column) in one query.
+    outputs = dict(StepRun.objects.filter(pk__in=shown).values_list("pk", "output"))
+    for row in (*step_rows, *compensations):
+        row.output = outputs.get(row.pk)
+    # The shown head rows' attempts for the timeline, in one query, without what only an opened
+    # step shows; a for_each's items keep theirs for the items list.
+    attempts = attempts_by_step(Attempt.objects.filter(step_run__in=shown).defer("log", "traceback", "usage"))
     # "parent_step set" said outright: without it PostgreSQL joins the run's steps to every run
     # in the table (a sequential scan, 60 ms at 100,000 runs) rather than probe the few that have one.
     children = dict(
@@ -176,7 +188,6 @@ def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) 
                 attempts=item_attempts.get(row.pk, row.attempts),
                 primary_called=row.pk in primary_called,
                 version_label=versions.get(row.pk, ""),
-                attempt_list=tuple(attempts.get(row.pk, ())),
                 waiting=waiting.get(row.pk),
             )
             for row in step_rows
@@ -190,7 +201,6 @@ def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) 
                 child_run_id=None,
                 attempts=row.attempts,
                 version_label=versions.get(row.pk, ""),
-                attempt_list=tuple(attempts.get(row.pk, ())),
             )
             for row in compensations
         ],
@@ -208,6 +218,21 @@ def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) 
         "can_operate": access.can_operate_run(user, run),
         # Seen through its own workflow, a sub-workflow run names no caller the user may not see.
         "parent_visible": run.parent_step is not None and bool(access.visible_among(user, [run.parent_step.run_id])),
+    }
+
+
+def step_detail(run: Run, step: StepRun) -> dict[str, Any]:
+    """What an opened step of the run page shows (`_step_detail.html`): its input and output
+    and every attempt with its traceback and log lines (a for_each head: a link to its items,
+    which have the attempts). Two queries: the step's columns were read with it, then its
+    attempts."""
+    return {
+        "run": run,
+        "step": step,
+        "detail_id": f"step-detail-{step.pk}",
+        "attempt_list": []
+        if step.items_total is not None
+        else list(Attempt.objects.filter(step_run=step).select_related("agent_version").order_by("number")),
     }
 
 

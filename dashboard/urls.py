@@ -20,6 +20,7 @@ urlpatterns = [
     path("runs/<int:run_id>/cancel/", views.cancel_run, name="cancel"),
     path("runs/<int:run_id>/events/", views.run_events, name="run_events"),
     path("runs/<int:run_id>/steps/<str:key>/items/", views.step_items, name="step_items"),
+    path("runs/<int:run_id>/rows/<int:step_id>/", views.step_detail, name="step_detail"),
     path("runs/<int:run_id>/retry/", views.retry_run, name="retry"),
     path("runs/<int:run_id>/rerun/", views.rerun_run, name="rerun"),
     path("runs/bulk/", views.bulk_runs, name="runs_bulk"),

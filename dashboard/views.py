@@ -326,6 +326,19 @@ def step_items(request: HtmxHttpRequest, run_id: int, key: str) -> HttpResponse:
 
 @require_GET
 @login_required
+def step_detail(request: HtmxHttpRequest, run_id: int, step_id: int) -> HttpResponse:
+    """One step row's input, output and attempts: what the run page shows when a step is
+    opened, and a page of its own for a link or a browser without JavaScript."""
+    run = access.get_run_for_user(request.user, run_id)
+    step = StepRun.objects.filter(run=run, pk=step_id, map_index__isnull=True).first()
+    if step is None:
+        raise Http404("This run has no such step.")
+    context = read_models.step_detail(run, step)
+    return partial_or_page(request, "dashboard/step_detail.html", "dashboard/_step_detail.html", context)
+
+
+@require_GET
+@login_required
 def run_events(request: HtmxHttpRequest, run_id: int) -> HttpResponse:
     """The run's whole event history, a hundred events a page, oldest or newest first."""
     run = access.get_run_for_user(request.user, run_id)

@@ -22,7 +22,7 @@ from django.utils import timezone
 from ninja import Field, ModelSchema, Router, Schema, Status
 from ninja.params.functions import Path, Query
 
-from orchestration import access, transitions
+from orchestration import access, engine, transitions
 from orchestration.api_errors import refuse, responses
 from orchestration.models import Run, StartRequest, Workflow, WorkflowVersion
 from orchestration.runs_api import RunOut
@@ -200,6 +200,24 @@ def _start(workflow: Workflow, payload: StartIn, user: Any) -> Run:
         refuse(409, f"{exc}: publish a version first")
 
 
+def _same_request(first: StartRequest, payload: StartIn) -> Run:
+    """The first run of this key, when this request asks for the same thing; a different input
+    under a key already used is the client's mistake, said outright (409) rather than answered
+    with a run of some other input."""
+    try:
+        same = engine.validate_run_input(first.run.version.spec, payload.input) == first.run.input
+    except ValueError:
+        same = False
+    if not same:
+        refuse(
+            409,
+            f"idempotency_key {first.key!r} already started run {first.run_id} with another input: "
+            "send that input again, or a new key for a new run",
+            code="idempotency_conflict",
+        )
+    return first.run
+
+
 def _first(workflow: Workflow, user: Any, key: str) -> StartRequest | None:
     since = timezone.now() - IDEMPOTENCY_WINDOW
     return (
@@ -212,7 +230,7 @@ def _first(workflow: Workflow, user: Any, key: str) -> StartRequest | None:
 @router.post(
     "/{key}/runs",
     response=responses({201: RunOut, 200: RunOut}, 403, 404, 409),
-    summary="Start a run (201); the same idempotency key again returns the first run (200)",
+    summary="Start a run (201); the same idempotency key and input again returns the first run (200), another input 409",
 )
 def start_run(request: HttpRequest, payload: StartIn, key: str = Path(..., max_length=100)) -> Any:
     """`{"input": {...}, "idempotency_key": "..."}`. The input is checked against the
@@ -227,7 +245,7 @@ def start_run(request: HttpRequest, payload: StartIn, key: str = Path(..., max_l
         return Status(201, _start(workflow, payload, user))
     first = _first(workflow, user, payload.idempotency_key)
     if first is not None:
-        return Status(200, first.run)
+        return Status(200, _same_request(first, payload))
     try:
         with transaction.atomic():
             # A key older than the window no longer counts: its row makes way for this start.
@@ -248,5 +266,5 @@ def start_run(request: HttpRequest, payload: StartIn, key: str = Path(..., max_l
         first = _first(workflow, user, payload.idempotency_key)
         if first is None:
             raise
-        return Status(200, first.run)
+        return Status(200, _same_request(first, payload))
     return Status(201, Run.objects.select_related("workflow", "version", "started_by").get(pk=run.pk))

@@ -255,6 +255,9 @@
   htmx.onLoad(function (root) {
     const lists = root.matches && root.matches("[data-item-list]") ? [root] : root.querySelectorAll("[data-item-list]");
     lists.forEach(function (list) {
+      // From here on the rows are the reader's: a live refresh of the page around the form
+      // (static/js/live.js) must not put back a removed row or take away a new, focused one.
+      list.setAttribute("data-live-keep", "");
       list.querySelectorAll("[data-item-add], [data-item-remove]").forEach(function (button) { button.hidden = false; });
       // The spare slots are for a page without JavaScript; with "Add another", one blank is enough.
       let all = rows(list);
@@ -264,6 +267,29 @@
       }
       renumber(list);
     });
+  });
+
+  // A step of the run page is fetched when the reader opens it (dashboard:step_detail), and
+  // from then on refreshes itself when the live push says the run changed (static/js/live.js).
+  // Marked data-live-keep, it is left alone when the run's own part is morphed around it.
+  // ("toggle" does not bubble: listened for on the way down.)
+  document.addEventListener("toggle", function (event) {
+    const details = event.target;
+    if (!(details instanceof HTMLDetailsElement) || !details.open || !details.dataset.stepDetail) return;
+    const body = details.querySelector(".step-detail__body");
+    if (!body || body.hasAttribute("data-live")) return;
+    body.setAttribute("data-live-keep", "");
+    body.setAttribute("data-live", details.dataset.liveTopic || "");
+    body.setAttribute("hx-get", details.dataset.stepDetail);
+    body.setAttribute("hx-trigger", "baton:refresh");
+    body.setAttribute("hx-swap", "morph:innerHTML");
+    body.setAttribute("hx-sync", "this:queue last");
+    body.setAttribute("aria-busy", "true");
+    htmx.process(body);
+    htmx.trigger(body, "baton:refresh");
+  }, true);
+  document.addEventListener("htmx:afterSettle", function (event) {
+    if (event.target.classList && event.target.classList.contains("step-detail__body")) event.target.removeAttribute("aria-busy");
   });
 
   document.addEventListener("click", function (event) {

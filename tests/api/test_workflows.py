@@ -125,6 +125,22 @@ def test_the_same_idempotency_key_returns_the_first_run_and_starts_no_second(
     assert Run.objects.count() == 2
 
 
+def test_the_same_key_with_another_input_is_a_conflict_naming_the_first_run(
+    client: Client, people: dict[str, Any], digest: str
+) -> None:
+    headers = bearer(people["ops"])
+    first = post(client, "/api/workflows/digest/runs", {"input": {"topic": "x"}, "idempotency_key": "k-1"}, headers)
+    for other in ({"topic": "y"}, {"topic": 5}, {}):
+        again = post(client, "/api/workflows/digest/runs", {"input": other, "idempotency_key": "k-1"}, headers)
+        assert again.status_code == 409, other
+        body = again.json()
+        assert body["error"] == "idempotency_conflict"
+        assert f"already started run {first.json()['id']} with another input" in body["detail"]
+    assert Run.objects.count() == 1
+    # The first input, written with its defaults filled in or not, is the same request.
+    assert post(client, "/api/workflows/digest/runs", {"input": {"topic": "x"}, "idempotency_key": "k-1"}, headers).status_code == 200
+
+
 def test_a_key_older_than_a_day_starts_a_new_run(client: Client, people: dict[str, Any], digest: str) -> None:
     headers = bearer(people["ops"])
     body = {"input": {"topic": "x"}, "idempotency_key": "daily"}

@@ -114,3 +114,30 @@ def test_a_failed_steps_traceback_and_the_log_lines_its_agent_wrote_open_from_th
     expect(log.locator("b")).to_have_count(0)
     log.scroll_into_view_if_needed()
     page.screenshot(path=str(screenshots / "run-page-log-lines.png"))
+
+
+def test_an_opened_step_follows_the_run_and_keeps_the_folds_the_reader_opened(
+    web_server: Any, transactional_db: Any, ops: Any, chromium: Any, settings: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    settings.BATON_PYTHON_AGENTS = [*settings.BATON_PYTHON_AGENTS, HERE]
+    load_workflow(CHECKOUT)
+    run = drive(transitions.start_run(workflow="checkout", started_by=ops))
+    step = StepRun.objects.get(run=run, step_key="charge")
+
+    page = logged_in_page(chromium, web_server)
+    page.goto(f"{web_server.url}/runs/{run.pk}/")
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+    detail = page.locator(f"#step-detail-{step.pk}")
+    expect(detail.locator(".attempt")).to_have_count(0)  # nothing is read before the step is opened
+    detail.locator("summary").first.click()
+    expect(detail.locator(".attempt")).to_have_count(1)
+    detail.locator(".traceback summary").click()
+    expect(detail.locator(".traceback pre")).to_be_visible()
+
+    # Someone retries the run elsewhere; its step fails again with a second attempt.
+    drive(transitions.retry_run(run_id=run.pk, actor=ops, reason="card processor back"))
+    expect(detail.locator(".attempt")).to_have_count(2)
+    expect(detail.locator(".traceback pre").first).to_be_visible()  # the fold opened before stays open
+    expect(detail.locator("summary").first).to_contain_text("2 attempts")

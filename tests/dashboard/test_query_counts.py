@@ -111,14 +111,14 @@ def test_a_run_of_150_steps_takes_the_run_pages_usual_queries_and_draws_its_firs
     )
     url = reverse("dashboard:run", args=[run.pk])
     # As tests/dashboard/test_run_details.py counts for 2 and 50 steps (the timeline's one
-    # query included).
-    page = queries_of(ops_client, url, django_assert_num_queries, 17)
+    # query and the shown rows' outputs included).
+    page = queries_of(ops_client, url, django_assert_num_queries, 18)
     rows = re.findall(r'<tr id="step-(s\d+)"', page)
     assert len(rows) == STEP_ROWS_SHOWN
     assert rows[:98] == [f"s{n}" for n in range(1, 99)] and rows[98:] == ["s140", "s150"]
     assert "Showing 100 of 150 step rows: the open and failed ones first" in page
     assert page.count('class="node node--') == 151  # the graph has every step, and the map
-    everything = queries_of(ops_client, url + "?steps=all", django_assert_num_queries, 17)
+    everything = queries_of(ops_client, url + "?steps=all", django_assert_num_queries, 18)
     assert len(re.findall(r'<tr id="step-s\d+"', everything)) == 150
     assert "step rows: the open" not in everything
     # Its live refresh asks for every row again.

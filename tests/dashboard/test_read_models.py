@@ -24,8 +24,8 @@ def test_the_run_page_is_built_from_the_run_and_a_person_in_a_fixed_number_of_qu
 ) -> None:
     run = drive(transitions.start_run(workflow="digest", input={"topic": "tides"}, started_by=ops))
     run.refresh_from_db()
-    # With the Gantt timeline's one query: the steps' status events.
-    with django_assert_num_queries(14):
+    # With the Gantt timeline's one query (the steps' status events) and the shown rows' outputs.
+    with django_assert_num_queries(15):
         context = run_page(run, ops)
 
     assert [row.step.step_key for row in context["steps"]] == ["research", "summarise", "publish"]

@@ -30,11 +30,21 @@ def items_url(run: Any, key: str = "fan", **query: Any) -> str:
     return url + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
 
 
-def detail_of(page: str, step_key: str) -> str:
-    """A step's detail row: from its opening to the next step's row (or the table's end)."""
+def detail_row(page: str, step_key: str) -> str:
+    """A step's detail row on the run page: from its opening to the next step's row (or the table's end)."""
     start = page.index(f'<tr class="step-detail" data-step="{step_key}">')
     ends = [i for i in (page.find('<tr id="step-', start), page.find("</section>", start)) if i != -1]
     return page[start : min(ends)]
+
+
+def detail_of(client: Client, page: str, step_key: str) -> str:
+    """What opening a step on the run page shows: the part its fold names, fetched as the page's
+    script fetches it."""
+    found = re.search(r'data-step-detail="([^"]+)"', detail_row(page, step_key))
+    assert found, f"step {step_key} names no detail to open"
+    response = client.get(found.group(1), headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    return response.content.decode()
 
 
 # --- one step, all of it ---------------------------------------------------------------------
@@ -44,8 +54,8 @@ def test_a_step_shows_its_input_output_and_every_attempt(ops_client: Client, ops
     version = big_workflow(3)
     run = big_run(version, steps=3, attempts=3)
     page = page_of(ops_client, reverse("dashboard:run", args=[run.pk]))
-    detail = detail_of(page, "s2")
-    assert "Input, output and 3 attempts of <strong>s2</strong>" in detail
+    assert "Input, output and 3 attempts of <strong>s2</strong>" in detail_row(page, "s2")
+    detail = detail_of(ops_client, page, "s2")
     assert "<dt>text</dt><dd><pre class=\"json\">step 2</pre>" in detail
     assert '<details class="fold"' in detail  # the long "note" input value is folded
     assert detail.count('<tr class="attempt attempt--') == 3
@@ -65,7 +75,7 @@ def test_an_attempt_names_its_agent_version_and_the_fallback_it_was(ops_client: 
     canary = AgentVersion.objects.create(agent=Agent.objects.get(name="echo"), label="canary", weight=1)
     Attempt.objects.filter(step_run=head, number=1).update(agent_name="primary")
     Attempt.objects.filter(step_run=head, number=2).update(agent_version=canary)
-    detail = detail_of(page_of(ops_client, reverse("dashboard:run", args=[run.pk])), "s1")
+    detail = detail_of(ops_client, page_of(ops_client, reverse("dashboard:run", args=[run.pk])), "s1")
     assert "primary" in detail
     assert 'echo <span class="agent-cell__version">· version canary</span> <span class="small attempt-fallback">fallback for primary</span>' in detail
 
@@ -78,8 +88,11 @@ def test_outputs_errors_and_tracebacks_are_shown_as_text(ops_client: Client, ops
     StepRun.objects.filter(pk=head.pk).update(input={"text": attack}, output={"html": attack})
     Attempt.objects.filter(step_run=head).update(status=AttemptStatus.FAILED, error=attack, traceback=attack, error_class=ErrorClass.PERMANENT)
     page = page_of(ops_client, reverse("dashboard:run", args=[run.pk]))
-    assert "<script>alert" not in page
-    assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;") >= 4  # input, output, error, traceback
+    detail = detail_of(ops_client, page, "s1")
+    assert "<script>alert" not in page and "<script>alert" not in detail
+    escaped = "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;"
+    assert page.count(escaped) >= 2  # output, error
+    assert detail.count(escaped) >= 4  # input, output, error, traceback
 
 
 def test_a_map_step_says_how_many_items_are_done_and_links_to_them(ops_client: Client, ops: Any) -> None:
@@ -88,7 +101,7 @@ def test_a_map_step_says_how_many_items_are_done_and_links_to_them(ops_client: C
     row = re.search(r'<tr id="step-fan"[^>]*>(.*?)</tr>', page, re.DOTALL)
     assert row and "240 / 300 items" in row.group(1)
     assert f'href="{items_url(run)}"' in row.group(1)
-    assert "Browse the 300 items and their attempts" in detail_of(page, "fan")
+    assert "Browse the 300 items and their attempts" in detail_of(ops_client, page, "fan")
 
 
 def test_the_run_page_takes_the_same_queries_for_two_steps_as_for_fifty_steps_of_three_attempts_and_300_items(
@@ -97,15 +110,56 @@ def test_the_run_page_takes_the_same_queries_for_two_steps_as_for_fifty_steps_of
     small = big_run(big_workflow(2), steps=2, attempts=1, events=5)
     large = big_run(big_workflow(50), steps=50, attempts=3, items=300, events=450)
     # session, user, run, may ops see it, may ops cancel it, head rows, simulated agents, item
-    # attempts, agent versions, head attempts, child runs, event count, event page, usage (2),
-    # the run's reruns (the actions' links), the steps' status events (the Gantt timeline).
+    # attempts, agent versions, the shown rows' outputs, head attempts, child runs, event count,
+    # event page, usage (2), the run's reruns (the actions' links), the steps' status events
+    # (the Gantt timeline).
     for run in (small, large):
-        with django_assert_num_queries(17):
+        with django_assert_num_queries(18):
             response = ops_client.get(reverse("dashboard:run", args=[run.pk]))
         assert response.status_code == 200
     page = response.content.decode()
-    assert page.count('<tr class="attempt attempt--') == 150
+    assert page.count("data-step-detail=") == 51  # every step opens (the fan too)
+    assert '<tr class="attempt attempt--' not in page  # attempts are read when a step is opened
     assert "Showing 351–450 of 450 events" in page
+
+
+def test_an_opened_step_takes_the_same_queries_for_one_attempt_as_for_fifty(
+    ops_client: Client, ops: Any, django_assert_num_queries: DjangoAssertNumQueries
+) -> None:
+    few = big_run(big_workflow(1), steps=1, attempts=1)
+    many = big_run(big_workflow(1), steps=1, attempts=50)
+    for run in (few, many):
+        head = StepRun.objects.get(run=run, step_key="s1")
+        # session, user, run, may ops see it, the step, its attempts (with their versions).
+        with django_assert_num_queries(6):
+            response = ops_client.get(reverse("dashboard:step_detail", args=[run.pk, head.pk]))
+        assert response.status_code == 200
+    assert response.content.decode().count('<tr class="attempt attempt--') == 50
+
+
+def test_an_opened_step_is_a_page_of_its_own_without_javascript(ops_client: Client, ops: Any) -> None:
+    run = big_run(big_workflow(2), steps=2, attempts=2)
+    head = StepRun.objects.get(run=run, step_key="s2")
+    url = reverse("dashboard:step_detail", args=[run.pk, head.pk])
+    page = page_of(ops_client, url)
+    assert "<title>s2 · Run #" in page and 'href="/runs/' in page
+    assert page.count('<tr class="attempt attempt--') == 2
+    assert f'<a href="{url}">Open the input, output, attempts' in page_of(ops_client, reverse("dashboard:run", args=[run.pk]))
+
+
+def test_a_step_of_another_run_or_an_item_is_not_found_and_an_outsider_sees_none(
+    client: Client, ops: Any, outsider: Any
+) -> None:
+    run = big_run(big_workflow(2), steps=2, items=3)
+    other = big_run(big_workflow(1), steps=1)
+    head = StepRun.objects.get(run=run, step_key="s1")
+    item = StepRun.objects.filter(run=run, map_index__isnull=False).first()
+    assert item is not None
+    client.force_login(ops)
+    assert client.get(reverse("dashboard:step_detail", args=[other.pk, head.pk])).status_code == 404
+    assert client.get(reverse("dashboard:step_detail", args=[run.pk, item.pk])).status_code == 404
+    client.force_login(outsider)
+    assert client.get(reverse("dashboard:step_detail", args=[run.pk, head.pk])).status_code == 403
 
 
 def test_the_read_model_takes_the_same_queries_however_large_the_run(
@@ -115,9 +169,9 @@ def test_the_read_model_takes_the_same_queries_however_large_the_run(
     large = big_run(big_workflow(50), steps=50, attempts=3, items=300, events=450)
     # As the page's, less the session, user, run and "may ops see it".
     for run in (small, large):
-        with django_assert_num_queries(12):
+        with django_assert_num_queries(13):
             context = run_page(run, ops)
-    assert sum(len(row.attempt_list) for row in context["steps"]) == 150
+    assert len(context["steps"]) == 51
 
 
 # --- a map's items ---------------------------------------------------------------------------

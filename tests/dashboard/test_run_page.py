@@ -256,10 +256,10 @@ def test_the_run_page_takes_a_fixed_number_of_queries(
     run = drive(transitions.start_run(workflow="digest", input={"topic": "t", "sections": list("abcdefghij")}))
     # session, user, run, may ops see it, may ops cancel it, head rows, simulated agents, item
     # attempts, the agent versions attempts ran (and which fallbacks' primaries were called),
-    # every head row's attempts, child runs, event count, events, for usage the run's sub-runs
-    # and attempts, the reruns of this run (the actions' links), and the steps' status events
-    # (the Gantt timeline): ten items or a thousand.
-    with django_assert_max_num_queries(17):
+    # the shown rows' outputs, their attempts, child runs, event count, events, for usage the
+    # run's sub-runs and attempts, the reruns of this run (the actions' links), and the steps'
+    # status events (the Gantt timeline): ten items or a thousand.
+    with django_assert_max_num_queries(18):
         response = ops_client.get(reverse("dashboard:run", args=[run.pk]))
     assert response.status_code == 200
     page = response.content.decode()

@@ -89,9 +89,9 @@ def test_fallbacks_cost_one_query_for_the_whole_run(
 ) -> None:
     for key in ("research", "summarise", "publish"):
         took_over(finished, key, primary="writer-llm", primary_attempts=1)
-    # The run page's seventeen (its attempts, its reruns' links, the Gantt's status events): which
-    # primaries were called comes with the agent versions' query.
-    with django_assert_max_num_queries(17):
+    # The run page's eighteen (its rows' outputs and attempts, its reruns' links, the Gantt's
+    # status events): which primaries were called comes with the agent versions' query.
+    with django_assert_max_num_queries(18):
         response = ops_client.get(reverse("dashboard:run", args=[finished.pk]))
     assert response.status_code == 200
     assert response.content.decode().count("fallback-note") == 3

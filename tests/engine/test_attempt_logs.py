@@ -382,12 +382,18 @@ def test_a_secret_is_redacted_in_every_line_before_it_is_cut_or_stored(
 # --- the page -----------------------------------------------------------------------------------
 
 
-def test_the_run_page_shows_the_lines_folded_with_their_count_and_escaped(client: Any, ops: Any) -> None:
+def opened_step(client: Any, run: Any, key: str) -> str:
+    """What the run page shows when the reader opens the step `key`."""
+    step = StepRun.objects.get(run=run, step_key=key)
+    return client.get(f"/runs/{run.pk}/rows/{step.pk}/", headers={"HX-Request": "true"}).content.decode()
+
+
+def test_an_opened_step_shows_the_lines_folded_with_their_count_and_escaped(client: Any, ops: Any) -> None:
     flow("    - {key: bad, agent: hostile}", owner="ops")
     run = drive(transitions.start_run(workflow="wf", started_by=ops))
     assert run.status == RunStatus.FAILED
     client.force_login(ops)
-    page = client.get(f"/runs/{run.pk}/").content.decode()
+    page = opened_step(client, run, "bad")
     assert "1 log line</summary>" in page
     assert "&lt;script&gt;alert(&#x27;log&#x27;)&lt;/script&gt;" in page
     assert "<script>alert(" not in page
@@ -399,7 +405,7 @@ def test_a_cut_log_says_so_on_the_page(client: Any, ops: Any, settings: Any) -> 
     flow("    - {key: loud, agent: shouts, input: {lines: 9}}", owner="ops")
     run = drive(transitions.start_run(workflow="wf", started_by=ops))
     client.force_login(ops)
-    page = client.get(f"/runs/{run.pk}/").content.decode()
+    page = opened_step(client, run, "loud")
     assert '3 log lines <span class="tag tag--cut">cut</span></summary>' in page
     assert "✂ cut" in page and "6 more lines (42 bytes) dropped" in page
 
