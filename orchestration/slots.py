@@ -112,6 +112,8 @@ class Slots:
 
     def start(self, agent: Agent, claim: transitions.Claim) -> None:
         """Run a claimed step in a slot the caller has taken (the slot is the flight's now)."""
+        if agent.kind == "llm":
+            _import_openai()
         stop = threading.Event()
         context, timeout = runtime.context_of(agent, claim, stop)
         flight = Flight(agent, claim, context, timeout, stop)
@@ -287,6 +289,14 @@ class Slots:
             thread.join(timeout=2)
 
 
+def _import_openai() -> None:
+    """Import the SDK here, in the task's thread, before the first llm call reaches the loop:
+    done by that call, on the loop, the import (0.4 s, more on a busy machine) would hold up
+    every call in the slots. Not at start-up: a deployment without llm agents never pays it."""
+    with contextlib.suppress(ImportError):
+        import openai  # noqa: F401
+
+
 def _success_of(flight: Flight) -> transitions.Success:
     outcome = flight.outcome
     assert outcome is not None and outcome.result is not None
@@ -320,11 +330,6 @@ def enable() -> None:
     process runs network-bound steps in its slots, when BATON_SLOTS allows more than one."""
     global _enabled
     _enabled = settings.BATON_SLOTS > 1
-    if _enabled:
-        # Imported now, not by the first llm call: an import on the event loop (0.4 s and
-        # more on a busy machine) would hold up every call in the slots meanwhile.
-        with contextlib.suppress(ImportError):
-            import openai  # noqa: F401
 
 
 def current() -> Slots | None:
