@@ -18,12 +18,19 @@ from tests.support import ROOT, database_url
 
 HTTP_ROW = "20 steps against a local HTTP agent answering in 50 ms, 4 workers"
 MAP_ROW = "1,000-item for_each, start and cancel"
+# The slots' rows at --quick sizes (orchestration/management/bench_slots.py).
+SLOTS_HTTP_ROW = "200-item for_each, http agent answering in 1 s, 2 workers"
+SLOTS_LLM_ROW = "60 llm steps, local OpenAI-compatible server answering in 2 s, 2 workers"
+MEMORY_ROW = "worker memory (VmRSS, largest of 2 workers)"
 BENCHMARKS = (
     "django-q2 no-op task (floor)",
     "10-step sequential workflow",
     "100-item for_each, 4 workers",
     HTTP_ROW,
     MAP_ROW,
+    SLOTS_HTTP_ROW,
+    SLOTS_LLM_ROW,
+    MEMORY_ROW,
 )
 # Every row of `bench --quick`, in order: a row that disappears, is renamed or moves fails.
 ROWS = [
@@ -40,15 +47,23 @@ ROWS = [
     ("100-item for_each, 4 workers", "total wall time"),
     ("100-item for_each, 4 workers", "SQL statements per item (in-process)"),
     (HTTP_ROW, "wall time, map start -> finish, median of 3 runs"),
-    (HTTP_ROW, "ideal: 20 x 50 ms / 4 workers"),
+    (HTTP_ROW, "ideal: 20 x 50 ms / (4 workers x 100 slots)"),
     (HTTP_ROW, "wall / ideal"),
     (HTTP_ROW, "  one call as the agent timed it, median"),
     (MAP_ROW, "start: longest transaction"),
     (MAP_ROW, "  start_run call, items sent to the broker"),
     (MAP_ROW, "cancel: longest transaction"),
     ("every bench run", "messages re-sent"),
+    (SLOTS_HTTP_ROW, "wall time, start -> finish"),
+    (SLOTS_HTTP_ROW, "  ideal: 2 x 100 slots"),
+    (SLOTS_LLM_ROW, "wall time, start -> finish"),
+    (SLOTS_LLM_ROW, "  ideal: 2 x 100 slots"),
+    (SLOTS_LLM_ROW, "attempts with tokens and cost recorded"),
+    (MEMORY_ROW, "with 100 calls in flight"),
+    (MEMORY_ROW, "after 1,000 more calls"),
+    (MEMORY_ROW, "growth, largest of the workers"),
 ]
-VALUE = re.compile(r"(\d+(?:\.\d+)?) ?(ms|s|steps/s|x|messages|statements)")
+VALUE = re.compile(r"(\d+(?:\.\d+)?) ?(ms|s|steps/s|x|messages|statements|attempts|MiB|%)")
 
 
 @dataclass
@@ -140,7 +155,7 @@ class TestBench:
             # A fault-free bench re-sends no message (its own test below), and the step a worker
             # continues with is inserted already claimed (queued and claimed at one instant);
             # every other row is a time, a rate or a ratio that cannot be zero.
-            if row.measure not in ("messages re-sent", "  queued -> claimed, median"):
+            if row.measure not in ("messages re-sent", "  queued -> claimed, median", "growth, largest of the workers"):
                 assert row.value > 0, row
         handoff = next(row for row in rows if row.measure == "step-to-step handoff, median")
         assert handoff.target.endswith((" ok", " MISSED")), handoff
@@ -178,15 +193,17 @@ class TestBench:
             if row["benchmark"] == HTTP_ROW
         }
         wall = rows["wall time, map start -> finish, median of 3 runs"]
-        ideal = rows["ideal: 20 x 50 ms / 4 workers"]
+        ideal = rows["ideal: 20 x 50 ms / (4 workers x 100 slots)"]
         ratio = rows["wall / ideal"]
-        assert ideal["value"] == 0.25
+        # Twenty calls fit in the slots at once: the ideal is one call's 50 ms.
+        assert ideal["value"] == 0.05
         # Nothing can beat every worker busy all the time with the 50 ms the server takes.
         assert wall["value"] >= ideal["value"]
         assert ratio["value"] == pytest.approx(wall["value"] / ideal["value"], abs=0.01)
         # The server sleeps 50 ms before answering, so no call can take less.
         assert rows["  one call as the agent timed it, median"]["value"] >= 50
-        assert [line for line in bench.stdout.splitlines() if "wall / ideal" in line][0].endswith("x  -")
+        # Judged against the issue's 1.2 times the ideal (issue 14), at every size.
+        assert [line for line in bench.stdout.splitlines() if "wall / ideal" in line][0].endswith(("<= 1.20x  ok", "<= 1.20x  MISSED"))
 
     def test_a_map_start_and_its_cancel_hold_the_database_briefly(self, bench: Outcome) -> None:
         rows = {
@@ -223,7 +240,16 @@ class TestBench:
 
     def test_it_deletes_its_runs_but_keeps_its_workflows(self, bench: Outcome) -> None:
         assert bench.runs_left == 0
-        assert bench.workflows == ["bench-fanout-100", "bench-http-20", "bench-mapstart-1000", "bench-sequential-10"]
+        assert bench.workflows == [
+            "bench-fanout-100",
+            "bench-http-20",
+            "bench-mapstart-1000",
+            "bench-sequential-10",
+            "bench-slots-http-200",
+            "bench-slots-llm-60",
+            "bench-slots-many-1000",
+            "bench-slots-warm-up",
+        ]
 
 
 # What the in-process run counted, for the tests that build rows from made-up figures.
