@@ -100,5 +100,5 @@ def test_the_overview_row_times_the_home_page_and_a_scrape_on_the_console_fixtur
         return
     rows = {(row["benchmark"], row["measure"]): row for row in document["rows"]}
     assert rows[("overview (home page)", "server time, p95 of 20")]["target"] == "<= 150.0 ms"
-    assert rows[("overview (home page)", "SQL queries per request")]["value"] == 13
+    assert rows[("overview (home page)", "SQL queries per request")]["value"] == 14
     assert ("/metrics scrape", "server time, median of 20") in rows
