@@ -203,6 +203,7 @@ class HoldingServer:
                     owner.keys.append(self.headers.get("Idempotency-Key", ""))
                     owner.in_flight += 1
                     owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+                unsent = False
                 try:
                     status, reply, delay = owner.answer(body)
                     if owner.trickle is not None:
@@ -214,16 +215,21 @@ class HoldingServer:
                         self.close_connection = True
                         return
                     payload = json.dumps(reply).encode()
+                    # Counted before the answer leaves: a client that has read it must never
+                    # find the count behind (a test asserts it right after its call returns).
+                    with owner.lock:
+                        owner.answered += 1
+                    unsent = True
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
-                    with owner.lock:
-                        owner.answered += 1
+                    unsent = False
                 except (BrokenPipeError, ConnectionResetError):
                     with owner.lock:
                         owner.abandoned += 1
+                        owner.answered -= int(unsent)
                     self.close_connection = True
                 finally:
                     with owner.lock:
