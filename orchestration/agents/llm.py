@@ -98,6 +98,30 @@ def cost(config: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> 
     return round(total, 6)
 
 
+# urllib3 has already undone any content encoding; these would make httpx undo it again.
+_DROPPED_ANSWER_HEADERS = {"content-encoding", "content-length", "transfer-encoding", "connection"}
+_DROPPED_REQUEST_HEADERS = ("host", "accept-encoding", "content-length")
+
+
+def _outgoing(request: Any, timeout: float) -> tuple[dict[str, str], float]:
+    """The headers the SDK's request sends on through `outbound` and its read timeout."""
+    read_timeout = (request.extensions.get("timeout") or {}).get("read") or timeout
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROPPED_REQUEST_HEADERS}
+    return headers, read_timeout
+
+
+def _sdk_response(httpx2: Any, request: Any, response: outbound.Response) -> Any:
+    kept = {k: v for k, v in response.headers.items() if k not in _DROPPED_ANSWER_HEADERS}
+    return httpx2.Response(response.status, headers=kept, content=response.body, request=request)
+
+
+def _sdk_error(httpx2: Any, request: Any, exc: Exception) -> Exception:
+    """outbound's timeout and unavailability as the httpx errors the SDK retries and reports;
+    a refusal (OutboundRefused) is not translated, so `call` can tell it from a network failure."""
+    kind = httpx2.ReadTimeout if isinstance(exc, outbound.OutboundTimeout) else httpx2.ConnectError
+    return kind(str(exc), request=request)  # type: ignore[no-any-return]
+
+
 def http_client(timeout: float) -> Any:
     """An httpx client for the SDK whose requests go through `outbound.request`.
 
@@ -108,25 +132,16 @@ def http_client(timeout: float) -> Any:
     """
     import httpx2
 
-    # urllib3 has already undone any content encoding; these would make httpx undo it again.
-    dropped = {"content-encoding", "content-length", "transfer-encoding", "connection"}
-
     class OutboundTransport(httpx2.BaseTransport):
         def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-            read_timeout = (request.extensions.get("timeout") or {}).get("read") or timeout
-            headers = {
-                k: v for k, v in request.headers.items() if k.lower() not in ("host", "accept-encoding", "content-length")
-            }
+            headers, read_timeout = _outgoing(request, timeout)
             try:
                 response = outbound.request(
                     request.method, str(request.url), content=request.read() or None, headers=headers, timeout=read_timeout
                 )
-            except outbound.OutboundTimeout as exc:
-                raise httpx2.ReadTimeout(str(exc), request=request) from None
-            except outbound.OutboundUnavailable as exc:
-                raise httpx2.ConnectError(str(exc), request=request) from None
-            kept = {k: v for k, v in response.headers.items() if k not in dropped}
-            return httpx2.Response(response.status, headers=kept, content=response.body, request=request)
+            except (outbound.OutboundTimeout, outbound.OutboundUnavailable) as exc:
+                raise _sdk_error(httpx2, request, exc) from None
+            return _sdk_response(httpx2, request, response)  # type: ignore[no-any-return]
 
     return httpx2.Client(transport=OutboundTransport(), follow_redirects=False, timeout=timeout)
 
@@ -136,24 +151,16 @@ def async_http_client(timeout: float) -> Any:
     so they share the worker loop's pool for the checked address and its checks."""
     import httpx2
 
-    dropped = {"content-encoding", "content-length", "transfer-encoding", "connection"}
-
     class AsyncOutboundTransport(httpx2.AsyncBaseTransport):
         async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-            read_timeout = (request.extensions.get("timeout") or {}).get("read") or timeout
-            headers = {
-                k: v for k, v in request.headers.items() if k.lower() not in ("host", "accept-encoding", "content-length")
-            }
+            headers, read_timeout = _outgoing(request, timeout)
             try:
                 response = await outbound.request_async(
                     request.method, str(request.url), content=await request.aread() or None, headers=headers, timeout=read_timeout
                 )
-            except outbound.OutboundTimeout as exc:
-                raise httpx2.ReadTimeout(str(exc), request=request) from None
-            except outbound.OutboundUnavailable as exc:
-                raise httpx2.ConnectError(str(exc), request=request) from None
-            kept = {k: v for k, v in response.headers.items() if k not in dropped}
-            return httpx2.Response(response.status, headers=kept, content=response.body, request=request)
+            except (outbound.OutboundTimeout, outbound.OutboundUnavailable) as exc:
+                raise _sdk_error(httpx2, request, exc) from None
+            return _sdk_response(httpx2, request, response)  # type: ignore[no-any-return]
 
     return httpx2.AsyncClient(transport=AsyncOutboundTransport(), follow_redirects=False, timeout=timeout)
 
