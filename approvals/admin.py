@@ -18,35 +18,19 @@ from django.http import HttpRequest
 from approvals import access
 from approvals.auth import set_new_key
 from approvals.models import ApiToken, Item, ItemEvent, Vote
-from orchestration.admin import ReadOnlyAdmin, ReadOnlyInline
+from orchestration.admin import ReadOnlyAdmin, ReadOnlyInline, SuperusersOnly
 
 M = TypeVar("M", bound=Model)
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
+class ApiTokenAdmin(SuperusersOnly[ApiToken]):
     """Add a token to see it once; delete it to revoke it. The key itself is never stored."""
 
     list_display = ("prefix_shown", "user", "name", "created_at", "last_used_at", "expires_at")
     list_filter = ("user",)
     search_fields = ("user__username", "name", "prefix")
     readonly_fields = ("prefix_shown", "created_at", "last_used_at")
-
-    # Superusers only, whatever permissions a staff user was given: see the module's docstring.
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return bool(request.user.is_active and request.user.is_superuser)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_module_permission(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return self.has_module_permission(request)
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_module_permission(request)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_module_permission(request)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:
         queryset = super().get_queryset(request)

@@ -110,6 +110,26 @@ class ReadOnlyAdmin(admin.ModelAdmin[M]):
         return False
 
 
+class SuperusersOnly(admin.ModelAdmin[M]):
+    """For what is a secret or reaches outside (API tokens, alert rules with webhook URLs):
+    superusers only, whatever model permissions a staff user was given."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+
 class ReadOnlyInline(admin.TabularInline[M, P]):
     extra = 0
     can_delete = False

@@ -19,26 +19,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from orchestration.admin import ReadOnlyAdmin, ReadOnlyInline
+from orchestration.admin import ReadOnlyAdmin, ReadOnlyInline, SuperusersOnly
 from orchestration.alerts import reads, transitions
 from orchestration.alerts.models import Alert, AlertEvent, AlertRule, Delivery
-
-
-class SuperusersOnly(admin.ModelAdmin[AlertRule]):
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return bool(request.user.is_active and request.user.is_superuser)
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_module_permission(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return self.has_module_permission(request)
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_module_permission(request)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_module_permission(request)
 
 
 class AlertRuleForm(forms.ModelForm[AlertRule]):
@@ -52,7 +35,7 @@ class AlertRuleForm(forms.ModelForm[AlertRule]):
 
 
 @admin.register(AlertRule)
-class AlertRuleAdmin(SuperusersOnly):
+class AlertRuleAdmin(SuperusersOnly[AlertRule]):
     form = AlertRuleForm
     list_display = ("name", "kind", "severity", "enabled", "workflow", "agent", "updated_at")
     list_filter = ("kind", "severity", "enabled")
