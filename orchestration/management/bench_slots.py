@@ -68,8 +68,8 @@ class SlotsBench:
                     with sampler:
                         http_wall = self.wall(key, timeout=120)
                     self.notes.append(
-                        f"Slots, http row: at most {server.max_in_flight} calls in flight at once, "
-                        f"over {server.connections} connections."
+                        f"Slots, http row: at most {server.max_in_flight} calls in flight at once "
+                        f"(of {sampler.full} the slots can hold), over {server.connections} connections."
                     )
                 with SlowJsonServer(0.0) as fast:
                     # Only the workers' memory afterwards is measured here: a connection refused
@@ -135,7 +135,10 @@ class SlotsBench:
 
 
 class RssSampler:
-    """Samples the worker processes' VmRSS while the server holds `full` calls at once."""
+    """Samples the worker processes' VmRSS, keeping each one's peak, while the server holds
+    calls: the peak is when the slots are fullest. Every tick with a call in flight counts, not
+    only those with `full` calls at once: on a loaded machine the calls may never all be in
+    flight together, and a row without a sample would say nothing (the note says how many were)."""
 
     def __init__(self, server: SlowJsonServer, *, full: int):
         self.server = server
@@ -157,7 +160,7 @@ class RssSampler:
 
     def _sample(self) -> None:
         while not self.done.wait(0.05):
-            if self.server.in_flight >= self.full * 0.9:
+            if self.server.in_flight > 0:
                 if len(self.pids) < WORKERS:
                     self.pids = worker_pids()
                 for pid, kib in rss(self.pids).items():
