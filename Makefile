@@ -30,7 +30,7 @@ REDIS_URL_TEST := redis://127.0.0.1:$(REDIS_PORT)/0
 
 help:
 	@echo "make run     install, migrate, load the demo and serve on http://$(HOST):$(PORT)/"
-	@echo "make test    the full suite on SQLite + ORM broker, then on PostgreSQL + Redis"
+	@echo "make test    the full suite on SQLite + ORM broker and on PostgreSQL + Redis, side by side"
 	@echo "make lint    ruff, mypy (strict) and the import contracts"
 	@echo "make bench   the benchmark command"
 	@echo "make clean   remove the SQLite database files and var/"
@@ -117,15 +117,26 @@ test-pg: $(STAMP) promtool
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_URL_TEST) BATON_QUEUE=baton-test-pg \
 	  $(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
 
-# Both passes. The second one is skipped (loudly) only outside CI when the services are down.
-# Both passes always run, so one failing pass doesn't hide the other's results; the target
-# fails if either did.
-test: $(STAMP)
-	@sqlite=passed; pg=passed
-	$(MAKE) --no-print-directory test-sqlite || sqlite=FAILED
-	$(MAKE) --no-print-directory services
+# Both passes, side by side: each mostly waits on its own worker processes, browser and
+# database, so on two cores the pair takes little longer than the slower one alone (and CI's
+# clock is what counts). Each pass has its own queue, database and Redis database, so neither
+# sees the other's work. Lines are printed as they come, tagged [sqlite] or [pg]; each pass's
+# whole output is kept in var/test-sqlite.log and var/test-pg.log, and the end of each (its
+# failures and summary) is printed again at the end, untangled. The PostgreSQL pass is skipped
+# (loudly) only outside CI when the services are down; the target fails if either pass did.
+test: $(STAMP) chromium promtool
+	@$(MAKE) --no-print-directory services
+	pass() {
+	  local name=$$1 target=$$2
+	  set +e
+	  $(MAKE) --no-print-directory $$target 2>&1 | tee var/test-$$name.log | sed -u "s/^/[$$name] /"
+	  echo $${PIPESTATUS[0]} > var/test-$$name.rc
+	}
+	rm -f var/test-sqlite.rc var/test-pg.rc
+	pass sqlite test-sqlite &
 	if [ "$$(cat var/services)" = up ]; then
-	  $(MAKE) --no-print-directory test-pg || pg=FAILED
+	  pass pg test-pg &
+	  pg=run
 	elif [ "$${CI:-}" = true ]; then
 	  echo "!! PostgreSQL/Redis do not answer on 127.0.0.1 and CI=true: failing." >&2
 	  pg="FAILED (services down)"
@@ -136,6 +147,17 @@ test: $(STAMP)
 	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
 	  pg="SKIPPED (services down)"
 	fi
+	wait
+	outcome() { [ "$$(cat var/test-$$1.rc 2>/dev/null)" = 0 ] && echo passed || echo FAILED; }
+	for name in sqlite pg; do
+	  if [ -f var/test-$$name.rc ]; then
+	    echo
+	    echo "== the end of the $$name pass (all of it: var/test-$$name.log) =="
+	    awk '/=+ FAILURES =+|short test summary info/ { keep = 1 } keep' var/test-$$name.log | tail -n 80 | grep . || tail -n 3 var/test-$$name.log
+	  fi
+	done
+	sqlite=$$(outcome sqlite)
+	if [ "$$pg" = run ]; then pg=$$(outcome pg); fi
 	echo
 	echo "== summary: SQLite + ORM broker: $$sqlite; PostgreSQL + Redis: $$pg =="
 	[ "$$sqlite" = passed ] && { [ "$$pg" = passed ] || [ "$${pg#SKIPPED}" != "$$pg" ]; }
