@@ -420,7 +420,8 @@ def renew_leases(*, held: list[tuple[int, str]]) -> set[int]:
     lease = timedelta(seconds=settings.BATON_LEASE_SECONDS)
     still = StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING)
     still.update(lease_expires_at=timezone.now() + lease)
-    return set(still.values_list("pk", flat=True))
+    # order_by(): a set needs no order, and StepRun's default one joins and sorts the runs.
+    return set(still.order_by().values_list("pk", flat=True))
 
 
 def still_held_of(*, held: list[tuple[int, str]]) -> set[int]:
@@ -428,7 +429,10 @@ def still_held_of(*, held: list[tuple[int, str]]) -> set[int]:
     run or map stopped) or taken over, and their calls are stopped."""
     if not held:
         return set()
-    return set(StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING).values_list("pk", flat=True))
+    # Asked every WATCH_SECONDS by each worker process; order_by(): see renew_leases.
+    return set(
+        StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING).order_by().values_list("pk", flat=True)
+    )
 
 
 def still_held(*, step_run_id: int, token: str) -> bool:
@@ -605,7 +609,7 @@ def record_item_successes(*, successes: list[Success]) -> int:
         # each item's own claim token.
         held = [(s.claim.step_run_id, s.claim.token) for s in successes]
         valid = set(
-            StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING).values_list("pk", flat=True)
+            StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING).order_by().values_list("pk", flat=True)
         )
         kept = [s for s in successes if s.claim.step_run_id in valid]
         if not kept:
