@@ -23,6 +23,7 @@ from django.db.models import F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from orchestration import guards, limits, reads, version_choice, waiting
+from orchestration.agents import NETWORK_KINDS
 from orchestration.durations import parse_duration
 from orchestration.models import Agent, Attempt, Event, Run, StepKind, StepRun, Workflow
 from orchestration.rows import insert_row, insert_rows
@@ -893,12 +894,18 @@ def _send_items(work: Work, step: dict[str, Any], head: StepRun, rows: list[tupl
     queued = list(
         StepRun.objects.filter(parent=head, status=StepStatus.QUEUED).order_by("map_index").values_list("pk", flat=True)
     )
-    limited = Agent.objects.filter(name__in=[head.agent_name, *by_agent], max_concurrency__isnull=False).exists()
+    agents = list(Agent.objects.filter(name__in=[head.agent_name, *by_agent]).values_list("kind", "max_concurrency"))
+    limited = any(limit is not None for _, limit in agents)
     # Chunks would hold slots of a limited agent while their items wait their turn in the
     # worker, so such items (and steps with their own `concurrency`) go one per message; so do
     # items of different agents (a worker's chunk runs one agent).
     if step.get("concurrency") or limited or by_agent:
         to_send.extend(queued)
+    elif queued and agents and all(kind in NETWORK_KINDS for kind, _ in agents):
+        # A worker hands such a chunk to its slots whole (dispatch.send_mapped). An `async def`
+        # python agent is not told apart here: that would import its code in whichever process
+        # starts the run (a web process); its items go in the usual chunks, and still run in slots.
+        work.send_mapped_in_slots.append(queued)
     elif queued:
         work.send_mapped.append(queued)
 

@@ -206,21 +206,35 @@ def is_public(address: IPAddress) -> bool:
 
 def resolve(url: str) -> Target:
     parts, host, port, allowed = _check_url(url)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise OutboundUnavailable(f"cannot resolve {host!r}: {exc.strerror}") from None
-    return _checked_target(parts, host, port, allowed, infos)
+    addresses = _literal(host)
+    if addresses is None:
+        try:
+            addresses = [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+        except socket.gaierror as exc:
+            raise OutboundUnavailable(f"cannot resolve {host!r}: {exc.strerror}") from None
+    return _checked_target(parts, host, port, allowed, addresses)
 
 
 async def resolve_async(url: str) -> Target:
     """resolve() for an event loop: the same checks, the DNS lookup in the loop's resolver thread."""
     parts, host, port, allowed = _check_url(url)
+    addresses = _literal(host)
+    if addresses is None:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise OutboundUnavailable(f"cannot resolve {host!r}: {exc.strerror}") from None
+        addresses = [str(info[4][0]) for info in infos]
+    return _checked_target(parts, host, port, allowed, addresses)
+
+
+def _literal(host: str) -> list[str] | None:
+    """An IP address written in the URL is the address to check: no lookup (on an event loop a
+    lookup is a hop to the resolver's threads, which 100 calls at once queue for)."""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise OutboundUnavailable(f"cannot resolve {host!r}: {exc.strerror}") from None
-    return _checked_target(parts, host, port, allowed, infos)
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return None
 
 
 def _check_url(url: str) -> tuple[SplitResult, str, int, AllowList]:
@@ -244,8 +258,8 @@ def _check_url(url: str) -> tuple[SplitResult, str, int, AllowList]:
     return parts, host, port, allowed
 
 
-def _checked_target(parts: SplitResult, host: str, port: int, allowed: AllowList, infos: list[Any]) -> Target:
-    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+def _checked_target(parts: SplitResult, host: str, port: int, allowed: AllowList, resolved: list[str]) -> Target:
+    addresses = [ipaddress.ip_address(address) for address in resolved]
     protected = protected_ports()
     for address in addresses:
         # Every address must pass, not just the first: a name that resolves to one public and

@@ -10,7 +10,7 @@ threads of the process look after what is in the slots:
 - the loop thread runs each call as an asyncio task, under the step's timeout (a bound on the
   whole call, so a server that trickles bytes is stopped too), capturing its log lines;
 - the recorder thread records outcomes, compare-and-set on each claim as ever (for_each items
-  of one chunk that finish together in one transaction), and only then frees their slots;
+  of one map that finish together in one transaction), and only then frees their slots;
 - the watcher thread renews the leases of every claim in the slots in one statement per
   heartbeat, and every WATCH_SECONDS asks which claims are still held: a call whose run was
   cancelled (or whose step was taken over) is cancelled where it waits.
@@ -203,7 +203,7 @@ class Slots:
                 self._land(flight)
                 landed.add(id(flight))
 
-        items: dict[tuple[int, str], list[Flight]] = defaultdict(list)
+        items: dict[int, list[Flight]] = defaultdict(list)
         for flight in batch:
             outcome, claim = flight.outcome, flight.claim
             assert outcome is not None
@@ -211,11 +211,12 @@ class Slots:
                 runtime.record_failure(claim, outcome)
                 land([flight])
             elif claim.parent_id is not None:
-                items[(claim.parent_id, claim.token)].append(flight)
+                items[claim.parent_id].append(flight)
             else:
                 runtime.record_success(claim, outcome)
                 land([flight])
-        # The items of one chunk (one parent, one token) that finished together: one transaction.
+        # The items of one map that finished together, whether claimed in one chunk or one by
+        # one: one transaction (each still compare-and-set on its own claim).
         for flights in items.values():
             successes = [_success_of(flight) for flight in flights]
             runtime.with_database(

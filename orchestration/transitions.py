@@ -95,6 +95,9 @@ def apply(work: Work) -> None:
         effects.append(("sending steps", partial(dispatch.send_steps, work.send)))
     effects += [("sending map items", partial(dispatch.send_mapped, items)) for items in work.send_mapped]
     effects += [
+        ("sending map items", partial(dispatch.send_mapped, items, in_slots=True)) for items in work.send_mapped_in_slots
+    ]
+    effects += [
         (f"resuming the parent of run {child}", partial(finish_child_run, child_run_id=child))
         for child in work.child_runs_ended
     ]
@@ -417,7 +420,8 @@ def renew_leases(*, held: list[tuple[int, str]]) -> set[int]:
     lease = timedelta(seconds=settings.BATON_LEASE_SECONDS)
     still = StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING)
     still.update(lease_expires_at=timezone.now() + lease)
-    return set(still.values_list("pk", flat=True))
+    # order_by(): a set needs no order, and StepRun's default one joins and sorts the runs.
+    return set(still.order_by().values_list("pk", flat=True))
 
 
 def still_held_of(*, held: list[tuple[int, str]]) -> set[int]:
@@ -425,7 +429,10 @@ def still_held_of(*, held: list[tuple[int, str]]) -> set[int]:
     run or map stopped) or taken over, and their calls are stopped."""
     if not held:
         return set()
-    return set(StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING).values_list("pk", flat=True))
+    # Asked every WATCH_SECONDS by each worker process; order_by(): see renew_leases.
+    return set(
+        StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING).order_by().values_list("pk", flat=True)
+    )
 
 
 def still_held(*, step_run_id: int, token: str) -> bool:
@@ -585,7 +592,8 @@ def _usage_values(usage: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_item_successes(*, successes: list[Success]) -> int:
-    """Store the results of a chunk of for_each items of one map step in one transaction.
+    """Store the results of for_each items of one map step in one transaction: a chunk's, or
+    whichever items a worker's slots finished together, each claimed under its own token.
 
     Returns how many counted; results whose claim is no longer valid (cancelled, taken over)
     are dropped, exactly as record_success drops a single late result.
@@ -597,11 +605,11 @@ def record_item_successes(*, successes: list[Success]) -> int:
     with change() as work:
         run = _lock_run(first.run_id)
         # Under the run lock nothing else can move these rows out of RUNNING: every transition
-        # that could (cancel, lease expiry, failure) takes the same lock.
+        # that could (cancel, lease expiry, failure) takes the same lock. Compare-and-set on
+        # each item's own claim token.
+        held = [(s.claim.step_run_id, s.claim.token) for s in successes]
         valid = set(
-            StepRun.objects.filter(
-                pk__in=[s.claim.step_run_id for s in successes], status=StepStatus.RUNNING, claim_token=first.token
-            ).values_list("pk", flat=True)
+            StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING).order_by().values_list("pk", flat=True)
         )
         kept = [s for s in successes if s.claim.step_run_id in valid]
         if not kept:

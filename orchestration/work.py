@@ -26,8 +26,11 @@ class Work:
     # queue (recovered work: a due retry, a step taken back from a lost or stopping worker).
     send: list[int] = field(default_factory=list)
     send_first: list[int] = field(default_factory=list)
-    # Lists of for_each items of one map each, sent in chunks (several items per message).
+    # Lists of for_each items of one map each, sent in chunks (several items per message);
+    # the second for items whose agent waits on the network, which a worker takes into its
+    # slots a whole chunk at once (so their chunks are fewer and larger: dispatch.send_mapped).
     send_mapped: list[list[int]] = field(default_factory=list)
+    send_mapped_in_slots: list[list[int]] = field(default_factory=list)
     # Child runs that ended: their parent steps take the outcome, each in its own transition.
     child_runs_ended: list[int] = field(default_factory=list)
     # Inbox items opened, decided or closed (the approvals app records them).

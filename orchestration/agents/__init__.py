@@ -26,6 +26,7 @@ __all__ = [
     "TransientError",
     "idempotency_key",
     "invoke",
+    "NETWORK_KINDS",
     "invoke_async",
     "waits_on_network",
 ]
@@ -49,10 +50,14 @@ def invoke(kind: str, config: dict[str, Any], payload: Any, context: AgentContex
     return AgentResult(output=result)
 
 
+# The kinds whose every call waits on the network, whatever their config.
+NETWORK_KINDS = ("http", "llm")
+
+
 def waits_on_network(kind: str, config: dict[str, Any]) -> bool:
     """Whether calls of this agent mostly wait (http, llm, an `async def` python agent): a
     worker runs up to BATON_SLOTS of them at once on its event loop (orchestration.slots)."""
-    if kind in ("http", "llm"):
+    if kind in NETWORK_KINDS:
         return True
     if kind == "python":
         from orchestration.agents import python

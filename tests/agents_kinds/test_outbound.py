@@ -7,6 +7,7 @@ answers for chosen names (the stand-in for a DNS server; everything else resolve
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -93,6 +94,17 @@ def test_listing_the_address_or_its_network_allows_the_local_server(server: Scri
     assert response.status == 200 and response.json() == {"ok": True}
     [request] = server.seen("/hook")
     assert request.body == {"x": 1}
+
+
+def test_an_address_written_in_the_url_is_checked_without_a_lookup(server: ScriptedServer, settings: Any, dns: FakeDNS) -> None:
+    settings.BATON_HTTP_ALLOWED_HOSTS = "*, 127.0.0.1, ::1"
+    dns.answers["127.0.0.1"] = ["10.0.0.5"]  # a lookup would be refused: none is made
+    assert outbound.resolve(f"{server.url}/hook").address == "127.0.0.1"
+    assert asyncio.run(outbound.resolve_async(f"{server.url}/hook")).address == "127.0.0.1"
+    assert outbound.resolve("http://[::1]:8080/x").address == "::1"
+    # The address is checked as any resolved one is.
+    assert "resolves to 169.254.169.254" in refused("http://169.254.169.254/latest/meta-data")
+    assert dns.lookups == []
 
 
 def test_the_allow_list_is_read_at_call_time(server: ScriptedServer, settings: Any) -> None:

@@ -576,6 +576,34 @@ def test_a_large_fan_out_is_sent_in_chunks_and_a_small_one_is_not(settings: Any,
     assert small_kind == "steps" and len(small) == 5
 
 
+def test_items_of_an_agent_that_waits_on_the_network_go_one_chunk_per_worker(
+    settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from orchestration import dispatch
+
+    settings.WORKERS = 4
+    sent: list[Any] = []
+    caller = "  - {name: caller, kind: http, config: {url: 'http://127.0.0.1:9/x'}}\n"
+    load_workflow(
+        AGENTS + caller + "workflow:\n  key: wf\n  name: wf\n  inputs: {n: {type: integer, default: 20}}\n"
+        "  steps:\n    - {key: m, agent: caller, for_each: 'range(input.n) | list'}\n"
+    )
+    original_steps, original_chunks = dispatch.send_steps, dispatch.send_step_chunks
+    dispatch.send_steps = lambda ids, **_: sent.append(("steps", list(ids)))  # type: ignore[assignment]
+    dispatch.send_step_chunks = lambda chunks: sent.append(("chunks", chunks))  # type: ignore[assignment]
+    try:
+        for n in (20, 1000, 3):
+            with django_capture_on_commit_callbacks(execute=True):
+                transitions.start_run(workflow="wf", input={"n": n})
+    finally:
+        dispatch.send_steps, dispatch.send_step_chunks = original_steps, original_chunks
+    (kind, chunks), (big_kind, big), (small_kind, small) = sent
+    # A worker hands a chunk to its slots whole: twenty such items are four messages, not twenty.
+    assert kind == "chunks" and [len(c) for c in chunks] == [5] * 4
+    assert big_kind == "chunks" and {len(c) for c in big} == {dispatch.MAX_CHUNK}
+    assert small_kind == "steps" and len(small) == 3
+
+
 def test_the_event_log_is_append_only() -> None:
     flow("    - {key: a, agent: echo, input: 1}")
     run = drive(transitions.start_run(workflow="wf"))
