@@ -149,11 +149,12 @@ def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) 
     shown = [row.pk for row in (*step_rows, *compensations)]
     # The shown rows whole (the table's Result column: their outputs too), in one query. Every
     # list below holds these in place of their light rows, so nothing reads a column the light
-    # ones lack (which would cost a query a row).
+    # ones lack (which would cost a query a row); a row gone in between (its run deleted) is
+    # left out rather than read again.
     whole = {row.pk: row for row in StepRun.objects.filter(pk__in=shown).only(*SHOWN_COLUMNS)}
     rows = [whole.get(row.pk, row) for row in light]
-    step_rows = [whole.get(row.pk, row) for row in step_rows]
-    compensations = [whole.get(row.pk, row) for row in compensations]
+    step_rows = [whole[row.pk] for row in step_rows if row.pk in whole]
+    compensations = [whole[row.pk] for row in compensations if row.pk in whole]
     heads = latest_heads(rows)
     simulated = set(
         Agent.objects.filter(
