@@ -209,6 +209,20 @@ class Gantt:
         return {segment.kind for row in self.rows for segment in row.segments}
 
 
+# What the timeline reads of an attempt (drawn_attempts): not its log lines, traceback or usage.
+ATTEMPT_COLUMNS = ("step_run_id", "number", "status", "worker", "agent_name", "error", "error_class", "started_at", "finished_at")
+
+
+def drawn_attempts(heads: Sequence[StepRun]) -> dict[int, list[Attempt]]:
+    """The attempts of the rows `build` draws of `heads` (the first MAX_ROWS), by step row id,
+    oldest first: one query, with only what the timeline shows."""
+    grouped: dict[int, list[Attempt]] = {}
+    drawn = [head.pk for head in heads[:MAX_ROWS]]
+    for attempt in Attempt.objects.filter(step_run__in=drawn).only(*ATTEMPT_COLUMNS).order_by("step_run_id", "number"):
+        grouped.setdefault(attempt.step_run_id, []).append(attempt)
+    return grouped
+
+
 def for_run(run: Run, *, now: datetime | None = None) -> Gantt:
     """The run's timeline, reading its head rows, their attempts and its version's steps too
     (for a caller without them; the run page hands its own to build)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 
@@ -90,17 +91,33 @@ def attempts_by_step(step_runs: QuerySet[Attempt]) -> dict[int, list[Attempt]]:
     return grouped
 
 
-# What the run page reads of each head row. A step's input and its attempts' log lines and
-# tracebacks are shown when the reader opens the step (step_detail), and a 1,000-step run's
-# JSON columns were a third of the page's database time; the shown rows' outputs are read apart.
-PAGE_COLUMNS = tuple(
-    f.attname for f in StepRun._meta.concrete_fields if f.attname not in {"input", "output", "item", "usage"}
-)
+# What the run page reads of every head row: enough to order them, choose the table's rows,
+# colour the graph, count the finished steps and say what a waiting step waits for. Reading
+# every column of a 1,000-step run's thousand rows (and making models of them) was a third of
+# its page's time; the rows the table shows are read again whole (SHOWN_COLUMNS).
+HEAD_COLUMNS = (
+    "run_id", "step_key", "iteration", "kind", "status", "agent_name", "fallback_from", "items_total",
+    "waiting_for", "wake_at", "wait_event", "wait_key",
+)  # fmt: skip
+# What the run page reads of the rows its table shows. A step's input and its attempts' log
+# lines and tracebacks are shown when the reader opens the step (step_detail): a 1,000-step
+# run's JSON columns were a third of the page's database time.
+SHOWN_COLUMNS = tuple(f.attname for f in StepRun._meta.concrete_fields if f.attname not in {"input", "item", "usage"})
 
 
 def event_page(run: Run, *, page: Any = None, newest_first: bool = False) -> Page[RunEvent]:
-    """One page of the run's whole event history: two queries (the count and the page)."""
-    events = RunEvent.objects.filter(run=run).select_related("step_run", "actor")
+    """One page of the run's whole event history: two queries (the count and the page), with
+    what `_events.html` shows of each event, its step and who acted (a hundred events' step rows
+    read whole, their inputs and outputs too, were most of the timeline's time)."""
+    events = (
+        RunEvent.objects.filter(run=run)
+        .select_related("step_run", "actor")
+        .only(
+            "run_id", "step_run_id", "kind", "to_status", "message", "actor_id", "created_at",
+            "step_run__step_key", "step_run__iteration", "step_run__map_index",
+            f"actor__{get_user_model().USERNAME_FIELD}",
+        )  # fmt: skip
+    )
     return Paginator(events.order_by("-id" if newest_first else "id"), EVENTS_PER_PAGE).get_page(page)
 
 
@@ -119,17 +136,26 @@ def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) 
     graph, and in the table at most STEP_ROWS_SHOWN rows unless `all_steps`."""
     spec = run.version.spec
     order = {s["key"]: i for i, s in enumerate(spec.get("steps", []))}
-    rows = head_rows(run, only=PAGE_COLUMNS)
-    heads = latest_heads(rows)
+    light = head_rows(run, only=HEAD_COLUMNS)
     # Compensations ("<key>.undo") are not steps of the spec: they get their own section.
-    compensations = [row for row in rows if row.kind == StepKind.COMPENSATION]
+    compensations = [row for row in light if row.kind == StepKind.COMPENSATION]
     step_rows = sorted(
-        (row for row in rows if row.kind != StepKind.COMPENSATION),
+        (row for row in light if row.kind != StepKind.COMPENSATION),
         key=lambda s: (order.get(s.step_key, len(order)), s.iteration, s.pk),
     )
     step_rows_total = len(step_rows)
     if not all_steps:
         step_rows = rows_shown(step_rows, STEP_ROWS_SHOWN)
+    shown = [row.pk for row in (*step_rows, *compensations)]
+    # The shown rows whole (the table's Result column: their outputs too), in one query. Every
+    # list below holds these in place of their light rows, so nothing reads a column the light
+    # ones lack (which would cost a query a row); a row gone in between (its run deleted) is
+    # left out rather than read again.
+    whole = {row.pk: row for row in StepRun.objects.filter(pk__in=shown).only(*SHOWN_COLUMNS)}
+    rows = [whole.get(row.pk, row) for row in light]
+    step_rows = [whole[row.pk] for row in step_rows if row.pk in whole]
+    compensations = [whole[row.pk] for row in compensations if row.pk in whole]
+    heads = latest_heads(rows)
     simulated = set(
         Agent.objects.filter(
             name__in={s.agent_name for s in rows if s.agent_name}, kind=AgentKind.SIMULATED
@@ -166,14 +192,9 @@ def run_page(run: Run, user: Any, notice: str = "", *, all_steps: bool = False) 
             primary_called.add(step_id)
         if label is not None and agent_name == step_agent:
             versions[parent_id or step_id] = label
-    shown = [row.pk for row in (*step_rows, *compensations)]
-    # The shown rows' outputs (the table's Result column) in one query.
-    outputs = dict(StepRun.objects.filter(pk__in=shown).values_list("pk", "output"))
-    for row in (*step_rows, *compensations):
-        row.output = outputs.get(row.pk)
-    # The shown head rows' attempts for the timeline, in one query, without what only an opened
-    # step shows; a for_each's items keep theirs for the items list.
-    attempts = attempts_by_step(Attempt.objects.filter(step_run__in=shown).defer("log", "traceback", "usage"))
+    # The attempts of the head rows the timeline draws, in one query; a for_each's items keep
+    # theirs for the items list.
+    attempts = gantt.drawn_attempts([*step_rows, *compensations])
     # "parent_step set" said outright: without it PostgreSQL joins the run's steps to every run
     # in the table (a sequential scan, 60 ms at 100,000 runs) rather than probe the few that have one.
     # The same query brings the child runs of maps over a sub-workflow (their parent steps are

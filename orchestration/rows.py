@@ -286,8 +286,11 @@ def insert_many(objs: Sequence[models.Model]) -> None:
 
 @dataclass(frozen=True)
 class _Reader:
-    fields: tuple[str, ...]  # attnames of the columns that are fields, in their order
-    field_columns: tuple[int, ...]  # where they are in a row
+    # The attnames of the columns that are fields, a set: Model.from_db asks of each of the
+    # model's fields whether it is among them, for every row; asked of a tuple, that was half
+    # the time of building a 1,000-step run's head rows.
+    fields: frozenset[str]
+    field_columns: tuple[int, ...]  # where the fields' values are in a row, in the model's field order
     extras: tuple[tuple[str, int], ...]  # other columns (aliases): name, where
     converters: tuple[tuple[int, Any, Any], ...]  # where, converter, its expression
 
@@ -312,7 +315,7 @@ def _reader(model: type[models.Model], columns: tuple[str, ...], vendor: str) ->
     # Model.from_db takes the values in the model's field order, whatever the SELECT's.
     selected.sort()
     return _Reader(
-        tuple(name for _, name, _ in selected), tuple(i for _, _, i in selected), tuple(extras), tuple(converters)
+        frozenset(name for _, name, _ in selected), tuple(i for _, _, i in selected), tuple(extras), tuple(converters)
     )
 
 

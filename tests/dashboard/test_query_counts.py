@@ -8,6 +8,7 @@ are written straight into the tables, as tests/dashboard/big_runs.py does for th
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -123,6 +124,27 @@ def test_a_run_of_150_steps_takes_the_run_pages_usual_queries_and_draws_its_firs
     assert "step rows: the open" not in everything
     # Its live refresh asks for every row again.
     assert f'hx-get="{url}?steps=all"' in everything
+
+
+def test_the_rows_the_table_leaves_out_are_read_light_and_cost_no_query_of_their_own(
+    ops_client: Client, ops: Any, django_assert_num_queries: Any
+) -> None:
+    # Every head row is read with a few columns only (read_models.HEAD_COLUMNS), the shown ones
+    # whole: the graph, the finished count and the waiting words must need nothing more of
+    # the others, whatever they wait for or whichever agent took over.
+    run = big_run(big_workflow(150), steps=150, attempts=1, events=10)
+    StepRun.objects.filter(run=run, step_key__in=[f"s{n}" for n in range(1, 121)]).update(
+        status=StepStatus.WAITING, waiting_for=WaitingFor.TIMER, wake_at=timezone.now() + timedelta(hours=2), finished_at=None
+    )
+    StepRun.objects.filter(run=run, step_key__in=[f"s{n}" for n in range(121, 131)]).update(
+        status=StepStatus.FAILED, agent_name="echo", fallback_from="primary"
+    )
+    page = queries_of(ops_client, reverse("dashboard:run", args=[run.pk]), django_assert_num_queries, 18)
+    assert len(re.findall(r'<tr id="step-(s\d+)"', page)) == STEP_ROWS_SHOWN
+    assert re.search(r"waiting: a timer, wakes in [^<]+ \(and 119 more\)", page)  # the run's words count the hidden ones
+    assert page.count('class="node node--waiting"') == 120 and page.count('class="node node--failed"') == 10
+    assert page.count("↪ echo") == 10  # the graph names the fallback of rows the table leaves out
+    assert "<dd>30 of 151</dd>" in page  # finished: 20 succeeded and 10 failed, of every step and the map
 
 
 def test_the_open_and_failed_rows_come_first_and_the_rest_keep_their_order() -> None:

@@ -12,8 +12,8 @@ from django.urls import reverse
 from pytest_django import DjangoAssertNumQueries
 
 from dashboard.read_models import run_page, step_items
-from orchestration.models import Agent, AgentVersion, Attempt, StepRun
-from orchestration.status import AttemptStatus, ErrorClass
+from orchestration.models import Agent, AgentVersion, Attempt, RunEvent, StepRun
+from orchestration.status import AttemptStatus, ErrorClass, EventKind
 from tests.dashboard.big_runs import big_run, big_workflow
 
 pytestmark = pytest.mark.django_db
@@ -93,6 +93,34 @@ def test_outputs_errors_and_tracebacks_are_shown_as_text(ops_client: Client, ops
     escaped = "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;"
     assert page.count(escaped) >= 2  # output, error
     assert detail.count(escaped) >= 4  # input, output, error, traceback
+
+
+def test_step_keys_agent_names_errors_and_messages_in_the_rows_drawn_in_python_are_escaped(ops_client: Client) -> None:
+    # The steps table, the Gantt rows, the timeline's table and the event timeline are built
+    # in Python (dashboard/templatetags/run_page.py), not by the template's autoescaping.
+    version = big_workflow(1)
+    run = big_run(version, steps=1, attempts=2)
+    attack = "\"><script>alert('x')</script>"
+    head = StepRun.objects.get(run=run, step_key="s1")
+    StepRun.objects.filter(pk=head.pk).update(
+        step_key=attack, agent_name=attack, fallback_from=attack, status="failed", error=attack, error_class=ErrorClass.PERMANENT
+    )
+    Attempt.objects.filter(step_run=head).update(agent_name=attack, worker=attack, error=attack)
+    RunEvent.objects.create(run=run, step_run=head, kind=EventKind.STEP_FAILED, to_status="failed", message=attack)
+    page = page_of(ops_client, reverse("dashboard:run", args=[run.pk]))
+
+    assert "<script>alert" not in page
+    escaped = "&quot;&gt;&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;"
+    assert f'<tr id="step-{escaped}" class="">' in page  # the step's row, its key in an attribute
+    assert f'<span class="strong">{escaped}</span>' in page
+    assert f'<span class="agent-cell__name">{escaped}</span>' in page  # the agent
+    assert f"(primary <strong>{escaped}</strong> failed)" in page  # whose place the fallback took
+    assert f'<p class="step-error">{escaped}</p>' in page  # the error
+    assert f'<div class="gantt__row gantt__row--failed" data-step="{escaped}"' in page  # the Gantt's row
+    assert f"on worker {escaped}" in page  # an attempt's words on the timeline
+    assert f'<tr data-step="{escaped}" data-kind="attempt">' in page  # the timeline as a table
+    assert f'<p class="timeline__message">{escaped}</p>' in page  # the event
+    assert f'<code class="timeline__step">{escaped}</code>' in page
 
 
 def test_a_map_step_says_how_many_items_are_done_and_links_to_them(ops_client: Client, ops: Any) -> None:
