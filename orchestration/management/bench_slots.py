@@ -72,11 +72,19 @@ class SlotsBench:
                         f"(of {sampler.full} the slots can hold), over {server.connections} connections."
                     )
                 with SlowJsonServer(0.0) as fast:
-                    # Only the workers' memory afterwards is measured here: a connection refused
-                    # while a busy machine's server thread is slow to accept is retried, not a
-                    # failed bench (the timed rows above keep one attempt).
+                    # An agent of its own: a worker keeps what it read of an agent for
+                    # specs.AGENT_CACHE_SECONDS, so the first calls after a re-install of the
+                    # rows' agent would still go to the closed server above (refused). Only the
+                    # workers' memory afterwards is measured here, so a refused connection is
+                    # retried rather than a failed bench (the timed rows keep one attempt).
                     key = install(
-                        http_document(f"bench-slots-many-{many}", fast.url, many, retry={"attempts": 4, "backoff": 0.2, "jitter": True})
+                        http_document(
+                            f"bench-slots-many-{many}",
+                            fast.url,
+                            many,
+                            agent="bench-slots-http-fast",
+                            retry={"attempts": 4, "backoff": 0.2, "jitter": True},
+                        )
                     )
                     self.say(f"{key}: {many:,} calls answering at once, for the workers' memory afterwards")
                     self.wall(key, timeout=600)
@@ -191,11 +199,13 @@ def rss(pids: list[int]) -> dict[int, int]:
     return found
 
 
-def http_document(key: str, url: str, items: int, *, retry: dict[str, Any] | None = None) -> dict[str, Any]:
+def http_document(
+    key: str, url: str, items: int, *, agent: str = "bench-slots-http", retry: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "agents": [
             {
-                "name": "bench-slots-http",
+                "name": agent,
                 "kind": "http",
                 "description": "POSTs to the local server manage.py bench starts; used by manage.py bench.",
                 "config": {"url": url, "method": "POST", "timeout": "30s"},
@@ -206,7 +216,7 @@ def http_document(key: str, url: str, items: int, *, retry: dict[str, Any] | Non
             "key": key,
             "name": f"Bench: for_each over {items:,} http calls at once",
             "description": "Created by manage.py bench to measure the workers' slots.",
-            "steps": [{"key": "calls", "agent": "bench-slots-http", "for_each": f"range({items})", "input": {"n": "{{ item }}"}}],
+            "steps": [{"key": "calls", "agent": agent, "for_each": f"range({items})", "input": {"n": "{{ item }}"}}],
         },
     }
 
