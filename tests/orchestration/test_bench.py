@@ -250,7 +250,6 @@ class TestBench:
         assert bench.runs_left == 0
         assert bench.workflows == [
             "bench-fanout-100",
-            "bench-fanout-20",
             "bench-http-20",
             "bench-http-instant-20",
             "bench-mapstart-1000",
