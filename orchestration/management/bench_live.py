@@ -547,7 +547,8 @@ class Crowd:
         self.url, self.host, self.port = url, parts.hostname or "127.0.0.1", parts.port or 80
         self.cookie = cookie
         half = CLIENTS // 2
-        self.clients = [Client(n, "runs", "/") for n in range(half)]
+        # The runs list is at /runs/ (the overview has /).
+        self.clients = [Client(n, "runs", "/runs/") for n in range(half)]
         self.clients += [Client(n, f"run:{run_id}", f"/runs/{run_id}/") for n in range(half, CLIENTS)]
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bench-live-crowd", daemon=True)
@@ -768,7 +769,10 @@ def final_markers(run: Run) -> dict[str, list[re.Pattern[str]]]:
     heads = list(StepRun.objects.filter(run=run, map_index__isnull=True))
     done = sum(1 for step in heads if step.status in STEP_FINAL)
     total = len(run.version.spec.get("steps", []))
-    items = [rf'data-label="Items">{s.items_done}/{s.items_total}<' for s in heads if s.items_total is not None]
+    # The steps table's Items cell: a link to the items, "1,000 / 1,000 items".
+    items = [
+        rf'data-label="Items"><a [^>]*>{s.items_done:,} / {s.items_total:,} items</a>' for s in heads if s.items_total is not None
+    ]
     return {
         "runs": [re.compile(rf'<tr data-run="{run.pk}">(?:(?!</tr>).)*data-status="{run.status}"(?:(?!</tr>).)*>{done}/{total}<', re.S)],
         f"run:{run.pk}": [
