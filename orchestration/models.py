@@ -367,7 +367,10 @@ class StepRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["run", "id"]
+        # Newest run first, then in the order made: by the run's id, not by "run", which would
+        # order by the Run's own ordering and so join the runs table into every query that
+        # does not choose its order (a claim's, a lease renewal's: hot paths).
+        ordering = ["-run_id", "id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["run", "step_key", "iteration"],
@@ -447,7 +450,9 @@ class Attempt(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["step_run", "number"]
+        # By the step row's id, not by "step_run" (which would join the step rows and the runs
+        # for their orderings): the newest rows first, each row's attempts in order.
+        ordering = ["-step_run_id", "number"]
         constraints = [
             models.UniqueConstraint(fields=["step_run", "number"], name="attempt_number_unique")
         ]
@@ -579,7 +584,8 @@ class RunEvent(AppendOnly):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["run", "id"]
+        # Newest run first, then in the order written: by the run's id, as StepRun (no join).
+        ordering = ["-run_id", "id"]
 
     def __str__(self) -> str:
         return f"{self.kind} ({self.run_id})"

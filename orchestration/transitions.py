@@ -420,7 +420,7 @@ def renew_leases(*, held: list[tuple[int, str]]) -> set[int]:
     lease = timedelta(seconds=settings.BATON_LEASE_SECONDS)
     still = StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING)
     still.update(lease_expires_at=timezone.now() + lease)
-    # order_by(): a set needs no order, and StepRun's default one joins and sorts the runs.
+    # order_by(): a set needs no order, so none is sorted.
     return set(still.order_by().values_list("pk", flat=True))
 
 
@@ -429,7 +429,7 @@ def still_held_of(*, held: list[tuple[int, str]]) -> set[int]:
     run or map stopped) or taken over, and their calls are stopped."""
     if not held:
         return set()
-    # Asked every WATCH_SECONDS by each worker process; order_by(): see renew_leases.
+    # Asked every WATCH_SECONDS by each worker process; order_by(): a set needs no order.
     return set(
         StepRun.objects.filter(_held_filter(held), status=StepStatus.RUNNING).order_by().values_list("pk", flat=True)
     )
